@@ -1,0 +1,91 @@
+//! One error type for the library; the CLI maps its kind to an exit code.
+
+use std::fmt;
+use std::path::Path;
+
+/// What went wrong, coarsely: it decides the exit code and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The user's input (inventory, recipe, arguments, PKI files) is wrong.
+    Input,
+    /// Something the build needs is not in the cache (and we may not fetch it).
+    Missing,
+    /// Bytes did not match their pinned digest.
+    Integrity,
+    /// A download failed after its retries.
+    Network,
+    /// Reading or writing the filesystem failed.
+    Io,
+}
+
+impl Kind {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Kind::Input => 2,
+            Kind::Missing => 3,
+            Kind::Integrity => 4,
+            Kind::Network => 5,
+            Kind::Io => 6,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Error {
+    pub kind: Kind,
+    message: String,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn input(message: impl Into<String>) -> Self {
+        Self::new(Kind::Input, message)
+    }
+    pub fn missing(message: impl Into<String>) -> Self {
+        Self::new(Kind::Missing, message)
+    }
+    pub fn integrity(message: impl Into<String>) -> Self {
+        Self::new(Kind::Integrity, message)
+    }
+    pub fn network(message: impl Into<String>) -> Self {
+        Self::new(Kind::Network, message)
+    }
+    /// An I/O error on `path`, with what we were doing.
+    pub fn io(action: &str, path: &Path, err: std::io::Error) -> Self {
+        Self::new(Kind::Io, format!("{action} {}: {err}", path.display()))
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    /// Prefix the message with more context, keeping the kind.
+    pub fn context(mut self, context: impl fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Attach a path and an action to `std::io::Result`s.
+pub trait IoContext<T> {
+    fn with_path(self, action: &str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn with_path(self, action: &str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(action, path, e))
+    }
+}

@@ -1,0 +1,10 @@
+//! imgbuild: builds what a Kubernetes control-plane node boots from.
+//!
+//! Inputs (inventory, recipe, overlay templates, PKI folder, artifact cache)
+//! become a [`plan::Plan`]; each output format is a writer over that plan.
+
+pub mod error;
+pub mod plan;
+pub mod progress;
+
+pub use error::{Error, Kind, Result};

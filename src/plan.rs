@@ -1,0 +1,331 @@
+//! The build plan: the one intermediate representation between inputs and outputs.
+//!
+//! Inventory, recipe, overlay templates, PKI files and cached artifacts become a
+//! `Plan`: a list of rootfs entries with their bytes (or where to read them), modes
+//! and owners, and where each came from. Every output format (tar.gz, directory,
+//! cpio, cloud-init, ...) is a writer over a `Plan`; none of them looks at the
+//! inventory or the recipe again.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+
+/// A lowercase hex sha256 digest.
+pub type Sha256Hex = String;
+
+pub fn sha256_hex(bytes: &[u8]) -> Sha256Hex {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// How much to trust an artifact's pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trust {
+    /// Pinned in this repository from the release changelog (a second source).
+    Changelog,
+    /// Taken from the publisher's checksum file next to the artifact (same source).
+    PublisherChecksum,
+    /// Pinned by the user in a local recipe or lock.
+    Local,
+}
+
+/// Where an entry's bytes came from, recorded in the build manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Origin {
+    /// Rendered from an overlay template (path relative to the overlay root).
+    Template { template: String },
+    /// A member of a pinned artifact (a release tarball, or the file itself).
+    Artifact {
+        artifact: String,
+        member: String,
+        /// `algorithm:hex` of the pinned artifact the member came from.
+        pinned: String,
+        trust: Trust,
+    },
+    /// A file of the cluster's PKI folder (certificates, keys, kubeconfigs).
+    Pki { file: String },
+    /// Made by imgbuild itself (folders, enablement symlinks).
+    Generated { what: String },
+}
+
+/// Where a file's bytes are.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// Small files (rendered templates, PKI) are held in memory.
+    Inline(Arc<[u8]>),
+    /// Large files stay in the cache and stream from there, verified as they are read.
+    Blob(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub enum EntryKind {
+    Dir,
+    File {
+        size: u64,
+        sha256: Sha256Hex,
+        content: Content,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Path inside the rootfs, relative (no leading `/`), `/`-separated, no `..`.
+    pub path: String,
+    /// Permission bits only (e.g. 0o644); the type is in `kind`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub kind: EntryKind,
+    pub origin: Origin,
+    /// True when the entry is the same for every node of this recipe and arch
+    /// (binaries and their folders): writers may build that part once.
+    pub shared: bool,
+    /// Private keys, kubeconfigs, encryption config: never printed, always 0600.
+    pub secret: bool,
+}
+
+impl Entry {
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            EntryKind::Dir => "dir",
+            EntryKind::File { .. } => "file",
+            EntryKind::Symlink { .. } => "symlink",
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match &self.kind {
+            EntryKind::File { size, .. } => *size,
+            _ => 0,
+        }
+    }
+
+    /// A reader over the file's bytes. Blob reads are checked against the
+    /// recorded size and sha256 when the reader reaches the end: a corrupted
+    /// cache fails the build instead of shipping.
+    pub fn open(&self) -> Result<Box<dyn Read + Send>> {
+        match &self.kind {
+            EntryKind::File {
+                content: Content::Inline(bytes),
+                ..
+            } => Ok(Box::new(io::Cursor::new(bytes.clone()))),
+            EntryKind::File {
+                content: Content::Blob(path),
+                size,
+                sha256,
+            } => {
+                let file = File::open(path).with_path("cannot open cached blob", path)?;
+                Ok(Box::new(VerifyingReader {
+                    inner: file,
+                    hasher: Sha256::new(),
+                    seen: 0,
+                    size: *size,
+                    sha256: sha256.clone(),
+                    path: path.clone(),
+                }))
+            }
+            _ => Err(Error::input(format!("{} is not a file", self.path))),
+        }
+    }
+}
+
+/// Hashes what passes through and fails at EOF if the bytes are not the pinned ones.
+struct VerifyingReader {
+    inner: File,
+    hasher: Sha256,
+    seen: u64,
+    size: u64,
+    sha256: Sha256Hex,
+    path: PathBuf,
+}
+
+impl Read for VerifyingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.seen += n as u64;
+        if self.seen > self.size {
+            return Err(corrupt(&self.path, "it is larger than recorded"));
+        }
+        if n == 0 && !buf.is_empty() {
+            if self.seen != self.size {
+                return Err(corrupt(&self.path, "it is smaller than recorded"));
+            }
+            let actual = hex::encode(self.hasher.clone().finalize());
+            if actual != self.sha256 {
+                return Err(corrupt(
+                    &self.path,
+                    &format!("sha256 is {actual}, expected {}", self.sha256),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn corrupt(path: &std::path::Path, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "cached blob {} is corrupt ({why}); run `imgbuild cache verify` and import or fetch it again",
+            path.display()
+        ),
+    )
+}
+
+/// Facts about the build recorded in the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    pub imgbuild_version: String,
+    pub recipe: String,
+    pub kubernetes_version: String,
+    pub arch: String,
+    pub cluster: String,
+    /// 1-based index of the node in the inventory.
+    pub node_index: usize,
+    pub node_name: String,
+    /// sha256 of the inventory file's bytes.
+    pub inventory_sha256: Sha256Hex,
+    /// Entry mtimes (seconds since the epoch): SOURCE_DATE_EPOCH or a fixed default.
+    pub mtime: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub meta: Meta,
+    /// Parents before children; sorted by path. Writers keep this order.
+    pub entries: Vec<Entry>,
+}
+
+impl Plan {
+    /// Sort entries by path (so parents precede children) and check the tree is
+    /// well-formed: unique paths, every parent present as a folder.
+    pub fn finish(&mut self) -> Result<()> {
+        self.entries.sort_by(|a, b| path_order(&a.path, &b.path));
+        let mut kinds: BTreeMap<&str, bool> = BTreeMap::new();
+        for e in &self.entries {
+            if e.path.is_empty()
+                || e.path.starts_with('/')
+                || e.path.ends_with('/')
+                || e.path.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+            {
+                return Err(Error::input(format!("bad rootfs path {:?}", e.path)));
+            }
+            if let Some((parent, _)) = e.path.rsplit_once('/') {
+                match kinds.get(parent) {
+                    Some(true) => {}
+                    Some(false) => {
+                        return Err(Error::input(format!(
+                            "{} is inside {parent}, which is not a folder",
+                            e.path
+                        )));
+                    }
+                    None => {
+                        return Err(Error::input(format!(
+                            "{} has no parent folder entry {parent}",
+                            e.path
+                        )));
+                    }
+                }
+            }
+            if kinds
+                .insert(&e.path, matches!(e.kind, EntryKind::Dir))
+                .is_some()
+            {
+                return Err(Error::input(format!("{} appears twice in the plan", e.path)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries the same for every node (see `Entry::shared`), in plan order.
+    pub fn shared(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| e.shared)
+    }
+
+    /// Entries specific to this node, in plan order.
+    pub fn per_node(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| !e.shared)
+    }
+}
+
+/// Order paths component by component so that `a/b` sorts right after `a`
+/// (plain string order would put `a-x` between them).
+pub fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(path: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            kind: EntryKind::Dir,
+            origin: Origin::Generated {
+                what: "folder".into(),
+            },
+            shared: false,
+            secret: false,
+        }
+    }
+
+    fn meta() -> Meta {
+        Meta {
+            imgbuild_version: "0".into(),
+            recipe: "r".into(),
+            kubernetes_version: "v1".into(),
+            arch: "amd64".into(),
+            cluster: "c".into(),
+            node_index: 1,
+            node_name: "n".into(),
+            inventory_sha256: String::new(),
+            mtime: 0,
+        }
+    }
+
+    #[test]
+    fn parents_sort_before_children() {
+        let mut plan = Plan {
+            meta: meta(),
+            entries: vec![dir("a/b"), dir("a-x"), dir("a")],
+        };
+        plan.finish().unwrap();
+        let paths: Vec<_> = plan.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["a", "a/b", "a-x"]);
+    }
+
+    #[test]
+    fn missing_parent_and_duplicates_are_errors() {
+        let mut plan = Plan {
+            meta: meta(),
+            entries: vec![dir("a/b")],
+        };
+        assert!(plan.finish().unwrap_err().to_string().contains("no parent"));
+        let mut plan = Plan {
+            meta: meta(),
+            entries: vec![dir("a"), dir("a")],
+        };
+        assert!(plan.finish().unwrap_err().to_string().contains("twice"));
+        let mut plan = Plan {
+            meta: meta(),
+            entries: vec![dir("a/../b")],
+        };
+        assert!(plan.finish().is_err());
+    }
+}
