@@ -6,5 +6,6 @@
 pub mod error;
 pub mod plan;
 pub mod progress;
+pub mod write;
 
 pub use error::{Error, Kind, Result};

@@ -1,0 +1,4 @@
+//! Output formats: each is a writer over a [`crate::plan::Plan`].
+
+pub mod cpio;
+pub mod output;
