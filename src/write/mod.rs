@@ -2,3 +2,4 @@
 
 pub mod cpio;
 pub mod output;
+pub mod vfat;
