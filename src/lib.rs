@@ -4,6 +4,7 @@
 //! become a [`plan::Plan`]; each output format is a writer over that plan.
 
 pub mod error;
+pub mod inventory;
 pub mod plan;
 pub mod progress;
 

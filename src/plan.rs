@@ -218,7 +218,9 @@ impl Plan {
             if e.path.is_empty()
                 || e.path.starts_with('/')
                 || e.path.ends_with('/')
-                || e.path.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+                || e.path
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == "..")
             {
                 return Err(Error::input(format!("bad rootfs path {:?}", e.path)));
             }
@@ -243,7 +245,10 @@ impl Plan {
                 .insert(&e.path, matches!(e.kind, EntryKind::Dir))
                 .is_some()
             {
-                return Err(Error::input(format!("{} appears twice in the plan", e.path)));
+                return Err(Error::input(format!(
+                    "{} appears twice in the plan",
+                    e.path
+                )));
             }
         }
         Ok(())
