@@ -11,13 +11,13 @@
 //! both unpack to the same tree as the whole archive.
 
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Kind, Result};
 use crate::plan::{Content, Entry, EntryKind, Plan};
-use crate::write::output::{self, write_atomic};
+use crate::write::output::write_atomic;
 
 const MAGIC: &[u8; 6] = b"070701";
 const HEADER_LEN: usize = 110;
@@ -50,29 +50,42 @@ impl Part {
     }
 }
 
-/// The entries of `part`, plus every folder they need, in plan order (parents
-/// before children). A folder needed by both halves appears in both with the
-/// same metadata.
+/// The entries of `part`, plus every folder they need, parents before children.
+/// A folder needed by both halves appears in both with the same metadata. The
+/// whole archive follows the order of every writer (`write::ordered`): the
+/// shared half, then the node's half without the folders already written.
 pub fn select(plan: &Plan, part: Part) -> Vec<&Entry> {
-    let wanted = |e: &Entry| match part {
-        Part::Whole => true,
-        Part::Shared => e.shared,
-        Part::PerNode => !e.shared,
-    };
-    let mut needed: std::collections::BTreeSet<&str> = Default::default();
-    for e in plan.entries.iter().filter(|e| wanted(e)) {
-        let mut path = e.path.as_str();
-        while let Some((parent, _)) = path.rsplit_once('/') {
-            needed.insert(parent);
-            path = parent;
+    match part {
+        Part::Whole => {
+            let mut out = select(plan, Part::Shared);
+            let seen: std::collections::BTreeSet<&str> =
+                out.iter().map(|e| e.path.as_str()).collect();
+            let rest: Vec<&Entry> = select(plan, Part::PerNode)
+                .into_iter()
+                .filter(|e| !seen.contains(e.path.as_str()))
+                .collect();
+            out.extend(rest);
+            out
+        }
+        Part::Shared | Part::PerNode => {
+            let shared = part == Part::Shared;
+            let mut needed: std::collections::BTreeSet<&str> = Default::default();
+            for e in plan.entries.iter().filter(|e| e.shared == shared) {
+                let mut path = e.path.as_str();
+                while let Some((parent, _)) = path.rsplit_once('/') {
+                    needed.insert(parent);
+                    path = parent;
+                }
+            }
+            plan.entries
+                .iter()
+                .filter(|e| {
+                    e.shared == shared
+                        || (matches!(e.kind, EntryKind::Dir) && needed.contains(e.path.as_str()))
+                })
+                .collect()
         }
     }
-    plan.entries
-        .iter()
-        .filter(|e| {
-            wanted(e) || (matches!(e.kind, EntryKind::Dir) && needed.contains(e.path.as_str()))
-        })
-        .collect()
 }
 
 /// The cpio mode word: file type bits and permission bits.
@@ -272,7 +285,7 @@ pub fn write_part<W: Write>(plan: &Plan, part: Part, out: W) -> Result<W> {
 
 /// Write the `part` of `plan` to `dest` atomically, gzipped or not. The file is
 /// 0600 when it holds a secret (private keys), 0644 otherwise.
-pub fn write_file(plan: &Plan, part: Part, gzip: bool, dest: &Path) -> Result<()> {
+pub fn write_file(plan: &Plan, part: Part, gzip: bool, dest: &Path) -> Result<PathBuf> {
     let entries = select(plan, part);
     let mode = if entries.iter().any(|e| e.secret) {
         0o600
@@ -283,7 +296,7 @@ pub fn write_file(plan: &Plan, part: Part, gzip: bool, dest: &Path) -> Result<()
     let mtime = plan.meta.mtime;
     write_atomic(dest, mode, |out| {
         let res = if gzip {
-            let gz = write_cpio(entries, mtime, first_ino, output::gzip_encoder(out))?;
+            let gz = write_cpio(entries, mtime, first_ino, super::tar::gzip(out))?;
             gz.finish().map(drop).map_err(write_err)
         } else {
             write_cpio(entries, mtime, first_ino, out).map(drop)
@@ -583,7 +596,7 @@ pub(crate) mod tests {
         write_file(&plan, Part::Whole, true, &b).unwrap();
         let bytes = std::fs::read(&a).unwrap();
         assert_eq!(bytes, std::fs::read(&b).unwrap());
-        assert_eq!(&bytes[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 255]);
+        assert_eq!(&bytes[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
         let plain = flate2::read::GzDecoder::new(&bytes[..]);
         assert_eq!(read_members(plain).unwrap().len(), plan.entries.len());
         assert_eq!(
@@ -630,7 +643,8 @@ pub(crate) mod tests {
         let plan = sample_plan();
         let members = read_members(&archive(&plan, Part::Whole)[..]).unwrap();
         assert_eq!(members.len(), plan.entries.len());
-        for (m, e) in members.iter().zip(&plan.entries) {
+        let whole = select(&plan, Part::Whole);
+        for (m, e) in members.iter().zip(&whole) {
             assert_eq!(m.path, e.path);
             assert_eq!(m.mode, cpio_mode(e));
             assert_eq!(
@@ -647,6 +661,15 @@ pub(crate) mod tests {
         inos.sort();
         inos.dedup();
         assert_eq!(inos.len(), members.len());
+        // Shared half first, each path once, every parent before its children.
+        assert!(members[..5].iter().all(|m| m.path.starts_with("usr")));
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &members {
+            if let Some((parent, _)) = m.path.rsplit_once('/') {
+                assert!(seen.contains(parent), "{} before its parent", m.path);
+            }
+            assert!(seen.insert(m.path.as_str()), "{} twice", m.path);
+        }
         assert_eq!(archive(&plan, Part::Whole), archive(&plan, Part::Whole));
     }
 
@@ -808,7 +831,7 @@ pub(crate) mod tests {
         let listing = gnu_cpio_list(&archive(&plan, Part::Whole));
         let lines: Vec<_> = listing.lines().collect();
         assert_eq!(lines.len(), plan.entries.len(), "{listing}");
-        for (line, e) in lines.iter().zip(&plan.entries) {
+        for (line, e) in lines.iter().zip(select(&plan, Part::Whole)) {
             let f: Vec<_> = line.split_whitespace().collect();
             // mode nlink uid gid size month day year name [-> target]
             assert_eq!(f[0], ls_mode(e), "{line}");

@@ -1,37 +1,50 @@
-//! Outputs appear atomically: bytes go to a temporary file in the destination
-//! folder, which is renamed over the final name only once everything is written
-//! and synced. On error the temporary file is removed and nothing is left.
+//! Helpers the cpio and cloud-init writers share, on top of [`crate::atomic`]:
+//! streaming into an atomic file, a seekable atomic file (for disk images),
+//! in-memory gzip with the pinned header, private folders.
 
 use std::fs::{self, File, Permissions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use flate2::{Compression, GzBuilder, write::GzEncoder};
 use tempfile::NamedTempFile;
 
+use crate::atomic::{self, AtomicFile};
 use crate::error::{Error, IoContext, Result};
 
-/// The deflate level of every gzip we write: part of the output bytes, so fixed.
-pub const GZIP_LEVEL: u32 = 9;
+/// Write `dest` atomically with whatever `write` puts into the stream.
+pub fn write_atomic<F>(dest: &Path, mode: u32, write: F) -> Result<PathBuf>
+where
+    F: FnOnce(&mut AtomicFile) -> Result<()>,
+{
+    let mut file = AtomicFile::create(dest, mode)?;
+    write(&mut file)?;
+    file.flush().with_path("cannot write", dest)?;
+    file.commit()
+}
 
-/// A file being written in place of `dest`.
-pub struct AtomicFile {
+/// An atomic output that can seek (disk images are not written front to back).
+pub struct SeekableAtomicFile {
     tmp: NamedTempFile,
     dest: PathBuf,
     mode: u32,
 }
 
-impl AtomicFile {
-    /// Start writing `dest`; it gets permission bits `mode` (umask does not apply).
+impl SeekableAtomicFile {
     pub fn create(dest: &Path, mode: u32) -> Result<Self> {
-        let dir = parent_dir(dest);
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         let tmp = tempfile::Builder::new()
-            .prefix(".imgbuild-")
+            .prefix(&format!(
+                ".{}.",
+                dest.file_name().unwrap_or_default().to_string_lossy()
+            ))
             .suffix(".tmp")
-            .tempfile_in(dir)
-            .with_path("cannot create a temporary file in", dir)?;
-        Ok(AtomicFile {
+            .tempfile_in(&dir)
+            .map_err(|e| atomic::writable_hint(&dir, e))?;
+        Ok(SeekableAtomicFile {
             tmp,
             dest: dest.to_path_buf(),
             mode,
@@ -42,69 +55,40 @@ impl AtomicFile {
         self.tmp.as_file_mut()
     }
 
-    pub fn dest(&self) -> &Path {
-        &self.dest
-    }
-
-    /// Sync, set the mode, and rename over the destination.
-    pub fn commit(self) -> Result<()> {
+    pub fn commit(self) -> Result<PathBuf> {
         let dest = self.dest;
-        let file = self.tmp.as_file();
-        file.set_permissions(Permissions::from_mode(self.mode))
-            .with_path("cannot set permissions of", self.tmp.path())?;
-        file.sync_all().with_path("cannot sync", self.tmp.path())?;
+        // Mode set explicitly: the umask must not decide who may read private keys.
+        self.tmp
+            .as_file()
+            .set_permissions(Permissions::from_mode(self.mode))
+            .with_path("cannot set permissions on", self.tmp.path())?;
+        self.tmp
+            .as_file()
+            .sync_all()
+            .with_path("cannot sync", &dest)?;
         self.tmp
             .persist(&dest)
             .map_err(|e| Error::io("cannot rename into place", &dest, e.error))?;
-        Ok(())
+        Ok(dest)
     }
 }
 
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Write `dest` atomically with the bytes `write` produces into a buffered writer.
-pub fn write_atomic<F>(dest: &Path, mode: u32, write: F) -> Result<()>
-where
-    F: FnOnce(&mut dyn Write) -> Result<()>,
-{
-    let mut file = AtomicFile::create(dest, mode)?;
-    {
-        let mut out = BufWriter::with_capacity(1 << 20, file.file());
-        write(&mut out)?;
-        out.flush().with_path("cannot write", dest)?;
-    }
-    file.commit()
-}
-
-/// A gzip stream with reproducible header bytes: mtime 0, no file name, OS
-/// "unknown" (255), fixed level.
-pub fn gzip_encoder<W: Write>(out: W) -> GzEncoder<W> {
-    GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(out, Compression::new(GZIP_LEVEL))
-}
-
-/// Gzip `bytes` in memory (small outputs such as user-data).
+/// Gzip `bytes` in memory (user-data), with the same pinned header and level
+/// as every other gzip we write.
 pub fn gzip_bytes(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = gzip_encoder(Vec::new());
+    let mut enc = super::tar::gzip(Vec::new());
     enc.write_all(bytes).expect("writing to a Vec cannot fail");
     enc.finish().expect("writing to a Vec cannot fail")
 }
 
 /// Create `dir` (and missing parents) and give it exactly `mode`.
-pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
-    fs::create_dir_all(dir).with_path("cannot create folder", dir)?;
+pub fn ensure_dir_mode(dir: &Path, mode: u32) -> Result<()> {
+    atomic::ensure_dir(dir)?;
     fs::set_permissions(dir, Permissions::from_mode(mode))
         .with_path("cannot set permissions of", dir)
 }
 
-/// Map an I/O error of the output stream to an error naming the output.
+/// An I/O error while writing `dest`.
 pub fn out_err(dest: &Path) -> impl Fn(io::Error) -> Error + '_ {
     move |e| Error::io("cannot write", dest, e)
 }
@@ -116,8 +100,8 @@ mod tests {
     #[test]
     fn gzip_header_is_fixed() {
         let gz = gzip_bytes(b"hello");
-        // magic, deflate, no flags (no name), mtime 0, xfl 2 (level 9), OS 255
-        assert_eq!(&gz[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 255]);
+        // magic, deflate, no flags (no name), mtime 0, xfl 0 (level 6), OS 255
+        assert_eq!(&gz[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
         assert_eq!(gz, gzip_bytes(b"hello"));
     }
 
@@ -133,13 +117,14 @@ mod tests {
         assert_eq!(err.to_string(), "boom");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 
-        write_atomic(&dest, 0o600, |w| {
-            w.write_all(b"ok").map_err(out_err(Path::new("x")))
-        })
-        .unwrap();
+        write_atomic(&dest, 0o600, |w| w.write_all(b"ok").map_err(out_err(&dest))).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"ok");
         let mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        let img = SeekableAtomicFile::create(&dir.path().join("x.img"), 0o600).unwrap();
+        drop(img);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
