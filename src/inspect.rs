@@ -701,7 +701,7 @@ mod tests {
         assert_eq!(verify(&found, &manifest), Vec::<String>::new());
 
         // Only one half: the other half's entries are missing.
-        let half = inspect(&[node.clone()]).unwrap();
+        let half = inspect(std::slice::from_ref(&node)).unwrap();
         assert!(
             verify(&half, &manifest)
                 .iter()
