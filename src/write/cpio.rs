@@ -15,8 +15,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::build::HashingWriter;
 use crate::error::{Error, Kind, Result};
 use crate::plan::{Content, Entry, EntryKind, Plan};
+use crate::write::manifest::OutputFile;
 use crate::write::output::write_atomic;
 
 const MAGIC: &[u8; 6] = b"070701";
@@ -284,8 +286,14 @@ pub fn write_part<W: Write>(plan: &Plan, part: Part, out: W) -> Result<W> {
 }
 
 /// Write the `part` of `plan` to `dest` atomically, gzipped or not. The file is
-/// 0600 when it holds a secret (private keys), 0644 otherwise.
-pub fn write_file(plan: &Plan, part: Part, gzip: bool, dest: &Path) -> Result<PathBuf> {
+/// 0600 when it holds a secret (private keys), 0644 otherwise. Returns the
+/// written file's name, sha256 and size for the manifest.
+pub fn write_file(
+    plan: &Plan,
+    part: Part,
+    gzip: bool,
+    dest: &Path,
+) -> Result<(PathBuf, OutputFile)> {
     let entries = select(plan, part);
     let mode = if entries.iter().any(|e| e.secret) {
         0o600
@@ -294,15 +302,26 @@ pub fn write_file(plan: &Plan, part: Part, gzip: bool, dest: &Path) -> Result<Pa
     };
     let first_ino = part.first_ino();
     let mtime = plan.meta.mtime;
-    write_atomic(dest, mode, |out| {
+    let mut digest = None;
+    let path = write_atomic(dest, mode, |out| {
+        let hashing = HashingWriter::new(out);
         let res = if gzip {
-            let gz = write_cpio(entries, mtime, first_ino, super::tar::gzip(out))?;
-            gz.finish().map(drop).map_err(write_err)
+            let gz = write_cpio(entries, mtime, first_ino, super::tar::gzip(hashing))?;
+            gz.finish().map_err(write_err)
         } else {
-            write_cpio(entries, mtime, first_ino, out).map(drop)
+            write_cpio(entries, mtime, first_ino, hashing)
         };
-        res.map_err(|e| e.context(dest.display()))
-    })
+        let (_, sha256, size) = res.map_err(|e| e.context(dest.display()))?.finish();
+        digest = Some((sha256, size));
+        Ok(())
+    })?;
+    let (sha256, size) = digest.expect("set on success");
+    let name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    Ok((path, OutputFile { name, sha256, size }))
 }
 
 // ---------------------------------------------------------------------------
