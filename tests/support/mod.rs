@@ -16,7 +16,12 @@ use sha2::{Digest, Sha256, Sha512};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
-pub const BINARIES: [&str; 4] = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"];
+pub const BINARIES: [&str; 4] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+];
 
 pub struct Workspace {
     pub tmp: tempfile::TempDir,
@@ -72,7 +77,8 @@ pub fn server_tarball(binaries: &[(&str, Vec<u8>)]) -> Vec<u8> {
     h.set_size(5);
     h.set_mode(0o644);
     h.set_cksum();
-    tar.append_data(&mut h, "kubernetes/LICENSES", &b"MIT\n\n"[..]).unwrap();
+    tar.append_data(&mut h, "kubernetes/LICENSES", &b"MIT\n\n"[..])
+        .unwrap();
     tar.into_inner().unwrap().finish().unwrap()
 }
 
@@ -87,7 +93,10 @@ pub fn test_recipe(version: &str, arch: &str, tarball: &[u8]) -> String {
             "sha512" => hex::encode(Sha512::digest(tarball)),
             other => panic!("algorithm {other}"),
         };
-        a["digests"].as_table_mut().unwrap().insert(arch.into(), digest.into());
+        a["digests"]
+            .as_table_mut()
+            .unwrap()
+            .insert(arch.into(), digest.into());
         a["trust"] = "local".into();
     }
     toml::to_string(&recipe).unwrap()
@@ -111,7 +120,11 @@ impl Workspace {
     /// Inventory and PKI only; no recipe, no cache.
     pub fn bare(version: &str, arch: &str) -> Workspace {
         let tmp = tempfile::tempdir().unwrap();
-        fs::write(tmp.path().join("cluster.toml"), example_inventory(version, arch)).unwrap();
+        fs::write(
+            tmp.path().join("cluster.toml"),
+            example_inventory(version, arch),
+        )
+        .unwrap();
         let ws = Workspace {
             tmp,
             version: version.into(),
@@ -149,14 +162,59 @@ impl Workspace {
         let pki = self.path("pki");
         fs::create_dir_all(&pki).unwrap();
         let run = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(&pki).output().unwrap();
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&pki)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
-        run(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca-key.pem", "-out", "ca.pem", "-subj", "/CN=Kubernetes", "-days", "30"]);
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=Kubernetes",
+            "-days",
+            "30",
+        ]);
         for name in ["kubernetes", "service-account"] {
-            run(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &format!("{name}-key.pem"), "-out", &format!("{name}.pem"), "-subj", &format!("/CN={name}"), "-days", "30"]);
+            run(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}-key.pem"),
+                "-out",
+                &format!("{name}.pem"),
+                "-subj",
+                &format!("/CN={name}"),
+                "-days",
+                "30",
+            ]);
         }
-        for f in ["encryption-config.yaml", "kube-controller-manager.kubeconfig", "kube-scheduler.kubeconfig", "admin.kubeconfig"] {
+        for f in [
+            "encryption-config.yaml",
+            "kube-controller-manager.kubeconfig",
+            "kube-scheduler.kubeconfig",
+            "admin.kubeconfig",
+        ] {
             let mut file = fs::File::create(pki.join(f)).unwrap();
             writeln!(file, "# test stand-in for {f}").unwrap();
         }
@@ -185,7 +243,9 @@ impl Workspace {
         assert!(
             out.status.success(),
             "imgbuild {:?} failed ({}):\n{}",
-            args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -196,7 +256,11 @@ impl Workspace {
     pub fn fails<S: AsRef<std::ffi::OsStr>>(&self, args: &[S], code: i32) -> String {
         let out = self.run(args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(code), "expected exit {code}; stderr:\n{stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "expected exit {code}; stderr:\n{stderr}"
+        );
         stderr
     }
 
