@@ -8,6 +8,7 @@ pub mod atomic;
 pub mod build;
 pub mod cache;
 pub mod error;
+pub mod flags;
 pub mod inspect;
 pub mod inventory;
 pub mod plan;
