@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use imgbuild::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, sha256_hex};
 use imgbuild::write::cpio::{self, Part};
 
+mod support;
+
 fn entry(path: &str, mode: u32, kind: EntryKind, shared: bool) -> Entry {
     Entry {
         path: path.into(),
@@ -144,7 +146,7 @@ fn overlay_plan(work: &Path) -> Plan {
 }
 
 /// The init of the third archive: prints one line per overlay entry, then powers off.
-fn init_script(plan: &Plan) -> String {
+fn init_script(paths: &[&str]) -> String {
     let mut s = String::from(
         "#!/bin/busybox sh\n\
          B=/bin/busybox\n\
@@ -161,14 +163,15 @@ fn init_script(plan: &Plan) -> String {
          \x20 echo \"E|$1|$meta|$extra\"\n\
          }\n",
     );
-    for e in &plan.entries {
-        s.push_str(&format!("show '{}'\n", e.path));
+    for p in paths {
+        assert!(!p.contains('\''));
+        s.push_str(&format!("show '{p}'\n"));
     }
     s.push_str("echo IMGBUILD-END\n$B poweroff -f\n");
     s
 }
 
-fn busybox_archive(plan: &Plan, work: &Path) -> Vec<u8> {
+fn busybox_archive(paths: &[&str], work: &Path) -> Vec<u8> {
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.exists(),
@@ -177,7 +180,7 @@ fn busybox_archive(plan: &Plan, work: &Path) -> Vec<u8> {
     // A copy so the blob's recorded digest cannot race a package upgrade.
     let copy = work.join("busybox");
     std::fs::copy(busybox, &copy).unwrap();
-    let init = init_script(plan);
+    let init = init_script(paths);
     let entries = [
         dir("bin", 0o755, false),
         blob("bin/busybox", 0o755, &copy, false),
@@ -199,6 +202,17 @@ fn kernel() -> PathBuf {
     found
         .pop()
         .expect("no /boot/vmlinuz-*-cloud-amd64: apt-get install linux-image-cloud-amd64")
+}
+
+/// `path|raw mode|perm|uid|gid|size|mtime|digest or target` lines → path → fields.
+fn parse_report(out: &str) -> BTreeMap<String, Vec<String>> {
+    out.lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("E|"))
+        .map(|l| {
+            let f: Vec<String> = l.split('|').map(String::from).collect();
+            (f[0].clone(), f[1..].to_vec())
+        })
+        .collect()
 }
 
 /// Run qemu, returning its serial output; killed after `limit`.
@@ -265,19 +279,13 @@ fn kernel_unpacks_split_initramfs_to_the_plan() {
     let mut initrd = std::fs::read(&shared).unwrap();
     initrd.extend(std::fs::read(&node).unwrap());
     initrd.resize(initrd.len().next_multiple_of(4), 0);
-    initrd.extend(busybox_archive(&plan, work.path()));
+    let paths: Vec<&str> = plan.entries.iter().map(|e| e.path.as_str()).collect();
+    initrd.extend(busybox_archive(&paths, work.path()));
     let initrd_path = work.path().join("initrd.img");
     std::fs::write(&initrd_path, &initrd).unwrap();
 
     let out = boot(&kernel(), &initrd_path, Duration::from_secs(300));
-    let seen: BTreeMap<String, Vec<String>> = out
-        .lines()
-        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("E|"))
-        .map(|l| {
-            let f: Vec<String> = l.split('|').map(String::from).collect();
-            (f[0].clone(), f[1..].to_vec())
-        })
-        .collect();
+    let seen = parse_report(&out);
     assert_eq!(seen.len(), plan.entries.len(), "serial output:\n{out}");
     for e in &plan.entries {
         let f = seen
@@ -303,6 +311,70 @@ fn kernel_unpacks_split_initramfs_to_the_plan() {
             }
             EntryKind::Symlink { target } => assert_eq!(&f[6], target, "{}", e.path),
             EntryKind::Dir => {}
+        }
+    }
+}
+
+/// The real CLI's split initramfs (`controller --format cpio.gz --split`) boots,
+/// and what the booted system sees matches the build manifest.
+#[test]
+fn booted_split_initramfs_matches_the_manifest() {
+    let ws = support::Workspace::with_binaries("v1.10.2", "amd64", 1 << 20);
+    ws.ok(&[
+        "controller",
+        "--node",
+        "2",
+        "--format",
+        "cpio.gz",
+        "--split",
+    ]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.path("out/controller-2.manifest.json")).unwrap())
+            .unwrap();
+    let entries = manifest["entries"].as_array().unwrap();
+    let paths: Vec<&str> = entries
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().trim_start_matches('/'))
+        .collect();
+
+    let mut initrd = std::fs::read(ws.path("out/controller-shared-v1.10.2-amd64.cpio.gz")).unwrap();
+    initrd.extend(std::fs::read(ws.path("out/controller-2-node.cpio.gz")).unwrap());
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
+    initrd.extend(busybox_archive(&paths, ws.dir()));
+    let initrd_path = ws.path("initrd.img");
+    std::fs::write(&initrd_path, &initrd).unwrap();
+
+    let out = boot(&kernel(), &initrd_path, Duration::from_secs(300));
+    let seen = parse_report(&out);
+    assert_eq!(seen.len(), entries.len(), "serial output:\n{out}");
+    for e in entries {
+        let path = e["path"].as_str().unwrap().trim_start_matches('/');
+        let f = seen
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} not reported:\n{out}"));
+        let want_type = match e["type"].as_str().unwrap() {
+            "dir" => 0o040000,
+            "file" => 0o100000,
+            _ => 0o120000,
+        };
+        let raw = u32::from_str_radix(&f[0], 16).unwrap();
+        assert_eq!(raw & 0o170000, want_type, "{path}: {f:?}");
+        if e["type"] != "symlink" {
+            assert_eq!(
+                format!("{:04o}", raw & 0o7777),
+                e["mode"].as_str().unwrap(),
+                "{path}"
+            );
+        }
+        assert_eq!(f[2], e["uid"].to_string(), "{path}");
+        assert_eq!(f[3], e["gid"].to_string(), "{path}");
+        match e["type"].as_str().unwrap() {
+            "file" => {
+                assert_eq!(f[4], e["size"].to_string(), "{path}");
+                assert_eq!(f[6], e["sha256"].as_str().unwrap(), "{path}");
+            }
+            "symlink" => assert_eq!(f[6], e["target"].as_str().unwrap(), "{path}"),
+            _ => {}
         }
     }
 }
