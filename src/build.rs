@@ -452,7 +452,7 @@ pub fn controller(
     atomic::ensure_dir(&opts.out_dir)?;
     let mut built = Vec::new();
     // Split cpio: the shared archive is the same for every node; write it once.
-    let mut shared_written: Option<OutputFile> = None;
+    let mut shared_written: Option<(Vec<String>, OutputFile)> = None;
     for index in indices {
         let plan = loaded.plan(index, session.mtime, progress)?;
         progress.event(Event::Step {
@@ -507,7 +507,7 @@ pub fn select_nodes(inv: &Inventory, nodes: &[String], all: bool) -> Result<Vec<
 fn write_node(
     plan: &Plan,
     opts: &ControllerOptions,
-    shared_written: &mut Option<OutputFile>,
+    shared_written: &mut Option<(Vec<String>, OutputFile)>,
     progress: &dyn Progress,
 ) -> Result<Built> {
     let (format, out_dir) = (opts.format, opts.out_dir.as_path());
@@ -538,8 +538,26 @@ fn write_node(
             if opts.split {
                 let node = out_dir.join(format!("{stem}-node.{ext}"));
                 let (node, node_out) = write_file(plan, Part::PerNode, gzip, &node)?;
+                // What the shared archive holds; every node's must be the same.
+                let fingerprint: Vec<String> = write::cpio::select(plan, Part::Shared)
+                    .iter()
+                    .map(|e| {
+                        let what = match &e.kind {
+                            crate::plan::EntryKind::File { sha256, .. } => sha256.as_str(),
+                            crate::plan::EntryKind::Symlink { target } => target.as_str(),
+                            crate::plan::EntryKind::Dir => "dir",
+                        };
+                        format!("{} {:o} {}:{} {what}", e.path, e.mode, e.uid, e.gid)
+                    })
+                    .collect();
                 let shared_out = match shared_written {
-                    Some(o) => o.clone(),
+                    Some((seen, o)) if *seen == fingerprint => o.clone(),
+                    Some(_) => {
+                        return Err(Error::input(format!(
+                            "node {}: its binaries differ from the previous node's, so they cannot share one archive; build it without --split",
+                            plan.meta.node_index
+                        )));
+                    }
                     None => {
                         let m = &plan.meta;
                         let name = format!(
@@ -548,7 +566,7 @@ fn write_node(
                         );
                         let (path, o) = write_file(plan, Part::Shared, gzip, &out_dir.join(name))?;
                         progress.event(Event::Wrote { path: &path });
-                        *shared_written = Some(o.clone());
+                        *shared_written = Some((fingerprint, o.clone()));
                         o
                     }
                 };
