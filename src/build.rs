@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::Digest;
+use crate::write::digest::ResumableSha256;
 
 use crate::assets::Assets;
 use crate::atomic;
@@ -560,52 +560,56 @@ fn write_tar_gz(
         "tar-gz-{}",
         write::tar::shared_key(&shared, plan.meta.mtime)?
     );
-    for attempt in 0..2 {
-        let (seg_path, seg) = match cache.segment(&key)? {
-            Some(found) => found,
-            None => {
-                progress.event(Event::Step {
-                    what: "compressing the binaries (once for every node of this recipe and arch)",
-                });
-                let tmp = cache.temp_file()?;
-                let mut w =
-                    write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
-                write::tar::write_shared(shared.clone(), plan.meta.mtime, &mut w, threads())?;
-                let (buf, sha256, size) = w.finish();
-                let tmp = buf
-                    .into_inner()
-                    .map_err(|e| Error::io("cannot write", Path::new("segment"), e.into_error()))?;
-                let seg = crate::cache::Segment { sha256, size };
-                (cache.store_segment(&key, tmp, &seg)?, seg)
-            }
-        };
-        let file = atomic::AtomicFile::create(dest, 0o600)?;
-        let mut out = write::tar::HashingWriter::new(file);
-        let mut src = std::fs::File::open(&seg_path).with_path("cannot read", &seg_path)?;
-        std::io::copy(&mut src, &mut out).with_path("cannot copy", &seg_path)?;
-        // The output so far is exactly the segment: its digest checks the cached copy.
-        if hex::encode(out.hasher.clone().finalize()) != seg.sha256 || out.size != seg.size {
-            cache.drop_segment(&key);
-            if attempt == 0 {
-                progress.event(Event::Warning {
-                    message: &format!(
-                        "cached segment {} was corrupt; rebuilding it",
-                        seg_path.display()
-                    ),
-                });
-                continue;
-            }
-            return Err(Error::integrity(format!(
-                "segment {} keeps failing its digest",
-                seg_path.display()
-            )));
+    let (seg_path, seg) = match cache.segment(&key)? {
+        Some(found) => found,
+        None => {
+            progress.event(Event::Step {
+                what: "compressing the binaries (once for every node of this recipe and arch)",
+            });
+            let tmp = cache.temp_file()?;
+            let mut w =
+                write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
+            write::tar::write_shared(shared.clone(), plan.meta.mtime, &mut w, threads())?;
+            let state = w.hasher.save();
+            let (buf, sha256, size) = w.finish();
+            let tmp = buf
+                .into_inner()
+                .map_err(|e| Error::io("cannot write", Path::new("segment"), e.into_error()))?;
+            let seg = crate::cache::Segment {
+                sha256,
+                size,
+                state,
+            };
+            (cache.store_segment(&key, tmp, &seg)?, seg)
         }
-        let out = write::tar::write_per_node(plan.per_node(), plan.meta.mtime, out)?;
-        let (file, sha256, size) = out.finish();
-        file.commit()?;
-        return Ok((sha256, size));
+    };
+    let hasher = ResumableSha256::resume(&seg.state)
+        .filter(|h| h.len() == seg.size)
+        .ok_or_else(|| {
+            Error::integrity(format!(
+                "cached segment {} has a damaged record",
+                seg_path.display()
+            ))
+        })?;
+    let mut file = atomic::AtomicFile::create(dest, 0o600)?;
+    // In-kernel copy (copy_file_range): the shared part never passes through here.
+    let mut src = std::fs::File::open(&seg_path).with_path("cannot read", &seg_path)?;
+    let copied = std::io::copy(&mut src, file.file_mut().with_path("cannot write", dest)?)
+        .with_path("cannot copy", &seg_path)?;
+    if copied != seg.size {
+        return Err(Error::integrity(format!(
+            "cached segment {} changed size while copying; run `imgbuild cache verify`",
+            seg_path.display()
+        )));
     }
-    unreachable!("the loop returns")
+    let out = write::tar::write_per_node(
+        plan.per_node(),
+        plan.meta.mtime,
+        write::tar::HashingWriter::resume(file, hasher),
+    )?;
+    let (file, sha256, size) = out.finish();
+    file.commit()?;
+    Ok((sha256, size))
 }
 
 /// Replace or add lines `<sha256>  <name>` in a SHA256SUMS file, kept sorted by name.

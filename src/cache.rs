@@ -452,6 +452,9 @@ impl Cache {
 pub struct Segment {
     pub sha256: String,
     pub size: u64,
+    /// The hash state after the segment's bytes: outputs that begin with the
+    /// segment resume from it instead of hashing the segment again.
+    pub state: crate::write::digest::Sha256State,
 }
 
 impl Cache {

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::plan::{Entry, EntryKind};
+use crate::write::digest::ResumableSha256;
 use crate::write::gz;
 
 /// The ustar header for `entry`.
@@ -255,23 +256,24 @@ pub fn write_per_node<'a, W: Write>(
     enc.finish().map_err(io_err)
 }
 
-/// Hashes what passes through, so a file's digest costs no second read.
+/// Hashes what passes through, so a file's digest costs no second read; the
+/// hash state can be saved and resumed (see `digest`).
 pub struct HashingWriter<W> {
     pub inner: W,
-    pub hasher: Sha256,
-    pub size: u64,
+    pub hasher: ResumableSha256,
 }
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            size: 0,
-        }
+        Self::resume(inner, ResumableSha256::new())
     }
+    pub fn resume(inner: W, hasher: ResumableSha256) -> Self {
+        HashingWriter { inner, hasher }
+    }
+    /// The writer, the sha256 of everything hashed, and its length.
     pub fn finish(self) -> (W, String, u64) {
-        (self.inner, hex::encode(self.hasher.finalize()), self.size)
+        let size = self.hasher.len();
+        (self.inner, self.hasher.finish_hex(), size)
     }
 }
 
@@ -279,7 +281,6 @@ impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
-        self.size += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
