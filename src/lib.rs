@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod inventory;
+pub mod pki;
 pub mod plan;
 pub mod progress;
 
