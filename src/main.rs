@@ -1,1 +1,75 @@
-fn main() {}
+//! Thin entry point: parse arguments, call the library, map errors to exit codes.
+
+mod cli;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{CacheCommand, Cli, Command};
+use imgbuild::cache::Cache;
+use imgbuild::recipe::Recipe;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let reporter = report::Reporter::new(cli.global.quiet);
+    match run(&cli, &reporter) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.kind.exit_code())
+        }
+    }
+}
+
+fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
+    let session = cli.global.session();
+    match &cli.command {
+        Command::Controller(args) => {
+            let built = imgbuild::build::controller(&session, &args.options(), reporter)?;
+            for b in built {
+                println!("{}", b.artifact.display());
+            }
+            Ok(())
+        }
+        Command::Cache(CacheCommand::Import { files }) => {
+            let cache = Cache::open(&session.cache_dir)?;
+            let recipes = all_recipes(&session)?;
+            for f in files {
+                let index = cache.import(f, &recipes, reporter)?;
+                println!(
+                    "{} {} ({} members)",
+                    index.pin,
+                    index.file,
+                    index.members.len()
+                );
+            }
+            Ok(())
+        }
+        Command::Cache(CacheCommand::Ls) => {
+            let cache = Cache::open(&session.cache_dir)?;
+            for idx in cache.list()? {
+                println!(
+                    "{}\t{}\t{:?}\t{} bytes",
+                    idx.file, idx.pin, idx.trust, idx.size
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn all_recipes(session: &imgbuild::build::Session) -> imgbuild::Result<Vec<Recipe>> {
+    session
+        .assets
+        .recipe_names()?
+        .iter()
+        .map(|n| {
+            let version = n
+                .trim_start_matches("kubernetes-")
+                .trim_end_matches(".toml");
+            Recipe::load(&session.assets, version)
+        })
+        .collect()
+}
