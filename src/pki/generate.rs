@@ -281,6 +281,33 @@ pub fn init(inv: &Inventory, opts: &InitOptions, progress: &dyn Progress) -> Res
     Ok(report)
 }
 
+impl std::fmt::Display for InitReport {
+    /// What changed, by file name; never content.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for name in &self.replaced {
+            writeln!(f, "replaced {name}")?;
+        }
+        if let Some(b) = &self.backup {
+            writeln!(f, "old files moved to {}", b.display())?;
+        }
+        for name in &self.created {
+            writeln!(f, "created  {name}")?;
+        }
+        for name in &self.renewed {
+            writeln!(f, "renewed  {name}")?;
+        }
+        if !self.changed() {
+            writeln!(f, "nothing to do: every file is there and fits")?;
+        }
+        write!(
+            f,
+            "PKI folder {} fits {}; build every node of this cluster from it",
+            self.dir.display(),
+            self.check.inventory.display()
+        )
+    }
+}
+
 struct Writer<'a> {
     dir: &'a Path,
     progress: &'a dyn Progress,
@@ -314,9 +341,13 @@ fn read_cert(path: &Path) -> Result<Vec<u8>> {
 
 /// The folder must be 0700: it holds private keys.
 fn ensure_dir(dir: &Path, progress: &dyn Progress) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
-        std::fs::create_dir_all(dir).with_path("create", dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_path("create", dir)?;
     }
     let mode = std::fs::metadata(dir)
         .with_path("inspect", dir)?

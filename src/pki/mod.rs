@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::inventory::Inventory;
+use crate::progress::{Event, Progress};
 
 pub use check::{CheckReport, Finding, Fix, Severity, check};
 pub use generate::{InitOptions, InitReport, init};
@@ -241,6 +242,54 @@ pub fn legacy_encryption_config(kubernetes_version: &str) -> bool {
     let major = parts.next().unwrap_or(1);
     let minor = parts.next().unwrap_or(0);
     (major, minor) < (1, 13)
+}
+
+/// The inventory bundled with imgbuild (the seed's three controllers).
+const BUNDLED_EXAMPLE: &str = include_str!("../../cluster.toml");
+
+/// Whether `inv` says what the bundled example says (comments and layout aside).
+pub fn is_bundled_example(inv: &Inventory) -> bool {
+    let Ok(example) = toml::from_str::<Inventory>(BUNDLED_EXAMPLE) else {
+        return false;
+    };
+    // `path` and `sha256` are not serialized: this compares the content only.
+    serde_json::to_value(&example).ok() == serde_json::to_value(inv).ok()
+}
+
+/// What a build calls before it reads the PKI: the same check as `pki check`,
+/// refusing a PKI that does not fit the inventory (the error says what to run).
+///
+/// The one case where a PKI appears without `pki init`: the inventory is the
+/// bundled example, unchanged, and its `pki_dir` does not exist at all. Then the
+/// example's PKI is generated and a notice says where it is and that every node
+/// of one cluster must be built from it. An edited example, or any other
+/// inventory, gets an error naming `imgbuild pki init` instead: a CA made
+/// silently on a second machine would split the cluster.
+pub fn ensure_for_build(inv: &Inventory, progress: &dyn Progress) -> Result<CheckReport> {
+    let dir = inv.pki_dir();
+    if !dir.exists() && is_bundled_example(inv) {
+        let report = init(inv, &InitOptions::default(), progress)?;
+        let msg = format!(
+            "NEW PKI for the bundled example: {dir} now holds a new CA, keys, kubeconfigs and \
+             an encryption key ({n} files). Every node of one cluster must be built from this \
+             same PKI: build all nodes from this folder, or copy it (mode 0700: it holds \
+             private keys) before building elsewhere. `imgbuild pki check --inventory {inv}` \
+             reports on it.",
+            dir = dir.display(),
+            n = report.created.len(),
+            inv = inv.path.display(),
+        );
+        progress.event(Event::Notice { message: &msg });
+    }
+    let report = check(inv, std::time::SystemTime::now());
+    for f in report.warnings() {
+        let msg = format!("PKI {}: {}", f.file, f.message);
+        progress.event(Event::Warning { message: &msg });
+    }
+    match report.error() {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
 }
 
 /// Write `bytes` to `dir/name` through a temporary file in the same folder and a
