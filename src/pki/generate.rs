@@ -144,7 +144,8 @@ pub fn init(inv: &Inventory, opts: &InitOptions, progress: &dyn Progress) -> Res
         w.write(CA_CERT, cert.pem().as_bytes(), false, false)?;
         cert.der().to_vec()
     };
-    let ca_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca_der.clone()));
+    // Embedded as ca.pem's own bytes, so the kubeconfigs carry exactly that file.
+    let ca_pem = std::fs::read_to_string(&ca_cert_path).with_path("read", &ca_cert_path)?;
     let ca_not_after = with_cert(&ca_der, |c| c.validity().not_after.timestamp())
         .map_err(|e| Error::input(format!("{}: {e}", ca_cert_path.display())))?;
     let ca_not_after = OffsetDateTime::from_unix_timestamp(ca_not_after)
