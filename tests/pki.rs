@@ -568,3 +568,125 @@ fn bundled_example_gets_its_pki_on_first_build_others_do_not() {
     );
     assert!(!other.pki().exists());
 }
+
+/// A PKI begun elsewhere: an RSA CA with a PKCS#1 key (as cfssl, which the
+/// seed's source used, writes it) signs everything `init` adds; keys in SEC1
+/// form (`openssl ec`) are read; a key swapped for another one is caught and
+/// `--renew` issues a certificate for the key in place.
+#[test]
+fn foreign_rsa_ca_and_key_formats() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new(INVENTORY);
+    let pki = env.pki();
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::set_permissions(&pki, std::fs::Permissions::from_mode(0o700)).unwrap();
+    tool_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca8.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=Kubernetes/O=Kubernetes",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        &pki,
+    );
+    tool_ok(
+        "openssl",
+        &[
+            "rsa",
+            "-in",
+            "ca8.pem",
+            "-out",
+            "ca-key.pem",
+            "-traditional",
+        ],
+        &pki,
+    );
+    std::fs::remove_file(pki.join("ca8.pem")).unwrap();
+    std::fs::set_permissions(
+        pki.join("ca-key.pem"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let ca_key = std::fs::read_to_string(pki.join("ca-key.pem")).unwrap();
+    assert!(ca_key.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+
+    let stdout = env.ok(&["pki", "init"]);
+    assert!(!stdout.contains("created  ca"), "{stdout}");
+    assert_eq!(
+        ca_key,
+        std::fs::read_to_string(pki.join("ca-key.pem")).unwrap()
+    );
+    for c in CERTS {
+        tool_ok(
+            "openssl",
+            &["verify", "-CAfile", "ca.pem", &format!("{c}.pem")],
+            &pki,
+        );
+    }
+    let api = tool_ok(
+        "openssl",
+        &["x509", "-in", "kubernetes.pem", "-noout", "-text"],
+        &pki,
+    );
+    assert!(api.contains("sha256WithRSAEncryption"), "{api}");
+
+    tool_ok(
+        "openssl",
+        &[
+            "ec",
+            "-in",
+            "kubernetes-key.pem",
+            "-out",
+            "kubernetes-key.pem",
+        ],
+        &pki,
+    );
+    let sec1 = std::fs::read_to_string(pki.join("kubernetes-key.pem")).unwrap();
+    assert!(
+        sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"),
+        "{sec1:.40}"
+    );
+    let check = env.ok(&["pki", "check"]);
+    assert!(
+        check.contains("ok     kubernetes.pem: key kubernetes-key.pem matches"),
+        "{check}"
+    );
+
+    std::fs::copy(
+        pki.join("admin-key.pem"),
+        pki.join("kube-scheduler-key.pem"),
+    )
+    .unwrap();
+    let out = env.run(&["pki", "check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("ERROR  kube-scheduler.pem: key kube-scheduler-key.pem does not match"),
+        "{}",
+        text(&out)
+    );
+    let stdout = env.ok(&["pki", "init", "--renew"]);
+    assert!(stdout.contains("renewed  kube-scheduler.pem"), "{stdout}");
+    assert!(
+        stdout.contains("renewed  kube-scheduler.kubeconfig"),
+        "{stdout}"
+    );
+    assert_eq!(
+        pubkey_of_key(&pki, "kube-scheduler-key.pem"),
+        pubkey_of_cert(&pki, "kube-scheduler.pem")
+    );
+    env.ok(&["pki", "check"]);
+}
