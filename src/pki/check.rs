@@ -265,6 +265,22 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
     }
 
     check_encryption(&mut r, &dir, &inv.cluster.kubernetes_version);
+    // Per file, in the order of `files()`: a key's lines follow its certificate's.
+    let order: Vec<String> = super::files().into_iter().map(|f| f.name).collect();
+    r.findings.sort_by_key(|f| {
+        let base = f.file.split(" (").next().unwrap_or_default();
+        let key_of = order.iter().position(|n| {
+            n.strip_suffix("-key.pem")
+                .is_some_and(|stem| base == format!("{stem}.pem"))
+        });
+        let at = order.iter().position(|n| n == base);
+        // Certificates sort just before their key; the folder itself first.
+        match (key_of, at) {
+            (Some(k), _) => 2 * k,
+            (None, Some(i)) => 2 * i + 1,
+            (None, None) => 0,
+        }
+    });
     r
 }
 
