@@ -324,6 +324,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn apiserver_sans_follow_the_inventory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        let text = BUNDLED_EXAMPLE
+            .replace("\"203.0.113.10\"", "\"API.Example.com\"")
+            .replace("10.32.0.0/24", "fd00:32::/112");
+        std::fs::write(&path, text).unwrap();
+        let inv = Inventory::load(&path).unwrap();
+        let sans: Vec<String> = apiserver_sans(&inv)
+            .unwrap()
+            .iter()
+            .map(|(s, _)| s.to_string())
+            .collect();
+        assert_eq!(
+            sans[..6],
+            [
+                "10.240.0.11",
+                "10.240.0.12",
+                "10.240.0.13",
+                "api.example.com",
+                "fd00:32::1",
+                "127.0.0.1"
+            ]
+        );
+        assert_eq!(sans.len(), 11);
+        assert!(!is_bundled_example(&inv));
+    }
+
+    #[test]
+    fn bundled_example_is_recognised_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        let reformatted: String = BUNDLED_EXAMPLE
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, reformatted).unwrap();
+        assert!(is_bundled_example(&Inventory::load(&path).unwrap()));
+    }
+
+    #[test]
     fn encryption_format_follows_version() {
         assert!(legacy_encryption_config("v1.10.2"));
         assert!(legacy_encryption_config("v1.12.10"));
