@@ -9,6 +9,7 @@ use crate::assets::Assets;
 use crate::atomic;
 use crate::cache::Cache;
 use crate::error::{Error, Result};
+use crate::flags::{Checked, Finding, FlagTable, Severity};
 use crate::inventory::Inventory;
 use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, sha256_hex};
 use crate::progress::{Event, Progress};
@@ -55,10 +56,12 @@ pub struct Loaded {
     pub inventory: Inventory,
     pub recipe: Recipe,
     pub version: Version,
+    pub flags: FlagTable,
     templates: Vec<Template>,
     renderer: Renderer,
     binaries: Vec<Entry>,
     pki: Vec<Entry>,
+    no_extra: BTreeMap<String, String>,
 }
 
 struct Template {
@@ -72,6 +75,11 @@ struct Template {
 impl Loaded {
     /// Load and check everything a build needs that is the same for all nodes.
     pub fn load(session: &Session) -> Result<Loaded> {
+        Self::load_with(session, true)
+    }
+
+    /// `with_inputs = false` skips the PKI folder and the cache: enough to render and lint.
+    pub fn load_with(session: &Session, with_inputs: bool) -> Result<Loaded> {
         let inventory = Inventory::load(&session.inventory)?;
         let version = Version::parse(&inventory.cluster.kubernetes_version)
             .expect("validated by the inventory");
@@ -99,31 +107,102 @@ impl Loaded {
             });
         }
         let renderer = Renderer::new(&sources)?;
-        let pki = read_pki(&inventory, &recipe)?;
-        let cache = Cache::open(&session.cache_dir)?;
-        let binaries = resolve_artifacts(&cache, &recipe, &inventory.cluster.arch)?;
+        let flags = FlagTable::load(&session.assets)?;
+        let (pki, binaries) = if with_inputs {
+            let pki = read_pki(&inventory, &recipe)?;
+            let cache = Cache::open(&session.cache_dir)?;
+            (
+                pki,
+                resolve_artifacts(&cache, &recipe, &inventory.cluster.arch)?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Ok(Loaded {
             inventory,
             recipe,
             version,
+            flags,
             templates,
             renderer,
             binaries,
             pki,
+            no_extra: BTreeMap::new(),
         })
     }
 
-    /// The plan for node `index` (1-based).
-    pub fn plan(&self, index: usize, mtime: u64) -> Result<Plan> {
+    /// The overlay's templates rendered for node `index` (1-based): (template, text).
+    pub fn render(&self, index: usize) -> Result<Vec<(&str, String)>> {
+        let ctx = Context::new(&self.inventory, index, self.version);
+        self.templates
+            .iter()
+            .map(|t| {
+                Ok((
+                    t.path.as_str(),
+                    self.renderer.render(&t.name, &t.origin, &ctx)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Check node `index`'s rendered files against the flag table. Duplicate
+    /// flags are errors here; the table's errors are returned as findings.
+    pub fn lint(&self, index: usize) -> Result<Vec<Finding>> {
+        let rendered = self.render(index)?;
+        self.lint_rendered(&rendered)
+    }
+
+    fn lint_rendered(&self, rendered: &[(&str, String)]) -> Result<Vec<Finding>> {
+        let inv = &self.inventory;
+        let mut checked = Vec::new();
+        for (path, text) in rendered {
+            check_unit_flags(inv, path, text)?;
+            let (extra, section) = match crate::unit::exec_start(text).map(|(c, _)| c) {
+                Some(c) if c.ends_with("/kube-apiserver") => {
+                    (&inv.apiserver.extra_args, "[apiserver.extra_args]")
+                }
+                Some(c) if c.ends_with("/kube-controller-manager") => (
+                    &inv.controller_manager.extra_args,
+                    "[controller_manager.extra_args]",
+                ),
+                Some(c) if c.ends_with("/kube-scheduler") => {
+                    (&inv.scheduler.extra_args, "[scheduler.extra_args]")
+                }
+                _ => (&self.no_extra, ""),
+            };
+            checked.push(Checked {
+                path,
+                text,
+                extra,
+                extra_section: section,
+            });
+        }
+        Ok(self.flags.check(self.version, &checked))
+    }
+
+    /// The plan for node `index` (1-based), after the version check: its
+    /// errors fail the build, its warnings and notices go to `progress`.
+    pub fn plan(&self, index: usize, mtime: u64, progress: &dyn Progress) -> Result<Plan> {
         let inv = &self.inventory;
         let node = &inv.controllers[index - 1];
-        let ctx = Context::new(inv, index, self.version);
-        let mut entries: Vec<Entry> = Vec::new();
-        for t in &self.templates {
-            let text = self.renderer.render(&t.name, &t.origin, &ctx)?;
-            if t.path.starts_with("etc/systemd/system/") {
-                check_unit_flags(inv, &t.path, &text)?;
+        let rendered = self.render(index)?;
+        let findings = self.lint_rendered(&rendered)?;
+        crate::flags::fail_on_errors(self.version, &findings).map_err(|e| {
+            e.context(format!(
+                "inventory {}, node {index} ({})",
+                inv.path.display(),
+                node.name
+            ))
+        })?;
+        for f in &findings {
+            let message = format!("/{}: {}", f.file, f.message);
+            match f.severity {
+                Severity::Warning => progress.event(Event::Warning { message: &message }),
+                _ => progress.event(Event::Notice { message: &message }),
             }
+        }
+        let mut entries: Vec<Entry> = Vec::new();
+        for (t, (_, text)) in self.templates.iter().zip(rendered) {
             entries.push(file_entry(
                 &t.path,
                 t.mode,
@@ -176,6 +255,9 @@ fn file_entry(path: &str, mode: u32, secret: bool, bytes: Vec<u8>, origin: Origi
 
 /// An inventory `extra_args` flag that the recipe already sets would appear twice.
 fn check_unit_flags(inv: &Inventory, path: &str, text: &str) -> Result<()> {
+    if !path.starts_with("etc/systemd/system/") {
+        return Ok(());
+    }
     let Some((_, flags)) = crate::unit::exec_start(text) else {
         return Ok(());
     };
@@ -259,6 +341,7 @@ pub fn resolve_artifacts(cache: &Cache, recipe: &Recipe, arch: &str) -> Result<V
                     member: m.path.clone(),
                     pinned: pin.clone(),
                     trust: a.trust,
+                    source: a.source.clone(),
                 },
                 shared: true,
                 secret: false,
@@ -355,7 +438,7 @@ pub fn controller(
     atomic::ensure_dir(&opts.out_dir)?;
     let mut built = Vec::new();
     for index in indices {
-        let plan = loaded.plan(index, session.mtime)?;
+        let plan = loaded.plan(index, session.mtime, progress)?;
         progress.event(Event::Step {
             what: &format!(
                 "writing {} for node {index} ({})",
@@ -376,6 +459,17 @@ pub fn controller(
         update_sums(&opts.out_dir.join("SHA256SUMS"), &sums)?;
     }
     Ok(built)
+}
+
+/// `imgbuild lint`: findings for the selected nodes (all when none is named).
+pub fn lint(session: &Session, nodes: &[String]) -> Result<Vec<(usize, Finding)>> {
+    let loaded = Loaded::load_with(session, false)?;
+    let all = nodes.is_empty();
+    let mut out = Vec::new();
+    for index in select_nodes(&loaded.inventory, nodes, all)? {
+        out.extend(loaded.lint(index)?.into_iter().map(|f| (index, f)));
+    }
+    Ok(out)
 }
 
 pub fn select_nodes(inv: &Inventory, nodes: &[String], all: bool) -> Result<Vec<usize>> {

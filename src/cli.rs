@@ -66,6 +66,15 @@ pub enum Command {
     /// (in the inventory's cluster.pki_dir).
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Check the rendered units and manifests against the flag table for the
+    /// inventory's Kubernetes version, without building.
+    Lint {
+        /// Nodes to check (default: all).
+        #[arg(long, value_name = "N|NAME")]
+        node: Vec<String>,
+    },
+    /// List the Kubernetes versions and arches there are recipes for, and where each pin came from.
+    Recipes,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@ pub mod atomic;
 pub mod build;
 pub mod cache;
 pub mod error;
+pub mod flags;
 pub mod inventory;
 pub mod pki;
 pub mod plan;

@@ -26,7 +26,7 @@ impl Progress for Reporter {
         let line = match event {
             Event::Warning { message } => format!("warning: {message}"),
             _ if self.quiet => return,
-            Event::Step { what } => format!("{what}"),
+            Event::Step { what } => what.to_string(),
             Event::Notice { message } => format!("note: {message}"),
             Event::Wrote { path } => format!("wrote {}", path.display()),
             Event::Cached { name, digest } => format!("cached {name} ({digest})"),

@@ -32,8 +32,14 @@ fn inventory_errors() {
     let reset = || fs::write(ws.path("cluster.toml"), &original).unwrap();
 
     // Missing inventory.
-    let err = ws.fails(&["controller", "--node", "1", "--inventory", "nope.toml"], 2);
-    assert!(err.contains("nope.toml") && err.contains("--inventory"), "{err}");
+    let err = ws.fails(
+        &["controller", "--node", "1", "--inventory", "nope.toml"],
+        2,
+    );
+    assert!(
+        err.contains("nope.toml") && err.contains("--inventory"),
+        "{err}"
+    );
 
     // Syntax error, with its line.
     edit(&ws, "arch = \"amd64\"", "arch = amd64");
@@ -42,31 +48,62 @@ fn inventory_errors() {
 
     // Unknown key.
     edit(&ws, "cluster_cidr", "cluster_cdir");
-    expect_error(&ws, "1", 2, &["cluster.toml", "unknown field `cluster_cdir`"]);
+    expect_error(
+        &ws,
+        "1",
+        2,
+        &["cluster.toml", "unknown field `cluster_cdir`"],
+    );
     reset();
 
     // Node selection.
     expect_error(&ws, "0", 2, &["--node 0", "1 to 3"]);
     expect_error(&ws, "4", 2, &["--node 4", "3 controller(s)"]);
-    expect_error(&ws, "controller-9", 2, &["controller-9", "controller-1, controller-2, controller-3"]);
+    expect_error(
+        &ws,
+        "controller-9",
+        2,
+        &["controller-9", "controller-1, controller-2, controller-3"],
+    );
 
     // Duplicates.
     edit(&ws, "name = \"controller-2\"", "name = \"controller-1\"");
     expect_error(&ws, "1", 2, &["controllers[2]", "appears twice"]);
     reset();
     edit(&ws, "10.240.0.12", "10.240.0.11");
-    expect_error(&ws, "1", 2, &["controllers[2] (controller-2).internal_ip", "used by another controller"]);
+    expect_error(
+        &ws,
+        "1",
+        2,
+        &[
+            "controllers[2] (controller-2).internal_ip",
+            "used by another controller",
+        ],
+    );
     reset();
 
     // Bad values.
     edit(&ws, "10.240.0.13", "10.240.0.256");
-    expect_error(&ws, "1", 2, &["controllers[3] (controller-3).internal_ip", "not an IP address"]);
+    expect_error(
+        &ws,
+        "1",
+        2,
+        &[
+            "controllers[3] (controller-3).internal_ip",
+            "not an IP address",
+        ],
+    );
     reset();
     edit(&ws, "10.200.0.0/16", "10.200.0.0");
     expect_error(&ws, "1", 2, &["cluster.cluster_cidr", "not a CIDR"]);
     reset();
     edit(&ws, "30000-32767", "30000-99999");
-    expect_error(&ws, "1", 2, &["cluster.service_node_port_range", "port range"]);
+    expect_error(
+        &ws,
+        "1",
+        2,
+        &["cluster.service_node_port_range", "port range"],
+    );
     reset();
 
     // Unknown version: the message lists what exists.
@@ -85,7 +122,10 @@ fn missing_pki_file_is_named() {
 #[test]
 fn cache_miss_says_how_to_import() {
     let ws = Workspace::bare("v1.10.2", "amd64");
-    let bins: Vec<_> = support::BINARIES.iter().map(|n| (*n, support::stand_in(n, 1000))).collect();
+    let bins: Vec<_> = support::BINARIES
+        .iter()
+        .map(|n| (*n, support::stand_in(n, 1000)))
+        .collect();
     ws.add_tarball(&bins);
     expect_error(
         &ws,
@@ -104,15 +144,24 @@ fn cache_miss_says_how_to_import() {
 #[test]
 fn import_of_a_file_that_does_not_match_its_pin_stores_nothing() {
     let ws = Workspace::bare("v1.10.2", "amd64");
-    let bins: Vec<_> = support::BINARIES.iter().map(|n| (*n, support::stand_in(n, 1000))).collect();
+    let bins: Vec<_> = support::BINARIES
+        .iter()
+        .map(|n| (*n, support::stand_in(n, 1000)))
+        .collect();
     ws.add_tarball(&bins);
     // Same name, other bytes.
     let mut altered = fs::read(ws.path("kubernetes-server-linux-amd64.tar.gz")).unwrap();
     let n = altered.len();
     altered[n / 2] ^= 1;
     fs::write(ws.path("kubernetes-server-linux-amd64.tar.gz"), &altered).unwrap();
-    let err = ws.fails(&["cache", "import", "kubernetes-server-linux-amd64.tar.gz"], 4);
-    assert!(err.contains("digest mismatch") && err.contains("expected sha256:") && err.contains("got"), "{err}");
+    let err = ws.fails(
+        &["cache", "import", "kubernetes-server-linux-amd64.tar.gz"],
+        4,
+    );
+    assert!(
+        err.contains("digest mismatch") && err.contains("expected sha256:") && err.contains("got"),
+        "{err}"
+    );
     let stored: Vec<_> = ws
         .files_under("cache")
         .into_iter()
@@ -122,7 +171,11 @@ fn import_of_a_file_that_does_not_match_its_pin_stores_nothing() {
     // A file no recipe pins.
     fs::write(ws.path("random.tar.gz"), b"x").unwrap();
     let err = ws.fails(&["cache", "import", "random.tar.gz"], 2);
-    assert!(err.contains("no recipe pins a file of this name") && err.contains("kubernetes-server-linux-amd64.tar.gz"), "{err}");
+    assert!(
+        err.contains("no recipe pins a file of this name")
+            && err.contains("kubernetes-server-linux-amd64.tar.gz"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -142,6 +195,12 @@ fn corrupted_cache_blob_fails_the_build() {
 fn unwritable_output_folder() {
     let ws = Workspace::new("v1.10.2");
     // A file where a folder should be: even root cannot write there.
-    let err = ws.fails(&["controller", "--node", "1", "--out", "cluster.toml/out"], 6);
-    assert!(err.contains("cluster.toml/out") && err.contains("--out"), "{err}");
+    let err = ws.fails(
+        &["controller", "--node", "1", "--out", "cluster.toml/out"],
+        6,
+    );
+    assert!(
+        err.contains("cluster.toml/out") && err.contains("--out"),
+        "{err}"
+    );
 }

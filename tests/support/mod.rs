@@ -15,7 +15,12 @@ use sha2::{Digest, Sha256, Sha512};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
-pub const BINARIES: [&str; 4] = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"];
+pub const BINARIES: [&str; 4] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+];
 
 pub struct Workspace {
     pub tmp: tempfile::TempDir,
@@ -71,7 +76,8 @@ pub fn server_tarball(binaries: &[(&str, Vec<u8>)]) -> Vec<u8> {
     h.set_size(5);
     h.set_mode(0o644);
     h.set_cksum();
-    tar.append_data(&mut h, "kubernetes/LICENSES", &b"MIT\n\n"[..]).unwrap();
+    tar.append_data(&mut h, "kubernetes/LICENSES", &b"MIT\n\n"[..])
+        .unwrap();
     tar.into_inner().unwrap().finish().unwrap()
 }
 
@@ -86,7 +92,10 @@ pub fn test_recipe(version: &str, arch: &str, tarball: &[u8]) -> String {
             "sha512" => hex::encode(Sha512::digest(tarball)),
             other => panic!("algorithm {other}"),
         };
-        a["digests"].as_table_mut().unwrap().insert(arch.into(), digest.into());
+        a["digests"]
+            .as_table_mut()
+            .unwrap()
+            .insert(arch.into(), digest.into());
         a["trust"] = "local".into();
     }
     toml::to_string(&recipe).unwrap()
@@ -110,7 +119,11 @@ impl Workspace {
     /// Inventory and PKI only; no recipe, no cache.
     pub fn bare(version: &str, arch: &str) -> Workspace {
         let tmp = tempfile::tempdir().unwrap();
-        fs::write(tmp.path().join("cluster.toml"), example_inventory(version, arch)).unwrap();
+        fs::write(
+            tmp.path().join("cluster.toml"),
+            example_inventory(version, arch),
+        )
+        .unwrap();
         let ws = Workspace {
             tmp,
             version: version.into(),
@@ -181,7 +194,9 @@ impl Workspace {
         assert!(
             out.status.success(),
             "imgbuild {:?} failed ({}):\n{}",
-            args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -192,7 +207,11 @@ impl Workspace {
     pub fn fails<S: AsRef<std::ffi::OsStr>>(&self, args: &[S], code: i32) -> String {
         let out = self.run(args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(code), "expected exit {code}; stderr:\n{stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "expected exit {code}; stderr:\n{stderr}"
+        );
         stderr
     }
 
