@@ -75,34 +75,28 @@ pub fn init(inv: &Inventory, opts: &InitOptions, progress: &dyn Progress) -> Res
     let now = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .expect("0 is valid");
-    let mut report = InitReport {
-        dir: dir.clone(),
-        created: Vec::new(),
-        renewed: Vec::new(),
-        replaced: Vec::new(),
-        backup: None,
-        check: check(inv, SystemTime::now()),
-    };
-
-    if opts.force && dir.is_dir() {
-        move_aside(&dir, now, &mut report)?;
-        if !report.replaced.is_empty() {
-            let msg = format!(
-                "--force replaced {} in {}; the old files are in {} (they hold private keys: delete that folder once no node uses the old PKI). Every node of the cluster must be rebuilt with the new PKI.",
-                report.replaced.join(", "),
-                dir.display(),
-                report.backup.as_ref().expect("set with replaced").display()
-            );
-            progress.event(Event::Notice { message: &msg });
-        }
-    }
-    ensure_dir(&dir, progress)?;
-
     let mut w = Writer {
         dir: &dir,
         progress,
-        report: &mut report,
+        created: Vec::new(),
+        renewed: Vec::new(),
     };
+    let mut replaced = Vec::new();
+    let mut backup = None;
+    if opts.force && dir.is_dir() {
+        if let Some((to, names)) = move_aside(&dir, now)? {
+            let msg = format!(
+                "--force replaced {} in {}; the old files are in {} (they hold private keys: delete that folder once no node uses the old PKI). Every node of the cluster must be rebuilt with the new PKI.",
+                names.join(", "),
+                dir.display(),
+                to.display()
+            );
+            progress.event(Event::Notice { message: &msg });
+            replaced = names;
+            backup = Some(to);
+        }
+    }
+    ensure_dir(&dir, progress)?;
 
     // The CA.
     let ca_cert_path = dir.join(CA_CERT);
@@ -271,7 +265,14 @@ pub fn init(inv: &Inventory, opts: &InitOptions, progress: &dyn Progress) -> Res
         }
     }
 
-    report.check = check(inv, SystemTime::now());
+    let report = InitReport {
+        dir: dir.clone(),
+        created: w.created,
+        renewed: w.renewed,
+        replaced,
+        backup,
+        check: check(inv, SystemTime::now()),
+    };
     for f in report.check.warnings() {
         let msg = format!("{}: {}", f.file, f.message);
         progress.event(Event::Warning { message: &msg });
@@ -309,10 +310,12 @@ impl std::fmt::Display for InitReport {
     }
 }
 
+/// Writes files and records which were new and which replaced.
 struct Writer<'a> {
     dir: &'a Path,
     progress: &'a dyn Progress,
-    report: &'a mut InitReport,
+    created: Vec<String>,
+    renewed: Vec<String>,
 }
 
 impl Writer<'_> {
@@ -320,9 +323,9 @@ impl Writer<'_> {
         let path = write_atomic(self.dir, name, bytes, secret)?;
         self.progress.event(Event::Wrote { path: &path });
         if replacing {
-            self.report.renewed.push(name.to_string());
+            self.renewed.push(name.to_string());
         } else {
-            self.report.created.push(name.to_string());
+            self.created.push(name.to_string());
         }
         Ok(())
     }
@@ -369,8 +372,9 @@ fn ensure_dir(dir: &Path, progress: &dyn Progress) -> Result<()> {
     Ok(())
 }
 
-/// `--force`: move every PKI file into `replaced-<UTC time>/` inside the folder.
-fn move_aside(dir: &Path, now: OffsetDateTime, report: &mut InitReport) -> Result<()> {
+/// `--force`: move every PKI file into `replaced-<UTC time>/` inside the folder;
+/// returns that folder and the names moved, or None when there was nothing.
+fn move_aside(dir: &Path, now: OffsetDateTime) -> Result<Option<(PathBuf, Vec<String>)>> {
     use std::os::unix::fs::DirBuilderExt;
     let present: Vec<String> = files()
         .into_iter()
@@ -378,7 +382,7 @@ fn move_aside(dir: &Path, now: OffsetDateTime, report: &mut InitReport) -> Resul
         .filter(|n| dir.join(n).exists())
         .collect();
     if present.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let stamp = format!(
         "replaced-{:04}{:02}{:02}T{:02}{:02}{:02}Z",
@@ -399,13 +403,11 @@ fn move_aside(dir: &Path, now: OffsetDateTime, report: &mut InitReport) -> Resul
         .mode(0o700)
         .create(&backup)
         .with_path("create", &backup)?;
-    for name in present {
-        let from = dir.join(&name);
-        std::fs::rename(&from, backup.join(&name)).with_path("move aside", &from)?;
-        report.replaced.push(name);
+    for name in &present {
+        let from = dir.join(name);
+        std::fs::rename(&from, backup.join(name)).with_path("move aside", &from)?;
     }
-    report.backup = Some(backup);
-    Ok(())
+    Ok(Some((backup, present)))
 }
 
 fn dn(cn: &str, org: &str) -> DistinguishedName {
