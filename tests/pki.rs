@@ -690,3 +690,46 @@ fn foreign_rsa_ca_and_key_formats() {
     );
     env.ok(&["pki", "check"]);
 }
+
+mod support;
+
+/// A whole build with a real PKI: the keys travel into the overlay with mode
+/// 0600, and neither the manifest nor anything printed quotes them.
+#[test]
+fn build_carries_keys_but_never_prints_them() {
+    let ws = support::Workspace::new("v1.10.2");
+    let out = ws.run(&["controller", "--node", "1", "--format", "dir"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pki = ws.path("pki");
+    assert_no_secret(&pki, &out);
+    let manifest = std::fs::read(ws.path("out/controller-1.manifest.json")).unwrap();
+    let fake = Output {
+        status: out.status,
+        stdout: manifest,
+        stderr: Vec::new(),
+    };
+    assert_no_secret(&pki, &fake);
+    let tree = ws.path("out/controller-1/var/lib/kubernetes");
+    for name in [
+        "ca-key.pem",
+        "kubernetes-key.pem",
+        "service-account-key.pem",
+    ] {
+        assert_eq!(
+            std::fs::read(tree.join(name)).unwrap(),
+            std::fs::read(pki.join(name)).unwrap(),
+            "{name}"
+        );
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            tree.join(name).metadata().unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode, 0o600, "{name}");
+    }
+    // The overlay's API server certificate verifies against its CA.
+    tool_ok(
+        "openssl",
+        &["verify", "-CAfile", "ca.pem", "kubernetes.pem"],
+        &tree,
+    );
+}
