@@ -5,10 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::Digest;
+
 use crate::assets::Assets;
 use crate::atomic;
 use crate::cache::Cache;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::flags::{Checked, Finding, FlagTable, Severity};
 use crate::inventory::Inventory;
 use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, sha256_hex};
@@ -436,6 +438,7 @@ pub fn controller(
     let loaded = Loaded::load(session)?;
     let indices = select_nodes(&loaded.inventory, &opts.nodes, opts.all)?;
     atomic::ensure_dir(&opts.out_dir)?;
+    let cache = Cache::open(&session.cache_dir)?;
     let mut built = Vec::new();
     for index in indices {
         let plan = loaded.plan(index, session.mtime, progress)?;
@@ -446,7 +449,13 @@ pub fn controller(
                 plan.meta.node_name
             ),
         });
-        built.push(write_node(&plan, opts.format, &opts.out_dir, progress)?);
+        built.push(write_node(
+            &plan,
+            opts.format,
+            &opts.out_dir,
+            &cache,
+            progress,
+        )?);
     }
     let sums: Vec<(String, String)> = built
         .iter()
@@ -495,6 +504,7 @@ fn write_node(
     plan: &Plan,
     format: Format,
     out_dir: &Path,
+    cache: &Cache,
     progress: &dyn Progress,
 ) -> Result<Built> {
     let stem = format!("controller-{}", plan.meta.node_index);
@@ -502,14 +512,8 @@ fn write_node(
     let (artifact, outputs) = match format {
         Format::TarGz => {
             let dest = out_dir.join(format!("{stem}.tar.gz"));
-            // The archive holds private keys: only its owner may read it.
-            let file = atomic::AtomicFile::create(&dest, 0o600)?;
-            let mut hashing = HashingWriter::new(file);
-            hashing =
-                write::tar::write_tar_gz(plan.shared(), plan.per_node(), plan.meta.mtime, hashing)?;
-            let (file, sha256, size) = hashing.finish();
-            let dest = file.commit()?;
-            let name = dest.file_name().unwrap().to_string_lossy().into_owned();
+            let (sha256, size) = write_tar_gz(plan, cache, &dest, progress)?;
+            let name = format!("{stem}.tar.gz");
             (dest, vec![OutputFile { name, sha256, size }])
         }
         Format::Dir => {
@@ -537,39 +541,73 @@ fn write_node(
     })
 }
 
-/// Hashes what is written through it, so the output's digest costs no second read.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: sha2::Sha256,
-    size: u64,
+/// How many threads compress: every core.
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
-impl<W: std::io::Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        use sha2::Digest;
-        HashingWriter {
-            inner,
-            hasher: sha2::Sha256::new(),
-            size: 0,
+/// The node's tar.gz: the shared part (binaries) as gzip members made once per
+/// recipe, arch and mtime and kept in the cache, then the node's own member.
+/// A warm build copies the shared part and compresses only the node's files.
+fn write_tar_gz(
+    plan: &Plan,
+    cache: &Cache,
+    dest: &Path,
+    progress: &dyn Progress,
+) -> Result<(String, u64)> {
+    let shared: Vec<&Entry> = plan.shared().collect();
+    let key = format!(
+        "tar-gz-{}",
+        write::tar::shared_key(&shared, plan.meta.mtime)?
+    );
+    for attempt in 0..2 {
+        let (seg_path, seg) = match cache.segment(&key)? {
+            Some(found) => found,
+            None => {
+                progress.event(Event::Step {
+                    what: "compressing the binaries (once for every node of this recipe and arch)",
+                });
+                let tmp = cache.temp_file()?;
+                let mut w =
+                    write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
+                write::tar::write_shared(shared.clone(), plan.meta.mtime, &mut w, threads())?;
+                let (buf, sha256, size) = w.finish();
+                let tmp = buf
+                    .into_inner()
+                    .map_err(|e| Error::io("cannot write", Path::new("segment"), e.into_error()))?;
+                let seg = crate::cache::Segment { sha256, size };
+                (cache.store_segment(&key, tmp, &seg)?, seg)
+            }
+        };
+        let file = atomic::AtomicFile::create(dest, 0o600)?;
+        let mut out = write::tar::HashingWriter::new(file);
+        let mut src = std::fs::File::open(&seg_path).with_path("cannot read", &seg_path)?;
+        std::io::copy(&mut src, &mut out).with_path("cannot copy", &seg_path)?;
+        // The output so far is exactly the segment: its digest checks the cached copy.
+        if hex::encode(out.hasher.clone().finalize()) != seg.sha256 || out.size != seg.size {
+            cache.drop_segment(&key);
+            if attempt == 0 {
+                progress.event(Event::Warning {
+                    message: &format!(
+                        "cached segment {} was corrupt; rebuilding it",
+                        seg_path.display()
+                    ),
+                });
+                continue;
+            }
+            return Err(Error::integrity(format!(
+                "segment {} keeps failing its digest",
+                seg_path.display()
+            )));
         }
+        let out = write::tar::write_per_node(plan.per_node(), plan.meta.mtime, out)?;
+        let (file, sha256, size) = out.finish();
+        file.commit()?;
+        return Ok((sha256, size));
     }
-    pub fn finish(self) -> (W, String, u64) {
-        use sha2::Digest;
-        (self.inner, hex::encode(self.hasher.finalize()), self.size)
-    }
-}
-
-impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
+    unreachable!("the loop returns")
 }
 
 /// Replace or add lines `<sha256>  <name>` in a SHA256SUMS file, kept sorted by name.

@@ -6,6 +6,7 @@
 //! once for all nodes.
 
 pub mod dir;
+pub mod gz;
 pub mod manifest;
 pub mod tar;
 
