@@ -267,7 +267,7 @@ pub fn is_bundled_example(inv: &Inventory) -> bool {
 /// silently on a second machine would split the cluster.
 pub fn ensure_for_build(inv: &Inventory, progress: &dyn Progress) -> Result<CheckReport> {
     let dir = inv.pki_dir();
-    if !dir.exists() && is_bundled_example(inv) {
+    if !dir.exists() && is_bundled_example(inv) && claim_dir(&dir)? {
         let report = init(inv, &InitOptions::default(), progress)?;
         let msg = format!(
             "NEW PKI for the bundled example: {dir} now holds a new CA, keys, kubeconfigs and \
@@ -289,6 +289,21 @@ pub fn ensure_for_build(inv: &Inventory, progress: &dyn Progress) -> Result<Chec
     match report.error() {
         Some(e) => Err(e),
         None => Ok(report),
+    }
+}
+
+/// Create `dir` (0700) unless it exists: of two builds started at once on a
+/// fresh checkout, only the one that created it generates the PKI; the other
+/// finds it incomplete and stops with the check's error instead of mixing two CAs.
+fn claim_dir(dir: &Path) -> Result<bool> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_path("create", parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io("create", dir, e)),
     }
 }
 
