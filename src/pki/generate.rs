@@ -472,6 +472,7 @@ fn leaf_params(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::progress::Silent;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
@@ -714,6 +715,48 @@ internal_ip = "10.240.0.12"
                 .to_string()
                 .contains("ERROR  kubernetes.pem: expired"),
             "{report}"
+        );
+    }
+
+    #[test]
+    fn renew_reissues_expiring_certificates_for_the_same_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inv = inventory(tmp.path(), INVENTORY);
+        let short = InitOptions {
+            days: 10,
+            ..Default::default()
+        };
+        init(&inv, &short, &Collect::default()).unwrap();
+        let before = snapshot(&inv.pki_dir());
+        let renew = InitOptions {
+            renew: true,
+            ..Default::default()
+        };
+        let r = init(&inv, &renew, &Collect::default()).unwrap();
+        assert!(r.created.is_empty(), "{:?}", r.created);
+        let mut want: Vec<String> = LEAVES.iter().map(|l| l.cert_file()).collect();
+        want.extend(
+            ["admin", "kube-controller-manager", "kube-scheduler"]
+                .map(|s| format!("{s}.kubeconfig")),
+        );
+        assert_eq!(r.renewed, want);
+        assert_eq!(r.check.warnings().count(), 0, "{}", r.check);
+        let after = snapshot(&inv.pki_dir());
+        for f in files().iter().filter(|f| f.name.ends_with("-key.pem")) {
+            assert_eq!(before[&f.name], after[&f.name], "{} changed", f.name);
+        }
+        assert_eq!(before[CA_CERT], after[CA_CERT]);
+        assert_eq!(before[ENCRYPTION_CONFIG], after[ENCRYPTION_CONFIG]);
+        assert!(
+            init(
+                &inv,
+                &InitOptions {
+                    days: 0,
+                    ..Default::default()
+                },
+                &Silent
+            )
+            .is_err()
         );
     }
 
