@@ -727,13 +727,10 @@ mod tests {
         let plan = sample_plan();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller-1.tar.gz");
-        let out = crate::write::tar::write_tar_gz(
-            plan.shared(),
-            plan.per_node(),
-            plan.meta.mtime,
-            Vec::new(),
-        )
-        .unwrap();
+        let mut out = Vec::new();
+        crate::write::tar::write_shared(plan.shared().collect(), plan.meta.mtime, &mut out, 2)
+            .unwrap();
+        let out = crate::write::tar::write_per_node(plan.per_node(), plan.meta.mtime, out).unwrap();
         std::fs::write(&path, out).unwrap();
         let found = inspect(std::slice::from_ref(&path)).unwrap();
         assert_eq!(found.artifact, Artifact::TarGz);

@@ -11,6 +11,7 @@ pub mod error;
 pub mod flags;
 pub mod inspect;
 pub mod inventory;
+pub mod pki;
 pub mod plan;
 pub mod progress;
 pub mod recipe;

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::build::HashingWriter;
 use crate::error::{Error, Kind, Result};
 use crate::plan::{Content, Entry, EntryKind, Plan};
 use crate::write::manifest::OutputFile;
 use crate::write::output::write_atomic;
+use crate::write::tar::HashingWriter;
 
 const MAGIC: &[u8; 6] = b"070701";
 const HEADER_LEN: usize = 110;
@@ -306,7 +306,7 @@ pub fn write_file(
     let path = write_atomic(dest, mode, |out| {
         let hashing = HashingWriter::new(out);
         let res = if gzip {
-            let gz = write_cpio(entries, mtime, first_ino, super::tar::gzip(hashing))?;
+            let gz = write_cpio(entries, mtime, first_ino, super::gz::encoder(hashing))?;
             gz.finish().map_err(write_err)
         } else {
             write_cpio(entries, mtime, first_ino, hashing)

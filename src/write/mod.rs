@@ -7,7 +7,9 @@
 
 pub mod cloud_init;
 pub mod cpio;
+pub mod digest;
 pub mod dir;
+pub mod gz;
 pub mod manifest;
 pub mod output;
 pub mod tar;

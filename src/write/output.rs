@@ -76,7 +76,7 @@ impl SeekableAtomicFile {
 /// Gzip `bytes` in memory (user-data), with the same pinned header and level
 /// as every other gzip we write.
 pub fn gzip_bytes(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = super::tar::gzip(Vec::new());
+    let mut enc = super::gz::encoder(Vec::new());
     enc.write_all(bytes).expect("writing to a Vec cannot fail");
     enc.finish().expect("writing to a Vec cannot fail")
 }
