@@ -724,6 +724,8 @@ pub fn cloud_init(
     progress.event(Event::Step {
         what: "loading inventory, recipe, PKI and cached artifacts",
     });
+    // The PKI must fit the inventory before anything is built from it.
+    crate::pki::ensure_for_build(&Inventory::load(&session.inventory)?, progress)?;
     let loaded = Loaded::load(session)?;
     let indices = select_nodes(&loaded.inventory, &opts.nodes, opts.all)?;
     atomic::ensure_dir(&opts.out_dir)?;

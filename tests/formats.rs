@@ -429,8 +429,12 @@ fn provider_budgets_gzip_or_fail_with_sizes() {
     );
 
     // 40 KB of key material cannot fit AWS's 16 KB even gzipped.
-    let noise = support::stand_in("admin.kubeconfig", 40_000);
-    fs::write(ws.path("pki/admin.kubeconfig"), noise).unwrap();
+    // (hex of sha256 chains: text, as a kubeconfig must be, but incompressible past 2:1)
+    let mut kubeconfig = fs::read_to_string(ws.path("pki/admin.kubeconfig")).unwrap();
+    for chunk in support::stand_in("admin.kubeconfig", 30_000).chunks(32) {
+        kubeconfig.push_str(&format!("# {}\n", hex::encode(chunk)));
+    }
+    fs::write(ws.path("pki/admin.kubeconfig"), kubeconfig).unwrap();
     let before = fs::read(&ud).unwrap();
     let err = ws.fails(&["cloud-init", "--node", "1", "--provider", "aws"], 2);
     assert!(
