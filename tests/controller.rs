@@ -278,7 +278,13 @@ fn systemd_root(ws: &Workspace, node: &str) -> PathBuf {
 
 #[test]
 fn systemd_analyze_verify_accepts_the_units() {
-    let ws = Workspace::new("v1.10.2");
+    for version in ["v1.36.0", "v1.10.2"] {
+        verify_units(version);
+    }
+}
+
+fn verify_units(version: &str) {
+    let ws = Workspace::new(version);
     ws.ok(&["controller", "--node", "1"]);
     let root = systemd_root(&ws, "1");
     let units: Vec<PathBuf> = fs::read_dir(root.join("etc/systemd/system"))
@@ -296,7 +302,7 @@ fn systemd_analyze_verify_accepts_the_units() {
         .unwrap();
     assert!(
         out.status.success() && out.stderr.is_empty(),
-        "systemd-analyze verify: {}\n{}",
+        "{version}: systemd-analyze verify: {}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
