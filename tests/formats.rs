@@ -239,22 +239,17 @@ fn add_network(ws: &Workspace) {
     fs::write(ws.path("cluster.toml"), inv).unwrap();
 }
 
-/// PyYAML (cloud-init's loader) decodes write_files: path → [permissions, owner, sha256, size].
+/// cloud-init's own code reads the user-data (gzipped or not) and its write_files
+/// module writes the files under a temporary root: path → [mode, owner, sha256, size].
 fn decode_write_files(user_data: &Path) -> BTreeMap<String, serde_json::Value> {
-    let script = r#"
-import gzip, sys, json, base64, hashlib, yaml
-raw = open(sys.argv[1], 'rb').read()
-if raw[:2] == b'\x1f\x8b':
-    raw = gzip.decompress(raw)
-doc = yaml.safe_load(raw)
-out = {}
-for f in doc['write_files']:
-    data = base64.b64decode(f['content']) if f.get('encoding') == 'b64' else f.get('content', '').encode()
-    out[f['path']] = [f['permissions'], f['owner'], hashlib.sha256(data).hexdigest(), len(data)]
-print(json.dumps(out))
-"#;
-    let out = sh(Command::new("python3").arg("-c").arg(script).arg(user_data));
-    serde_json::from_str(&out).unwrap()
+    let root = tempfile::tempdir().unwrap();
+    let script = Path::new(support::REPO).join("tests/tools/cloud_init_write_files.py");
+    let out = sh(Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(user_data)
+        .arg(root.path()));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    serde_json::from_value(doc["files"].clone()).unwrap()
 }
 
 fn schema_ok(user_data: &Path) {

@@ -890,29 +890,21 @@ mod tests {
         assert!(Network::from_controller(&c).is_err());
     }
 
-    /// cloud-init's own YAML loader (PyYAML safe_load) decodes the user-data;
-    /// returns {path: [permissions, owner, sha256, size]} and the command lists.
-    fn decode_with_pyyaml(user_data: &Path) -> serde_json::Value {
-        let script = r#"
-import gzip, sys, json, base64, hashlib, yaml
-raw = open(sys.argv[1], 'rb').read()
-if raw[:2] == b'\x1f\x8b':
-    raw = gzip.decompress(raw)
-doc = yaml.safe_load(raw)
-files = {}
-for f in doc.get('write_files', []):
-    c = f.get('content', '')
-    enc = f.get('encoding')
-    data = base64.b64decode(c) if enc == 'b64' else c.encode()
-    files[f['path']] = [f['permissions'], f['owner'], hashlib.sha256(data).hexdigest(), len(data)]
-print(json.dumps({'files': files, 'runcmd': doc.get('runcmd', []), 'bootcmd': doc.get('bootcmd', [])}))
-"#;
-        let out = std::process::Command::new("python3")
-            .arg("-c")
+    /// cloud-init's own code reads the user-data and its write_files module
+    /// writes the files under a temporary root (tests/tools/cloud_init_write_files.py);
+    /// returns {"files": {path: [mode, owner, sha256, size]}, "runcmd", "bootcmd"}.
+    fn decode_with_cloud_init(user_data: &Path) -> serde_json::Value {
+        let root = tempfile::tempdir().unwrap();
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/cloud_init_write_files.py");
+        let out = std::process::Command::new("/usr/bin/python3")
             .arg(script)
             .arg(user_data)
+            .arg(root.path())
             .output()
-            .expect("python3 with PyYAML (a cloud-init dependency) must be installed");
+            .expect(
+                "Debian's python3 with cloud-init must be installed (apt-get install cloud-init)",
+            );
         assert!(
             out.status.success(),
             "{}",
@@ -969,7 +961,7 @@ print(json.dumps({'files': files, 'runcmd': doc.get('runcmd', []), 'bootcmd': do
             let ud = dir.path().join(format!("user-data-{}", mode.name()));
             fs::write(&ud, &r.user_data).unwrap();
             cloud_init_schema(&ud);
-            let doc = decode_with_pyyaml(&ud);
+            let doc = decode_with_cloud_init(&ud);
             let files = doc["files"].as_object().unwrap();
             let expected: Vec<&Entry> = plan
                 .per_node()
