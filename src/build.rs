@@ -591,11 +591,7 @@ fn write_node(
     } else {
         format.name().to_string()
     };
-    atomic::write(
-        &manifest_path,
-        &write::manifest::render(plan, &format_name, outputs.clone()),
-        0o644,
-    )?;
+    write::manifest::write(&manifest_path, plan, &format_name, outputs.clone())?;
     progress.event(Event::Wrote {
         path: &manifest_path,
     });
@@ -786,11 +782,7 @@ pub fn cloud_init(
         }
         let manifest_path = opts.out_dir.join(format!("{stem}.manifest.json"));
         let format = format!("cloud-init (binaries {})", opts.binaries.name());
-        atomic::write(
-            &manifest_path,
-            &write::manifest::render(&plan, &format, outputs.clone()),
-            0o644,
-        )?;
+        write::manifest::write(&manifest_path, &plan, &format, outputs.clone())?;
         progress.event(Event::Wrote {
             path: &manifest_path,
         });

@@ -539,3 +539,41 @@ fn etcd_servers_and_extra_args_from_the_inventory() {
     );
     assert!(!ws.path("o2/controller-1.tar.gz").exists());
 }
+
+#[test]
+fn formats_of_one_node_share_its_manifest() {
+    let ws = Workspace::new("v1.36.0");
+    ws.ok(&["controller", "--node", "1"]);
+    ws.ok(&["controller", "--node", "1", "--format", "cpio.gz"]);
+    let read = || -> serde_json::Value {
+        serde_json::from_slice(&fs::read(ws.path("out/controller-1.manifest.json")).unwrap())
+            .unwrap()
+    };
+    let m = read();
+    let names: Vec<&str> = m["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["controller-1.cpio.gz", "controller-1.tar.gz"]);
+    for o in m["outputs"].as_array().unwrap() {
+        assert_eq!(
+            o["sha256"].as_str().unwrap(),
+            sha256_file(&ws.path(&format!("out/{}", o["name"].as_str().unwrap())))
+        );
+    }
+    // Other inputs: the manifest describes only what was built from them.
+    let inv = fs::read_to_string(ws.path("cluster.toml")).unwrap()
+        + "\n[scheduler.extra_args]\nkube-api-qps = \"100\"\n";
+    fs::write(ws.path("cluster.toml"), inv).unwrap();
+    ws.ok(&["controller", "--node", "1"]);
+    let m = read();
+    let names: Vec<&str> = m["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["controller-1.tar.gz"]);
+}
