@@ -3,12 +3,15 @@
 //! Inputs (inventory, recipe, overlay templates, PKI folder, artifact cache)
 //! become a [`plan::Plan`]; each output format is a writer over that plan.
 
+pub mod airgap;
 pub mod assets;
 pub mod atomic;
 pub mod build;
 pub mod cache;
 pub mod error;
+pub mod fetch;
 pub mod inventory;
+pub mod lock;
 pub mod plan;
 pub mod progress;
 pub mod recipe;

@@ -1,45 +1,161 @@
 //! The CLI's side of `Progress`: what the user sees on stderr.
+//!
+//! On a terminal, each download gets a bar (bytes, rate, ETA) above a total bar.
+//! When stderr is not a terminal, a line per finished artifact (and per retry),
+//! and with `--quiet` nothing but warnings.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use imgbuild::progress::{Event, Progress};
 
 pub struct Reporter {
     quiet: bool,
-    tty: bool,
+    bars: Option<Mutex<Bars>>,
     lock: Mutex<()>,
+}
+
+struct Bars {
+    multi: MultiProgress,
+    each: HashMap<String, (ProgressBar, u64)>,
+    total: Option<ProgressBar>,
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{prefix:<40!} {bar:25} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta:>3} {msg}",
+    )
+    .expect("valid template")
+    .progress_chars("=> ")
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:<40!} {spinner} {bytes:>10} {bytes_per_sec:>12} {msg}")
+        .expect("valid template")
 }
 
 impl Reporter {
     pub fn new(quiet: bool) -> Reporter {
+        let tty = std::io::stderr().is_terminal();
         Reporter {
             quiet,
-            tty: std::io::stderr().is_terminal(),
+            bars: (tty && !quiet).then(|| {
+                Mutex::new(Bars {
+                    multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                    each: HashMap::new(),
+                    total: None,
+                })
+            }),
             lock: Mutex::new(()),
+        }
+    }
+
+    /// Clear the bars before the command's own output and errors.
+    pub fn finish(&self) {
+        if let Some(bars) = &self.bars {
+            let bars = bars.lock().unwrap();
+            if let Some(t) = &bars.total {
+                t.finish();
+            }
+            let _ = bars.multi.clear();
+        }
+    }
+
+    fn line(&self, line: &str) {
+        if let Some(bars) = &self.bars {
+            let bars = bars.lock().unwrap();
+            if !bars.each.is_empty() {
+                let _ = bars.multi.println(line);
+                return;
+            }
+        }
+        let _g = self.lock.lock();
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+
+    /// Terminal only: draw download events as bars. True when handled.
+    fn bar_event(&self, event: &Event<'_>) -> bool {
+        let Some(bars) = &self.bars else {
+            return false;
+        };
+        let mut b = bars.lock().unwrap();
+        let b = &mut *b;
+        match *event {
+            Event::DownloadStart {
+                name,
+                total,
+                resumed_from,
+                ..
+            } => {
+                if let Some((bar, _)) = b.each.get(name) {
+                    if resumed_from > 0 {
+                        bar.set_message(format!("resumed at {resumed_from}"));
+                    }
+                    return true;
+                }
+                let bar = match total {
+                    Some(t) => ProgressBar::new(t).with_style(bar_style()),
+                    None => ProgressBar::no_length().with_style(spinner_style()),
+                };
+                bar.set_prefix(name.to_string());
+                let total_bar = b.total.get_or_insert_with(|| {
+                    let t = b.multi.add(ProgressBar::new(0).with_style(bar_style()));
+                    t.set_prefix("total");
+                    t.enable_steady_tick(Duration::from_millis(200));
+                    t
+                });
+                total_bar.inc_length(total.unwrap_or(0));
+                let bar = b.multi.insert_before(total_bar, bar);
+                b.each.insert(name.to_string(), (bar, 0));
+                true
+            }
+            Event::DownloadBytes { name, done } => {
+                if let Some((bar, seen)) = b.each.get_mut(name) {
+                    bar.set_position(done);
+                    if let Some(t) = &b.total {
+                        t.inc(done.saturating_sub(*seen));
+                    }
+                    *seen = done.max(*seen);
+                }
+                true
+            }
+            Event::DownloadDone { name, bytes } => {
+                if let Some((bar, seen)) = b.each.get_mut(name) {
+                    if let Some(t) = &b.total {
+                        t.inc(bytes.saturating_sub(*seen));
+                    }
+                    *seen = bytes;
+                    bar.set_position(bytes);
+                    bar.finish_with_message("verified");
+                }
+                true
+            }
+            _ => false,
         }
     }
 }
 
 impl Progress for Reporter {
     fn event(&self, event: Event<'_>) {
+        if let Event::Warning { message } = event {
+            self.line(&format!("warning: {message}"));
+            return;
+        }
+        if self.quiet || self.bar_event(&event) {
+            return;
+        }
         let line = match event {
-            Event::Warning { message } => format!("warning: {message}"),
-            _ if self.quiet => return,
-            Event::Step { what } => format!("{what}"),
+            Event::Warning { .. } => unreachable!(),
+            Event::Step { what } => what.to_string(),
             Event::Notice { message } => format!("note: {message}"),
             Event::Wrote { path } => format!("wrote {}", path.display()),
             Event::Cached { name, digest } => format!("cached {name} ({digest})"),
-            Event::DownloadStart {
-                url, resumed_from, ..
-            } => {
-                if resumed_from > 0 {
-                    format!("resuming {url} at byte {resumed_from}")
-                } else {
-                    format!("downloading {url}")
-                }
-            }
-            Event::DownloadBytes { .. } => return,
+            // Without a terminal: a line per finished download, nothing per byte.
+            Event::DownloadStart { .. } | Event::DownloadBytes { .. } => return,
             Event::DownloadRetry {
                 name,
                 attempt,
@@ -53,8 +169,6 @@ impl Progress for Reporter {
                 format!("downloaded {name} ({bytes} bytes, verified)")
             }
         };
-        let _g = self.lock.lock();
-        let _ = self.tty;
-        let _ = writeln!(std::io::stderr(), "{line}");
+        self.line(&line);
     }
 }
