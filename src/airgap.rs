@@ -246,10 +246,11 @@ fn classify(raw: &[u8]) -> std::result::Result<Slot, String> {
         }
     } else if let Some(rest) = name.strip_prefix("artifacts/")
         && let Some((alg, hex)) = rest.split_once('/')
-            && let Some((alg, hex)) = parse_pin(&format!("{alg}:{hex}"))
-                && hex.bytes().all(|b| !b.is_ascii_uppercase()) {
-                    return Ok(Slot::Artifact(alg, hex.to_string()));
-                }
+        && let Some((alg, hex)) = parse_pin(&format!("{alg}:{hex}"))
+        && hex.bytes().all(|b| !b.is_ascii_uppercase())
+    {
+        return Ok(Slot::Artifact(alg, hex.to_string()));
+    }
     Err("a name a bundle does not hold".into())
 }
 

@@ -728,9 +728,10 @@ impl Cache {
         }
         for path in self.files_in("inflight")? {
             if let Ok(f) = File::open(&path)
-                && f.try_lock().is_ok() {
-                    rm(&path, &mut report)?;
-                }
+                && f.try_lock().is_ok()
+            {
+                rm(&path, &mut report)?;
+            }
         }
         let mut referenced: BTreeSet<PathBuf> = BTreeSet::new();
         for path in self.files_in("index")? {

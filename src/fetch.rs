@@ -147,12 +147,13 @@ impl<'a> Fetcher<'a> {
         let raw = opts.mirror.as_deref().unwrap_or(DEFAULT_BASE);
         let base = parse_base(raw, opts.allow_http)?;
         if let Some(ca) = &opts.ca_cert
-            && !ca.is_file() {
-                return Err(Error::input(format!(
-                    "--ca-cert {}: no such file",
-                    ca.display()
-                )));
-            }
+            && !ca.is_file()
+        {
+            return Err(Error::input(format!(
+                "--ca-cert {}: no such file",
+                ca.display()
+            )));
+        }
         let mut opts = opts.clone();
         opts.jobs = opts.jobs.max(1);
         opts.tries = opts.tries.max(1);
@@ -758,9 +759,10 @@ impl Read for Stream<'_> {
         }
         loop {
             if self.resp.is_none()
-                && let Err(e) = self.open() {
-                    return Err(self.fail(e));
-                }
+                && let Err(e) = self.open()
+            {
+                return Err(self.fail(e));
+            }
             let resp = self.resp.as_mut().expect("opened");
             let failure = match resp.read(buf) {
                 Ok(0) => match self.total {
@@ -817,9 +819,10 @@ fn content_range(resp: &Response) -> Option<(u64, Option<u64>)> {
 fn validator(resp: &Response) -> Option<String> {
     let h = resp.headers();
     if let Some(etag) = h.get(header::ETAG).and_then(|v| v.to_str().ok())
-        && !etag.starts_with("W/") {
-            return Some(etag.to_string());
-        }
+        && !etag.starts_with("W/")
+    {
+        return Some(etag.to_string());
+    }
     h.get(header::LAST_MODIFIED)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
@@ -833,14 +836,19 @@ fn retry_after(resp: &Response) -> Option<Duration> {
 
 /// The error and its causes, without repeating one that the last already says.
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = vec![e.to_string()];
-    let mut cur = e.source();
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
     while let Some(s) = cur {
         let t = s.to_string();
-        if !parts.last().is_some_and(|p| p.contains(&t)) {
+        // hyper-util's wrapper says nothing the causes below do not.
+        let noise = t.starts_with("client error (");
+        if !noise && !parts.last().is_some_and(|p| p.contains(&t)) {
             parts.push(t);
         }
         cur = s.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
     }
     parts.join(": ")
 }

@@ -73,21 +73,22 @@ pub fn lock(
     let name = recipe::file_name(version);
     let dest = opts.out_dir.join(&name);
     if !opts.force
-        && let Some(existing) = assets.recipe_file(&name)? {
-            let shadowed = Recipe::parse(assets, &name, &existing.text, &existing.origin)?;
-            let stronger = shadowed
-                .artifacts
-                .iter()
-                .any(|a| a.trust == Trust::Changelog);
-            if stronger && Path::new(&existing.origin) != dest {
-                return Err(Error::input(format!(
-                    "{} already pins {version} from the release changelog (a source independent \
+        && let Some(existing) = assets.recipe_file(&name)?
+    {
+        let shadowed = Recipe::parse(assets, &name, &existing.text, &existing.origin)?;
+        let stronger = shadowed
+            .artifacts
+            .iter()
+            .any(|a| a.trust == Trust::Changelog);
+        if stronger && Path::new(&existing.origin) != dest {
+            return Err(Error::input(format!(
+                "{} already pins {version} from the release changelog (a source independent \
                      of the download server); a lock from publisher checksums would be weaker. \
                      Pass --force to write one anyway",
-                    existing.origin
-                )));
-            }
+                existing.origin
+            )));
         }
+    }
 
     let mut text = format!(
         "# Lock for Kubernetes {version}, written by `imgbuild lock`.\n\
