@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::assets::Assets;
 use crate::atomic::{self, AtomicFile};
-use crate::build::{HashingWriter, Session};
+use crate::build::Session;
 use crate::cache::{Cache, Candidate, parse_pin};
 use crate::error::{Error, IoContext, Result};
 use crate::fetch::{FetchOptions, Fetcher, jobs_for};
@@ -40,6 +40,7 @@ use crate::inventory::Inventory;
 use crate::plan::{Trust, sha256_hex};
 use crate::progress::{Event, Progress};
 use crate::recipe::{Algorithm, Recipe};
+use crate::write::tar::HashingWriter;
 
 pub const FORMAT: &str = "imgbuild-airgap-bundle/1";
 const MANIFEST: &str = "manifest.json";

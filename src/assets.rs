@@ -47,6 +47,41 @@ impl Assets {
         Ok(builtin(&BUILTIN_OVERLAYS, "overlays", &rel))
     }
 
+    /// Complete flag sets: `flagsets/<component>-v1.<minor>.txt` → (component, minor, file).
+    pub fn flagsets(&self) -> Result<Vec<(String, u32, Asset)>> {
+        let mut names = std::collections::BTreeSet::new();
+        for dir in &self.recipe_dirs {
+            if let Ok(rd) = std::fs::read_dir(dir.join("flagsets")) {
+                for ent in rd.flatten() {
+                    names.insert(ent.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        if let Some(d) = BUILTIN_RECIPES.get_dir("flagsets") {
+            for f in d.files() {
+                if let Some(n) = f.path().file_name() {
+                    names.insert(n.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let Some(stem) = name.strip_suffix(".txt") else {
+                continue;
+            };
+            let Some((component, v)) = stem.rsplit_once("-v1.") else {
+                continue;
+            };
+            let Ok(minor) = v.parse::<u32>() else {
+                continue;
+            };
+            if let Some(a) = self.recipe_file(&format!("flagsets/{name}"))? {
+                out.push((component.to_string(), minor, a));
+            }
+        }
+        Ok(out)
+    }
+
     /// Names of `kubernetes-*.toml` recipes available, deduplicated and sorted.
     pub fn recipe_names(&self) -> Result<Vec<String>> {
         let mut names = std::collections::BTreeSet::new();

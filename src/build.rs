@@ -5,10 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::write::digest::ResumableSha256;
+
 use crate::assets::Assets;
 use crate::atomic;
 use crate::cache::Cache;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
+use crate::flags::{Checked, Finding, FlagTable, Severity};
 use crate::inventory::Inventory;
 use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, sha256_hex};
 use crate::progress::{Event, Progress};
@@ -55,10 +58,12 @@ pub struct Loaded {
     pub inventory: Inventory,
     pub recipe: Recipe,
     pub version: Version,
+    pub flags: FlagTable,
     templates: Vec<Template>,
     renderer: Renderer,
     binaries: Vec<Entry>,
     pki: Vec<Entry>,
+    no_extra: BTreeMap<String, String>,
 }
 
 struct Template {
@@ -72,6 +77,11 @@ struct Template {
 impl Loaded {
     /// Load and check everything a build needs that is the same for all nodes.
     pub fn load(session: &Session) -> Result<Loaded> {
+        Self::load_with(session, true)
+    }
+
+    /// `with_inputs = false` skips the PKI folder and the cache: enough to render and lint.
+    pub fn load_with(session: &Session, with_inputs: bool) -> Result<Loaded> {
         let inventory = Inventory::load(&session.inventory)?;
         let version = Version::parse(&inventory.cluster.kubernetes_version)
             .expect("validated by the inventory");
@@ -99,31 +109,102 @@ impl Loaded {
             });
         }
         let renderer = Renderer::new(&sources)?;
-        let pki = read_pki(&inventory, &recipe)?;
-        let cache = Cache::open(&session.cache_dir)?;
-        let binaries = resolve_artifacts(&cache, &recipe, &inventory.cluster.arch)?;
+        let flags = FlagTable::load(&session.assets)?;
+        let (pki, binaries) = if with_inputs {
+            let pki = read_pki(&inventory, &recipe)?;
+            let cache = Cache::open(&session.cache_dir)?;
+            (
+                pki,
+                resolve_artifacts(&cache, &recipe, &inventory.cluster.arch)?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Ok(Loaded {
             inventory,
             recipe,
             version,
+            flags,
             templates,
             renderer,
             binaries,
             pki,
+            no_extra: BTreeMap::new(),
         })
     }
 
-    /// The plan for node `index` (1-based).
-    pub fn plan(&self, index: usize, mtime: u64) -> Result<Plan> {
+    /// The overlay's templates rendered for node `index` (1-based): (template, text).
+    pub fn render(&self, index: usize) -> Result<Vec<(&str, String)>> {
+        let ctx = Context::new(&self.inventory, index, self.version);
+        self.templates
+            .iter()
+            .map(|t| {
+                Ok((
+                    t.path.as_str(),
+                    self.renderer.render(&t.name, &t.origin, &ctx)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Check node `index`'s rendered files against the flag table. Duplicate
+    /// flags are errors here; the table's errors are returned as findings.
+    pub fn lint(&self, index: usize) -> Result<Vec<Finding>> {
+        let rendered = self.render(index)?;
+        self.lint_rendered(&rendered)
+    }
+
+    fn lint_rendered(&self, rendered: &[(&str, String)]) -> Result<Vec<Finding>> {
+        let inv = &self.inventory;
+        let mut checked = Vec::new();
+        for (path, text) in rendered {
+            check_unit_flags(inv, path, text)?;
+            let (extra, section) = match crate::unit::exec_start(text).map(|(c, _)| c) {
+                Some(c) if c.ends_with("/kube-apiserver") => {
+                    (&inv.apiserver.extra_args, "[apiserver.extra_args]")
+                }
+                Some(c) if c.ends_with("/kube-controller-manager") => (
+                    &inv.controller_manager.extra_args,
+                    "[controller_manager.extra_args]",
+                ),
+                Some(c) if c.ends_with("/kube-scheduler") => {
+                    (&inv.scheduler.extra_args, "[scheduler.extra_args]")
+                }
+                _ => (&self.no_extra, ""),
+            };
+            checked.push(Checked {
+                path,
+                text,
+                extra,
+                extra_section: section,
+            });
+        }
+        Ok(self.flags.check(self.version, &checked))
+    }
+
+    /// The plan for node `index` (1-based), after the version check: its
+    /// errors fail the build, its warnings and notices go to `progress`.
+    pub fn plan(&self, index: usize, mtime: u64, progress: &dyn Progress) -> Result<Plan> {
         let inv = &self.inventory;
         let node = &inv.controllers[index - 1];
-        let ctx = Context::new(inv, index, self.version);
-        let mut entries: Vec<Entry> = Vec::new();
-        for t in &self.templates {
-            let text = self.renderer.render(&t.name, &t.origin, &ctx)?;
-            if t.path.starts_with("etc/systemd/system/") {
-                check_unit_flags(inv, &t.path, &text)?;
+        let rendered = self.render(index)?;
+        let findings = self.lint_rendered(&rendered)?;
+        crate::flags::fail_on_errors(self.version, &findings).map_err(|e| {
+            e.context(format!(
+                "inventory {}, node {index} ({})",
+                inv.path.display(),
+                node.name
+            ))
+        })?;
+        for f in &findings {
+            let message = format!("/{}: {}", f.file, f.message);
+            match f.severity {
+                Severity::Warning => progress.event(Event::Warning { message: &message }),
+                _ => progress.event(Event::Notice { message: &message }),
             }
+        }
+        let mut entries: Vec<Entry> = Vec::new();
+        for (t, (_, text)) in self.templates.iter().zip(rendered) {
             entries.push(file_entry(
                 &t.path,
                 t.mode,
@@ -176,6 +257,9 @@ fn file_entry(path: &str, mode: u32, secret: bool, bytes: Vec<u8>, origin: Origi
 
 /// An inventory `extra_args` flag that the recipe already sets would appear twice.
 fn check_unit_flags(inv: &Inventory, path: &str, text: &str) -> Result<()> {
+    if !path.starts_with("etc/systemd/system/") {
+        return Ok(());
+    }
     let Some((_, flags)) = crate::unit::exec_start(text) else {
         return Ok(());
     };
@@ -259,6 +343,7 @@ pub fn resolve_artifacts(cache: &Cache, recipe: &Recipe, arch: &str) -> Result<V
                     member: m.path.clone(),
                     pinned: pin.clone(),
                     trust: a.trust,
+                    source: a.source.clone(),
                 },
                 shared: true,
                 secret: false,
@@ -348,12 +433,15 @@ pub fn controller(
     progress.event(Event::Step {
         what: "loading inventory, recipe, PKI and cached artifacts",
     });
+    // The PKI must fit the inventory before anything is built from it.
+    crate::pki::ensure_for_build(&Inventory::load(&session.inventory)?, progress)?;
     let loaded = Loaded::load(session)?;
     let indices = select_nodes(&loaded.inventory, &opts.nodes, opts.all)?;
     atomic::ensure_dir(&opts.out_dir)?;
+    let cache = Cache::open(&session.cache_dir)?;
     let mut built = Vec::new();
     for index in indices {
-        let plan = loaded.plan(index, session.mtime)?;
+        let plan = loaded.plan(index, session.mtime, progress)?;
         progress.event(Event::Step {
             what: &format!(
                 "writing {} for node {index} ({})",
@@ -361,7 +449,13 @@ pub fn controller(
                 plan.meta.node_name
             ),
         });
-        built.push(write_node(&plan, opts.format, &opts.out_dir, progress)?);
+        built.push(write_node(
+            &plan,
+            opts.format,
+            &opts.out_dir,
+            &cache,
+            progress,
+        )?);
     }
     let sums: Vec<(String, String)> = built
         .iter()
@@ -374,6 +468,17 @@ pub fn controller(
         update_sums(&opts.out_dir.join("SHA256SUMS"), &sums)?;
     }
     Ok(built)
+}
+
+/// `imgbuild lint`: findings for the selected nodes (all when none is named).
+pub fn lint(session: &Session, nodes: &[String]) -> Result<Vec<(usize, Finding)>> {
+    let loaded = Loaded::load_with(session, false)?;
+    let all = nodes.is_empty();
+    let mut out = Vec::new();
+    for index in select_nodes(&loaded.inventory, nodes, all)? {
+        out.extend(loaded.lint(index)?.into_iter().map(|f| (index, f)));
+    }
+    Ok(out)
 }
 
 pub fn select_nodes(inv: &Inventory, nodes: &[String], all: bool) -> Result<Vec<usize>> {
@@ -399,6 +504,7 @@ fn write_node(
     plan: &Plan,
     format: Format,
     out_dir: &Path,
+    cache: &Cache,
     progress: &dyn Progress,
 ) -> Result<Built> {
     let stem = format!("controller-{}", plan.meta.node_index);
@@ -406,14 +512,8 @@ fn write_node(
     let (artifact, outputs) = match format {
         Format::TarGz => {
             let dest = out_dir.join(format!("{stem}.tar.gz"));
-            // The archive holds private keys: only its owner may read it.
-            let file = atomic::AtomicFile::create(&dest, 0o600)?;
-            let mut hashing = HashingWriter::new(file);
-            hashing =
-                write::tar::write_tar_gz(plan.shared(), plan.per_node(), plan.meta.mtime, hashing)?;
-            let (file, sha256, size) = hashing.finish();
-            let dest = file.commit()?;
-            let name = dest.file_name().unwrap().to_string_lossy().into_owned();
+            let (sha256, size) = write_tar_gz(plan, cache, &dest, progress)?;
+            let name = format!("{stem}.tar.gz");
             (dest, vec![OutputFile { name, sha256, size }])
         }
         Format::Dir => {
@@ -441,39 +541,77 @@ fn write_node(
     })
 }
 
-/// Hashes what is written through it, so the output's digest costs no second read.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: sha2::Sha256,
-    size: u64,
+/// How many threads compress: every core.
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
-impl<W: std::io::Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        use sha2::Digest;
-        HashingWriter {
-            inner,
-            hasher: sha2::Sha256::new(),
-            size: 0,
+/// The node's tar.gz: the shared part (binaries) as gzip members made once per
+/// recipe, arch and mtime and kept in the cache, then the node's own member.
+/// A warm build copies the shared part and compresses only the node's files.
+fn write_tar_gz(
+    plan: &Plan,
+    cache: &Cache,
+    dest: &Path,
+    progress: &dyn Progress,
+) -> Result<(String, u64)> {
+    let shared: Vec<&Entry> = plan.shared().collect();
+    let key = format!(
+        "tar-gz-{}",
+        write::tar::shared_key(&shared, plan.meta.mtime)?
+    );
+    let (seg_path, seg) = match cache.segment(&key)? {
+        Some(found) => found,
+        None => {
+            progress.event(Event::Step {
+                what: "compressing the binaries (once for every node of this recipe and arch)",
+            });
+            let tmp = cache.temp_file()?;
+            let mut w =
+                write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
+            write::tar::write_shared(shared.clone(), plan.meta.mtime, &mut w, threads())?;
+            let state = w.hasher.save();
+            let (buf, sha256, size) = w.finish();
+            let tmp = buf
+                .into_inner()
+                .map_err(|e| Error::io("cannot write", Path::new("segment"), e.into_error()))?;
+            let seg = crate::cache::Segment {
+                sha256,
+                size,
+                state,
+            };
+            (cache.store_segment(&key, tmp, &seg)?, seg)
         }
+    };
+    let hasher = ResumableSha256::resume(&seg.state)
+        .filter(|h| h.len() == seg.size)
+        .ok_or_else(|| {
+            Error::integrity(format!(
+                "cached segment {} has a damaged record",
+                seg_path.display()
+            ))
+        })?;
+    let mut file = atomic::AtomicFile::create(dest, 0o600)?;
+    // In-kernel copy (copy_file_range): the shared part never passes through here.
+    let mut src = std::fs::File::open(&seg_path).with_path("cannot read", &seg_path)?;
+    let copied = std::io::copy(&mut src, file.file_mut().with_path("cannot write", dest)?)
+        .with_path("cannot copy", &seg_path)?;
+    if copied != seg.size {
+        return Err(Error::integrity(format!(
+            "cached segment {} changed size while copying; run `imgbuild cache verify`",
+            seg_path.display()
+        )));
     }
-    pub fn finish(self) -> (W, String, u64) {
-        use sha2::Digest;
-        (self.inner, hex::encode(self.hasher.finalize()), self.size)
-    }
-}
-
-impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
+    let out = write::tar::write_per_node(
+        plan.per_node(),
+        plan.meta.mtime,
+        write::tar::HashingWriter::resume(file, hasher),
+    )?;
+    let (file, sha256, size) = out.finish();
+    file.commit()?;
+    Ok((sha256, size))
 }
 
 /// Replace or add lines `<sha256>  <name>` in a SHA256SUMS file, kept sorted by name.

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{AirgapCommand, CacheCommand, Cli, Command};
+use cli::{AirgapCommand, CacheCommand, Cli, Command, PkiCommand};
 use imgbuild::cache::Cache;
 use imgbuild::fetch::{self, Fetcher};
+use imgbuild::flags::Severity;
 use imgbuild::inventory::Inventory;
 use imgbuild::lock::{self, LockOptions};
 use imgbuild::recipe::Recipe;
@@ -164,6 +165,63 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
                 "{} file(s) removed, {freed} bytes freed",
                 report.removed.len()
             );
+            Ok(())
+        }
+        Command::Pki(PkiCommand::Init(args)) => {
+            let inv = Inventory::load(&session.inventory)?;
+            let report = imgbuild::pki::init(&inv, &args.options(), reporter)?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Pki(PkiCommand::Check) => {
+            let inv = Inventory::load(&session.inventory)?;
+            let report = imgbuild::pki::check(&inv, std::time::SystemTime::now());
+            println!("{report}");
+            match report.fits_inventory() {
+                true => Ok(()),
+                false => Err(imgbuild::Error::input("the PKI does not fit the inventory")),
+            }
+        }
+        Command::Lint { node } => {
+            let findings = imgbuild::build::lint(&session, node)?;
+            let mut errors = 0;
+            for (node, f) in &findings {
+                let level = match f.severity {
+                    Severity::Error => {
+                        errors += 1;
+                        "error"
+                    }
+                    Severity::Warning => "warning",
+                    Severity::Notice => "note",
+                };
+                println!("{level}: node {node}: /{}: {}", f.file, f.message);
+            }
+            if errors > 0 {
+                return Err(imgbuild::Error::input(format!(
+                    "{errors} error(s): the configuration does not fit the inventory's Kubernetes version"
+                )));
+            }
+            if !cli.global.quiet {
+                eprintln!("lint: no errors ({} warning(s) or note(s))", findings.len());
+            }
+            Ok(())
+        }
+        Command::Recipes => {
+            for r in all_recipes(&session)? {
+                for a in &r.artifacts {
+                    let arches: Vec<_> = a.digests.keys().map(String::as_str).collect();
+                    println!(
+                        "{}\t{}\t{}\t{}\t{:?}\t{}\t{}",
+                        r.kubernetes_version,
+                        arches.join(","),
+                        a.file,
+                        a.algorithm.name(),
+                        a.trust,
+                        a.source,
+                        r.origin
+                    );
+                }
+            }
             Ok(())
         }
         Command::Cache(CacheCommand::Ls) => {

@@ -49,6 +49,8 @@ pub enum Origin {
         /// `algorithm:hex` of the pinned artifact the member came from.
         pinned: String,
         trust: Trust,
+        /// Where the pin came from (a changelog section, a checksum file, a lock).
+        source: String,
     },
     /// A file of the cluster's PKI folder (certificates, keys, kubeconfigs).
     Pki { file: String },

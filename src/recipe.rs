@@ -279,6 +279,13 @@ impl Version {
     }
 }
 
+impl Version {
+    /// `v1.24` or `v1.24.0`: bounds in the flag table name minor releases.
+    pub fn parse_loose(v: &str) -> Option<Version> {
+        Version::parse(v).or_else(|| Version::parse(&format!("{v}.0")))
+    }
+}
+
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "v{}.{}.{}", self.major, self.minor, self.patch)

@@ -2,9 +2,12 @@
 //! Used to refuse duplicate flags (an extra_arg the recipe already sets) and by
 //! the version-aware flag check.
 
+/// `--flag[=value]` pairs in order.
+pub type Flags = Vec<(String, Option<String>)>;
+
 /// The command and `--flag[=value]` arguments of the unit's `ExecStart=`, with
 /// backslash-newline continuations joined.
-pub fn exec_start(unit: &str) -> Option<(String, Vec<(String, Option<String>)>)> {
+pub fn exec_start(unit: &str) -> Option<(String, Flags)> {
     let joined = unit.replace("\\\n", " ");
     let line = joined
         .lines()
