@@ -6,61 +6,35 @@
 
 #[path = "support/http_mirror.rs"]
 mod http_mirror;
+mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use http_mirror::{FakeProxy, Fault, Mirror};
 use sha2::{Digest, Sha256, Sha512};
 
-const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
+use support::{BIN, BINARIES};
+
 const VERSION: &str = "v1.10.2";
 const TARBALL: &str = "v1.10.2/kubernetes-server-linux-amd64.tar.gz";
-const BINARIES: [&str; 4] = [
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kubectl",
-];
 
 // ---------------------------------------------------------------- helpers
 
-/// Deterministic incompressible-ish bytes standing in for a binary.
 fn stand_in(name: &str, size: usize) -> Vec<u8> {
-    let mut out = format!("#!/bin/sh\n# stand-in for {name}\n").into_bytes();
-    let mut block = Sha256::digest(name.as_bytes()).to_vec();
-    while out.len() < size {
-        block = Sha256::digest(&block).to_vec();
-        out.extend_from_slice(&block);
-    }
-    out.truncate(size);
-    out
+    support::stand_in(name, size)
 }
 
-/// A gzipped tar shaped like `kubernetes-server-linux-<arch>.tar.gz`.
+/// A gzipped tar shaped like `kubernetes-server-linux-<arch>.tar.gz`, with
+/// stand-ins whose bytes depend on `seed`.
 fn server_tarball(seed: &str, size: usize) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    for name in BINARIES {
-        let bytes = stand_in(&format!("{seed}{name}"), size);
-        let mut h = tar::Header::new_gnu();
-        h.set_size(bytes.len() as u64);
-        h.set_mode(0o755);
-        h.set_mtime(1_500_000_000);
-        h.set_cksum();
-        tar.append_data(&mut h, format!("kubernetes/server/bin/{name}"), &bytes[..])
-            .unwrap();
-    }
-    let mut h = tar::Header::new_gnu();
-    h.set_size(4);
-    h.set_mode(0o644);
-    h.set_cksum();
-    tar.append_data(&mut h, "kubernetes/LICENSES", &b"MIT\n"[..])
-        .unwrap();
-    tar.into_inner().unwrap().finish().unwrap()
+    let bins: Vec<(&str, Vec<u8>)> = BINARIES
+        .iter()
+        .map(|n| (*n, stand_in(&format!("{seed}{n}"), size)))
+        .collect();
+    support::server_tarball(&bins)
 }
 
 fn sha256(b: &[u8]) -> String {
@@ -72,55 +46,31 @@ struct Ws {
 }
 
 impl Ws {
-    /// Inventory (the bundled example at `version`), stand-in PKI, empty cache,
-    /// and a recipes folder.
+    /// Inventory (the bundled example at `version`), its PKI (`imgbuild pki
+    /// init`), an empty cache, and a recipes folder.
     fn new(version: &str) -> Ws {
         let tmp = tempfile::tempdir().unwrap();
-        let text = fs::read_to_string(Path::new(REPO).join("cluster.toml")).unwrap();
-        let text: String = text
-            .lines()
-            .map(|l| {
-                if l.starts_with("kubernetes_version") {
-                    format!("kubernetes_version = \"{version}\"\n")
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
-        fs::write(tmp.path().join("cluster.toml"), text).unwrap();
-        let layout =
-            fs::read_to_string(Path::new(REPO).join("recipes/layouts/controller.toml")).unwrap();
-        let pki = tmp.path().join("pki");
-        fs::create_dir_all(&pki).unwrap();
-        for l in layout.lines() {
-            if let Some(f) = l.strip_prefix("file = ") {
-                let f = f.trim_matches('"');
-                fs::write(pki.join(f), format!("# test stand-in for {f}\n")).unwrap();
-            }
-        }
+        let inventory = tmp.path().join("cluster.toml");
+        fs::write(&inventory, support::example_inventory(version, "amd64")).unwrap();
+        let out = Command::new(BIN)
+            .args(["pki", "init", "--inventory"])
+            .arg(&inventory)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         fs::create_dir_all(tmp.path().join("recipes")).unwrap();
         Ws { tmp }
     }
 
-    /// The test recipe: the shipped v1.10.2 recipe pinning `tarball` instead.
+    /// The test recipe: the shipped recipe of `VERSION` pinning `tarball` instead.
     fn pin(&self, tarball: &[u8]) {
-        let text =
-            fs::read_to_string(Path::new(REPO).join("recipes/kubernetes-v1.10.2.toml")).unwrap();
-        let mut recipe: toml::Value = toml::from_str(&text).unwrap();
-        for a in recipe["artifacts"].as_array_mut().unwrap() {
-            let digest = match a["algorithm"].as_str().unwrap() {
-                "sha256" => sha256(tarball),
-                _ => hex::encode(Sha512::digest(tarball)),
-            };
-            a["digests"]
-                .as_table_mut()
-                .unwrap()
-                .insert("amd64".into(), digest.into());
-            a["trust"] = "local".into();
-        }
         fs::write(
-            self.path("recipes/kubernetes-v1.10.2.toml"),
-            toml::to_string(&recipe).unwrap(),
+            self.path(&format!("recipes/kubernetes-{VERSION}.toml")),
+            support::test_recipe(VERSION, "amd64", tarball),
         )
         .unwrap();
     }
@@ -1000,7 +950,15 @@ fn cache_verify_drops_what_is_corrupt_and_gc_cleans_up() {
     ws.ok(&strs(&fetch_args(&mirror)));
     ws.ok(&["cache", "verify"]);
     // Leftovers of a killed process and an orphan blob.
+    // (gc leaves temp files touched within the hour: a build may be writing them.)
+    fs::write(ws.path("cache/tmp/.part-fresh"), b"busy").unwrap();
     fs::write(ws.path("cache/tmp/.part-leftover"), b"half").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(ws.path("cache/tmp/.part-leftover"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
     let orphan = sha256(b"orphan");
     fs::write(ws.path("cache/blobs/sha256").join(&orphan), b"orphan").unwrap();
     let out = ws.run(&["cache", "gc"]);
