@@ -968,6 +968,8 @@ fn cache_verify_drops_what_is_corrupt_and_gc_cleans_up() {
         stdout.contains(".part-leftover") && stdout.contains(&orphan),
         "{stdout}"
     );
+    assert_eq!(ws.cache_files("tmp"), vec![".part-fresh".to_string()]);
+    fs::remove_file(ws.path("cache/tmp/.part-fresh")).unwrap();
     ws.assert_cache_clean(false);
     assert_eq!(ws.cache_files("blobs/sha256").len(), 4);
     ws.ok(&["controller", "--node", "1", "--offline"]);
