@@ -879,6 +879,12 @@ fn classify(e: &reqwest::Error) -> Failure {
     if is_dns(&text) {
         return Failure::Final(format!("cannot resolve the host name ({text})"));
     }
+    if text.contains("certificate") {
+        // Trying again will not make the server's certificate trusted.
+        return Failure::Final(format!(
+            "TLS certificate not accepted ({text}); for an internal mirror's CA use --ca-cert FILE"
+        ));
+    }
     if e.is_timeout() {
         return Failure::Retry(if e.is_connect() {
             format!("connect timed out ({text})")

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use http_mirror::{FakeProxy, Fault, Mirror};
+use http_mirror::{FakeProxy, Fault, Mirror, TlsFront};
 use sha2::{Digest, Sha256, Sha512};
 
 use support::{BIN, BINARIES};
@@ -518,6 +518,37 @@ fn two_processes_fetching_at_once_download_once() {
     assert_eq!(mirror.requests(TARBALL).len(), 1);
     ws.assert_cache_clean(false);
     assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
+}
+
+#[test]
+fn https_mirror_needs_its_ca_and_refuses_a_downgrade() {
+    let (ws, mirror, tarball) = setup(64 * 1024);
+    let tls = TlsFront::start(mirror.addr);
+    fs::write(ws.path("mirror-ca.pem"), &tls.ca_pem).unwrap();
+    let url = tls.url();
+    // A CA the system does not trust: refused at once (not retried).
+    let stderr = ws.fails(&["fetch", "--mirror", &url], 5);
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(!stderr.contains("retrying"), "{stderr}");
+    assert!(mirror.log().is_empty());
+    ws.assert_cache_clean(true);
+    // Trusted with --ca-cert.
+    ws.ok(&["fetch", "--mirror", &url, "--ca-cert", "mirror-ca.pem"]);
+    assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
+    // A redirect from https to plain http is refused without --allow-http.
+    let ws2 = Ws::new(VERSION);
+    ws2.pin(&tarball);
+    fs::write(ws2.path("mirror-ca.pem"), &tls.ca_pem).unwrap();
+    mirror.fault(
+        TARBALL,
+        Fault::Redirect(format!("{}/{TARBALL}", mirror.url())),
+    );
+    let stderr = ws2.fails(
+        &["fetch", "--mirror", &url, "--ca-cert", "mirror-ca.pem"],
+        5,
+    );
+    assert!(stderr.contains("--allow-http"), "{stderr}");
+    ws2.assert_cache_clean(true);
 }
 
 // ---------------------------------------------------------------- offline

@@ -24,7 +24,7 @@ pub enum Fault {
     TruncateUnsized(usize),
     /// Headers, `n` body bytes, then silence for the duration, then close.
     Stall(usize, Duration),
-    /// 302 to this path on the same server.
+    /// 302 to this path on the same server, or to this absolute URL.
     Redirect(String),
     /// Serve the whole file with 200 even when a range was asked for.
     IgnoreRange,
@@ -147,8 +147,13 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             return out.write_all(resp.as_bytes());
         }
         Some(Fault::Redirect(to)) => {
+            let to = if to.contains("://") {
+                to.clone()
+            } else {
+                format!("/{to}")
+            };
             let resp = format!(
-                "HTTP/1.1 302 Found\r\nLocation: /{to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             );
             return out.write_all(resp.as_bytes());
         }
@@ -271,5 +276,71 @@ impl FakeProxy {
             }
         });
         FakeProxy { addr, seen }
+    }
+}
+
+/// HTTPS on 127.0.0.1 in front of a plain mirror, with a certificate for
+/// 127.0.0.1 from a CA made for the test (`ca_pem`).
+pub struct TlsFront {
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+}
+
+impl TlsFront {
+    pub fn start(backend: SocketAddr) -> TlsFront {
+        use std::io::Read;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "imgbuild test mirror CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let config = Arc::new(
+            rustls::ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(vec![leaf.der().clone()], key)
+                .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { continue };
+                let config = config.clone();
+                thread::spawn(move || -> std::io::Result<()> {
+                    let conn =
+                        rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+                    let mut tls = rustls::StreamOwned::new(conn, tcp);
+                    // One request per connection: pass its head on, copy the answer back.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        tls.read_exact(&mut byte)?;
+                        head.push(byte[0]);
+                    }
+                    let mut back = TcpStream::connect(backend)?;
+                    back.write_all(&head)?;
+                    std::io::copy(&mut back, &mut tls)?;
+                    tls.conn.send_close_notify();
+                    tls.flush()
+                });
+            }
+        });
+        TlsFront {
+            addr,
+            ca_pem: ca_cert.pem(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
     }
 }
