@@ -10,9 +10,11 @@
 //! - `locks/`: recipe locks (`imgbuild lock`, `imgbuild airgap import`), searched
 //!   as a recipe folder after `--recipes` and before the built-in recipes;
 //! - `inflight/`: one lock file per artifact being downloaded, so that two
-//!   processes fetching the same artifact download it once;
-//! - `cache.lock`: taken shared while a file enters the cache, exclusively by
-//!   `cache verify` and `cache gc` (which delete), so they never see half an ingest.
+//!   processes fetching the same artifact download it once (removed after).
+//!
+//! The cache folder itself is locked (flock) shared while a file enters the
+//! cache, and exclusively by `cache verify` and `cache gc` (which delete), so
+//! they never see half an ingest.
 //!
 //! A file enters the cache only by a rename from `tmp/` after its digest matched:
 //! readers never see a torn file, and two processes writing the same name write
@@ -408,53 +410,61 @@ impl Cache {
         }
     }
 
-    /// Take the cache-wide lock: shared while files enter the cache, exclusive
-    /// for `verify` and `gc`. Released when the returned file is dropped.
+    /// Take the cache-wide lock (a lock on the cache folder itself, so no file
+    /// is left behind): shared while files enter the cache, exclusive for
+    /// `verify` and `gc`. Released when the returned handle is dropped.
     pub fn lock(&self, exclusive: bool) -> Result<File> {
-        let path = self.root.join("cache.lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_path("cannot open", &path)?;
+        let file = File::open(&self.root).with_path("cannot open", &self.root)?;
         if exclusive {
             file.lock()
         } else {
             file.lock_shared()
         }
-        .with_path("cannot lock", &path)?;
+        .with_path("cannot lock", &self.root)?;
         Ok(file)
     }
 
     /// Take the per-artifact download lock, waiting for another process that
     /// holds it (it is downloading the same artifact). `waiting` is called once
-    /// if we have to wait.
+    /// if we have to wait. The lock file is removed when the guard drops.
     pub fn inflight_lock(
         &self,
         algorithm: Algorithm,
         hex: &str,
         waiting: impl FnOnce(),
-    ) -> Result<File> {
+    ) -> Result<InflightLock> {
+        use std::os::unix::fs::MetadataExt;
         let path = self
             .root
             .join("inflight")
             .join(format!("{}-{hex}", algorithm.name()));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_path("cannot open", &path)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                waiting();
-                file.lock().with_path("cannot lock", &path)?;
+        let mut waiting = Some(waiting);
+        loop {
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_path("cannot open", &path)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    if let Some(w) = waiting.take() {
+                        w();
+                    }
+                    file.lock().with_path("cannot lock", &path)?;
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(Error::io("cannot lock", &path, e));
+                }
             }
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("cannot lock", &path, e)),
+            // The holder before us removes the file before unlocking: if the
+            // name no longer leads to the file we locked, lock the new one.
+            let ours = file.metadata().with_path("cannot stat", &path)?.ino();
+            if fs::metadata(&path).is_ok_and(|m| m.ino() == ours) {
+                return Ok(InflightLock { path, _file: file });
+            }
         }
-        Ok(file)
     }
 
     /// Folder of recipe locks, searched as a recipe folder.
@@ -557,6 +567,19 @@ impl Cache {
             digest: &index.pin,
         });
         Ok(index)
+    }
+}
+
+/// Held while one process downloads one artifact; see [`Cache::inflight_lock`].
+pub struct InflightLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Drop for InflightLock {
+    fn drop(&mut self) {
+        // Removed while still locked, so a waiter notices and starts afresh.
+        let _ = fs::remove_file(&self.path);
     }
 }
 
