@@ -33,11 +33,16 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
     let session = cli.global.session();
     match &cli.command {
         Command::Controller(args) => {
-            // The build itself reads only the cache; fetching is a step before it.
-            if !args.offline {
-                fetch::fetch_inventory(&session, &args.fetch.options(), reporter)?;
-            }
-            let built = imgbuild::build::controller(&session, &args.options(), reporter)?;
+            // The build reads only the cache. When it finds an artifact missing
+            // (after its inventory and PKI checks), fetch what the recipe needs
+            // and build again, unless offline.
+            let built = match imgbuild::build::controller(&session, &args.options(), reporter) {
+                Err(e) if e.kind == imgbuild::Kind::Missing && !args.offline => {
+                    fetch::fetch_inventory(&session, &args.fetch.options(), reporter)?;
+                    imgbuild::build::controller(&session, &args.options(), reporter)?
+                }
+                other => other?,
+            };
             for b in built {
                 println!("{}", b.artifact.display());
             }
