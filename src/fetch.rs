@@ -108,7 +108,7 @@ impl Job<'_> {
         if self.artifact.file.contains("{arch}") {
             self.artifact.file_for(&self.arch)
         } else {
-            format!("{}/{}", self.arch, self.artifact.file)
+            format!("{} ({})", self.artifact.file, self.arch)
         }
     }
 }
@@ -271,6 +271,12 @@ impl<'a> Fetcher<'a> {
             }
         });
         let mut results = results.into_inner().unwrap();
+        progress.event(Event::DownloadsFinished {
+            downloaded: results
+                .iter()
+                .filter(|(_, r)| matches!(r, Ok(Fetched::Downloaded(_))))
+                .count(),
+        });
         results.sort_by_key(|(i, _)| *i);
         let mut errors = Vec::new();
         for (_, r) in results {

@@ -25,6 +25,23 @@ struct Bars {
     total: Option<ProgressBar>,
 }
 
+impl Bars {
+    /// Draw the final state once and stop; later downloads get new bars.
+    fn release(&mut self) {
+        for (bar, _) in self.each.values() {
+            if !bar.is_finished() {
+                bar.abandon();
+            }
+        }
+        if let Some(t) = self.total.take() {
+            t.finish();
+        }
+        self.multi.set_draw_target(ProgressDrawTarget::hidden());
+        self.multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        self.each.clear();
+    }
+}
+
 fn bar_style() -> ProgressStyle {
     ProgressStyle::with_template(
         "{prefix:<40!} {bar:25} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta:>3} {msg}",
@@ -54,14 +71,11 @@ impl Reporter {
         }
     }
 
-    /// Clear the bars before the command's own output and errors.
+    /// Stop drawing (after a failure, bars may be unfinished); the last state
+    /// of the bars stays on the terminal, above the command's own output.
     pub fn finish(&self) {
         if let Some(bars) = &self.bars {
-            let bars = bars.lock().unwrap();
-            if let Some(t) = &bars.total {
-                t.finish();
-            }
-            let _ = bars.multi.clear();
+            bars.lock().unwrap().release();
         }
     }
 
@@ -97,13 +111,19 @@ impl Reporter {
                     }
                     return true;
                 }
-                let bar = match total {
-                    Some(t) => ProgressBar::new(t).with_style(bar_style()),
-                    None => ProgressBar::no_length().with_style(spinner_style()),
-                };
+                // Hidden until the MultiProgress takes it: a bar drawing itself
+                // before that leaves a stray line on the terminal.
+                let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::hidden())
+                    .with_style(match total {
+                        Some(_) => bar_style(),
+                        None => spinner_style(),
+                    });
                 bar.set_prefix(name.to_string());
                 let total_bar = b.total.get_or_insert_with(|| {
-                    let t = b.multi.add(ProgressBar::new(0).with_style(bar_style()));
+                    let t = b.multi.add(
+                        ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden())
+                            .with_style(bar_style()),
+                    );
                     t.set_prefix("total");
                     t.enable_steady_tick(Duration::from_millis(200));
                     t
@@ -134,6 +154,12 @@ impl Reporter {
                 }
                 true
             }
+            Event::DownloadsFinished { .. } => {
+                // Hand the terminal back, so what the command prints next is
+                // not drawn over.
+                b.release();
+                true
+            }
             _ => false,
         }
     }
@@ -155,7 +181,9 @@ impl Progress for Reporter {
             Event::Wrote { path } => format!("wrote {}", path.display()),
             Event::Cached { name, digest } => format!("cached {name} ({digest})"),
             // Without a terminal: a line per finished download, nothing per byte.
-            Event::DownloadStart { .. } | Event::DownloadBytes { .. } => return,
+            Event::DownloadStart { .. }
+            | Event::DownloadBytes { .. }
+            | Event::DownloadsFinished { .. } => return,
             Event::DownloadRetry {
                 name,
                 attempt,
