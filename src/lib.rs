@@ -11,6 +11,7 @@ pub mod cache;
 pub mod error;
 pub mod fetch;
 pub mod flags;
+pub mod inspect;
 pub mod inventory;
 pub mod lock;
 pub mod pki;
