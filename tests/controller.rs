@@ -394,6 +394,7 @@ fn builds_are_byte_identical_across_folders_times_umasks_and_mtimes() {
             .env("IMGBUILD_CACHE", b.path().join("cache"))
             .env("IMGBUILD_RECIPES", b.path().join("recipes"))
             .env("TZ", "Asia/Tokyo")
+            .env("IMGBUILD_OFFLINE", "1")
             .env_remove("SOURCE_DATE_EPOCH"))
     };
     run_b(&format!(
