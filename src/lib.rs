@@ -3,8 +3,18 @@
 //! Inputs (inventory, recipe, overlay templates, PKI folder, artifact cache)
 //! become a [`plan::Plan`]; each output format is a writer over that plan.
 
+pub mod assets;
+pub mod atomic;
+pub mod build;
+pub mod cache;
 pub mod error;
+pub mod flags;
+pub mod inventory;
 pub mod plan;
 pub mod progress;
+pub mod recipe;
+pub mod render;
+pub mod unit;
+pub mod write;
 
 pub use error::{Error, Kind, Result};

@@ -49,6 +49,8 @@ pub enum Origin {
         /// `algorithm:hex` of the pinned artifact the member came from.
         pinned: String,
         trust: Trust,
+        /// Where the pin came from (a changelog section, a checksum file, a lock).
+        source: String,
     },
     /// A file of the cluster's PKI folder (certificates, keys, kubeconfigs).
     Pki { file: String },
@@ -218,7 +220,9 @@ impl Plan {
             if e.path.is_empty()
                 || e.path.starts_with('/')
                 || e.path.ends_with('/')
-                || e.path.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+                || e.path
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == "..")
             {
                 return Err(Error::input(format!("bad rootfs path {:?}", e.path)));
             }
@@ -243,7 +247,10 @@ impl Plan {
                 .insert(&e.path, matches!(e.kind, EntryKind::Dir))
                 .is_some()
             {
-                return Err(Error::input(format!("{} appears twice in the plan", e.path)));
+                return Err(Error::input(format!(
+                    "{} appears twice in the plan",
+                    e.path
+                )));
             }
         }
         Ok(())

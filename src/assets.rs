@@ -1,0 +1,133 @@
+//! Recipes and overlay templates: built into the binary, or read from folders
+//! given on the command line (which take precedence, file by file).
+
+use std::path::{Path, PathBuf};
+
+use include_dir::{Dir, include_dir};
+
+use crate::error::{Error, IoContext, Result};
+
+static BUILTIN_RECIPES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/recipes");
+static BUILTIN_OVERLAYS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/overlays");
+
+/// Where recipe and overlay files are looked up.
+#[derive(Debug, Clone, Default)]
+pub struct Assets {
+    /// Folders searched for recipes (and `layouts/`) before the built-in ones.
+    pub recipe_dirs: Vec<PathBuf>,
+    /// A folder searched for overlays before the built-in ones.
+    pub overlay_dir: Option<PathBuf>,
+}
+
+/// A text file and where it came from (for error messages and manifests).
+#[derive(Debug, Clone)]
+pub struct Asset {
+    pub text: String,
+    /// `built-in:recipes/x.toml` or a filesystem path.
+    pub origin: String,
+}
+
+impl Assets {
+    pub fn recipe_file(&self, rel: &str) -> Result<Option<Asset>> {
+        for dir in &self.recipe_dirs {
+            if let Some(a) = read_opt(&dir.join(rel))? {
+                return Ok(Some(a));
+            }
+        }
+        Ok(builtin(&BUILTIN_RECIPES, "recipes", rel))
+    }
+
+    pub fn overlay_file(&self, overlay: &str, rel: &str) -> Result<Option<Asset>> {
+        let rel = format!("{overlay}/{rel}");
+        if let Some(dir) = &self.overlay_dir {
+            if let Some(a) = read_opt(&dir.join(&rel))? {
+                return Ok(Some(a));
+            }
+        }
+        Ok(builtin(&BUILTIN_OVERLAYS, "overlays", &rel))
+    }
+
+    /// Complete flag sets: `flagsets/<component>-v1.<minor>.txt` → (component, minor, file).
+    pub fn flagsets(&self) -> Result<Vec<(String, u32, Asset)>> {
+        let mut names = std::collections::BTreeSet::new();
+        for dir in &self.recipe_dirs {
+            if let Ok(rd) = std::fs::read_dir(dir.join("flagsets")) {
+                for ent in rd.flatten() {
+                    names.insert(ent.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        if let Some(d) = BUILTIN_RECIPES.get_dir("flagsets") {
+            for f in d.files() {
+                if let Some(n) = f.path().file_name() {
+                    names.insert(n.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let Some(stem) = name.strip_suffix(".txt") else {
+                continue;
+            };
+            let Some((component, v)) = stem.rsplit_once("-v1.") else {
+                continue;
+            };
+            let Ok(minor) = v.parse::<u32>() else {
+                continue;
+            };
+            if let Some(a) = self.recipe_file(&format!("flagsets/{name}"))? {
+                out.push((component.to_string(), minor, a));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Names of `kubernetes-*.toml` recipes available, deduplicated and sorted.
+    pub fn recipe_names(&self) -> Result<Vec<String>> {
+        let mut names = std::collections::BTreeSet::new();
+        for dir in &self.recipe_dirs {
+            let rd = match std::fs::read_dir(dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("cannot list recipes in", dir, e)),
+            };
+            for ent in rd {
+                let ent = ent.with_path("cannot list recipes in", dir)?;
+                let name = ent.file_name().to_string_lossy().into_owned();
+                if is_recipe_name(&name) {
+                    names.insert(name);
+                }
+            }
+        }
+        for f in BUILTIN_RECIPES.files() {
+            let name = f.path().to_string_lossy().into_owned();
+            if is_recipe_name(&name) {
+                names.insert(name);
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+}
+
+fn is_recipe_name(name: &str) -> bool {
+    name.starts_with("kubernetes-v") && name.ends_with(".toml")
+}
+
+fn read_opt(path: &Path) -> Result<Option<Asset>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(Asset {
+            text,
+            origin: path.display().to_string(),
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("cannot read", path, e)),
+    }
+}
+
+fn builtin(dir: &Dir<'static>, top: &str, rel: &str) -> Option<Asset> {
+    let file = dir.get_file(rel)?;
+    Some(Asset {
+        text: file.contents_utf8()?.to_string(),
+        origin: format!("built-in:{top}/{rel}"),
+    })
+}

@@ -1,0 +1,592 @@
+//! The controller build: inventory + recipe + overlay + PKI + cache → one plan
+//! per node → the chosen writer. No network here: artifacts come from the cache.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::assets::Assets;
+use crate::atomic;
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::flags::{Checked, Finding, FlagTable, Severity};
+use crate::inventory::Inventory;
+use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, sha256_hex};
+use crate::progress::{Event, Progress};
+use crate::recipe::{Recipe, Version};
+use crate::render::{Context, Renderer};
+use crate::write::{self, manifest::OutputFile};
+
+/// Where things are, shared by every command.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub inventory: PathBuf,
+    pub cache_dir: PathBuf,
+    pub assets: Assets,
+    /// Entry mtimes: SOURCE_DATE_EPOCH, or 0.
+    pub mtime: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    TarGz,
+    Dir,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::TarGz => "tar.gz",
+            Format::Dir => "dir",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// Node selectors (1-based index or name); empty with `all`.
+    pub nodes: Vec<String>,
+    pub all: bool,
+    pub format: Format,
+    pub out_dir: PathBuf,
+}
+
+/// Inputs loaded once and shared by every node of a build.
+pub struct Loaded {
+    pub inventory: Inventory,
+    pub recipe: Recipe,
+    pub version: Version,
+    pub flags: FlagTable,
+    templates: Vec<Template>,
+    renderer: Renderer,
+    binaries: Vec<Entry>,
+    pki: Vec<Entry>,
+    no_extra: BTreeMap<String, String>,
+}
+
+struct Template {
+    name: String,
+    path: String,
+    mode: u32,
+    secret: bool,
+    origin: String,
+}
+
+impl Loaded {
+    /// Load and check everything a build needs that is the same for all nodes.
+    pub fn load(session: &Session) -> Result<Loaded> {
+        Self::load_with(session, true)
+    }
+
+    /// `with_inputs = false` skips the PKI folder and the cache: enough to render and lint.
+    pub fn load_with(session: &Session, with_inputs: bool) -> Result<Loaded> {
+        let inventory = Inventory::load(&session.inventory)?;
+        let version = Version::parse(&inventory.cluster.kubernetes_version)
+            .expect("validated by the inventory");
+        let recipe = Recipe::load(&session.assets, &inventory.cluster.kubernetes_version)?;
+        let layout = &recipe.layout_def;
+        let mut templates = Vec::new();
+        let mut sources = Vec::new();
+        for f in &layout.files {
+            let asset = session
+                .assets
+                .overlay_file(&layout.overlay, &f.template)?
+                .ok_or_else(|| {
+                    Error::input(format!(
+                        "recipe {}: template {:?} not found in overlay {:?}",
+                        recipe.origin, f.template, layout.overlay
+                    ))
+                })?;
+            sources.push((f.template.clone(), asset.text, asset.origin.clone()));
+            templates.push(Template {
+                name: f.template.clone(),
+                path: f.path.clone().unwrap_or_else(|| f.template.clone()),
+                mode: f.mode,
+                secret: f.secret,
+                origin: asset.origin,
+            });
+        }
+        let renderer = Renderer::new(&sources)?;
+        let flags = FlagTable::load(&session.assets)?;
+        let (pki, binaries) = if with_inputs {
+            let pki = read_pki(&inventory, &recipe)?;
+            let cache = Cache::open(&session.cache_dir)?;
+            (
+                pki,
+                resolve_artifacts(&cache, &recipe, &inventory.cluster.arch)?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok(Loaded {
+            inventory,
+            recipe,
+            version,
+            flags,
+            templates,
+            renderer,
+            binaries,
+            pki,
+            no_extra: BTreeMap::new(),
+        })
+    }
+
+    /// The overlay's templates rendered for node `index` (1-based): (template, text).
+    pub fn render(&self, index: usize) -> Result<Vec<(&str, String)>> {
+        let ctx = Context::new(&self.inventory, index, self.version);
+        self.templates
+            .iter()
+            .map(|t| {
+                Ok((
+                    t.path.as_str(),
+                    self.renderer.render(&t.name, &t.origin, &ctx)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Check node `index`'s rendered files against the flag table. Duplicate
+    /// flags are errors here; the table's errors are returned as findings.
+    pub fn lint(&self, index: usize) -> Result<Vec<Finding>> {
+        let rendered = self.render(index)?;
+        self.lint_rendered(&rendered)
+    }
+
+    fn lint_rendered(&self, rendered: &[(&str, String)]) -> Result<Vec<Finding>> {
+        let inv = &self.inventory;
+        let mut checked = Vec::new();
+        for (path, text) in rendered {
+            check_unit_flags(inv, path, text)?;
+            let (extra, section) = match crate::unit::exec_start(text).map(|(c, _)| c) {
+                Some(c) if c.ends_with("/kube-apiserver") => {
+                    (&inv.apiserver.extra_args, "[apiserver.extra_args]")
+                }
+                Some(c) if c.ends_with("/kube-controller-manager") => (
+                    &inv.controller_manager.extra_args,
+                    "[controller_manager.extra_args]",
+                ),
+                Some(c) if c.ends_with("/kube-scheduler") => {
+                    (&inv.scheduler.extra_args, "[scheduler.extra_args]")
+                }
+                _ => (&self.no_extra, ""),
+            };
+            checked.push(Checked {
+                path,
+                text,
+                extra,
+                extra_section: section,
+            });
+        }
+        Ok(self.flags.check(self.version, &checked))
+    }
+
+    /// The plan for node `index` (1-based), after the version check: its
+    /// errors fail the build, its warnings and notices go to `progress`.
+    pub fn plan(&self, index: usize, mtime: u64, progress: &dyn Progress) -> Result<Plan> {
+        let inv = &self.inventory;
+        let node = &inv.controllers[index - 1];
+        let rendered = self.render(index)?;
+        let findings = self.lint_rendered(&rendered)?;
+        crate::flags::fail_on_errors(self.version, &findings).map_err(|e| {
+            e.context(format!(
+                "inventory {}, node {index} ({})",
+                inv.path.display(),
+                node.name
+            ))
+        })?;
+        for f in &findings {
+            let message = format!("/{}: {}", f.file, f.message);
+            match f.severity {
+                Severity::Warning => progress.event(Event::Warning { message: &message }),
+                _ => progress.event(Event::Notice { message: &message }),
+            }
+        }
+        let mut entries: Vec<Entry> = Vec::new();
+        for (t, (_, text)) in self.templates.iter().zip(rendered) {
+            entries.push(file_entry(
+                &t.path,
+                t.mode,
+                t.secret,
+                text.into_bytes(),
+                Origin::Template {
+                    template: t.name.clone(),
+                },
+            ));
+        }
+        entries.extend(self.pki.iter().cloned());
+        entries.extend(self.binaries.iter().cloned());
+        entries.extend(enablement(&self.recipe, &entries)?);
+        add_parents(&mut entries);
+        let mut plan = Plan {
+            meta: Meta {
+                imgbuild_version: env!("CARGO_PKG_VERSION").to_string(),
+                recipe: self.recipe.name.clone(),
+                kubernetes_version: self.recipe.kubernetes_version.clone(),
+                arch: inv.cluster.arch.clone(),
+                cluster: inv.cluster.name.clone(),
+                node_index: index,
+                node_name: node.name.clone(),
+                inventory_sha256: inv.sha256.clone(),
+                mtime,
+            },
+            entries,
+        };
+        plan.finish()?;
+        Ok(plan)
+    }
+}
+
+fn file_entry(path: &str, mode: u32, secret: bool, bytes: Vec<u8>, origin: Origin) -> Entry {
+    Entry {
+        path: path.to_string(),
+        mode: if secret { 0o600 } else { mode },
+        uid: 0,
+        gid: 0,
+        kind: EntryKind::File {
+            size: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+            content: Content::Inline(Arc::from(bytes)),
+        },
+        origin,
+        shared: false,
+        secret,
+    }
+}
+
+/// An inventory `extra_args` flag that the recipe already sets would appear twice.
+fn check_unit_flags(inv: &Inventory, path: &str, text: &str) -> Result<()> {
+    if !path.starts_with("etc/systemd/system/") {
+        return Ok(());
+    }
+    let Some((_, flags)) = crate::unit::exec_start(text) else {
+        return Ok(());
+    };
+    let mut seen = BTreeSet::new();
+    for (flag, _) in &flags {
+        if !seen.insert(flag) {
+            return Err(Error::input(format!(
+                "inventory {}: --{flag} is set twice in /{path}: the recipe already sets it, so remove it from the component's extra_args",
+                inv.path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn read_pki(inv: &Inventory, recipe: &Recipe) -> Result<Vec<Entry>> {
+    let dir = inv.pki_dir();
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for p in &recipe.layout_def.pki {
+        let path = dir.join(&p.file);
+        match std::fs::read(&path) {
+            Ok(bytes) => out.push(file_entry(
+                &p.path,
+                p.mode,
+                p.secret,
+                bytes,
+                Origin::Pki {
+                    file: p.file.clone(),
+                },
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(p.file.as_str()),
+            Err(e) => return Err(Error::io("cannot read PKI file", &path, e)),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::input(format!(
+            "PKI folder {} (cluster.pki_dir of {}) lacks {}; create them with `imgbuild pki init --inventory {}` or copy them there",
+            dir.display(),
+            inv.path.display(),
+            missing.join(", "),
+            inv.path.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// Every member every artifact of the recipe installs, from the cache.
+pub fn resolve_artifacts(cache: &Cache, recipe: &Recipe, arch: &str) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for a in &recipe.artifacts {
+        let hex = a.digest_for(&recipe.name, arch)?;
+        let pin = a.pin_for(&recipe.name, arch)?;
+        let Some(index) = cache.lookup(a.algorithm, hex)? else {
+            return Err(Error::missing(format!(
+                "artifact {} ({pin}) of recipe {} is not in the cache {}.\n\
+                 On a connected machine: `imgbuild fetch` (or `--mirror URL` for an internal mirror laid out like https://dl.k8s.io).\n\
+                 Offline: download https://dl.k8s.io/{} elsewhere and run `imgbuild cache import {}`, \
+                 or carry a bundle made by `imgbuild airgap export` and run `imgbuild airgap import BUNDLE`",
+                a.file_for(arch),
+                recipe.name,
+                cache.root().display(),
+                a.url_path_for(arch),
+                a.file_for(arch),
+            )));
+        };
+        for m in &a.members {
+            let blob = &index.members[&m.path];
+            out.push(Entry {
+                path: m.install.clone(),
+                mode: m.mode,
+                uid: 0,
+                gid: 0,
+                kind: EntryKind::File {
+                    size: blob.size,
+                    sha256: blob.sha256.clone(),
+                    content: Content::Blob(cache.blob_path(&blob.sha256)),
+                },
+                origin: Origin::Artifact {
+                    artifact: a.file_for(arch),
+                    member: m.path.clone(),
+                    pinned: pin.clone(),
+                    trust: a.trust,
+                    source: a.source.clone(),
+                },
+                shared: true,
+                secret: false,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `systemctl enable`, offline: `<target>.wants/<unit>` symlinks.
+fn enablement(recipe: &Recipe, files: &[Entry]) -> Result<Vec<Entry>> {
+    let layout = &recipe.layout_def;
+    let mut out = Vec::new();
+    for (target, units) in &layout.enable {
+        for unit in units {
+            let shipped = format!("etc/systemd/system/{unit}");
+            let dest = if files.iter().any(|e| e.path == shipped) {
+                format!("/{shipped}")
+            } else if let Some(p) = layout.unit_paths.get(unit) {
+                p.clone()
+            } else {
+                return Err(Error::input(format!(
+                    "layout {}: unit {unit} is enabled but neither shipped by the overlay nor listed in [unit_paths]",
+                    layout.overlay
+                )));
+            };
+            out.push(Entry {
+                path: format!("etc/systemd/system/{target}.wants/{unit}"),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+                kind: EntryKind::Symlink { target: dest },
+                origin: Origin::Generated {
+                    what: format!("systemctl enable {unit}"),
+                },
+                shared: false,
+                secret: false,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Every parent folder as an entry (0755, root), shared when a shared entry needs it.
+fn add_parents(entries: &mut Vec<Entry>) {
+    let mut dirs: BTreeMap<String, bool> = BTreeMap::new();
+    for e in entries.iter() {
+        let mut p = e.path.as_str();
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            let shared = dirs.entry(parent.to_string()).or_insert(false);
+            *shared |= e.shared;
+            p = parent;
+        }
+    }
+    for (path, shared) in dirs {
+        entries.push(Entry {
+            path,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            kind: EntryKind::Dir,
+            origin: Origin::Generated {
+                what: "parent folder".into(),
+            },
+            shared,
+            secret: false,
+        });
+    }
+}
+
+/// What one node's build wrote.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub node_index: usize,
+    pub node_name: String,
+    pub artifact: PathBuf,
+    pub manifest: PathBuf,
+    pub sha256: Option<String>,
+}
+
+/// `imgbuild controller`: build the selected nodes.
+pub fn controller(
+    session: &Session,
+    opts: &ControllerOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<Built>> {
+    progress.event(Event::Step {
+        what: "loading inventory, recipe, PKI and cached artifacts",
+    });
+    let loaded = Loaded::load(session)?;
+    let indices = select_nodes(&loaded.inventory, &opts.nodes, opts.all)?;
+    atomic::ensure_dir(&opts.out_dir)?;
+    let mut built = Vec::new();
+    for index in indices {
+        let plan = loaded.plan(index, session.mtime, progress)?;
+        progress.event(Event::Step {
+            what: &format!(
+                "writing {} for node {index} ({})",
+                opts.format.name(),
+                plan.meta.node_name
+            ),
+        });
+        built.push(write_node(&plan, opts.format, &opts.out_dir, progress)?);
+    }
+    let sums: Vec<(String, String)> = built
+        .iter()
+        .filter_map(|b| {
+            let name = b.artifact.file_name()?.to_string_lossy().into_owned();
+            Some((name, b.sha256.clone()?))
+        })
+        .collect();
+    if !sums.is_empty() {
+        update_sums(&opts.out_dir.join("SHA256SUMS"), &sums)?;
+    }
+    Ok(built)
+}
+
+/// `imgbuild lint`: findings for the selected nodes (all when none is named).
+pub fn lint(session: &Session, nodes: &[String]) -> Result<Vec<(usize, Finding)>> {
+    let loaded = Loaded::load_with(session, false)?;
+    let all = nodes.is_empty();
+    let mut out = Vec::new();
+    for index in select_nodes(&loaded.inventory, nodes, all)? {
+        out.extend(loaded.lint(index)?.into_iter().map(|f| (index, f)));
+    }
+    Ok(out)
+}
+
+pub fn select_nodes(inv: &Inventory, nodes: &[String], all: bool) -> Result<Vec<usize>> {
+    if all {
+        return Ok((1..=inv.controllers.len()).collect());
+    }
+    if nodes.is_empty() {
+        return Err(Error::input(
+            "say which node to build: --node N (1-based index or name), or --all",
+        ));
+    }
+    let mut out = Vec::new();
+    for n in nodes {
+        let (i, _) = inv.node(n)?;
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
+fn write_node(
+    plan: &Plan,
+    format: Format,
+    out_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<Built> {
+    let stem = format!("controller-{}", plan.meta.node_index);
+    let manifest_path = out_dir.join(format!("{stem}.manifest.json"));
+    let (artifact, outputs) = match format {
+        Format::TarGz => {
+            let dest = out_dir.join(format!("{stem}.tar.gz"));
+            // The archive holds private keys: only its owner may read it.
+            let file = atomic::AtomicFile::create(&dest, 0o600)?;
+            let mut hashing = HashingWriter::new(file);
+            hashing =
+                write::tar::write_tar_gz(plan.shared(), plan.per_node(), plan.meta.mtime, hashing)?;
+            let (file, sha256, size) = hashing.finish();
+            let dest = file.commit()?;
+            let name = dest.file_name().unwrap().to_string_lossy().into_owned();
+            (dest, vec![OutputFile { name, sha256, size }])
+        }
+        Format::Dir => {
+            let dest = out_dir.join(&stem);
+            write::dir::write_dir(plan, &dest)?;
+            (dest, vec![])
+        }
+    };
+    progress.event(Event::Wrote { path: &artifact });
+    let sha256 = outputs.first().map(|o| o.sha256.clone());
+    atomic::write(
+        &manifest_path,
+        &write::manifest::render(plan, format.name(), outputs),
+        0o644,
+    )?;
+    progress.event(Event::Wrote {
+        path: &manifest_path,
+    });
+    Ok(Built {
+        node_index: plan.meta.node_index,
+        node_name: plan.meta.node_name.clone(),
+        artifact,
+        manifest: manifest_path,
+        sha256,
+    })
+}
+
+/// Hashes what is written through it, so the output's digest costs no second read.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        use sha2::Digest;
+        HashingWriter {
+            inner,
+            hasher: sha2::Sha256::new(),
+            size: 0,
+        }
+    }
+    pub fn finish(self) -> (W, String, u64) {
+        use sha2::Digest;
+        (self.inner, hex::encode(self.hasher.finalize()), self.size)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Replace or add lines `<sha256>  <name>` in a SHA256SUMS file, kept sorted by name.
+pub fn update_sums(path: &Path, sums: &[(String, String)]) -> Result<()> {
+    let mut lines: BTreeMap<String, String> = BTreeMap::new();
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            for l in text.lines() {
+                if let Some((h, n)) = l.split_once("  ") {
+                    lines.insert(n.to_string(), h.to_string());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    }
+    for (name, sha) in sums {
+        lines.insert(name.clone(), sha.clone());
+    }
+    let text: String = lines.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
+    atomic::write(path, text.as_bytes(), 0o644).map(|_| ())
+}

@@ -1,0 +1,454 @@
+//! The local artifact cache: content-addressed, verified on the way in and on
+//! the way out, safe for concurrent imgbuild processes.
+//!
+//! Layout under the cache root:
+//! - `artifacts/<algorithm>/<hex>`: a pinned artifact as published (tarball or binary);
+//! - `blobs/sha256/<hex>`: a member taken from a verified artifact (what builds read);
+//! - `index/<algorithm>-<hex>.json`: which members a verified artifact holds.
+//!   Written last: its presence means the artifact and its members are in place;
+//! - `tmp/`: files being written; renamed into place only once verified.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256, Sha512};
+use tempfile::NamedTempFile;
+
+use crate::error::{Error, IoContext, Result};
+use crate::plan::Trust;
+use crate::progress::{Event, Progress};
+use crate::recipe::{Algorithm, Artifact, ArtifactKind, Recipe};
+
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// What a verified artifact holds, as recorded in `index/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactIndex {
+    pub artifact: String,
+    pub file: String,
+    /// `algorithm:hex` of the artifact.
+    pub pin: String,
+    pub trust: Trust,
+    pub size: u64,
+    /// Member path → its blob.
+    pub members: BTreeMap<String, BlobRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A running digest of either algorithm.
+#[derive(Clone)]
+pub enum Hasher {
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+impl Hasher {
+    pub fn new(algorithm: Algorithm) -> Hasher {
+        match algorithm {
+            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
+        }
+    }
+    pub fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Sha512(h) => h.update(bytes),
+        }
+    }
+    pub fn finish_hex(self) -> String {
+        match self {
+            Hasher::Sha256(h) => hex::encode(h.finalize()),
+            Hasher::Sha512(h) => hex::encode(h.finalize()),
+        }
+    }
+}
+
+/// Passes bytes through while hashing them and keeping a copy.
+struct Tee<R, W> {
+    inner: R,
+    copy: W,
+    hashers: Vec<(Algorithm, Hasher)>,
+    bytes: u64,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for (_, h) in &mut self.hashers {
+            h.update(&buf[..n]);
+        }
+        self.copy.write_all(&buf[..n])?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes a stream to a temp file, hashing it (sha256) on the way.
+fn write_hashed(
+    tmp: NamedTempFile,
+    mut src: impl Read,
+) -> io::Result<(NamedTempFile, String, u64)> {
+    let mut out = BufWriter::with_capacity(1 << 20, tmp);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        size += n as u64;
+    }
+    let tmp = out.into_inner().map_err(|e| e.into_error())?;
+    Ok((tmp, hex::encode(h.finalize()), size))
+}
+
+impl Cache {
+    /// Open (creating if needed) the cache at `root`.
+    pub fn open(root: &Path) -> Result<Cache> {
+        for sub in [
+            "artifacts/sha256",
+            "artifacts/sha512",
+            "blobs/sha256",
+            "index",
+            "tmp",
+        ] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).with_path("cannot create cache folder", &dir)?;
+        }
+        Ok(Cache {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// `$XDG_CACHE_HOME/imgbuild`, else `~/.cache/imgbuild`.
+    pub fn default_root() -> PathBuf {
+        if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+            return PathBuf::from(x).join("imgbuild");
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|x| !x.is_empty()) {
+            return PathBuf::from(home).join(".cache/imgbuild");
+        }
+        PathBuf::from(".imgbuild-cache")
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(sha256)
+    }
+
+    pub fn artifact_path(&self, algorithm: Algorithm, hex: &str) -> PathBuf {
+        self.root.join("artifacts").join(algorithm.name()).join(hex)
+    }
+
+    fn index_path(&self, algorithm: Algorithm, hex: &str) -> PathBuf {
+        self.root
+            .join("index")
+            .join(format!("{}-{hex}.json", algorithm.name()))
+    }
+
+    /// A new temp file inside the cache (same filesystem, so renames are atomic).
+    pub fn temp_file(&self) -> Result<NamedTempFile> {
+        let dir = self.root.join("tmp");
+        tempfile::Builder::new()
+            .prefix(".part-")
+            .tempfile_in(&dir)
+            .with_path("cannot create a temporary file in", &dir)
+    }
+
+    /// The index of a verified artifact, if it and all its members are present.
+    pub fn lookup(&self, algorithm: Algorithm, hex: &str) -> Result<Option<ArtifactIndex>> {
+        let path = self.index_path(algorithm, hex);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("cannot read", &path, e)),
+        };
+        let index: ArtifactIndex = serde_json::from_str(&text).map_err(|e| {
+            Error::integrity(format!(
+                "cache index {} is damaged ({e}); run `imgbuild cache verify`",
+                path.display()
+            ))
+        })?;
+        for blob in index.members.values() {
+            match fs::metadata(self.blob_path(&blob.sha256)) {
+                Ok(m) if m.len() == blob.size => {}
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(index))
+    }
+
+    /// Every index in the cache.
+    pub fn list(&self) -> Result<Vec<ArtifactIndex>> {
+        let dir = self.root.join("index");
+        let mut out = Vec::new();
+        for ent in fs::read_dir(&dir).with_path("cannot list", &dir)? {
+            let path = ent.with_path("cannot list", &dir)?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let text = fs::read_to_string(&path).with_path("cannot read", &path)?;
+                if let Ok(idx) = serde_json::from_str(&text) {
+                    out.push(idx);
+                }
+            }
+        }
+        out.sort_by(|a: &ArtifactIndex, b| (&a.file, &a.pin).cmp(&(&b.file, &b.pin)));
+        Ok(out)
+    }
+
+    /// Verify `src` against the pin of one of `candidates` (artifacts sharing a file
+    /// name, e.g. the same tarball name pinned by several versions) while taking
+    /// its members, in one pass. Nothing enters the cache unless a digest matches.
+    pub fn ingest(
+        &self,
+        src: impl Read,
+        label: &str,
+        candidates: &[Candidate<'_>],
+    ) -> Result<ArtifactIndex> {
+        let first = candidates.first().expect("ingest needs a candidate");
+        let kind = first.artifact.kind;
+        let original = self.temp_file()?;
+        let original_path = original.path().to_path_buf();
+        let mut tee = Tee {
+            inner: src,
+            copy: BufWriter::with_capacity(1 << 20, original),
+            hashers: Vec::new(),
+            bytes: 0,
+        };
+        for c in candidates {
+            if !tee.hashers.iter().any(|(a, _)| *a == c.artifact.algorithm) {
+                tee.hashers
+                    .push((c.artifact.algorithm, Hasher::new(c.artifact.algorithm)));
+            }
+        }
+        let wanted: BTreeSet<&str> = candidates
+            .iter()
+            .filter(|c| c.artifact.kind == ArtifactKind::Tarball)
+            .flat_map(|c| c.artifact.members.iter().map(|m| m.path.as_str()))
+            .collect();
+        let mut taken: BTreeMap<String, (NamedTempFile, String, u64)> = BTreeMap::new();
+        let extracted: io::Result<()> = match kind {
+            ArtifactKind::Tarball => self.take_members(&mut tee, &wanted, &mut taken),
+            // The file is its own member: the copy the tee keeps becomes the blob.
+            ArtifactKind::File => Ok(()),
+        };
+        // Hash to the end whatever happened, so a wrong file is reported as one.
+        let drained = io::copy(&mut tee, &mut io::sink());
+        let Tee {
+            copy,
+            hashers,
+            bytes,
+            ..
+        } = tee;
+        drained.with_path("cannot read", Path::new(label))?;
+        let actual: Vec<(Algorithm, String)> = hashers
+            .into_iter()
+            .map(|(a, h)| (a, h.finish_hex()))
+            .collect();
+        let digest_of = |alg: Algorithm| &actual.iter().find(|(a, _)| *a == alg).expect("hashed").1;
+        let Some(matched) = candidates.iter().find(|c| {
+            c.artifact
+                .digests
+                .get(c.arch)
+                .is_some_and(|pin| pin == digest_of(c.artifact.algorithm))
+        }) else {
+            let expected: Vec<String> = candidates
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}:{} ({} {})",
+                        c.artifact.algorithm.name(),
+                        c.artifact
+                            .digests
+                            .get(c.arch)
+                            .map(String::as_str)
+                            .unwrap_or("?"),
+                        c.recipe.name,
+                        c.arch
+                    )
+                })
+                .collect();
+            let got: Vec<String> = actual
+                .iter()
+                .map(|(a, h)| format!("{}:{h}", a.name()))
+                .collect();
+            return Err(Error::integrity(format!(
+                "{label}: digest mismatch for {}: expected {}, got {}. Nothing was stored: \
+                 this is not the pinned release artifact (a truncated or altered download?)",
+                first.artifact.file_for(first.arch),
+                expected.join(" or "),
+                got.join(", ")
+            )));
+        };
+        let (recipe, artifact, arch) = (matched.recipe, matched.artifact, matched.arch);
+        let expected = artifact.digests[arch].clone();
+        if let Err(e) = extracted {
+            return Err(Error::integrity(format!(
+                "{label}: digest matches but reading it as a tarball failed: {e}"
+            )));
+        }
+        let original = copy
+            .into_inner()
+            .map_err(|e| Error::io("cannot write", &original_path, e.into_error()))?;
+        if kind == ArtifactKind::File {
+            let src = File::open(original.path()).with_path("cannot read", original.path())?;
+            let taken_file = write_hashed(self.temp_file()?, src)
+                .with_path("cannot copy into the cache from", original.path())?;
+            taken.insert(artifact.members[0].path.clone(), taken_file);
+        }
+        let missing: Vec<_> = artifact
+            .members
+            .iter()
+            .filter(|m| !taken.contains_key(&m.path))
+            .map(|m| m.path.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::integrity(format!(
+                "{label}: matches its pin but lacks member(s) {}: recipe {} names the wrong paths",
+                missing.join(", "),
+                recipe.name
+            )));
+        }
+        let mut members = BTreeMap::new();
+        for m in &artifact.members {
+            let (tmp, sha256, size) = taken.remove(&m.path).expect("checked above");
+            self.persist(tmp, &self.blob_path(&sha256))?;
+            members.insert(m.path.clone(), BlobRef { sha256, size });
+        }
+        self.persist(original, &self.artifact_path(artifact.algorithm, &expected))?;
+        let index = ArtifactIndex {
+            artifact: artifact.name.clone(),
+            file: artifact.file_for(arch),
+            pin: format!("{}:{expected}", artifact.algorithm.name()),
+            trust: artifact.trust,
+            size: bytes,
+            members,
+        };
+        let mut tmp = self.temp_file()?;
+        let json = serde_json::to_vec_pretty(&index).expect("index serializes");
+        tmp.write_all(&json).with_path("cannot write", tmp.path())?;
+        self.persist(tmp, &self.index_path(artifact.algorithm, &expected))?;
+        Ok(index)
+    }
+
+    fn take_members<R: Read>(
+        &self,
+        src: &mut R,
+        wanted: &BTreeSet<&str>,
+        taken: &mut BTreeMap<String, (NamedTempFile, String, u64)>,
+    ) -> io::Result<()> {
+        let mut gz = flate2::read::GzDecoder::new(src);
+        {
+            let mut archive = tar::Archive::new(&mut gz);
+            for entry in archive.entries()? {
+                let entry = entry?;
+                if !entry.header().entry_type().is_file() {
+                    continue;
+                }
+                let path = entry.path()?.to_string_lossy().into_owned();
+                let path = path.trim_start_matches("./");
+                if wanted.contains(path) && !taken.contains_key(path) {
+                    let path = path.to_string();
+                    let tmp = self
+                        .temp_file()
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                    taken.insert(path, write_hashed(tmp, entry)?);
+                }
+            }
+        }
+        // The tar reader stops at the end-of-archive blocks; read the rest of the gzip stream.
+        io::copy(&mut gz, &mut io::sink())?;
+        Ok(())
+    }
+
+    /// Move a verified temp file into place, read-only. An existing file of the same
+    /// name has the same content (the name is its digest), so a race is harmless.
+    fn persist(&self, tmp: NamedTempFile, dest: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .sync_all()
+            .with_path("cannot sync", tmp.path())?;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o444))
+            .with_path("cannot set permissions on", tmp.path())?;
+        tmp.persist(dest)
+            .map_err(|e| Error::io("cannot move into the cache:", dest, e.error))?;
+        Ok(())
+    }
+
+    /// `imgbuild cache import FILE...`: the file must match a pin of one of `recipes`
+    /// (found by file name, decided by digest).
+    pub fn import(
+        &self,
+        path: &Path,
+        recipes: &[Recipe],
+        progress: &dyn Progress,
+    ) -> Result<ArtifactIndex> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let candidates: Vec<Candidate<'_>> = recipes
+            .iter()
+            .flat_map(|recipe| {
+                recipe.artifacts.iter().flat_map(move |artifact| {
+                    artifact.digests.keys().map(move |arch| Candidate {
+                        recipe,
+                        artifact,
+                        arch,
+                    })
+                })
+            })
+            .filter(|c| c.artifact.file_for(c.arch) == name)
+            .collect();
+        if candidates.is_empty() {
+            let known: BTreeSet<String> = recipes
+                .iter()
+                .flat_map(|r| {
+                    r.artifacts
+                        .iter()
+                        .flat_map(|a| a.digests.keys().map(|arch| a.file_for(arch)))
+                })
+                .collect();
+            return Err(Error::input(format!(
+                "{}: no recipe pins a file of this name; importable files are: {}",
+                path.display(),
+                known.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let file = File::open(path).with_path("cannot read", path)?;
+        let index = self.ingest(
+            io::BufReader::with_capacity(1 << 20, file),
+            &path.display().to_string(),
+            &candidates,
+        )?;
+        progress.event(Event::Cached {
+            name: &index.file,
+            digest: &index.pin,
+        });
+        Ok(index)
+    }
+}
+
+/// An artifact a file may be: its recipe, and the arch whose pin it should match.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub recipe: &'a Recipe,
+    pub artifact: &'a Artifact,
+    pub arch: &'a str,
+}

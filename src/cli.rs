@@ -1,0 +1,136 @@
+//! Command-line arguments, and turning them into the library's options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use imgbuild::assets::Assets;
+use imgbuild::build::{ControllerOptions, Format, Session};
+use imgbuild::cache::Cache;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imgbuild",
+    version,
+    about = "Build what a Kubernetes control-plane node boots from: rootfs overlays, initramfs, cloud-init",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Cluster inventory (relative paths inside resolve against its folder).
+    #[arg(
+        long,
+        global = true,
+        default_value = "cluster.toml",
+        value_name = "FILE"
+    )]
+    pub inventory: PathBuf,
+    /// Artifact cache [default: $XDG_CACHE_HOME/imgbuild or ~/.cache/imgbuild].
+    #[arg(long, global = true, env = "IMGBUILD_CACHE", value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Extra folder of recipes (and layouts/), searched before the built-in ones.
+    #[arg(long, global = true, env = "IMGBUILD_RECIPES", value_name = "DIR")]
+    pub recipes: Option<PathBuf>,
+    /// Folder of overlays, searched before the built-in ones.
+    #[arg(long, global = true, env = "IMGBUILD_OVERLAYS", value_name = "DIR")]
+    pub overlays: Option<PathBuf>,
+    /// Entry mtimes in outputs (seconds since the epoch) [default: 0].
+    #[arg(
+        long,
+        global = true,
+        env = "SOURCE_DATE_EPOCH",
+        value_name = "SECONDS",
+        hide_env_values = true
+    )]
+    pub source_date_epoch: Option<u64>,
+    /// Print nothing but errors.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a controller's rootfs overlay (out/controller-N.tar.gz and its manifest).
+    Controller(ControllerArgs),
+    /// Manage the local artifact cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Check the rendered units and manifests against the flag table for the
+    /// inventory's Kubernetes version, without building.
+    Lint {
+        /// Nodes to check (default: all).
+        #[arg(long, value_name = "N|NAME")]
+        node: Vec<String>,
+    },
+    /// List the Kubernetes versions and arches there are recipes for, and where each pin came from.
+    Recipes,
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Node to build: 1-based index or controller name (repeatable).
+    #[arg(long, value_name = "N|NAME", required_unless_present = "all")]
+    pub node: Vec<String>,
+    /// Build every controller of the inventory.
+    #[arg(long, conflicts_with = "node")]
+    pub all: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "tar.gz")]
+    pub format: FormatArg,
+    /// Output folder.
+    #[arg(long, default_value = "out", value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    #[value(name = "tar.gz")]
+    TarGz,
+    Dir,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Verify release tarballs or binaries against the recipes' pins and store them.
+    Import {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// List the verified artifacts in the cache.
+    Ls,
+}
+
+impl Global {
+    pub fn session(&self) -> Session {
+        Session {
+            inventory: self.inventory.clone(),
+            cache_dir: self.cache.clone().unwrap_or_else(Cache::default_root),
+            assets: Assets {
+                recipe_dirs: self.recipes.iter().cloned().collect(),
+                overlay_dir: self.overlays.clone(),
+            },
+            mtime: self.source_date_epoch.unwrap_or(0),
+        }
+    }
+}
+
+impl ControllerArgs {
+    pub fn options(&self) -> ControllerOptions {
+        ControllerOptions {
+            nodes: self.node.clone(),
+            all: self.all,
+            format: match self.format {
+                FormatArg::TarGz => Format::TarGz,
+                FormatArg::Dir => Format::Dir,
+            },
+            out_dir: self.out.clone(),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Recipes: per Kubernetes version, which artifacts (pinned by digest) and which
+//! overlay layout make a controller.
+//!
+//! `recipes/kubernetes-vX.Y.Z.toml` holds the artifacts and their pins;
+//! `recipes/layouts/<name>.toml` holds which overlay files go where, with which
+//! modes, and which units are enabled (shared by every version: the templates
+//! themselves branch on the version).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::assets::Assets;
+use crate::error::{Error, Result};
+use crate::plan::Trust;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    Sha256,
+    Sha512,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        }
+    }
+    pub fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 64,
+            Algorithm::Sha512 => 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactKind {
+    /// A gzipped tar (a release tarball); `members` name what to take from it.
+    Tarball,
+    /// A single file (a binary); it is its own only member.
+    File,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub kubernetes_version: String,
+    /// Layout file under `recipes/layouts/` (without `.toml`).
+    pub layout: String,
+    pub artifacts: Vec<Artifact>,
+
+    /// Recipe file name, e.g. `kubernetes-v1.10.2.toml`.
+    #[serde(skip)]
+    pub name: String,
+    /// Where the recipe was read from.
+    #[serde(skip)]
+    pub origin: String,
+    #[serde(skip)]
+    pub layout_def: Layout,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    pub name: String,
+    pub kind: ArtifactKind,
+    /// File name, `{arch}` expanded.
+    pub file: String,
+    /// Path under the download base (https://dl.k8s.io or a mirror); `{arch}` expanded.
+    pub url_path: String,
+    pub algorithm: Algorithm,
+    pub trust: Trust,
+    /// Where the pins come from (a changelog section, a checksum URL, a lock).
+    pub source: String,
+    /// Pinned digest per arch, plain lowercase hex.
+    pub digests: BTreeMap<String, String>,
+    /// For tarballs: the members to install. For files: where the file goes.
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Path inside the tarball (for `kind = "file"`, the file name).
+    pub path: String,
+    /// Where it goes in the rootfs (no leading `/`).
+    pub install: String,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    /// Overlay folder name under `overlays/`.
+    pub overlay: String,
+    #[serde(default)]
+    pub files: Vec<LayoutFile>,
+    #[serde(default)]
+    pub pki: Vec<PkiFile>,
+    /// `target = ["unit", ...]`: units enabled into `<target>.wants/`.
+    #[serde(default)]
+    pub enable: BTreeMap<String, Vec<String>>,
+    /// Units enabled but not shipped by the overlay: where the distribution installs them.
+    #[serde(default)]
+    pub unit_paths: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutFile {
+    /// Template path under the overlay; also the rootfs path unless `path` is given.
+    pub template: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    pub mode: u32,
+    #[serde(default)]
+    pub secret: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PkiFile {
+    /// File name in the inventory's `pki_dir`.
+    pub file: String,
+    /// Where it goes in the rootfs.
+    pub path: String,
+    pub mode: u32,
+    #[serde(default)]
+    pub secret: bool,
+}
+
+impl Artifact {
+    pub fn file_for(&self, arch: &str) -> String {
+        self.file.replace("{arch}", arch)
+    }
+    pub fn url_path_for(&self, arch: &str) -> String {
+        self.url_path.replace("{arch}", arch)
+    }
+    /// The pinned digest for `arch`, or an error naming the recipe and what exists.
+    pub fn digest_for(&self, recipe: &str, arch: &str) -> Result<&str> {
+        self.digests.get(arch).map(String::as_str).ok_or_else(|| {
+            let have: Vec<_> = self.digests.keys().map(String::as_str).collect();
+            Error::input(format!(
+                "recipe {recipe} pins artifact {} only for {}; no pin for arch {arch}",
+                self.name,
+                have.join(", ")
+            ))
+        })
+    }
+    /// `algorithm:hex`, as recorded in manifests.
+    pub fn pin_for(&self, recipe: &str, arch: &str) -> Result<String> {
+        Ok(format!(
+            "{}:{}",
+            self.algorithm.name(),
+            self.digest_for(recipe, arch)?
+        ))
+    }
+}
+
+/// The recipe file name for a Kubernetes version.
+pub fn file_name(version: &str) -> String {
+    format!("kubernetes-{version}.toml")
+}
+
+impl Recipe {
+    /// Load the recipe for `version` (and its layout) from `assets`.
+    pub fn load(assets: &Assets, version: &str) -> Result<Recipe> {
+        let name = file_name(version);
+        let Some(asset) = assets.recipe_file(&name)? else {
+            let have = assets.recipe_names()?;
+            let versions: Vec<_> = have
+                .iter()
+                .map(|n| {
+                    n.trim_start_matches("kubernetes-")
+                        .trim_end_matches(".toml")
+                })
+                .collect();
+            return Err(Error::input(format!(
+                "no recipe for Kubernetes {version} (looked for {name}); recipes exist for: {}. \
+                 Pick one of those in cluster.kubernetes_version, or write a lock with `imgbuild lock --version {version}`",
+                versions.join(", ")
+            )));
+        };
+        Self::parse(assets, &name, &asset.text, &asset.origin)
+    }
+
+    pub fn parse(assets: &Assets, name: &str, text: &str, origin: &str) -> Result<Recipe> {
+        let mut recipe: Recipe = toml::from_str(text)
+            .map_err(|e| Error::input(format!("recipe {origin}: {}", e.to_string().trim_end())))?;
+        recipe.name = name.to_string();
+        recipe.origin = origin.to_string();
+        recipe
+            .validate()
+            .map_err(|e| e.context(format!("recipe {origin}")))?;
+        let layout_name = format!("layouts/{}.toml", recipe.layout);
+        let layout = assets.recipe_file(&layout_name)?.ok_or_else(|| {
+            Error::input(format!(
+                "recipe {origin}: layout {:?} not found (looked for {layout_name})",
+                recipe.layout
+            ))
+        })?;
+        recipe.layout_def = toml::from_str(&layout.text).map_err(|e| {
+            Error::input(format!(
+                "layout {}: {}",
+                layout.origin,
+                e.to_string().trim_end()
+            ))
+        })?;
+        Ok(recipe)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.artifacts.is_empty() {
+            return Err(Error::input("no [[artifacts]]"));
+        }
+        for a in &self.artifacts {
+            for (arch, digest) in &a.digests {
+                let ok = digest.len() == a.algorithm.hex_len()
+                    && digest
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                if !ok {
+                    return Err(Error::input(format!(
+                        "artifact {} digests.{arch}: expected {} lowercase hex characters of {}",
+                        a.name,
+                        a.algorithm.hex_len(),
+                        a.algorithm.name()
+                    )));
+                }
+            }
+            if a.members.is_empty() {
+                return Err(Error::input(format!("artifact {} has no members", a.name)));
+            }
+            if a.kind == ArtifactKind::File && a.members.len() != 1 {
+                return Err(Error::input(format!(
+                    "artifact {} is a single file: it needs exactly one member",
+                    a.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The artifact pinned with `algorithm:hex` for some arch, if any.
+    pub fn artifact_by_digest(&self, algorithm: Algorithm, hex: &str) -> Option<(&Artifact, &str)> {
+        self.artifacts.iter().find_map(|a| {
+            (a.algorithm == algorithm)
+                .then(|| a.digests.iter().find(|(_, d)| d.as_str() == hex))
+                .flatten()
+                .map(|(arch, _)| (a, arch.as_str()))
+        })
+    }
+}
+
+/// A parsed `vMAJOR.MINOR.PATCH`, for templates and version ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl Version {
+    pub fn parse(v: &str) -> Option<Version> {
+        let mut it = v
+            .strip_prefix('v')?
+            .split('.')
+            .map(|p| p.parse::<u32>().ok());
+        let v = Version {
+            major: it.next()??,
+            minor: it.next()??,
+            patch: it.next()??,
+        };
+        it.next().is_none().then_some(v)
+    }
+}
+
+impl Version {
+    /// `v1.24` or `v1.24.0`: bounds in the flag table name minor releases.
+    pub fn parse_loose(v: &str) -> Option<Version> {
+        Version::parse(v).or_else(|| Version::parse(&format!("{v}.0")))
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}

@@ -1,0 +1,78 @@
+//! The build manifest: every entry with its type, mode, owner, size, sha256,
+//! link target and origin, plus what the build was made from. It never holds
+//! file contents, so it is safe to publish even though the build holds keys.
+
+use serde::Serialize;
+
+use crate::plan::{Entry, EntryKind, Meta, Origin, Plan};
+
+#[derive(Debug, Serialize)]
+pub struct Manifest<'a> {
+    #[serde(flatten)]
+    pub meta: &'a Meta,
+    pub format: &'a str,
+    /// Output files of this build (name, sha256, size).
+    pub outputs: Vec<OutputFile>,
+    pub entries: Vec<ManifestEntry<'a>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputFile {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ManifestEntry<'a> {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<&'a str>,
+    pub shared: bool,
+    pub secret: bool,
+    pub origin: &'a Origin,
+}
+
+impl<'a> ManifestEntry<'a> {
+    pub fn new(e: &'a Entry) -> Self {
+        ManifestEntry {
+            path: format!("/{}", e.path),
+            kind: e.type_name(),
+            mode: format!("{:04o}", e.mode),
+            uid: e.uid,
+            gid: e.gid,
+            size: e.size(),
+            sha256: match &e.kind {
+                EntryKind::File { sha256, .. } => Some(sha256),
+                _ => None,
+            },
+            target: match &e.kind {
+                EntryKind::Symlink { target } => Some(target),
+                _ => None,
+            },
+            shared: e.shared,
+            secret: e.secret,
+            origin: &e.origin,
+        }
+    }
+}
+
+pub fn render(plan: &Plan, format: &str, outputs: Vec<OutputFile>) -> Vec<u8> {
+    let m = Manifest {
+        meta: &plan.meta,
+        format,
+        outputs,
+        entries: super::ordered(plan).map(ManifestEntry::new).collect(),
+    };
+    let mut v = serde_json::to_vec_pretty(&m).expect("manifest serializes");
+    v.push(b'\n');
+    v
+}

@@ -1,0 +1,302 @@
+//! Test support: a temporary workspace with an inventory, a PKI folder, stand-in
+//! Kubernetes binaries in a release-shaped tarball, a test recipe pinning that
+//! tarball (the shipped recipe with only the digests replaced), and a cache.
+//!
+//! Stand-ins are used because release binaries cannot be downloaded here; the
+//! shipped recipes keep the real upstream pins.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256, Sha512};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+pub const BINARIES: [&str; 4] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+];
+
+pub struct Workspace {
+    pub tmp: tempfile::TempDir,
+    pub version: String,
+    pub arch: String,
+}
+
+/// The bundled example inventory with another version (and arch).
+pub fn example_inventory(version: &str, arch: &str) -> String {
+    let text = fs::read_to_string(Path::new(REPO).join("cluster.toml")).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("kubernetes_version") {
+            out.push_str(&format!("kubernetes_version = \"{version}\"\n"));
+        } else if line.starts_with("arch") {
+            out.push_str(&format!("arch = \"{arch}\"\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Deterministic bytes standing in for a binary (an ELF-looking shell script is
+/// not needed: nothing executes them outside the boot tests).
+pub fn stand_in(name: &str, size: usize) -> Vec<u8> {
+    let mut out = format!("#!/bin/sh\n# stand-in for {name}\nexec sleep infinity\n").into_bytes();
+    let mut block = Sha256::digest(name.as_bytes()).to_vec();
+    while out.len() < size {
+        block = Sha256::digest(&block).to_vec();
+        out.extend_from_slice(&block);
+    }
+    out.truncate(size);
+    out
+}
+
+/// A gzipped tar shaped like `kubernetes-server-linux-<arch>.tar.gz`.
+pub fn server_tarball(binaries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, bytes) in binaries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o755);
+        h.set_mtime(1_500_000_000);
+        h.set_cksum();
+        tar.append_data(&mut h, format!("kubernetes/server/bin/{name}"), &bytes[..])
+            .unwrap();
+    }
+    // Release tarballs hold more than we take.
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "kubernetes/LICENSES", &b"MIT\n\n"[..])
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// Rewrite a shipped recipe so that every artifact's pin for `arch` is the
+/// digest of `tarball` (in the recipe's own algorithm).
+pub fn test_recipe(version: &str, arch: &str, tarball: &[u8]) -> String {
+    let path = Path::new(REPO).join(format!("recipes/kubernetes-{version}.toml"));
+    let mut recipe: toml::Value = toml::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    for a in recipe["artifacts"].as_array_mut().unwrap() {
+        let digest = match a["algorithm"].as_str().unwrap() {
+            "sha256" => hex::encode(Sha256::digest(tarball)),
+            "sha512" => hex::encode(Sha512::digest(tarball)),
+            other => panic!("algorithm {other}"),
+        };
+        a["digests"]
+            .as_table_mut()
+            .unwrap()
+            .insert(arch.into(), digest.into());
+        a["trust"] = "local".into();
+    }
+    toml::to_string(&recipe).unwrap()
+}
+
+impl Workspace {
+    /// Inventory, PKI, test recipe and a cache holding the stand-ins, for `version`.
+    pub fn new(version: &str) -> Workspace {
+        Self::with_binaries(version, "amd64", 64 * 1024)
+    }
+
+    pub fn with_binaries(version: &str, arch: &str, size: usize) -> Workspace {
+        let ws = Self::bare(version, arch);
+        let bins: Vec<(&str, Vec<u8>)> = BINARIES.iter().map(|n| (*n, stand_in(n, size))).collect();
+        ws.add_tarball(&bins);
+        ws.ok(&["cache", "import", "kubernetes-server-linux-amd64.tar.gz"]
+            .map(|s| s.replace("amd64", arch)));
+        ws
+    }
+
+    /// Inventory and PKI only; no recipe, no cache.
+    pub fn bare(version: &str, arch: &str) -> Workspace {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(
+            tmp.path().join("cluster.toml"),
+            example_inventory(version, arch),
+        )
+        .unwrap();
+        let ws = Workspace {
+            tmp,
+            version: version.into(),
+            arch: arch.into(),
+        };
+        ws.make_pki();
+        ws
+    }
+
+    /// Write the server tarball and a recipe pinning it.
+    pub fn add_tarball(&self, bins: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let tarball = server_tarball(bins);
+        let name = format!("kubernetes-server-linux-{}.tar.gz", self.arch);
+        fs::write(self.path(&name), &tarball).unwrap();
+        fs::create_dir_all(self.path("recipes")).unwrap();
+        fs::write(
+            self.path(&format!("recipes/kubernetes-{}.toml", self.version)),
+            test_recipe(&self.version, &self.arch, &tarball),
+        )
+        .unwrap();
+        tarball
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    /// PKI files as the seed expects them, made with openssl (a real CA, so
+    /// consumers like nginx can load it).
+    pub fn make_pki(&self) {
+        let pki = self.path("pki");
+        fs::create_dir_all(&pki).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&pki)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=Kubernetes",
+            "-days",
+            "30",
+        ]);
+        for name in ["kubernetes", "service-account"] {
+            run(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}-key.pem"),
+                "-out",
+                &format!("{name}.pem"),
+                "-subj",
+                &format!("/CN={name}"),
+                "-days",
+                "30",
+            ]);
+        }
+        for f in [
+            "encryption-config.yaml",
+            "kube-controller-manager.kubeconfig",
+            "kube-scheduler.kubeconfig",
+            "admin.kubeconfig",
+        ] {
+            let mut file = fs::File::create(pki.join(f)).unwrap();
+            writeln!(file, "# test stand-in for {f}").unwrap();
+        }
+    }
+
+    /// The imgbuild command, run in the workspace with its cache and recipes.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(self.dir())
+            .env("IMGBUILD_CACHE", self.path("cache"))
+            .env("IMGBUILD_RECIPES", self.path("recipes"))
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env("NO_PROXY", "*")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy");
+        c
+    }
+
+    pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "imgbuild {:?} failed ({}):\n{}",
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run and require failure with `code`; returns stderr.
+    pub fn fails<S: AsRef<std::ffi::OsStr>>(&self, args: &[S], code: i32) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "expected exit {code}; stderr:\n{stderr}"
+        );
+        stderr
+    }
+
+    /// Files (relative paths) under `rel`, recursively, sorted.
+    pub fn files_under(&self, rel: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let root = self.path(rel);
+        fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+            let Ok(rd) = fs::read_dir(dir) else { return };
+            for e in rd {
+                let p = e.unwrap().path();
+                if p.is_dir() && !p.is_symlink() {
+                    walk(base, &p, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().display().to_string());
+                }
+            }
+        }
+        walk(&root, &root, &mut out);
+        out.sort();
+        out
+    }
+}
+
+/// Run a command, require success, return stdout.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    hex::encode(Sha256::digest(fs::read(p).unwrap()))
+}

@@ -1,0 +1,440 @@
+//! Current Kubernetes releases: the seed's control plane with what each
+//! version needs, checked flag by flag against an expectation derived from the
+//! seed and the reference's list of upstream changes (not from our templates).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::{Workspace, sh};
+
+const CURRENT: [&str; 3] = ["v1.34.7", "v1.35.4", "v1.36.0"];
+
+fn seed_unit(name: &str) -> String {
+    let dir = Path::new(support::REPO).join("../shared/seeds");
+    let text: String = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    let start = text
+        .find(&format!("sudo tee /etc/systemd/system/{name}"))
+        .unwrap_or_else(|| panic!("seed lacks {name}"));
+    let body = &text[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("\nEOF").unwrap()].replace("\\\\", "\\")
+}
+
+type Flags = Vec<(String, Option<String>)>;
+
+fn flags_of(unit: &str) -> Flags {
+    imgbuild::unit::exec_start(unit).unwrap().1
+}
+
+/// The seed's flags for `unit` turned into what a current release needs, per
+/// shared/reference/kubernetes-facts.md §2.
+fn expected_current(unit: &str, node_ip: &str) -> Flags {
+    let etcd = "https://10.240.0.11:2379,https://10.240.0.12:2379,https://10.240.0.13:2379";
+    let mut out = Flags::new();
+    for (k, v) in flags_of(&seed_unit(unit)) {
+        let v = v.map(|v| {
+            v.replace("${INTERNAL_IP}", node_ip)
+                .replace("https://${NODE1_INTERNAL_IP}:2379,https://${NODE2_INTERNAL_IP}:2379,https://${NODE3_INTERNAL_IP}:2379", etcd)
+        });
+        match k.as_str() {
+            "apiserver-count" | "enable-swagger-ui" | "kubelet-https" => {}
+            "experimental-encryption-provider-config" => {
+                out.push(("encryption-provider-config".into(), v))
+            }
+            "enable-admission-plugins" => out.push((k, v.map(|v| v.replace("Initializers,", "")))),
+            "runtime-config" => out.push((k, Some("api/all=true".into()))),
+            "address" => out.push(("bind-address".into(), v)),
+            "service-account-key-file" => {
+                out.push((
+                    "service-account-issuer".into(),
+                    Some("https://203.0.113.10:6443".into()),
+                ));
+                out.push((k, v));
+                out.push((
+                    "service-account-signing-key-file".into(),
+                    Some("/var/lib/kubernetes/service-account-key.pem".into()),
+                ));
+            }
+            _ => out.push((k, v)),
+        }
+    }
+    out.sort();
+    out
+}
+
+fn build(ws: &Workspace, node: &str) -> PathBuf {
+    ws.ok(&["controller", "--node", node]);
+    let root = ws.path("root");
+    fs::create_dir_all(&root).unwrap();
+    sh(Command::new("tar")
+        .arg("-xzf")
+        .arg(ws.path(&format!("out/controller-{node}.tar.gz")))
+        .arg("-C")
+        .arg(&root));
+    root
+}
+
+fn yaml(path: &Path) -> serde_json::Value {
+    serde_yaml_ng::from_str(&fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
+}
+
+fn seed_manifests() -> Vec<serde_json::Value> {
+    let dir = Path::new(support::REPO).join("../shared/seeds");
+    let text: String = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    text.split("cat <<EOF | kubectl apply")
+        .skip(1)
+        .map(|part| {
+            let body = &part[part.find('\n').unwrap() + 1..];
+            serde_yaml_ng::from_str(&body[..body.find("\nEOF").unwrap()]).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn current_releases_render_what_each_version_needs() {
+    for version in CURRENT {
+        let ws = Workspace::new(version);
+        let root = build(&ws, "1");
+        for unit in [
+            "kube-apiserver.service",
+            "kube-controller-manager.service",
+            "kube-scheduler.service",
+        ] {
+            let mut ours =
+                flags_of(&fs::read_to_string(root.join("etc/systemd/system").join(unit)).unwrap());
+            ours.sort();
+            assert_eq!(
+                ours,
+                expected_current(unit, "10.240.0.11"),
+                "{version} {unit}"
+            );
+        }
+        let apiserver =
+            fs::read_to_string(root.join("etc/systemd/system/kube-apiserver.service")).unwrap();
+        for gone in [
+            "--apiserver-count",
+            "Initializers",
+            "--enable-swagger-ui",
+            "--kubelet-https",
+            "--experimental-",
+        ] {
+            assert!(!apiserver.contains(gone), "{version}: {gone} still present");
+        }
+        let cm =
+            fs::read_to_string(root.join("etc/systemd/system/kube-controller-manager.service"))
+                .unwrap();
+        assert!(!cm.contains("--address=") && cm.contains("--bind-address=0.0.0.0"));
+
+        let sched = yaml(&root.join("etc/kubernetes/config/kube-scheduler.yaml"));
+        assert_eq!(
+            sched["apiVersion"], "kubescheduler.config.k8s.io/v1",
+            "{version}"
+        );
+        assert_eq!(sched["kind"], "KubeSchedulerConfiguration");
+        assert_eq!(
+            sched["clientConnection"]["kubeconfig"],
+            "/var/lib/kubernetes/kube-scheduler.kubeconfig"
+        );
+        assert_eq!(sched["leaderElection"]["leaderElect"], true);
+
+        // RBAC: the seed's objects, served apiVersion.
+        let seed = seed_manifests();
+        for (file, mut expected) in [
+            "etc/kubernetes/rbac/kube-apiserver-to-kubelet.yaml",
+            "etc/kubernetes/rbac/kube-apiserver-binding.yaml",
+        ]
+        .into_iter()
+        .zip(seed)
+        {
+            expected["apiVersion"] = "rbac.authorization.k8s.io/v1".into();
+            assert_eq!(yaml(&root.join(file)), expected, "{version} {file}");
+        }
+        let script =
+            fs::read_to_string(root.join("usr/local/lib/imgbuild/kube-rbac-bootstrap")).unwrap();
+        assert!(
+            script.contains("HEALTH=/readyz"),
+            "{version}: the one-shot waits on /readyz"
+        );
+
+        // The manifest names the version and where the pin came from.
+        let m: serde_json::Value =
+            serde_json::from_slice(&fs::read(ws.path("out/controller-1.manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(m["kubernetes_version"], version);
+        assert_eq!(m["recipe"], format!("kubernetes-{version}.toml"));
+        let bin = m["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == "/usr/local/bin/kube-apiserver")
+            .unwrap();
+        assert_eq!(bin["origin"]["kind"], "artifact");
+        assert!(
+            bin["origin"]["pinned"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha512:")
+        );
+        assert_eq!(
+            bin["origin"]["trust"], "local",
+            "the test recipe's own pins are marked local"
+        );
+        let minor = &version[3..5];
+        assert!(
+            bin["origin"]["source"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("CHANGELOG-1.{minor}.md"))
+        );
+    }
+}
+
+#[test]
+fn seed_version_keeps_the_seeds_choices() {
+    let ws = Workspace::new("v1.10.2");
+    let root = build(&ws, "1");
+    let sched = yaml(&root.join("etc/kubernetes/config/kube-scheduler.yaml"));
+    assert_eq!(sched["apiVersion"], "componentconfig/v1alpha1");
+    let rbac = yaml(&root.join("etc/kubernetes/rbac/kube-apiserver-to-kubelet.yaml"));
+    assert_eq!(rbac["apiVersion"], "rbac.authorization.k8s.io/v1beta1");
+    let script =
+        fs::read_to_string(root.join("usr/local/lib/imgbuild/kube-rbac-bootstrap")).unwrap();
+    assert!(script.contains("HEALTH=/healthz"));
+}
+
+#[derive(serde::Deserialize)]
+struct Table {
+    flags: Vec<Row>,
+}
+#[derive(serde::Deserialize)]
+struct Row {
+    component: String,
+    flag: String,
+    removed: Option<String>,
+    deprecated: Option<String>,
+    replacement: String,
+}
+
+fn table() -> Table {
+    toml::from_str(
+        &fs::read_to_string(Path::new(support::REPO).join("recipes/flags.toml")).unwrap(),
+    )
+    .unwrap()
+}
+
+fn minor(v: &str) -> u32 {
+    v.trim_start_matches("v1.")
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn section(component: &str) -> &'static str {
+    match component {
+        "kube-apiserver" => "apiserver",
+        "kube-controller-manager" => "controller_manager",
+        "kube-scheduler" => "scheduler",
+        c => panic!("component {c}"),
+    }
+}
+
+#[test]
+fn removed_flags_fail_the_build_and_lint_deprecated_ones_warn() {
+    let ws = Workspace::new("v1.36.0");
+    let original = fs::read_to_string(ws.path("cluster.toml")).unwrap();
+    let rows = table().flags;
+    let removed: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.removed.as_deref().is_some_and(|v| minor(v) <= 36))
+        .collect();
+    assert!(
+        removed.len() >= 4,
+        "the table lists the seed's removed flags"
+    );
+    for r in removed {
+        fs::write(
+            ws.path("cluster.toml"),
+            format!(
+                "{original}\n[{}.extra_args]\n{} = \"x\"\n",
+                section(&r.component),
+                r.flag
+            ),
+        )
+        .unwrap();
+        for cmd in [&["controller", "--node", "1"][..], &["lint"][..]] {
+            let mut err = ws.fails(cmd, 2);
+            if cmd[0] == "lint" {
+                // lint lists its findings on stdout
+                err = String::from_utf8_lossy(&ws.run(cmd).stdout).into_owned();
+            }
+            assert!(
+                err.contains(&format!("--{}", r.flag))
+                    && err.contains(r.removed.as_deref().unwrap())
+                    && err.contains("v1.36.0")
+                    && err.contains(&r.replacement),
+                "{cmd:?} with {}: {err}",
+                r.flag
+            );
+        }
+        assert!(ws.files_under("out").is_empty());
+    }
+    // Deprecated but accepted: the build goes on and says so.
+    let dep = rows.iter().find(|r| r.flag == "apiserver-count").unwrap();
+    assert!(dep.removed.is_none() && dep.deprecated.is_some());
+    fs::write(
+        ws.path("cluster.toml"),
+        format!("{original}\n[apiserver.extra_args]\napiserver-count = \"3\"\n"),
+    )
+    .unwrap();
+    let out = ws
+        .cmd()
+        .args(["controller", "--node", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("--apiserver-count") && err.contains("deprecated"),
+        "{err}"
+    );
+    // A flag the version does not know (its complete flag set is in recipes/flagsets/).
+    fs::write(
+        ws.path("cluster.toml"),
+        format!("{original}\n[scheduler.extra_args]\nmade-up-flag = \"1\"\n"),
+    )
+    .unwrap();
+    let err = ws.fails(&["controller", "--node", "1"], 2);
+    assert!(
+        err.contains("--made-up-flag") && err.contains("unknown to Kubernetes v1.36"),
+        "{err}"
+    );
+    // ... while a real one passes.
+    fs::write(
+        ws.path("cluster.toml"),
+        format!("{original}\n[scheduler.extra_args]\nkube-api-qps = \"100\"\n"),
+    )
+    .unwrap();
+    ws.ok(&["controller", "--node", "1"]);
+    // Where no complete set is known (v1.10), unknown flags pass with a notice.
+    let old = Workspace::bare("v1.10.2", "amd64");
+    let inv = fs::read_to_string(old.path("cluster.toml")).unwrap();
+    fs::write(
+        old.path("cluster.toml"),
+        format!("{inv}\n[scheduler.extra_args]\nmade-up-flag = \"1\"\n"),
+    )
+    .unwrap();
+    let out = old.run(&["lint"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("note:")
+            && stdout.contains("passed through unchecked"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_seed_version_lints_clean_and_current_versions_refuse_seed_flags() {
+    // The seed's own flags on v1.10.2: no errors.
+    let ws = Workspace::bare("v1.10.2", "amd64");
+    let out = ws.run(&["lint"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // v1.10.2's scheduler config on a current version would be refused.
+    let table: imgbuild::flags::FlagTable = {
+        let assets = imgbuild::assets::Assets::default();
+        imgbuild::flags::FlagTable::load(&assets).unwrap()
+    };
+    let text = "apiVersion: componentconfig/v1alpha1\nkind: KubeSchedulerConfiguration\n";
+    let extra = BTreeMap::new();
+    let findings = table.check(
+        imgbuild::recipe::Version::parse("v1.36.0").unwrap(),
+        &[imgbuild::flags::Checked {
+            path: "etc/kubernetes/config/kube-scheduler.yaml",
+            text,
+            extra: &extra,
+            extra_section: "",
+        }],
+    );
+    assert_eq!(findings.len(), 1);
+    assert!(
+        findings[0]
+            .message
+            .contains("kubescheduler.config.k8s.io/v1"),
+        "{:?}",
+        findings[0]
+    );
+}
+
+#[test]
+fn arm64_uses_the_arm64_pin() {
+    let ws = Workspace::with_binaries("v1.36.0", "arm64", 4096);
+    ws.ok(&["controller", "--node", "1"]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(ws.path("out/controller-1.manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["arch"], "arm64");
+    let bin = m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "/usr/local/bin/kubectl")
+        .unwrap();
+    assert_eq!(
+        bin["origin"]["artifact"],
+        "kubernetes-server-linux-arm64.tar.gz"
+    );
+}
+
+/// The shipped pins are the reference's, digit for digit.
+#[test]
+fn shipped_pins_match_the_reference() {
+    let reference = fs::read_to_string(
+        Path::new(support::REPO).join("../shared/reference/kubernetes-facts.md"),
+    )
+    .expect("shared/reference/kubernetes-facts.md beside the repository");
+    let mut checked = 0;
+    for line in reference
+        .lines()
+        .filter(|l| l.starts_with("| v1.") && l.contains("kubernetes-server-linux-"))
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (version, file, algorithm, digest) = (cells[1], cells[2], cells[3], cells[4]);
+        let arch = file
+            .trim_start_matches("kubernetes-server-linux-")
+            .trim_end_matches(".tar.gz");
+        let recipe: toml::Value = toml::from_str(
+            &fs::read_to_string(
+                Path::new(support::REPO).join(format!("recipes/kubernetes-{version}.toml")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let a = &recipe["artifacts"][0];
+        assert_eq!(a["algorithm"].as_str(), Some(algorithm), "{version}");
+        assert_eq!(
+            a["digests"][arch].as_str(),
+            Some(digest),
+            "{version} {arch}"
+        );
+        assert_eq!(a["trust"].as_str(), Some("changelog"));
+        checked += 1;
+    }
+    assert_eq!(checked, 8);
+}
