@@ -32,5 +32,5 @@ for f in modules.builtin modules.builtin.modinfo modules.order; do
     cp "$moddir/$f" "$tree/usr/lib/modules/$kver/"
 done
 depmod -b "$tree/usr" "$kver" 2>/dev/null || depmod -b "$tree" "$kver"
-chown -R 0:0 "$tree"
-(cd "$tree" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet) > "$out"
+
+(cd "$tree" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) > "$out"
