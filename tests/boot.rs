@@ -61,7 +61,11 @@ fn env_or(name: &str, default: &str) -> String {
 struct Clock(Instant);
 impl Clock {
     fn say(&self, what: impl AsRef<str>) {
-        eprintln!("[boot {:6.1}s] {}", self.0.elapsed().as_secs_f64(), what.as_ref());
+        eprintln!(
+            "[boot {:6.1}s] {}",
+            self.0.elapsed().as_secs_f64(),
+            what.as_ref()
+        );
     }
 }
 
@@ -143,12 +147,17 @@ fn default_kernel() -> PathBuf {
     let mut kernels: Vec<PathBuf> = fs::read_dir("/boot")
         .map(|d| {
             d.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+                })
                 .collect()
         })
         .unwrap_or_default();
     kernels.sort();
-    kernels.pop().unwrap_or_else(|| PathBuf::from("/boot/vmlinuz"))
+    kernels
+        .pop()
+        .unwrap_or_else(|| PathBuf::from("/boot/vmlinuz"))
 }
 
 /// The newest real kubectl build on the machine (the `kubectl` Debian package
@@ -169,7 +178,8 @@ fn default_kubectl() -> PathBuf {
             }
         }
     }
-    best.map(|(_, p)| p).unwrap_or_else(|| dir.join("kubectl.1.33"))
+    best.map(|(_, p)| p)
+        .unwrap_or_else(|| dir.join("kubectl.1.33"))
 }
 
 // ---------------------------------------------------------------------------
@@ -187,7 +197,8 @@ struct CpioEntry {
 
 fn read_cpio(path: &Path) -> BTreeMap<String, CpioEntry> {
     fn hex(field: &[u8]) -> u32 {
-        u32::from_str_radix(std::str::from_utf8(field).expect("cpio header"), 16).expect("cpio hex field")
+        u32::from_str_radix(std::str::from_utf8(field).expect("cpio header"), 16)
+            .expect("cpio hex field")
     }
     let file = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut r = io::BufReader::with_capacity(1 << 16, file);
@@ -209,7 +220,11 @@ fn read_cpio(path: &Path) -> BTreeMap<String, CpioEntry> {
         }
         r.read_exact(&mut hdr[1..]).expect("truncated cpio header");
         pos += 110;
-        assert!(&hdr[..6] == b"070701" || &hdr[..6] == b"070702", "{}: not newc at offset {pos}", path.display());
+        assert!(
+            &hdr[..6] == b"070701" || &hdr[..6] == b"070702",
+            "{}: not newc at offset {pos}",
+            path.display()
+        );
         let mode = hex(&hdr[14..22]);
         let uid = hex(&hdr[22..30]);
         let gid = hex(&hdr[30..38]);
@@ -233,8 +248,19 @@ fn read_cpio(path: &Path) -> BTreeMap<String, CpioEntry> {
         if name == "TRAILER!!!" {
             continue;
         }
-        let name = name.trim_start_matches("./").trim_start_matches('/').to_string();
-        entries.insert(name, CpioEntry { mode, uid, gid, link });
+        let name = name
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .to_string();
+        entries.insert(
+            name,
+            CpioEntry {
+                mode,
+                uid,
+                gid,
+                link,
+            },
+        );
     }
     entries
 }
@@ -242,11 +268,19 @@ fn read_cpio(path: &Path) -> BTreeMap<String, CpioEntry> {
 /// Lists a newc archive, gzip-compressed or not.
 fn read_cpio_file(path: &Path, scratch: &Path) -> BTreeMap<String, CpioEntry> {
     let mut magic = [0u8; 2];
-    fs::File::open(path).unwrap().read_exact(&mut magic).expect("archive is empty");
+    fs::File::open(path)
+        .unwrap()
+        .read_exact(&mut magic)
+        .expect("archive is empty");
     if magic == [0x1f, 0x8b] {
         let plain = scratch.join("listing.cpio");
         run(
-            Command::new("sh").arg("-c").arg("gzip -dc \"$1\" > \"$2\"").arg("sh").arg(path).arg(&plain),
+            Command::new("sh")
+                .arg("-c")
+                .arg("gzip -dc \"$1\" > \"$2\"")
+                .arg("sh")
+                .arg(path)
+                .arg(&plain),
             "gunzip",
         );
         let entries = read_cpio(&plain);
@@ -269,10 +303,16 @@ fn standin_binaries(version: &str, kubectl: &Path) -> Vec<(&'static str, Vec<u8>
     assert!(api.contains("@KUBE_VERSION@"));
     let component = fs::read(src.join("kube-component")).unwrap();
     vec![
-        ("kube-apiserver", api.replace("@KUBE_VERSION@", version).into_bytes()),
+        (
+            "kube-apiserver",
+            api.replace("@KUBE_VERSION@", version).into_bytes(),
+        ),
         ("kube-controller-manager", component.clone()),
         ("kube-scheduler", component),
-        ("kubectl", fs::read(kubectl).unwrap_or_else(|e| panic!("read {}: {e}", kubectl.display()))),
+        (
+            "kubectl",
+            fs::read(kubectl).unwrap_or_else(|e| panic!("read {}: {e}", kubectl.display())),
+        ),
     ]
 }
 
@@ -297,9 +337,17 @@ fn cpio_of_dir(dir: &Path, out: &Path) {
 /// `tar.gz` is laid onto an empty folder with GNU tar (as onto a disk) and that
 /// folder is packed with GNU cpio. IMGBUILD_BOOT_OVERLAY skips the build and
 /// uses a ready archive (for debugging the harness).
-fn build_overlay(clock: &Clock, work: &Path, version: &str, kubectl: &Path, format: &str) -> PathBuf {
+fn build_overlay(
+    clock: &Clock,
+    work: &Path,
+    version: &str,
+    kubectl: &Path,
+    format: &str,
+) -> PathBuf {
     if let Ok(prebuilt) = std::env::var("IMGBUILD_BOOT_OVERLAY") {
-        clock.say(format!("using the prebuilt overlay {prebuilt} (IMGBUILD_BOOT_OVERLAY)"));
+        clock.say(format!(
+            "using the prebuilt overlay {prebuilt} (IMGBUILD_BOOT_OVERLAY)"
+        ));
         return PathBuf::from(prebuilt);
     }
     let ws = support::Workspace::bare(version, "amd64");
@@ -325,15 +373,28 @@ fn build_overlay(clock: &Clock, work: &Path, version: &str, kubectl: &Path, form
         out.as_os_str(),
     ] as &[&std::ffi::OsStr]);
     let artifact = out.join(format!("controller-1.{format}"));
-    assert!(artifact.is_file(), "imgbuild did not write {}", artifact.display());
-    clock.say(format!("imgbuild wrote {} ({} bytes)", artifact.display(), fs::metadata(&artifact).unwrap().len()));
+    assert!(
+        artifact.is_file(),
+        "imgbuild did not write {}",
+        artifact.display()
+    );
+    clock.say(format!(
+        "imgbuild wrote {} ({} bytes)",
+        artifact.display(),
+        fs::metadata(&artifact).unwrap().len()
+    ));
     match format {
         "cpio.gz" => artifact,
         "tar.gz" => {
             let root = work.join("overlay-root");
             fs::create_dir_all(&root).unwrap();
             run(
-                Command::new("tar").arg("-xzpf").arg(&artifact).arg("--numeric-owner").arg("-C").arg(&root),
+                Command::new("tar")
+                    .arg("-xzpf")
+                    .arg(&artifact)
+                    .arg("--numeric-owner")
+                    .arg("-C")
+                    .arg(&root),
                 "laying the overlay",
             );
             let cpio = work.join("overlay.cpio");
@@ -358,8 +419,15 @@ fn newest_pinned_version() -> String {
         .expect("recipes/")
         .filter_map(|e| {
             let name = e.ok()?.file_name().to_string_lossy().into_owned();
-            let v = name.strip_prefix("kubernetes-")?.strip_suffix(".toml")?.to_string();
-            let key = v.trim_start_matches('v').split('.').map(|p| p.parse().ok()).collect::<Option<Vec<u32>>>()?;
+            let v = name
+                .strip_prefix("kubernetes-")?
+                .strip_suffix(".toml")?
+                .to_string();
+            let key = v
+                .trim_start_matches('v')
+                .split('.')
+                .map(|p| p.parse().ok())
+                .collect::<Option<Vec<u32>>>()?;
             Some((key, v))
         })
         .collect();
@@ -396,7 +464,12 @@ impl Machine {
         let console = bdir.join("console.log");
         // A fresh, empty results disk: the probe writes a tar onto it.
         fs::write(&results, b"").unwrap();
-        fs::File::options().write(true).open(&results).unwrap().set_len(64 << 20).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&results)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
         let cmdline = format!(
             "console=ttyS0 rdinit=/sbin/init panic=-1 systemd.show_status=1 {extra_cmdline}"
         );
@@ -406,7 +479,15 @@ impl Machine {
             .arg("-smp")
             .arg(self.cpus.to_string())
             // No network device at all: nothing can leave the machine.
-            .args(["-nic", "none", "-display", "none", "-monitor", "none", "-no-reboot"])
+            .args([
+                "-nic",
+                "none",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-no-reboot",
+            ])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .arg("-kernel")
@@ -416,15 +497,30 @@ impl Machine {
             .arg("-append")
             .arg(&cmdline)
             .arg("-drive")
-            .arg(format!("file={},format=raw,if=none,id=state", self.state_disk.display()))
-            .args(["-device", "virtio-blk-pci,drive=state,serial=imgbuild-state"])
+            .arg(format!(
+                "file={},format=raw,if=none,id=state",
+                self.state_disk.display()
+            ))
+            .args([
+                "-device",
+                "virtio-blk-pci,drive=state,serial=imgbuild-state",
+            ])
             .arg("-drive")
-            .arg(format!("file={},format=raw,if=none,id=results", results.display()))
-            .args(["-device", "virtio-blk-pci,drive=results,serial=imgbuild-results"])
+            .arg(format!(
+                "file={},format=raw,if=none,id=results",
+                results.display()
+            ))
+            .args([
+                "-device",
+                "virtio-blk-pci,drive=results,serial=imgbuild-results",
+            ])
             .stdin(Stdio::null())
             .stdout(fs::File::create(bdir.join("qemu.out")).unwrap())
             .stderr(fs::File::create(bdir.join("qemu.err")).unwrap());
-        clock.say(format!("boot {name}: qemu (tcg, {} MiB, {} cpu) `{cmdline}`", self.memory_mib, self.cpus));
+        clock.say(format!(
+            "boot {name}: qemu (tcg, {} MiB, {} cpu) `{cmdline}`",
+            self.memory_mib, self.cpus
+        ));
         let start = Instant::now();
         let mut child = cmd.spawn().expect("cannot start qemu-system-x86_64");
         let status = loop {
@@ -451,20 +547,36 @@ impl Machine {
         );
         let facts = bdir.join("facts");
         fs::create_dir_all(&facts).unwrap();
-        let untar = Command::new("tar").arg("-xf").arg(&results).arg("-C").arg(&facts).output().unwrap();
+        let untar = Command::new("tar")
+            .arg("-xf")
+            .arg(&results)
+            .arg("-C")
+            .arg(&facts)
+            .output()
+            .unwrap();
         assert!(
             untar.status.success() && facts.join("complete").is_file(),
             "boot {name}: the probe left no facts on the results disk ({}); last console lines:\n{}",
             String::from_utf8_lossy(&untar.stderr).trim(),
             tail(&console, 80)
         );
-        clock.say(format!("boot {name}: powered off after {:.1}s", wall.as_secs_f64()));
-        Facts { name: name.to_string(), dir: facts, console, wall }
+        clock.say(format!(
+            "boot {name}: powered off after {:.1}s",
+            wall.as_secs_f64()
+        ));
+        Facts {
+            name: name.to_string(),
+            dir: facts,
+            console,
+            wall,
+        }
     }
 }
 
 fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -475,7 +587,9 @@ fn tail(path: &Path, lines: usize) -> String {
 
 impl Facts {
     fn text(&self, rel: &str) -> String {
-        fs::read(self.dir.join(rel)).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        fs::read(self.dir.join(rel))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     fn unit(&self, unit: &str) -> BTreeMap<String, String> {
@@ -495,7 +609,10 @@ impl Facts {
     }
 
     fn jsonl(&self, rel: &str) -> Vec<Value> {
-        self.text(rel).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.text(rel)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     fn api_requests(&self) -> Vec<Value> {
@@ -524,7 +641,9 @@ impl Facts {
 }
 
 fn is_health(path: &str) -> bool {
-    ["/healthz", "/livez", "/readyz"].iter().any(|h| path == *h || path.starts_with(&format!("{h}/")))
+    ["/healthz", "/livez", "/readyz"]
+        .iter()
+        .any(|h| path == *h || path.starts_with(&format!("{h}/")))
 }
 
 /// Collects failed checks instead of stopping at the first one.
@@ -539,7 +658,8 @@ impl Checks {
         if ok {
             self.passed += 1;
         } else {
-            self.failed.push(format!("[{}] {}", boot.name, what.as_ref()));
+            self.failed
+                .push(format!("[{}] {}", boot.name, what.as_ref()));
         }
     }
 }
@@ -588,7 +708,10 @@ fn normalize(body: &Value) -> Value {
         if let Some(ann) = md.get_mut("annotations").and_then(|a| a.as_object_mut()) {
             ann.remove("kubectl.kubernetes.io/last-applied-configuration");
         }
-        if md.get("annotations").is_some_and(|a| a.as_object().is_some_and(|a| a.is_empty())) {
+        if md
+            .get("annotations")
+            .is_some_and(|a| a.as_object().is_some_and(|a| a.is_empty()))
+        {
             md.remove("annotations");
         }
     }
@@ -610,15 +733,32 @@ enum Expect {
     Skips,
 }
 
-fn check_common(c: &mut Checks, f: &Facts, version: &str, overlay: &BTreeMap<String, CpioEntry>, expect: Expect) {
+fn check_common(
+    c: &mut Checks,
+    f: &Facts,
+    version: &str,
+    overlay: &BTreeMap<String, CpioEntry>,
+    expect: Expect,
+) {
     // The boot finished (not stuck in "starting") and reached multi-user.target.
     let state = f.text("system-state.txt").trim().to_string();
-    let want_state = if expect == Expect::ApiServerFailing { "degraded" } else { "running" };
-    c.check(f, state == want_state, format!("system state is {state:?}, expected {want_state:?}"));
+    let want_state = if expect == Expect::ApiServerFailing {
+        "degraded"
+    } else {
+        "running"
+    };
+    c.check(
+        f,
+        state == want_state,
+        format!("system state is {state:?}, expected {want_state:?}"),
+    );
     c.check(
         f,
         f.prop("multi-user.target", "ActiveState") == "active",
-        format!("multi-user.target is {:?}, expected active", f.prop("multi-user.target", "ActiveState")),
+        format!(
+            "multi-user.target is {:?}, expected active",
+            f.prop("multi-user.target", "ActiveState")
+        ),
     );
     let failed: Vec<String> = f
         .text("failed-units.txt")
@@ -626,13 +766,24 @@ fn check_common(c: &mut Checks, f: &Facts, version: &str, overlay: &BTreeMap<Str
         .filter(|l| l.contains(".service") || l.contains(".mount") || l.contains(".target"))
         .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
         .collect();
-    let want_failed: Vec<String> =
-        if expect == Expect::ApiServerFailing { vec![ONESHOT.to_string()] } else { vec![] };
-    c.check(f, failed == want_failed, format!("failed units are {failed:?}, expected {want_failed:?}"));
+    let want_failed: Vec<String> = if expect == Expect::ApiServerFailing {
+        vec![ONESHOT.to_string()]
+    } else {
+        vec![]
+    };
+    c.check(
+        f,
+        failed == want_failed,
+        format!("failed units are {failed:?}, expected {want_failed:?}"),
+    );
 
     // The state disk is what /var/lib/imgbuild is.
     let mount = f.text("state-mount.txt");
-    c.check(f, mount.contains("ext4"), format!("{STATE_DIR} is not the state disk: {mount:?}"));
+    c.check(
+        f,
+        mount.contains("ext4"),
+        format!("{STATE_DIR} is not the state disk: {mount:?}"),
+    );
 
     // Enabled through the overlay's symlinks, and running.
     let wants = f.wants();
@@ -648,14 +799,27 @@ fn check_common(c: &mut Checks, f: &Facts, version: &str, overlay: &BTreeMap<Str
         c.check(
             f,
             seen.is_some() && seen == in_overlay.and_then(|e| e.link.as_ref()),
-            format!("{WANTS_DIR}/{unit} on the booted system is {seen:?}, the overlay's is {:?}", in_overlay.and_then(|e| e.link.clone())),
+            format!(
+                "{WANTS_DIR}/{unit} on the booted system is {seen:?}, the overlay's is {:?}",
+                in_overlay.and_then(|e| e.link.clone())
+            ),
         );
-        let enabled = f.text(&format!("units/{unit}.is-enabled")).trim().to_string();
-        c.check(f, enabled == "enabled", format!("{unit} is-enabled says {enabled:?}"));
+        let enabled = f
+            .text(&format!("units/{unit}.is-enabled"))
+            .trim()
+            .to_string();
+        c.check(
+            f,
+            enabled == "enabled",
+            format!("{unit} is-enabled says {enabled:?}"),
+        );
         if *unit == "nginx.service" {
             c.check(
                 f,
-                seen.is_some_and(|t| t == "/usr/lib/systemd/system/nginx.service" || t == "/lib/systemd/system/nginx.service"),
+                seen.is_some_and(|t| {
+                    t == "/usr/lib/systemd/system/nginx.service"
+                        || t == "/lib/systemd/system/nginx.service"
+                }),
                 format!("nginx.service is enabled with {seen:?}, not Debian's unit"),
             );
         } else if *unit != ONESHOT || expect != Expect::Skips {
@@ -667,33 +831,59 @@ fn check_common(c: &mut Checks, f: &Facts, version: &str, overlay: &BTreeMap<Str
             } else {
                 format!("/etc/systemd/system/{}", target.trim_start_matches("../"))
             };
-            c.check(f, resolved == fragment, format!("{unit}: symlink {target:?} vs loaded unit {fragment:?}"));
+            c.check(
+                f,
+                resolved == fragment,
+                format!("{unit}: symlink {target:?} vs loaded unit {fragment:?}"),
+            );
         }
     }
     for unit in SERVICES.iter().chain(["nginx.service"].iter()) {
         let (active, sub) = (f.prop(unit, "ActiveState"), f.prop(unit, "SubState"));
-        c.check(f, active == "active" && sub == "running", format!("{unit} is {active}/{sub}, expected active/running"));
+        c.check(
+            f,
+            active == "active" && sub == "running",
+            format!("{unit} is {active}/{sub}, expected active/running"),
+        );
         let restarts = f.prop(unit, "NRestarts");
-        c.check(f, restarts == "0", format!("{unit} restarted {restarts} times"));
+        c.check(
+            f,
+            restarts == "0",
+            format!("{unit} restarted {restarts} times"),
+        );
     }
 
     // The stand-ins were started as the overlay's units say, with every input file present.
     let events = f.api_events();
     let start = events.iter().find(|e| e["event"] == "start");
-    c.check(f, start.is_some(), "the kube-apiserver stand-in never started");
+    c.check(
+        f,
+        start.is_some(),
+        "the kube-apiserver stand-in never started",
+    );
     if let Some(start) = start {
-        c.check(f, start["version"] == version, format!("stand-in version {} != {version}", start["version"]));
+        c.check(
+            f,
+            start["version"] == version,
+            format!("stand-in version {} != {version}", start["version"]),
+        );
         let flags = &start["flags"];
         c.check(
             f,
             flags["tls-cert-file"] == "/var/lib/kubernetes/kubernetes.pem"
                 && flags["tls-private-key-file"] == "/var/lib/kubernetes/kubernetes-key.pem",
-            format!("kube-apiserver TLS flags: {} {}", flags["tls-cert-file"], flags["tls-private-key-file"]),
+            format!(
+                "kube-apiserver TLS flags: {} {}",
+                flags["tls-cert-file"], flags["tls-private-key-file"]
+            ),
         );
         c.check(
             f,
             flags["client-ca-file"] == "/var/lib/kubernetes/ca.pem",
-            format!("kube-apiserver --client-ca-file is {}", flags["client-ca-file"]),
+            format!(
+                "kube-apiserver --client-ca-file is {}",
+                flags["client-ca-file"]
+            ),
         );
         c.check(
             f,
@@ -702,19 +892,30 @@ fn check_common(c: &mut Checks, f: &Facts, version: &str, overlay: &BTreeMap<Str
         );
         c.check(
             f,
-            start["missing_files"].as_array().is_some_and(|m| m.is_empty()),
-            format!("kube-apiserver names missing files: {}", start["missing_files"]),
+            start["missing_files"]
+                .as_array()
+                .is_some_and(|m| m.is_empty()),
+            format!(
+                "kube-apiserver names missing files: {}",
+                start["missing_files"]
+            ),
         );
         c.check(
             f,
-            events.iter().any(|e| e["event"] == "listening" && e["port"] == 6443),
+            events
+                .iter()
+                .any(|e| e["event"] == "listening" && e["port"] == 6443),
             "the kube-apiserver stand-in is not listening on 6443",
         );
     }
     for name in ["kube-controller-manager", "kube-scheduler"] {
         let ev = f.jsonl(&format!("standin/{name}.events.jsonl"));
         let start = ev.iter().find(|e| e["event"] == "start");
-        c.check(f, start.is_some(), format!("the {name} stand-in never started"));
+        c.check(
+            f,
+            start.is_some(),
+            format!("the {name} stand-in never started"),
+        );
         if let Some(s) = start {
             c.check(
                 f,
@@ -723,8 +924,14 @@ fn check_common(c: &mut Checks, f: &Facts, version: &str, overlay: &BTreeMap<Str
             );
             c.check(
                 f,
-                s["inputs"].as_object().is_some_and(|i| i.values().any(|v| v.as_str().is_some_and(|v| v.ends_with(".kubeconfig")))),
-                format!("{name} is not given a kubeconfig (flags or --config): {}", s["inputs"]),
+                s["inputs"].as_object().is_some_and(|i| {
+                    i.values()
+                        .any(|v| v.as_str().is_some_and(|v| v.ends_with(".kubeconfig")))
+                }),
+                format!(
+                    "{name} is not given a kubeconfig (flags or --config): {}",
+                    s["inputs"]
+                ),
             );
         }
     }
@@ -735,19 +942,38 @@ fn check_common(c: &mut Checks, f: &Facts, version: &str, overlay: &BTreeMap<Str
             continue;
         }
         let mut it = line.splitn(4, ' ');
-        let (owner, mode, rest) = (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""));
+        let (owner, mode, rest) = (
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+        );
         let path = line.rsplit(' ').next().unwrap_or("");
-        c.check(f, owner == "root:root", format!("{path} is owned by {owner} ({rest})"));
-        let secret = path.ends_with("-key.pem") || path.ends_with(".kubeconfig") || path.ends_with("encryption-config.yaml");
+        c.check(
+            f,
+            owner == "root:root",
+            format!("{path} is owned by {owner} ({rest})"),
+        );
+        let secret = path.ends_with("-key.pem")
+            || path.ends_with(".kubeconfig")
+            || path.ends_with("encryption-config.yaml");
         if secret && path.starts_with("/var/lib/kubernetes/") {
-            c.check(f, mode == "600", format!("{path} has mode {mode}, expected 600"));
+            c.check(
+                f,
+                mode == "600",
+                format!("{path} has mode {mode}, expected 600"),
+            );
         }
     }
 
     // The seed's check through nginx.
     let curl = f.text("curl-healthz.txt");
     let status_line = curl.lines().next().unwrap_or("").trim().to_string();
-    let body = curl.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
+    let body = curl
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
     if expect == Expect::ApiServerFailing {
         c.check(
             f,
@@ -761,7 +987,11 @@ fn check_common(c: &mut Checks, f: &Facts, version: &str, overlay: &BTreeMap<Str
             format!("`curl -H \"Host: kubernetes.default.svc.cluster.local\" -i http://127.0.0.1/healthz` gave {status_line:?} / {body:?} (rc {}, {})",
                 f.text("curl-healthz.rc").trim(), f.text("curl-healthz.err").trim()),
         );
-        c.check(f, curl.to_ascii_lowercase().contains("server: nginx"), "the health check did not go through nginx");
+        c.check(
+            f,
+            curl.to_ascii_lowercase().contains("server: nginx"),
+            "the health check did not go through nginx",
+        );
         // And nginx did reach the API server over TLS for it.
         let after = f.oneshot_window().1;
         c.check(
@@ -769,7 +999,9 @@ fn check_common(c: &mut Checks, f: &Facts, version: &str, overlay: &BTreeMap<Str
             f.api_requests().iter().any(|r| {
                 r["path"] == "/healthz"
                     && r["status"] == 200
-                    && r["user_agent"].as_str().is_some_and(|a| a.starts_with("curl/"))
+                    && r["user_agent"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with("curl/"))
                     && r["mono"].as_f64().unwrap_or(0.0) >= after
             }),
             "the API server stand-in saw no /healthz from nginx",
@@ -777,7 +1009,12 @@ fn check_common(c: &mut Checks, f: &Facts, version: &str, overlay: &BTreeMap<Str
     }
 }
 
-fn check_oneshot(c: &mut Checks, f: &Facts, expect: Expect, rbac_versions: &[&str]) -> Option<String> {
+fn check_oneshot(
+    c: &mut Checks,
+    f: &Facts,
+    expect: Expect,
+    rbac_versions: &[&str],
+) -> Option<String> {
     let u = |k: &str| f.prop(ONESHOT, k);
     let requests = f.api_requests();
     let (t0, t1) = f.oneshot_window();
@@ -790,11 +1027,23 @@ fn check_oneshot(c: &mut Checks, f: &Facts, expect: Expect, rbac_versions: &[&st
 
     match expect {
         Expect::ApiServerFailing => {
-            c.check(f, u("ConditionResult") == "yes", format!("{ONESHOT} condition result {:?} on a fresh state disk", u("ConditionResult")));
+            c.check(
+                f,
+                u("ConditionResult") == "yes",
+                format!(
+                    "{ONESHOT} condition result {:?} on a fresh state disk",
+                    u("ConditionResult")
+                ),
+            );
             c.check(
                 f,
                 u("ActiveState") == "failed" && u("Result") != "success",
-                format!("{ONESHOT} ended {}/{} with result {}, expected failed", u("ActiveState"), u("SubState"), u("Result")),
+                format!(
+                    "{ONESHOT} ended {}/{} with result {}, expected failed",
+                    u("ActiveState"),
+                    u("SubState"),
+                    u("Result")
+                ),
             );
             let health: Vec<&Value> = requests
                 .iter()
@@ -811,8 +1060,12 @@ fn check_oneshot(c: &mut Checks, f: &Facts, expect: Expect, rbac_versions: &[&st
             );
             c.check(
                 f,
-                f.prop(ONESHOT, "Environment").contains(&format!("ATTEMPTS={attempts}")),
-                format!("the narrowing drop-in did not apply: Environment={}", f.prop(ONESHOT, "Environment")),
+                f.prop(ONESHOT, "Environment")
+                    .contains(&format!("ATTEMPTS={attempts}")),
+                format!(
+                    "the narrowing drop-in did not apply: Environment={}",
+                    f.prop(ONESHOT, "Environment")
+                ),
             );
             // Not blocking boot: multi-user.target was reached while the one-shot still waited.
             let reached = f.mono("multi-user.target", "ActiveEnterTimestampMonotonic");
@@ -826,13 +1079,30 @@ fn check_oneshot(c: &mut Checks, f: &Facts, expect: Expect, rbac_versions: &[&st
                 health.iter().all(|r| r["status"] == 500),
                 "the failing stand-in answered a health check with something other than 500",
             );
-            c.check(f, creates.is_empty(), format!("objects were created although the API server was failing: {creates:?}"));
-            c.check(f, !done, format!("{DONE_FILE} was recorded although the bootstrap failed"));
+            c.check(
+                f,
+                creates.is_empty(),
+                format!("objects were created although the API server was failing: {creates:?}"),
+            );
+            c.check(
+                f,
+                !done,
+                format!("{DONE_FILE} was recorded although the bootstrap failed"),
+            );
             let visible = journal.iter().any(|e| {
-                e["PRIORITY"].as_str().and_then(|p| p.parse::<u8>().ok()).is_some_and(|p| p <= 3)
-                    && e["MESSAGE"].as_str().is_some_and(|m| m.contains("Failed") || m.contains("failed"))
+                e["PRIORITY"]
+                    .as_str()
+                    .and_then(|p| p.parse::<u8>().ok())
+                    .is_some_and(|p| p <= 3)
+                    && e["MESSAGE"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("Failed") || m.contains("failed"))
             });
-            c.check(f, visible, format!("no error-level failure of {ONESHOT} in the journal"));
+            c.check(
+                f,
+                visible,
+                format!("no error-level failure of {ONESHOT} in the journal"),
+            );
             eprintln!(
                 "  [{}] {ONESHOT}: {} health checks in {:.1}s, then {} ({})",
                 f.name,
@@ -844,20 +1114,38 @@ fn check_oneshot(c: &mut Checks, f: &Facts, expect: Expect, rbac_versions: &[&st
             None
         }
         Expect::Applies => {
-            c.check(f, u("ConditionResult") == "yes", format!("{ONESHOT} condition result {:?}", u("ConditionResult")));
+            c.check(
+                f,
+                u("ConditionResult") == "yes",
+                format!("{ONESHOT} condition result {:?}", u("ConditionResult")),
+            );
             // The shipped unit (no drop-in here) bounds its wait.
             c.check(
                 f,
                 u("TimeoutStartUSec") != "infinity" && !u("TimeoutStartUSec").is_empty(),
-                format!("{ONESHOT} has no start timeout (TimeoutStartUSec={})", u("TimeoutStartUSec")),
+                format!(
+                    "{ONESHOT} has no start timeout (TimeoutStartUSec={})",
+                    u("TimeoutStartUSec")
+                ),
             );
             c.check(
                 f,
-                u("Result") == "success" && u("ExecMainStatus") == "0" && u("ActiveState") != "failed",
-                format!("{ONESHOT} ended {} with result {} status {}", u("ActiveState"), u("Result"), u("ExecMainStatus")),
+                u("Result") == "success"
+                    && u("ExecMainStatus") == "0"
+                    && u("ActiveState") != "failed",
+                format!(
+                    "{ONESHOT} ended {} with result {} status {}",
+                    u("ActiveState"),
+                    u("Result"),
+                    u("ExecMainStatus")
+                ),
             );
             // Ordering: nothing but health checks before the API server was healthy.
-            let healthy = f.api_events().iter().find(|e| e["event"] == "healthy").and_then(|e| e["mono"].as_f64());
+            let healthy = f
+                .api_events()
+                .iter()
+                .find(|e| e["event"] == "healthy")
+                .and_then(|e| e["mono"].as_f64());
             c.check(f, healthy.is_some(), "the stand-in never became healthy");
             let healthy = healthy.unwrap_or(f64::MAX);
             let api: Vec<&Value> = requests
@@ -865,18 +1153,33 @@ fn check_oneshot(c: &mut Checks, f: &Facts, expect: Expect, rbac_versions: &[&st
                 .filter(|r| !is_health(r["path"].as_str().unwrap_or("")) && r["path"] != "/version")
                 .filter(|r| r["method"].is_string())
                 .collect();
-            let first_api = api.iter().filter_map(|r| r["mono"].as_f64()).fold(f64::MAX, f64::min);
+            let first_api = api
+                .iter()
+                .filter_map(|r| r["mono"].as_f64())
+                .fold(f64::MAX, f64::min);
             c.check(f, !api.is_empty(), "kubectl never reached the API server");
             c.check(
                 f,
                 first_api >= healthy,
-                format!("the first API request came {:.2}s before the API server was healthy", healthy - first_api),
+                format!(
+                    "the first API request came {:.2}s before the API server was healthy",
+                    healthy - first_api
+                ),
             );
-            c.check(f, api.iter().all(|r| r["status"] != 503), "an API request was turned away as not ready");
             c.check(
                 f,
-                requests.iter().any(|r| is_health(r["path"].as_str().unwrap_or("")) && r["status"] == 200
-                    && r["mono"].as_f64().is_some_and(|m| m >= t0 && m <= first_api)),
+                api.iter().all(|r| r["status"] != 503),
+                "an API request was turned away as not ready",
+            );
+            c.check(
+                f,
+                requests.iter().any(|r| {
+                    is_health(r["path"].as_str().unwrap_or(""))
+                        && r["status"] == 200
+                        && r["mono"]
+                            .as_f64()
+                            .is_some_and(|m| m >= t0 && m <= first_api)
+                }),
                 format!("{ONESHOT} did not see a healthy API server before applying"),
             );
             c.check(
@@ -885,27 +1188,52 @@ fn check_oneshot(c: &mut Checks, f: &Facts, expect: Expect, rbac_versions: &[&st
                 "kubectl did not authenticate as admin (system:masters) with admin.kubeconfig's client certificate",
             );
             // The two objects, with the seed's content, created once each.
-            for (resource, want) in [("clusterroles", seed_clusterrole()), ("clusterrolebindings", seed_clusterrolebinding())] {
+            for (resource, want) in [
+                ("clusterroles", seed_clusterrole()),
+                ("clusterrolebindings", seed_clusterrolebinding()),
+            ] {
                 let got: Vec<&&Value> = creates
                     .iter()
-                    .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with(&format!("/{resource}"))))
+                    .filter(|r| {
+                        r["path"]
+                            .as_str()
+                            .is_some_and(|p| p.ends_with(&format!("/{resource}")))
+                    })
                     .collect();
-                c.check(f, got.len() == 1, format!("{} {resource} created, expected 1", got.len()));
+                c.check(
+                    f,
+                    got.len() == 1,
+                    format!("{} {resource} created, expected 1", got.len()),
+                );
                 if let Some(r) = got.first() {
                     let path = r["path"].as_str().unwrap_or("");
-                    let served = rbac_versions.iter().any(|v| path == format!("/apis/rbac.authorization.k8s.io/{v}/{resource}"));
+                    let served = rbac_versions
+                        .iter()
+                        .any(|v| path == format!("/apis/rbac.authorization.k8s.io/{v}/{resource}"));
                     c.check(f, served, format!("{resource} created through {path}, not a served rbac version ({rbac_versions:?})"));
                     let api_version = r["body"]["apiVersion"].as_str().unwrap_or("");
-                    c.check(f, path.contains(&format!("/{api_version}/")), format!("body apiVersion {api_version} does not match {path}"));
+                    c.check(
+                        f,
+                        path.contains(&format!("/{api_version}/")),
+                        format!("body apiVersion {api_version} does not match {path}"),
+                    );
                     let norm = normalize(&r["body"]);
                     c.check(
                         f,
                         norm == want,
-                        format!("{resource}: received\n{}\nexpected the seed's\n{}", serde_json::to_string_pretty(&norm).unwrap(), serde_json::to_string_pretty(&want).unwrap()),
+                        format!(
+                            "{resource}: received\n{}\nexpected the seed's\n{}",
+                            serde_json::to_string_pretty(&norm).unwrap(),
+                            serde_json::to_string_pretty(&want).unwrap()
+                        ),
                     );
                 }
             }
-            c.check(f, done, format!("{DONE_FILE} was not recorded on the state disk"));
+            c.check(
+                f,
+                done,
+                format!("{DONE_FILE} was not recorded on the state disk"),
+            );
             let done_text = f.text("state-done.txt");
             eprintln!(
                 "  [{}] {ONESHOT}: ran {:.1}s; API healthy at {:.1}s, first API request at {:.1}s (monotonic); {} objects created",
@@ -918,22 +1246,52 @@ fn check_oneshot(c: &mut Checks, f: &Facts, expect: Expect, rbac_versions: &[&st
             Some(done_text)
         }
         Expect::Skips => {
-            c.check(f, u("ConditionResult") == "no", format!("{ONESHOT} condition result {:?}, expected no (skipped)", u("ConditionResult")));
+            c.check(
+                f,
+                u("ConditionResult") == "no",
+                format!(
+                    "{ONESHOT} condition result {:?}, expected no (skipped)",
+                    u("ConditionResult")
+                ),
+            );
             c.check(
                 f,
                 u("ExecMainStartTimestampMonotonic") == "0" && u("ActiveState") == "inactive",
-                format!("{ONESHOT} ran on the second boot: {} start at {}", u("ActiveState"), u("ExecMainStartTimestampMonotonic")),
+                format!(
+                    "{ONESHOT} ran on the second boot: {} start at {}",
+                    u("ActiveState"),
+                    u("ExecMainStartTimestampMonotonic")
+                ),
             );
             let kubectl: Vec<&Value> = requests
                 .iter()
-                .filter(|r| r["user_agent"].as_str().is_some_and(|a| a.starts_with("kubectl")))
+                .filter(|r| {
+                    r["user_agent"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with("kubectl"))
+                })
                 .collect();
-            c.check(f, kubectl.is_empty(), format!("kubectl talked to the API server on the second boot: {} requests", kubectl.len()));
-            c.check(f, creates.is_empty(), "objects were created again on the second boot");
+            c.check(
+                f,
+                kubectl.is_empty(),
+                format!(
+                    "kubectl talked to the API server on the second boot: {} requests",
+                    kubectl.len()
+                ),
+            );
+            c.check(
+                f,
+                creates.is_empty(),
+                "objects were created again on the second boot",
+            );
             c.check(f, done, format!("{DONE_FILE} is gone on the second boot"));
             c.check(
                 f,
-                journal.iter().any(|e| e["MESSAGE"].as_str().is_some_and(|m| m.contains("skipped") || m.contains("condition"))),
+                journal.iter().any(|e| {
+                    e["MESSAGE"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("skipped") || m.contains("condition"))
+                }),
                 format!("the journal does not say {ONESHOT} was skipped"),
             );
             Some(f.text("state-done.txt"))
@@ -943,9 +1301,9 @@ fn check_oneshot(c: &mut Checks, f: &Facts, expect: Expect, rbac_versions: &[&st
 
 /// ATTEMPTS in the failing boot's drop-in (tests/boot/failing/...).
 fn narrowed_attempts() -> usize {
-    let text = fs::read_to_string(
-        manifest_dir().join("tests/boot/failing/etc/systemd/system/kube-rbac-bootstrap.service.d/boot-test-bound.conf"),
-    )
+    let text = fs::read_to_string(manifest_dir().join(
+        "tests/boot/failing/etc/systemd/system/kube-rbac-bootstrap.service.d/boot-test-bound.conf",
+    ))
     .unwrap();
     text.split_whitespace()
         .find_map(|w| w.strip_prefix("ATTEMPTS=").and_then(|n| n.parse().ok()))
@@ -954,8 +1312,17 @@ fn narrowed_attempts() -> usize {
 
 /// Which rbac.authorization.k8s.io versions a server of `version` serves.
 fn rbac_versions(version: &str) -> Vec<&'static str> {
-    let minor: u32 = version.trim_start_matches('v').split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(99);
-    if minor < 22 { vec!["v1", "v1beta1"] } else { vec!["v1"] }
+    let minor: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(99);
+    if minor < 22 {
+        vec!["v1", "v1beta1"]
+    } else {
+        vec!["v1"]
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -965,12 +1332,26 @@ fn rbac_versions(version: &str) -> Vec<&'static str> {
 #[test]
 fn controller_boots_configured_and_bootstraps_rbac_once() {
     let clock = Clock(Instant::now());
-    let version = std::env::var("IMGBUILD_BOOT_VERSION").ok().filter(|v| !v.is_empty()).unwrap_or_else(newest_pinned_version);
+    let version = std::env::var("IMGBUILD_BOOT_VERSION")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(newest_pinned_version);
     let format = env_or("IMGBUILD_BOOT_FORMAT", "tar.gz");
-    let cache = PathBuf::from(env_or("IMGBUILD_BOOT_CACHE", "/var/cache/imgbuild-boot-test"));
-    let kernel = std::env::var_os("IMGBUILD_BOOT_KERNEL").map(PathBuf::from).unwrap_or_else(default_kernel);
-    let kubectl = std::env::var_os("IMGBUILD_BOOT_KUBECTL").map(PathBuf::from).unwrap_or_else(default_kubectl);
-    let timeout = Duration::from_secs(env_or("IMGBUILD_BOOT_TIMEOUT", "600").parse().expect("IMGBUILD_BOOT_TIMEOUT"));
+    let cache = PathBuf::from(env_or(
+        "IMGBUILD_BOOT_CACHE",
+        "/var/cache/imgbuild-boot-test",
+    ));
+    let kernel = std::env::var_os("IMGBUILD_BOOT_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_kernel);
+    let kubectl = std::env::var_os("IMGBUILD_BOOT_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_kubectl);
+    let timeout = Duration::from_secs(
+        env_or("IMGBUILD_BOOT_TIMEOUT", "600")
+            .parse()
+            .expect("IMGBUILD_BOOT_TIMEOUT"),
+    );
     check_prerequisites(&kernel, &kubectl);
     let kver = kernel
         .file_name()
@@ -993,18 +1374,27 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
     let t = Instant::now();
     let base = PathBuf::from(
         run(
-            Command::new("sh").arg(manifest_dir().join("tests/boot/rootfs.sh")).arg(&cache),
+            Command::new("sh")
+                .arg(manifest_dir().join("tests/boot/rootfs.sh"))
+                .arg(&cache),
             "Debian rootfs",
         )
         .trim(),
     );
     let rootfs_time = t.elapsed();
-    clock.say(format!("Debian base archive {} ready in {:.1}s", base.display(), rootfs_time.as_secs_f64()));
+    clock.say(format!(
+        "Debian base archive {} ready in {:.1}s",
+        base.display(),
+        rootfs_time.as_secs_f64()
+    ));
 
     // 2. The test's scaffolding (probe, state disk mount, virtio modules).
     let scaffold = work.join("scaffold.cpio");
     run(
-        Command::new("sh").arg(manifest_dir().join("tests/boot/scaffold.sh")).arg(&scaffold).arg(&kver),
+        Command::new("sh")
+            .arg(manifest_dir().join("tests/boot/scaffold.sh"))
+            .arg(&scaffold)
+            .arg(&kver),
         "scaffolding",
     );
 
@@ -1021,10 +1411,18 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
     let base_entries = read_cpio_file(&base, &work);
     for unit in SERVICES.iter().chain(["nginx.service", ONESHOT].iter()) {
         let rel = format!("etc/systemd/system/multi-user.target.wants/{unit}");
-        assert!(!base_entries.contains_key(&rel), "the Debian base already enables {unit}: the test would prove nothing");
+        assert!(
+            !base_entries.contains_key(&rel),
+            "the Debian base already enables {unit}: the test would prove nothing"
+        );
     }
     for (path, e) in &overlay {
-        assert!(e.uid == 0 && e.gid == 0, "overlay entry {path} is owned by {}:{}", e.uid, e.gid);
+        assert!(
+            e.uid == 0 && e.gid == 0,
+            "overlay entry {path} is owned by {}:{}",
+            e.uid,
+            e.gid
+        );
     }
     let _ = overlay.values().map(|e| e.mode);
 
@@ -1041,38 +1439,65 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
         initrd
     };
     let initrd = concat("initrd.img", &[&base, &scaffold, &overlay_path]);
-    let initrd_failing = concat("initrd-failing.img", &[&base, &scaffold, &overlay_path, &narrow]);
+    let initrd_failing = concat(
+        "initrd-failing.img",
+        &[&base, &scaffold, &overlay_path, &narrow],
+    );
     let state_disk = work.join("state.img");
     let fresh_state_disk = || {
         fs::write(&state_disk, b"").unwrap();
-        fs::File::options().write(true).open(&state_disk).unwrap().set_len(32 << 20).unwrap();
-        run(Command::new("mkfs.ext4").args(["-q", "-F", "-L", "imgbuild-state"]).arg(&state_disk), "mkfs.ext4");
+        fs::File::options()
+            .write(true)
+            .open(&state_disk)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        run(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-L", "imgbuild-state"])
+                .arg(&state_disk),
+            "mkfs.ext4",
+        );
     };
     let machine = Machine {
         kernel: kernel.clone(),
         initrd,
         state_disk: state_disk.clone(),
         memory_mib: 2048,
-        cpus: env_or("IMGBUILD_BOOT_CPUS", "2").parse().expect("IMGBUILD_BOOT_CPUS"),
+        cpus: env_or("IMGBUILD_BOOT_CPUS", "2")
+            .parse()
+            .expect("IMGBUILD_BOOT_CPUS"),
         timeout,
     };
 
     // 5. Three boots.
     fresh_state_disk();
-    let failing = Machine { initrd: initrd_failing, ..machine.clone() }.boot(&clock, &work, "1-apiserver-failing", FAIL_SWITCH);
+    let failing = Machine {
+        initrd: initrd_failing,
+        ..machine.clone()
+    }
+    .boot(&clock, &work, "1-apiserver-failing", FAIL_SWITCH);
     let first = machine.boot(&clock, &work, "2-first-healthy", "");
     let second = machine.boot(&clock, &work, "3-second-same-disk", "");
 
     // 6. Assertions.
     let mut c = Checks::default();
     let served = rbac_versions(&version);
-    for (f, expect) in [(&failing, Expect::ApiServerFailing), (&first, Expect::Applies), (&second, Expect::Skips)] {
+    for (f, expect) in [
+        (&failing, Expect::ApiServerFailing),
+        (&first, Expect::Applies),
+        (&second, Expect::Skips),
+    ] {
         check_common(&mut c, f, &version, &overlay, expect);
     }
     check_oneshot(&mut c, &failing, Expect::ApiServerFailing, &served);
     let done_first = check_oneshot(&mut c, &first, Expect::Applies, &served);
     let done_second = check_oneshot(&mut c, &second, Expect::Skips, &served);
-    c.check(&second, done_first == done_second, format!("the done file changed: {done_first:?} -> {done_second:?}"));
+    c.check(
+        &second,
+        done_first == done_second,
+        format!("the done file changed: {done_first:?} -> {done_second:?}"),
+    );
     c.check(
         &second,
         first.text("boot-id.txt") != second.text("boot-id.txt"),
@@ -1080,25 +1505,39 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
     );
     c.check(
         &failing,
-        failing.text("cmdline.txt").contains(FAIL_SWITCH) && !first.text("cmdline.txt").contains(FAIL_SWITCH),
+        failing.text("cmdline.txt").contains(FAIL_SWITCH)
+            && !first.text("cmdline.txt").contains(FAIL_SWITCH),
         "the failure switch is not where it should be on the kernel command lines",
     );
 
     let mut summary = String::new();
     writeln!(summary, "boot test timings ({version}):").unwrap();
-    writeln!(summary, "  Debian rootfs (debootstrap or cache): {:6.1}s", rootfs_time.as_secs_f64()).unwrap();
+    writeln!(
+        summary,
+        "  Debian rootfs (debootstrap or cache): {:6.1}s",
+        rootfs_time.as_secs_f64()
+    )
+    .unwrap();
     for f in [&failing, &first, &second] {
         writeln!(
             summary,
             "  boot {:<22} {:6.1}s wall, boot finished at {}s uptime ({})",
             f.name,
             f.wall.as_secs_f64(),
-            f.text("uptime.txt").split_whitespace().next().unwrap_or("?"),
+            f.text("uptime.txt")
+                .split_whitespace()
+                .next()
+                .unwrap_or("?"),
             f.text("system-state.txt").trim()
         )
         .unwrap();
     }
-    writeln!(summary, "  total                               {:6.1}s", clock.0.elapsed().as_secs_f64()).unwrap();
+    writeln!(
+        summary,
+        "  total                               {:6.1}s",
+        clock.0.elapsed().as_secs_f64()
+    )
+    .unwrap();
     eprint!("{summary}");
 
     if c.failed.is_empty() {
@@ -1108,7 +1547,11 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
         eprintln!("boot test: {} checks passed", c.passed);
     } else {
         for f in [&failing, &first, &second] {
-            eprintln!("--- {}: journal of {ONESHOT}\n{}", f.name, f.text("journal-rbac.txt"));
+            eprintln!(
+                "--- {}: journal of {ONESHOT}\n{}",
+                f.name,
+                f.text("journal-rbac.txt")
+            );
             let _ = &f.console;
         }
         panic!(
