@@ -1350,10 +1350,11 @@ fn rbac_versions(version: &str) -> Vec<&'static str> {
 #[test]
 fn controller_boots_configured_and_bootstraps_rbac_once() {
     let clock = Clock(Instant::now());
-    let version = std::env::var("IMGBUILD_BOOT_VERSION")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(newest_pinned_version);
+    // Both the newest shipped release and the seed's by default.
+    let versions: Vec<String> = match std::env::var("IMGBUILD_BOOT_VERSION") {
+        Ok(v) if !v.is_empty() => v.split(',').map(|v| v.trim().to_string()).collect(),
+        _ => vec![newest_pinned_version(), "v1.10.2".to_string()],
+    };
     let format = env_or("IMGBUILD_BOOT_FORMAT", "tar.gz");
     let cache = PathBuf::from(env_or(
         "IMGBUILD_BOOT_CACHE",
@@ -1378,7 +1379,7 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
         .expect("the kernel's file name must be vmlinuz-<release>")
         .to_string();
     clock.say(format!(
-        "version {version}, overlay format {format}; kernel {}; kubectl {}",
+        "versions {versions:?}, overlay format {format}; kernel {}; kubectl {}",
         kernel.display(),
         kubectl.display()
     ));
@@ -1431,17 +1432,105 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
         "scaffolding",
     );
 
+    // 3.-6. Per version: overlay, three boots, assertions.
+    let base_entries = read_cpio_file(&base, &work);
+    let narrow = work.join("narrow-bound.cpio");
+    cpio_of_dir(&manifest_dir().join("tests/boot/failing"), &narrow);
+    let mut outcomes = Vec::new();
+    for version in &versions {
+        let vwork = work.join(version);
+        fs::create_dir_all(&vwork).unwrap();
+        let outcome = boot_version(&Run {
+            clock: &clock,
+            work: &vwork,
+            version,
+            format: &format,
+            kernel: &kernel,
+            kubectl: &kubectl,
+            base: &base,
+            base_entries: &base_entries,
+            scaffold: &scaffold,
+            narrow: &narrow,
+            timeout,
+            reuse: recheck.is_some(),
+        });
+        outcomes.push(outcome);
+    }
+    eprintln!("boot test timings:");
+    eprintln!(
+        "  Debian rootfs (debootstrap or cache): {:6.1}s",
+        rootfs_time.as_secs_f64()
+    );
+    for (summary, _) in &outcomes {
+        eprint!("{summary}");
+    }
+    eprintln!("  total: {:.1}s", clock.0.elapsed().as_secs_f64());
+    let failed: Vec<&String> = outcomes.iter().flat_map(|(_, c)| c.failed.iter()).collect();
+    let passed: usize = outcomes.iter().map(|(_, c)| c.passed).sum();
+    if failed.is_empty() {
+        if std::env::var_os("IMGBUILD_BOOT_KEEP").is_none() && recheck.is_none() {
+            let _ = fs::remove_dir_all(&work);
+        }
+        eprintln!("boot test: {passed} checks passed for {versions:?}");
+    } else {
+        panic!(
+            "{} of {} boot checks failed (facts and consoles kept in {}):\n  - {}",
+            failed.len(),
+            failed.len() + passed,
+            work.display(),
+            failed
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  - ")
+        );
+    }
+}
+
+struct Run<'a> {
+    clock: &'a Clock,
+    work: &'a Path,
+    version: &'a str,
+    format: &'a str,
+    kernel: &'a Path,
+    kubectl: &'a Path,
+    base: &'a Path,
+    base_entries: &'a BTreeMap<String, CpioEntry>,
+    scaffold: &'a Path,
+    narrow: &'a Path,
+    timeout: Duration,
+    reuse: bool,
+}
+
+/// Builds `version`'s overlay, boots it three times and checks; returns the
+/// timing summary and the checks.
+fn boot_version(r: &Run) -> (String, Checks) {
+    let Run {
+        clock,
+        version,
+        format,
+        kernel,
+        kubectl,
+        base,
+        base_entries,
+        scaffold,
+        narrow,
+        timeout,
+        ..
+    } = *r;
+    let work = r.work;
+    let version = version.to_string();
+    clock.say(format!("=== {version} ==="));
     // 3. Node 1's overlay, by imgbuild.
     let t = Instant::now();
-    let overlay_path = build_overlay(&clock, &work, &version, &kubectl, &format);
-    let overlay = read_cpio_file(&overlay_path, &work);
+    let overlay_path = build_overlay(clock, work, &version, kubectl, format);
+    let overlay = read_cpio_file(&overlay_path, work);
     clock.say(format!(
         "overlay {} ({} entries) built in {:.1}s",
         overlay_path.display(),
         overlay.len(),
         t.elapsed().as_secs_f64()
     ));
-    let base_entries = read_cpio_file(&base, &work);
     for unit in SERVICES.iter().chain(["nginx.service", ONESHOT].iter()) {
         let rel = format!("etc/systemd/system/multi-user.target.wants/{unit}");
         assert!(
@@ -1461,8 +1550,6 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
 
     // 4. One initramfs: Debian, then the scaffolding, then imgbuild's overlay on
     // top. The failing boot's also gets the drop-in that narrows the one-shot's bound.
-    let narrow = work.join("narrow-bound.cpio");
-    cpio_of_dir(&manifest_dir().join("tests/boot/failing"), &narrow);
     let concat = |name: &str, parts: &[&Path]| {
         let initrd = work.join(name);
         let mut out = fs::File::create(&initrd).unwrap();
@@ -1471,10 +1558,10 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
         }
         initrd
     };
-    let initrd = concat("initrd.img", &[&base, &scaffold, &overlay_path]);
+    let initrd = concat("initrd.img", &[base, scaffold, &overlay_path]);
     let initrd_failing = concat(
         "initrd-failing.img",
-        &[&base, &scaffold, &overlay_path, &narrow],
+        &[base, scaffold, &overlay_path, narrow],
     );
     let state_disk = work.join("state.img");
     let fresh_state_disk = || {
@@ -1493,7 +1580,7 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
         );
     };
     let machine = Machine {
-        kernel: kernel.clone(),
+        kernel: kernel.to_path_buf(),
         initrd,
         state_disk: state_disk.clone(),
         memory_mib: 2048,
@@ -1501,7 +1588,7 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
             .parse()
             .expect("IMGBUILD_BOOT_CPUS"),
         timeout,
-        reuse: recheck.is_some(),
+        reuse: r.reuse,
     };
 
     // 5. Three boots.
@@ -1510,9 +1597,9 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
         initrd: initrd_failing,
         ..machine.clone()
     }
-    .boot(&clock, &work, "1-apiserver-failing", FAIL_SWITCH);
-    let first = machine.boot(&clock, &work, "2-first-healthy", "");
-    let second = machine.boot(&clock, &work, "3-second-same-disk", "");
+    .boot(clock, work, "1-apiserver-failing", FAIL_SWITCH);
+    let first = machine.boot(clock, work, "2-first-healthy", "");
+    let second = machine.boot(clock, work, "3-second-same-disk", "");
 
     // 6. Assertions.
     let mut c = Checks::default();
@@ -1545,17 +1632,11 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
     );
 
     let mut summary = String::new();
-    writeln!(summary, "boot test timings ({version}):").unwrap();
-    writeln!(
-        summary,
-        "  Debian rootfs (debootstrap or cache): {:6.1}s",
-        rootfs_time.as_secs_f64()
-    )
-    .unwrap();
+    writeln!(summary, "  {version}:").unwrap();
     for f in [&failing, &first, &second] {
         writeln!(
             summary,
-            "  boot {:<22} {:6.1}s wall, boot finished at {}s uptime ({})",
+            "    boot {:<22} {:6.1}s wall, boot finished at {}s uptime ({})",
             f.name,
             f.wall.as_secs_f64(),
             f.text("uptime.txt")
@@ -1566,34 +1647,15 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
         )
         .unwrap();
     }
-    writeln!(
-        summary,
-        "  total                               {:6.1}s",
-        clock.0.elapsed().as_secs_f64()
-    )
-    .unwrap();
-    eprint!("{summary}");
-
-    if c.failed.is_empty() {
-        if std::env::var_os("IMGBUILD_BOOT_KEEP").is_none() {
-            let _ = fs::remove_dir_all(&work);
-        }
-        eprintln!("boot test: {} checks passed", c.passed);
-    } else {
+    if !c.failed.is_empty() {
         for f in [&failing, &first, &second] {
             eprintln!(
-                "--- {}: journal of {ONESHOT}\n{}",
+                "--- {version} {}: console {}; journal of {ONESHOT}:\n{}",
                 f.name,
+                f.console.display(),
                 f.text("journal-rbac.txt")
             );
-            let _ = &f.console;
         }
-        panic!(
-            "{} of {} boot checks failed (facts and consoles kept in {}):\n  - {}",
-            c.failed.len(),
-            c.failed.len() + c.passed,
-            work.display(),
-            c.failed.join("\n  - ")
-        );
     }
+    (summary, c)
 }
