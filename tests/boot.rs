@@ -1355,7 +1355,28 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
         Ok(v) if !v.is_empty() => v.split(',').map(|v| v.trim().to_string()).collect(),
         _ => vec![newest_pinned_version(), "v1.10.2".to_string()],
     };
-    let format = env_or("IMGBUILD_BOOT_FORMAT", "tar.gz");
+    // Which imgbuild output each version boots: IMGBUILD_BOOT_FORMAT for all, or
+    // imgbuild's own initramfs (cpio.gz) for the first version when this imgbuild
+    // writes it, and the rootfs tarball (tar.gz) laid onto a folder otherwise.
+    let forced_format = std::env::var("IMGBUILD_BOOT_FORMAT")
+        .ok()
+        .filter(|f| !f.is_empty());
+    let writes_cpio = {
+        let help = Command::new(support::BIN)
+            .args(["controller", "--help"])
+            .output()
+            .expect("imgbuild --help");
+        String::from_utf8_lossy(&help.stdout).contains("cpio.gz")
+    };
+    let format_for = |i: usize| -> String {
+        forced_format.clone().unwrap_or_else(|| {
+            if i == 0 && writes_cpio {
+                "cpio.gz".into()
+            } else {
+                "tar.gz".into()
+            }
+        })
+    };
     let cache = PathBuf::from(env_or(
         "IMGBUILD_BOOT_CACHE",
         "/var/cache/imgbuild-boot-test",
@@ -1379,7 +1400,8 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
         .expect("the kernel's file name must be vmlinuz-<release>")
         .to_string();
     clock.say(format!(
-        "versions {versions:?}, overlay format {format}; kernel {}; kubectl {}",
+        "versions {versions:?} (formats {:?}); kernel {}; kubectl {}",
+        (0..versions.len()).map(format_for).collect::<Vec<_>>(),
         kernel.display(),
         kubectl.display()
     ));
@@ -1437,7 +1459,8 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
     let narrow = work.join("narrow-bound.cpio");
     cpio_of_dir(&manifest_dir().join("tests/boot/failing"), &narrow);
     let mut outcomes = Vec::new();
-    for version in &versions {
+    for (i, version) in versions.iter().enumerate() {
+        let format = format_for(i);
         let vwork = work.join(version);
         fs::create_dir_all(&vwork).unwrap();
         let outcome = boot_version(&Run {
@@ -1632,7 +1655,7 @@ fn boot_version(r: &Run) -> (String, Checks) {
     );
 
     let mut summary = String::new();
-    writeln!(summary, "  {version}:").unwrap();
+    writeln!(summary, "  {version} (imgbuild output {format}):").unwrap();
     for f in [&failing, &first, &second] {
         writeln!(
             summary,
