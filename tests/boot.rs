@@ -1001,7 +1001,7 @@ fn check_common(
             f,
             f.text("curl-healthz.rc").trim() == "0" && status_line == "HTTP/1.1 200 OK" && body == "ok",
             format!("`curl -H \"Host: kubernetes.default.svc.cluster.local\" -i http://127.0.0.1/healthz` gave {status_line:?} / {body:?} (rc {}, {})",
-                f.text("curl-healthz.rc").trim(), f.text("curl-healthz.err").trim()),
+                f.text("curl-healthz.rc").trim(), f.text("curl-healthz.err").trim().rsplit(['\r', '\n']).next().unwrap_or("")),
         );
         c.check(
             f,
