@@ -39,6 +39,12 @@ impl AtomicFile {
         &self.dest
     }
 
+    /// The temp file itself (buffer flushed), e.g. for an in-kernel copy into it.
+    pub fn file_mut(&mut self) -> io::Result<&mut fs::File> {
+        self.tmp.flush()?;
+        Ok(self.tmp.get_mut().as_file_mut())
+    }
+
     pub fn commit(self) -> Result<PathBuf> {
         let dest = self.dest;
         let tmp = self
@@ -48,7 +54,9 @@ impl AtomicFile {
         // Mode set explicitly: the umask must not decide who may read private keys.
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(self.mode))
             .with_path("cannot set permissions on", tmp.path())?;
-        tmp.as_file().sync_all().with_path("cannot sync", &dest)?;
+        // Not fsynced: the rename makes the file appear whole or not at all when a
+        // build is interrupted; flushing ~100 MB per node to disk would dominate
+        // multi-node builds. (The cache, which outlives builds, is synced.)
         tmp.persist(&dest)
             .map_err(|e| Error::io("cannot rename into place", &dest, e.error))?;
         Ok(dest)

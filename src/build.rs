@@ -5,10 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::write::digest::ResumableSha256;
+
 use crate::assets::Assets;
 use crate::atomic;
 use crate::cache::Cache;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::flags::{Checked, Finding, FlagTable, Severity};
 use crate::inventory::Inventory;
 use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, sha256_hex};
@@ -431,9 +433,12 @@ pub fn controller(
     progress.event(Event::Step {
         what: "loading inventory, recipe, PKI and cached artifacts",
     });
+    // The PKI must fit the inventory before anything is built from it.
+    crate::pki::ensure_for_build(&Inventory::load(&session.inventory)?, progress)?;
     let loaded = Loaded::load(session)?;
     let indices = select_nodes(&loaded.inventory, &opts.nodes, opts.all)?;
     atomic::ensure_dir(&opts.out_dir)?;
+    let cache = Cache::open(&session.cache_dir)?;
     let mut built = Vec::new();
     for index in indices {
         let plan = loaded.plan(index, session.mtime, progress)?;
@@ -444,7 +449,13 @@ pub fn controller(
                 plan.meta.node_name
             ),
         });
-        built.push(write_node(&plan, opts.format, &opts.out_dir, progress)?);
+        built.push(write_node(
+            &plan,
+            opts.format,
+            &opts.out_dir,
+            &cache,
+            progress,
+        )?);
     }
     let sums: Vec<(String, String)> = built
         .iter()
@@ -493,6 +504,7 @@ fn write_node(
     plan: &Plan,
     format: Format,
     out_dir: &Path,
+    cache: &Cache,
     progress: &dyn Progress,
 ) -> Result<Built> {
     let stem = format!("controller-{}", plan.meta.node_index);
@@ -500,14 +512,8 @@ fn write_node(
     let (artifact, outputs) = match format {
         Format::TarGz => {
             let dest = out_dir.join(format!("{stem}.tar.gz"));
-            // The archive holds private keys: only its owner may read it.
-            let file = atomic::AtomicFile::create(&dest, 0o600)?;
-            let mut hashing = HashingWriter::new(file);
-            hashing =
-                write::tar::write_tar_gz(plan.shared(), plan.per_node(), plan.meta.mtime, hashing)?;
-            let (file, sha256, size) = hashing.finish();
-            let dest = file.commit()?;
-            let name = dest.file_name().unwrap().to_string_lossy().into_owned();
+            let (sha256, size) = write_tar_gz(plan, cache, &dest, progress)?;
+            let name = format!("{stem}.tar.gz");
             (dest, vec![OutputFile { name, sha256, size }])
         }
         Format::Dir => {
@@ -535,39 +541,77 @@ fn write_node(
     })
 }
 
-/// Hashes what is written through it, so the output's digest costs no second read.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: sha2::Sha256,
-    size: u64,
+/// How many threads compress: every core.
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
-impl<W: std::io::Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        use sha2::Digest;
-        HashingWriter {
-            inner,
-            hasher: sha2::Sha256::new(),
-            size: 0,
+/// The node's tar.gz: the shared part (binaries) as gzip members made once per
+/// recipe, arch and mtime and kept in the cache, then the node's own member.
+/// A warm build copies the shared part and compresses only the node's files.
+fn write_tar_gz(
+    plan: &Plan,
+    cache: &Cache,
+    dest: &Path,
+    progress: &dyn Progress,
+) -> Result<(String, u64)> {
+    let shared: Vec<&Entry> = plan.shared().collect();
+    let key = format!(
+        "tar-gz-{}",
+        write::tar::shared_key(&shared, plan.meta.mtime)?
+    );
+    let (seg_path, seg) = match cache.segment(&key)? {
+        Some(found) => found,
+        None => {
+            progress.event(Event::Step {
+                what: "compressing the binaries (once for every node of this recipe and arch)",
+            });
+            let tmp = cache.temp_file()?;
+            let mut w =
+                write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
+            write::tar::write_shared(shared.clone(), plan.meta.mtime, &mut w, threads())?;
+            let state = w.hasher.save();
+            let (buf, sha256, size) = w.finish();
+            let tmp = buf
+                .into_inner()
+                .map_err(|e| Error::io("cannot write", Path::new("segment"), e.into_error()))?;
+            let seg = crate::cache::Segment {
+                sha256,
+                size,
+                state,
+            };
+            (cache.store_segment(&key, tmp, &seg)?, seg)
         }
+    };
+    let hasher = ResumableSha256::resume(&seg.state)
+        .filter(|h| h.len() == seg.size)
+        .ok_or_else(|| {
+            Error::integrity(format!(
+                "cached segment {} has a damaged record",
+                seg_path.display()
+            ))
+        })?;
+    let mut file = atomic::AtomicFile::create(dest, 0o600)?;
+    // In-kernel copy (copy_file_range): the shared part never passes through here.
+    let mut src = std::fs::File::open(&seg_path).with_path("cannot read", &seg_path)?;
+    let copied = std::io::copy(&mut src, file.file_mut().with_path("cannot write", dest)?)
+        .with_path("cannot copy", &seg_path)?;
+    if copied != seg.size {
+        return Err(Error::integrity(format!(
+            "cached segment {} changed size while copying; run `imgbuild cache verify`",
+            seg_path.display()
+        )));
     }
-    pub fn finish(self) -> (W, String, u64) {
-        use sha2::Digest;
-        (self.inner, hex::encode(self.hasher.finalize()), self.size)
-    }
-}
-
-impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
+    let out = write::tar::write_per_node(
+        plan.per_node(),
+        plan.meta.mtime,
+        write::tar::HashingWriter::resume(file, hasher),
+    )?;
+    let (file, sha256, size) = out.finish();
+    file.commit()?;
+    Ok((sha256, size))
 }
 
 /// Replace or add lines `<sha256>  <name>` in a SHA256SUMS file, kept sorted by name.

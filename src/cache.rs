@@ -124,6 +124,7 @@ impl Cache {
             "artifacts/sha512",
             "blobs/sha256",
             "index",
+            "segments",
             "tmp",
         ] {
             let dir = root.join(sub);
@@ -442,6 +443,60 @@ impl Cache {
             digest: &index.pin,
         });
         Ok(index)
+    }
+}
+
+/// A derived, node-independent part of an output (e.g. the binaries of a
+/// tar.gz, compressed), kept so that later builds compress nothing large.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Segment {
+    pub sha256: String,
+    pub size: u64,
+    /// The hash state after the segment's bytes: outputs that begin with the
+    /// segment resume from it instead of hashing the segment again.
+    pub state: crate::write::digest::Sha256State,
+}
+
+impl Cache {
+    pub fn segment_path(&self, key: &str) -> PathBuf {
+        self.root.join("segments").join(key)
+    }
+
+    /// A cached segment, if present and of the recorded size. Its content is
+    /// checked against `sha256` by whoever reads it.
+    pub fn segment(&self, key: &str) -> Result<Option<(PathBuf, Segment)>> {
+        let meta_path = self.segment_path(&format!("{key}.json"));
+        let text = match fs::read_to_string(&meta_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("cannot read", &meta_path, e)),
+        };
+        let Ok(seg) = serde_json::from_str::<Segment>(&text) else {
+            return Ok(None);
+        };
+        let path = self.segment_path(key);
+        match fs::metadata(&path) {
+            Ok(m) if m.len() == seg.size => Ok(Some((path, seg))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Store a segment written to `tmp` (from `temp_file`), hashing nothing again:
+    /// the caller hashed it while writing.
+    pub fn store_segment(&self, key: &str, tmp: NamedTempFile, seg: &Segment) -> Result<PathBuf> {
+        let path = self.segment_path(key);
+        self.persist(tmp, &path)?;
+        let mut meta = self.temp_file()?;
+        meta.write_all(&serde_json::to_vec(seg).expect("serializes"))
+            .with_path("cannot write", meta.path())?;
+        self.persist(meta, &self.segment_path(&format!("{key}.json")))?;
+        Ok(path)
+    }
+
+    /// Drop a segment found corrupt (it is derived data: the next build remakes it).
+    pub fn drop_segment(&self, key: &str) {
+        let _ = fs::remove_file(self.segment_path(&format!("{key}.json")));
+        let _ = fs::remove_file(self.segment_path(key));
     }
 }
 

@@ -62,6 +62,10 @@ pub enum Command {
     /// Manage the local artifact cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Create or check the cluster's certificates, kubeconfigs and encryption key
+    /// (in the inventory's cluster.pki_dir).
+    #[command(subcommand)]
+    Pki(PkiCommand),
     /// Check the rendered units and manifests against the flag table for the
     /// inventory's Kubernetes version, without building.
     Lint {
@@ -71,6 +75,32 @@ pub enum Command {
     },
     /// List the Kubernetes versions and arches there are recipes for, and where each pin came from.
     Recipes,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Generate what the PKI folder lacks; never overwrites a CA or a key.
+    Init(PkiInitArgs),
+    /// Report per file whether the PKI folder fits the inventory (exit 2 if not).
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct PkiInitArgs {
+    /// Validity of the certificates issued now, in days.
+    #[arg(long, default_value_t = 365, value_name = "DAYS")]
+    pub days: u32,
+    /// Validity of a new CA, in days (certificates never outlive their CA).
+    #[arg(long, default_value_t = 3650, value_name = "DAYS")]
+    pub ca_days: u32,
+    /// Re-issue what no longer fits the inventory (e.g. the API server certificate
+    /// after a controller was added), from the same CA and for the same keys.
+    #[arg(long, conflicts_with = "force")]
+    pub renew: bool,
+    /// Start over with a new CA; the old files are moved aside. Every node must
+    /// then be rebuilt.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +147,17 @@ impl Global {
                 overlay_dir: self.overlays.clone(),
             },
             mtime: self.source_date_epoch.unwrap_or(0),
+        }
+    }
+}
+
+impl PkiInitArgs {
+    pub fn options(&self) -> imgbuild::pki::InitOptions {
+        imgbuild::pki::InitOptions {
+            days: self.days,
+            ca_days: self.ca_days,
+            renew: self.renew,
+            force: self.force,
         }
     }
 }

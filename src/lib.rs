@@ -10,6 +10,7 @@ pub mod cache;
 pub mod error;
 pub mod flags;
 pub mod inventory;
+pub mod pki;
 pub mod plan;
 pub mod progress;
 pub mod recipe;

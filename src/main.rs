@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{CacheCommand, Cli, Command};
+use cli::{CacheCommand, Cli, Command, PkiCommand};
 use imgbuild::cache::Cache;
 use imgbuild::flags::Severity;
+use imgbuild::inventory::Inventory;
 use imgbuild::recipe::Recipe;
 
 fn main() -> ExitCode {
@@ -47,6 +48,21 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Pki(PkiCommand::Init(args)) => {
+            let inv = Inventory::load(&session.inventory)?;
+            let report = imgbuild::pki::init(&inv, &args.options(), reporter)?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Pki(PkiCommand::Check) => {
+            let inv = Inventory::load(&session.inventory)?;
+            let report = imgbuild::pki::check(&inv, std::time::SystemTime::now());
+            println!("{report}");
+            match report.fits_inventory() {
+                true => Ok(()),
+                false => Err(imgbuild::Error::input("the PKI does not fit the inventory")),
+            }
         }
         Command::Lint { node } => {
             let findings = imgbuild::build::lint(&session, node)?;

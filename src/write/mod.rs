@@ -5,7 +5,9 @@
 //! formats that concatenate (gzip members, cpio archives) build the shared part
 //! once for all nodes.
 
+pub mod digest;
 pub mod dir;
+pub mod gz;
 pub mod manifest;
 pub mod tar;
 

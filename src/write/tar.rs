@@ -3,20 +3,12 @@
 
 use std::io::{self, Read, Write};
 
-use flate2::{Compression, GzBuilder};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::plan::{Entry, EntryKind};
-
-/// Pinned: output bytes depend on the deflate backend (zlib-rs) and the level.
-pub const GZIP_LEVEL: u32 = 6;
-
-pub fn gzip<W: Write>(w: W) -> flate2::write::GzEncoder<W> {
-    GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(w, Compression::new(GZIP_LEVEL))
-}
+use crate::write::digest::ResumableSha256;
+use crate::write::gz;
 
 /// The ustar header for `entry`.
 pub fn header(entry: &Entry, mtime: u64) -> Result<tar::Header> {
@@ -106,25 +98,249 @@ pub fn finish<W: Write>(out: &mut W) -> io::Result<()> {
     out.write_all(&[0u8; 1024])
 }
 
-/// Write `entries` as one tar stream (with end blocks) into `out`, gzipped as
-/// two members: the shared entries, then the node's entries. Concatenated gzip
-/// members are one valid stream for gzip, GNU tar and the kernel.
-pub fn write_tar_gz<'a, W: Write>(
-    shared: impl Iterator<Item = &'a Entry>,
-    per_node: impl Iterator<Item = &'a Entry>,
+/// The tar bytes of `entries` (headers, data, padding; no end blocks) as a
+/// reader, streaming file data from their sources (cached blobs are verified
+/// as they are read).
+pub struct TarStream<'a> {
+    entries: std::vec::IntoIter<&'a Entry>,
+    mtime: u64,
+    state: State,
+}
+
+enum State {
+    Next,
+    Header(io::Cursor<Vec<u8>>, Option<Data>),
+    Data(Data),
+    Pad(usize),
+}
+
+struct Data {
+    src: Box<dyn Read + Send>,
+    left: u64,
+    size: u64,
+    path: String,
+}
+
+impl<'a> TarStream<'a> {
+    pub fn new(entries: Vec<&'a Entry>, mtime: u64) -> Self {
+        TarStream {
+            entries: entries.into_iter(),
+            mtime,
+            state: State::Next,
+        }
+    }
+}
+
+fn to_io(e: Error) -> io::Error {
+    let kind = if e.kind == crate::Kind::Integrity {
+        io::ErrorKind::InvalidData
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, e.to_string())
+}
+
+fn size_error(path: &str, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{path}: source is {what} than recorded"),
+    )
+}
+
+impl Read for TarStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match &mut self.state {
+                State::Next => {
+                    let Some(e) = self.entries.next() else {
+                        return Ok(0);
+                    };
+                    let h = header(e, self.mtime).map_err(to_io)?;
+                    let data = match e.kind {
+                        EntryKind::File { size, .. } => Some(Data {
+                            src: e.open().map_err(to_io)?,
+                            left: size,
+                            size,
+                            path: e.path.clone(),
+                        }),
+                        _ => None,
+                    };
+                    self.state = State::Header(io::Cursor::new(h.as_bytes().to_vec()), data);
+                }
+                State::Header(cur, data) => {
+                    let n = cur.read(buf)?;
+                    if n > 0 {
+                        return Ok(n);
+                    }
+                    self.state = match data.take() {
+                        Some(d) => State::Data(d),
+                        None => State::Next,
+                    };
+                }
+                State::Data(d) if d.left == 0 => {
+                    // The source must end exactly here; reading its end also makes
+                    // a cached blob check its digest.
+                    if d.src.read(&mut [0u8; 1])? != 0 {
+                        return Err(size_error(&d.path, "larger"));
+                    }
+                    self.state = State::Pad(((512 - d.size % 512) % 512) as usize);
+                }
+                State::Data(d) => {
+                    let want = buf.len().min(usize::try_from(d.left).unwrap_or(usize::MAX));
+                    let n = d.src.read(&mut buf[..want])?;
+                    if n == 0 && want > 0 {
+                        return Err(size_error(&d.path, "smaller"));
+                    }
+                    d.left -= n as u64;
+                    return Ok(n);
+                }
+                State::Pad(0) => self.state = State::Next,
+                State::Pad(n) => {
+                    let k = (*n).min(buf.len());
+                    buf[..k].fill(0);
+                    *n -= k;
+                    return Ok(k);
+                }
+            }
+        }
+    }
+}
+
+/// Key of the shared part's compressed form: everything its bytes depend on.
+pub fn shared_key(entries: &[&Entry], mtime: u64) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(format!(
+        "imgbuild tar.gz shared part v1; zlib-rs level {} chunk {}\n",
+        gz::LEVEL,
+        gz::CHUNK
+    ));
+    for e in entries {
+        h.update(header(e, mtime)?.as_bytes());
+        if let EntryKind::File { sha256, .. } = &e.kind {
+            h.update(sha256.as_bytes());
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Compress the shared entries as parallel gzip members into `out`.
+pub fn write_shared(
+    entries: Vec<&Entry>,
+    mtime: u64,
+    out: &mut dyn Write,
+    threads: usize,
+) -> Result<()> {
+    gz::compress_parallel(TarStream::new(entries, mtime), out, threads).map_err(|e| {
+        let kind = if e.kind() == io::ErrorKind::InvalidData {
+            crate::Kind::Integrity
+        } else {
+            crate::Kind::Io
+        };
+        Error::new(kind, format!("writing the archive's shared part: {e}"))
+    })?;
+    Ok(())
+}
+
+/// The node's own entries and the end-of-archive blocks, as one gzip member.
+pub fn write_per_node<'a, W: Write>(
+    entries: impl Iterator<Item = &'a Entry>,
     mtime: u64,
     out: W,
 ) -> Result<W> {
     let io_err = |e: io::Error| Error::new(crate::Kind::Io, format!("writing archive: {e}"));
-    let mut gz = gzip(out);
-    for e in shared {
-        append(&mut gz, e, mtime)?;
+    let mut enc = gz::encoder(out);
+    for e in entries {
+        append(&mut enc, e, mtime)?;
     }
-    let out = gz.finish().map_err(io_err)?;
-    let mut gz = gzip(out);
-    for e in per_node {
-        append(&mut gz, e, mtime)?;
+    finish(&mut enc).map_err(io_err)?;
+    enc.finish().map_err(io_err)
+}
+
+/// Hashes what passes through, so a file's digest costs no second read; the
+/// hash state can be saved and resumed (see `digest`).
+pub struct HashingWriter<W> {
+    pub inner: W,
+    pub hasher: ResumableSha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        Self::resume(inner, ResumableSha256::new())
     }
-    finish(&mut gz).map_err(io_err)?;
-    gz.finish().map_err(io_err)
+    pub fn resume(inner: W, hasher: ResumableSha256) -> Self {
+        HashingWriter { inner, hasher }
+    }
+    /// The writer, the sha256 of everything hashed, and its length.
+    pub fn finish(self) -> (W, String, u64) {
+        let size = self.hasher.len();
+        (self.inner, self.hasher.finish_hex(), size)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Content, Origin};
+    use std::sync::Arc;
+
+    fn file(path: &str, bytes: &[u8]) -> Entry {
+        Entry {
+            path: path.into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            kind: EntryKind::File {
+                size: bytes.len() as u64,
+                sha256: crate::plan::sha256_hex(bytes),
+                content: Content::Inline(Arc::from(bytes.to_vec())),
+            },
+            origin: Origin::Generated {
+                what: "test".into(),
+            },
+            shared: true,
+            secret: false,
+        }
+    }
+
+    #[test]
+    fn stream_matches_append() {
+        let a = file("a", &[1u8; 1000]);
+        let b = file("b", b"");
+        let c = file("c", &[2u8; 512]);
+        let mut streamed = Vec::new();
+        TarStream::new(vec![&a, &b, &c], 7)
+            .read_to_end(&mut streamed)
+            .unwrap();
+        let mut appended = Vec::new();
+        for e in [&a, &b, &c] {
+            append(&mut appended, e, 7).unwrap();
+        }
+        assert_eq!(streamed, appended);
+        assert_eq!(streamed.len(), 512 + 1024 + 512 + 512 + 512);
+    }
+
+    #[test]
+    fn a_short_source_is_an_error_not_padding() {
+        let mut e = file("a", &[1u8; 10]);
+        if let EntryKind::File { size, .. } = &mut e.kind {
+            *size = 20;
+        }
+        let err = TarStream::new(vec![&e], 0)
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("smaller"), "{err}");
+        let mut out = Vec::new();
+        assert!(append(&mut out, &e, 0).is_err());
+    }
 }

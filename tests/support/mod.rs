@@ -8,7 +8,6 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -156,68 +155,20 @@ impl Workspace {
         self.tmp.path().join(rel)
     }
 
-    /// PKI files as the seed expects them, made with openssl (a real CA, so
-    /// consumers like nginx can load it).
+    /// The PKI as the seed expects it, made by `imgbuild pki init` (a real CA,
+    /// so consumers like nginx can load it; the build refuses a PKI that does
+    /// not fit the inventory).
     pub fn make_pki(&self) {
-        let pki = self.path("pki");
-        fs::create_dir_all(&pki).unwrap();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&pki)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=Kubernetes",
-            "-days",
-            "30",
-        ]);
-        for name in ["kubernetes", "service-account"] {
-            run(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{name}-key.pem"),
-                "-out",
-                &format!("{name}.pem"),
-                "-subj",
-                &format!("/CN={name}"),
-                "-days",
-                "30",
-            ]);
-        }
-        for f in [
-            "encryption-config.yaml",
-            "kube-controller-manager.kubeconfig",
-            "kube-scheduler.kubeconfig",
-            "admin.kubeconfig",
-        ] {
-            let mut file = fs::File::create(pki.join(f)).unwrap();
-            writeln!(file, "# test stand-in for {f}").unwrap();
-        }
+        let out = Command::new(BIN)
+            .args(["pki", "init", "--inventory"])
+            .arg(self.path("cluster.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "imgbuild pki init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The imgbuild command, run in the workspace with its cache and recipes.

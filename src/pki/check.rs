@@ -1,0 +1,755 @@
+//! `pki check`: per file, whether the PKI folder fits an inventory.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rcgen::KeyPair;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+use super::keys::{cert_der, key_kind, parse_private_key};
+use super::{
+    CA_CERT, CA_KEY, ENCRYPTION_CONFIG, LEAVES, LOCAL_SERVER, Leaf, Role, San, WARN_DAYS,
+    apiserver_sans, encryption, kubeconfig, legacy_encryption_config,
+};
+use crate::error::{Error, Result};
+use crate::inventory::Inventory;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Ok,
+    Warning,
+    Error,
+}
+
+/// What makes a finding go away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fix {
+    /// `imgbuild pki init` adds the missing file.
+    Init,
+    /// `imgbuild pki init --renew` re-issues from the same CA, keeping keys.
+    Renew,
+    /// Only `imgbuild pki init --force` (a new CA: rebuild every node) helps,
+    /// or restoring the file from a backup.
+    Force,
+    /// Something for the user to do by hand (e.g. chmod); `detail` says what.
+    Manual,
+}
+
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// File name inside the PKI folder (or the folder itself).
+    pub file: String,
+    pub severity: Severity,
+    /// What was checked and what was found; never file content.
+    pub message: String,
+    pub fix: Option<Fix>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    pub dir: PathBuf,
+    pub inventory: PathBuf,
+    pub findings: Vec<Finding>,
+    /// Days left per certificate (file, days), including those in kubeconfigs.
+    pub expiry_days: Vec<(String, i64)>,
+}
+
+impl CheckReport {
+    /// No error: the build may use this PKI for this inventory.
+    pub fn fits_inventory(&self) -> bool {
+        !self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
+    }
+
+    /// The strongest fix the errors need.
+    pub fn needed_fix(&self) -> Option<Fix> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .filter_map(|f| f.fix)
+            .max()
+    }
+
+    /// The command that repairs the errors, if one does.
+    pub fn fix_command(&self) -> Option<String> {
+        let inv = self.inventory.display();
+        match self.needed_fix()? {
+            Fix::Init => Some(format!("imgbuild pki init --inventory {inv}")),
+            Fix::Renew => Some(format!("imgbuild pki init --renew --inventory {inv}")),
+            Fix::Force => Some(format!(
+                "imgbuild pki init --force --inventory {inv} (a new CA: every node must then be rebuilt)"
+            )),
+            Fix::Manual => None,
+        }
+    }
+
+    /// An input error listing what does not fit and what to run, or None.
+    pub fn error(&self) -> Option<Error> {
+        if self.fits_inventory() {
+            return None;
+        }
+        let mut msg = format!(
+            "the PKI in {} does not fit the inventory {}:",
+            self.dir.display(),
+            self.inventory.display()
+        );
+        for f in self
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+        {
+            msg.push_str(&format!("\n  {}: {}", f.file, f.message));
+        }
+        if let Some(cmd) = self.fix_command() {
+            msg.push_str(&format!("\nrun: {cmd}"));
+        }
+        Some(Error::input(msg))
+    }
+
+    fn push(&mut self, file: &str, severity: Severity, message: String, fix: Option<Fix>) {
+        self.findings.push(Finding {
+            file: file.to_string(),
+            severity,
+            message,
+            fix,
+        });
+    }
+}
+
+impl fmt::Display for CheckReport {
+    /// One line per finding: `ok|WARN|ERROR  file: message`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "PKI folder {}", self.dir.display())?;
+        for finding in &self.findings {
+            let tag = match finding.severity {
+                Severity::Ok => "ok",
+                Severity::Warning => "WARN",
+                Severity::Error => "ERROR",
+            };
+            writeln!(f, "{tag:<6} {}: {}", finding.file, finding.message)?;
+        }
+        let errors = self
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .count();
+        let warnings = self.warnings().count();
+        if errors == 0 {
+            write!(
+                f,
+                "the PKI fits {} ({warnings} warning(s))",
+                self.inventory.display()
+            )?;
+        } else {
+            write!(
+                f,
+                "{errors} error(s), {warnings} warning(s): the PKI does not fit {}",
+                self.inventory.display()
+            )?;
+        }
+        if let Some(cmd) = self.fix_command() {
+            write!(f, "\nrun: {cmd}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Check the PKI folder of `inv` as of `now`.
+pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
+    let dir = inv.pki_dir();
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut r = CheckReport {
+        dir: dir.clone(),
+        inventory: inv.path.clone(),
+        findings: Vec::new(),
+        expiry_days: Vec::new(),
+    };
+    if !dir.is_dir() {
+        r.push(
+            &dir.display().to_string(),
+            Severity::Error,
+            "the PKI folder does not exist".into(),
+            Some(Fix::Init),
+        );
+        return r;
+    }
+    check_mode(&mut r, &dir, ".", 0o077, "chmod 700");
+
+    let sans = match apiserver_sans(inv) {
+        Ok(s) => s,
+        Err(e) => {
+            r.push(
+                "kubernetes.pem",
+                Severity::Error,
+                format!("cannot list the names it needs: {e}"),
+                None,
+            );
+            Vec::new()
+        }
+    };
+
+    // The CA.
+    // Half a CA cannot be completed: only a new one (--force) or a backup helps.
+    let ca_missing = if dir.join(CA_CERT).exists() || dir.join(CA_KEY).exists() {
+        Fix::Force
+    } else {
+        Fix::Init
+    };
+    let ca = load_cert(&mut r, &dir, CA_CERT, ca_missing, Fix::Force);
+    let ca_key = load_key(&mut r, &dir, CA_KEY, ca_missing, Fix::Force);
+    if let Some(ca_der) = &ca {
+        let ok = with_cert(ca_der, |c| {
+            let mut problems = Vec::new();
+            if !c.is_ca() {
+                problems.push("is not a CA certificate (basicConstraints CA:FALSE)".to_string());
+            }
+            if c.verify_signature(None).is_err() {
+                problems.push(
+                    "is not self-signed (its signature does not verify with its own key)".into(),
+                );
+            }
+            problems
+        });
+        match ok {
+            Ok(problems) if problems.is_empty() => r.push(
+                CA_CERT,
+                Severity::Ok,
+                format!("parses, self-signed CA \"{}\"", subject_cn(ca_der)),
+                None,
+            ),
+            Ok(problems) => {
+                for p in problems {
+                    r.push(CA_CERT, Severity::Error, p, Some(Fix::Force));
+                }
+            }
+            Err(e) => r.push(CA_CERT, Severity::Error, e, Some(Fix::Force)),
+        }
+        expiry(&mut r, CA_CERT, ca_der, now, Fix::Force);
+        if let Some(key) = &ca_key {
+            key_matches(&mut r, CA_CERT, CA_KEY, ca_der, key, Fix::Force);
+        }
+    }
+
+    for leaf in LEAVES {
+        let cert_file = leaf.cert_file();
+        let key_file = leaf.key_file();
+        let cert_exists = dir.join(&cert_file).exists();
+        // A missing key with a certificate present needs a new pair: --renew.
+        let key_fix = if cert_exists { Fix::Renew } else { Fix::Init };
+        let cert = load_cert(&mut r, &dir, &cert_file, Fix::Init, Fix::Renew);
+        let key = load_key(&mut r, &dir, &key_file, key_fix, Fix::Renew);
+        if let Some(der) = &cert {
+            check_leaf(&mut r, leaf, &cert_file, der, ca.as_deref(), &sans, now);
+            if let Some(key) = &key {
+                key_matches(&mut r, &cert_file, &key_file, der, key, Fix::Renew);
+            }
+        }
+        if let Role::Client {
+            kubeconfig: name,
+            user,
+        } = leaf.role
+        {
+            check_kubeconfig(&mut r, &dir, name, user, leaf, inv, ca.as_deref(), now);
+        }
+    }
+
+    check_encryption(&mut r, &dir, &inv.cluster.kubernetes_version);
+    // Per file, in the order of `files()`: a key's lines follow its certificate's.
+    let order: Vec<String> = super::files().into_iter().map(|f| f.name).collect();
+    r.findings.sort_by_key(|f| {
+        let base = f.file.split(" (").next().unwrap_or_default();
+        let key_of = order.iter().position(|n| {
+            n.strip_suffix("-key.pem")
+                .is_some_and(|stem| base == format!("{stem}.pem"))
+        });
+        let at = order.iter().position(|n| n == base);
+        // Certificates sort just before their key; the folder itself first.
+        match (key_of, at) {
+            (Some(k), _) => 2 * k,
+            (None, Some(i)) => 2 * i + 1,
+            (None, None) => 0,
+        }
+    });
+    r
+}
+
+/// Group/other permission bits in `forbidden` give a warning with the command.
+fn check_mode(r: &mut CheckReport, dir: &Path, name: &str, forbidden: u32, cmd: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = if name == "." {
+        dir.to_path_buf()
+    } else {
+        dir.join(name)
+    };
+    if let Ok(meta) = std::fs::metadata(&path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & forbidden != 0 {
+            r.push(
+                name,
+                Severity::Warning,
+                format!(
+                    "mode {mode:o} lets other users read it: {cmd} {}",
+                    path.display()
+                ),
+                Some(Fix::Manual),
+            );
+        }
+    }
+}
+
+/// `missing` fixes an absent file, `fix` one that is there but wrong.
+fn read_text(
+    r: &mut CheckReport,
+    dir: &Path,
+    name: &str,
+    missing: Fix,
+    fix: Fix,
+) -> Option<String> {
+    let path = dir.join(name);
+    match std::fs::read(&path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                r.push(name, Severity::Error, "is not text".into(), Some(fix));
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            r.push(name, Severity::Error, "missing".into(), Some(missing));
+            None
+        }
+        Err(e) => {
+            r.push(name, Severity::Error, format!("cannot read: {e}"), None);
+            None
+        }
+    }
+}
+
+fn load_cert(
+    r: &mut CheckReport,
+    dir: &Path,
+    name: &str,
+    missing: Fix,
+    fix: Fix,
+) -> Option<Vec<u8>> {
+    let text = read_text(r, dir, name, missing, fix)?;
+    let der = match cert_der(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            r.push(name, Severity::Error, e, Some(fix));
+            return None;
+        }
+    };
+    match X509Certificate::from_der(&der) {
+        Ok(_) => Some(der),
+        Err(_) => {
+            r.push(
+                name,
+                Severity::Error,
+                "is not a parseable X.509 certificate".into(),
+                Some(fix),
+            );
+            None
+        }
+    }
+}
+
+fn load_key(
+    r: &mut CheckReport,
+    dir: &Path,
+    name: &str,
+    missing: Fix,
+    fix: Fix,
+) -> Option<KeyPair> {
+    let text = read_text(r, dir, name, missing, fix)?;
+    check_mode(r, dir, name, 0o077, "chmod 600");
+    match parse_private_key(&text) {
+        Ok(k) => {
+            r.push(
+                name,
+                Severity::Ok,
+                format!("parses ({})", key_kind(&k)),
+                None,
+            );
+            Some(k)
+        }
+        Err(e) => {
+            r.push(name, Severity::Error, e, Some(fix));
+            None
+        }
+    }
+}
+
+pub(crate) fn with_cert<T>(der: &[u8], f: impl FnOnce(&X509Certificate) -> T) -> Result<T, String> {
+    let (_, c) =
+        X509Certificate::from_der(der).map_err(|_| "is not a parseable X.509 certificate")?;
+    Ok(f(&c))
+}
+
+fn subject_cn(der: &[u8]) -> String {
+    with_cert(der, |c| first_attr(c.subject().iter_common_name()))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+fn first_attr<'a>(
+    mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
+) -> Option<String> {
+    it.next()
+        .and_then(|a| a.as_str().ok())
+        .map(|s| s.to_string())
+}
+
+fn expiry(r: &mut CheckReport, file: &str, der: &[u8], now: i64, fix: Fix) {
+    let Ok((nb, na)) = with_cert(der, |c| {
+        (
+            c.validity().not_before.timestamp(),
+            c.validity().not_after.timestamp(),
+        )
+    }) else {
+        return;
+    };
+    let days = (na - now).div_euclid(86_400);
+    r.expiry_days.push((file.to_string(), days));
+    if now < nb {
+        r.push(
+            file,
+            Severity::Error,
+            format!("not valid yet (valid from unix time {nb}); is this machine's clock right?"),
+            Some(fix),
+        );
+    } else if now > na {
+        r.push(
+            file,
+            Severity::Error,
+            format!("expired {} day(s) ago", -days),
+            Some(fix),
+        );
+    } else if days < WARN_DAYS {
+        r.push(
+            file,
+            Severity::Warning,
+            format!("expires in {days} day(s) (under {WARN_DAYS})"),
+            Some(fix),
+        );
+    } else {
+        r.push(
+            file,
+            Severity::Ok,
+            format!("{days} days until expiry"),
+            None,
+        );
+    }
+}
+
+fn key_matches(
+    r: &mut CheckReport,
+    cert_file: &str,
+    key_file: &str,
+    der: &[u8],
+    key: &KeyPair,
+    fix: Fix,
+) {
+    let same = with_cert(der, |c| {
+        c.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+    })
+    .unwrap_or(false);
+    if same {
+        r.push(
+            cert_file,
+            Severity::Ok,
+            format!("key {key_file} matches the certificate"),
+            None,
+        );
+    } else {
+        r.push(
+            cert_file,
+            Severity::Error,
+            format!("key {key_file} does not match the certificate"),
+            Some(fix),
+        );
+    }
+}
+
+/// Whether `der` was issued and signed by the CA certificate `ca_der`.
+pub(crate) fn chains_to(der: &[u8], ca_der: &[u8]) -> bool {
+    let Ok((_, ca)) = X509Certificate::from_der(ca_der) else {
+        return false;
+    };
+    with_cert(der, |c| {
+        c.issuer().as_raw() == ca.subject().as_raw()
+            && c.verify_signature(Some(ca.public_key())).is_ok()
+    })
+    .unwrap_or(false)
+}
+
+/// Subject, CA chain, SANs and expiry of a certificate in `file` (a .pem file or
+/// the client certificate inside a kubeconfig).
+fn check_leaf(
+    r: &mut CheckReport,
+    leaf: &Leaf,
+    file: &str,
+    der: &[u8],
+    ca_der: Option<&[u8]>,
+    sans: &[(San, String)],
+    now: i64,
+) {
+    let subject = with_cert(der, |c| {
+        (
+            first_attr(c.subject().iter_common_name()),
+            first_attr(c.subject().iter_organization()),
+        )
+    });
+    match subject {
+        Ok((cn, o)) => {
+            if cn.as_deref() == Some(leaf.common_name) && o.as_deref() == Some(leaf.organization) {
+                r.push(
+                    file,
+                    Severity::Ok,
+                    format!("subject CN={} O={}", leaf.common_name, leaf.organization),
+                    None,
+                );
+            } else {
+                r.push(
+                    file,
+                    Severity::Error,
+                    format!(
+                        "subject CN={} O={}, expected CN={} O={}",
+                        cn.unwrap_or_default(),
+                        o.unwrap_or_default(),
+                        leaf.common_name,
+                        leaf.organization
+                    ),
+                    Some(Fix::Renew),
+                );
+            }
+        }
+        Err(e) => {
+            r.push(file, Severity::Error, e, Some(Fix::Renew));
+            return;
+        }
+    }
+    if let Some(ca_der) = ca_der {
+        if chains_to(der, ca_der) {
+            r.push(file, Severity::Ok, format!("chains to {CA_CERT}"), None);
+        } else {
+            r.push(
+                file,
+                Severity::Error,
+                format!("was not issued by {CA_CERT} (issuer or signature differs)"),
+                Some(Fix::Renew),
+            );
+        }
+    }
+    if leaf.role == Role::ApiServer {
+        let missing = missing_sans(der, sans);
+        if missing.is_empty() {
+            r.push(
+                file,
+                Severity::Ok,
+                format!("SANs cover the inventory ({} names)", sans.len()),
+                None,
+            );
+        } else {
+            let list: Vec<String> = missing
+                .iter()
+                .map(|(san, why)| format!("{san} ({why})"))
+                .collect();
+            r.push(
+                file,
+                Severity::Error,
+                format!("SANs do not cover {}", list.join(", ")),
+                Some(Fix::Renew),
+            );
+        }
+    }
+    expiry(r, file, der, now, Fix::Renew);
+}
+
+/// The required names a certificate lacks.
+pub(crate) fn missing_sans(der: &[u8], sans: &[(San, String)]) -> Vec<(San, String)> {
+    let present = with_cert(der, |c| {
+        let mut ips = Vec::new();
+        let mut dns = Vec::new();
+        if let Ok(Some(ext)) = c.subject_alternative_name() {
+            for name in &ext.value.general_names {
+                match name {
+                    GeneralName::IPAddress(b) => ips.push(b.to_vec()),
+                    GeneralName::DNSName(d) => dns.push(d.to_ascii_lowercase()),
+                    _ => {}
+                }
+            }
+        }
+        (ips, dns)
+    });
+    let Ok((ips, dns)) = present else {
+        return sans.to_vec();
+    };
+    sans.iter()
+        .filter(|(san, _)| match san {
+            San::Ip(std::net::IpAddr::V4(v4)) => !ips.iter().any(|b| b[..] == v4.octets()),
+            San::Ip(std::net::IpAddr::V6(v6)) => !ips.iter().any(|b| b[..] == v6.octets()),
+            San::Dns(d) => !dns.contains(&d.to_ascii_lowercase()),
+        })
+        .cloned()
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_kubeconfig(
+    r: &mut CheckReport,
+    dir: &Path,
+    name: &str,
+    user: &str,
+    leaf: &Leaf,
+    inv: &Inventory,
+    ca_der: Option<&[u8]>,
+    now: i64,
+) {
+    let Some(text) = read_text(r, dir, name, Fix::Init, Fix::Renew) else {
+        return;
+    };
+    check_mode(r, dir, name, 0o077, "chmod 600");
+    let kc = match kubeconfig::parse(&text) {
+        Ok(k) => k,
+        Err(e) => {
+            r.push(name, Severity::Error, e, Some(Fix::Renew));
+            return;
+        }
+    };
+    if kc.server == LOCAL_SERVER {
+        r.push(name, Severity::Ok, format!("server {LOCAL_SERVER}"), None);
+    } else {
+        r.push(
+            name,
+            Severity::Error,
+            format!("server is {}, expected {LOCAL_SERVER}", kc.server),
+            Some(Fix::Renew),
+        );
+    }
+    if kc.user != user {
+        r.push(
+            name,
+            Severity::Warning,
+            format!("user is named {:?}, expected {user:?}", kc.user),
+            Some(Fix::Renew),
+        );
+    }
+    if kc.cluster != inv.cluster.name {
+        r.push(
+            name,
+            Severity::Warning,
+            format!(
+                "cluster is named {:?}, the inventory's cluster.name is {:?}",
+                kc.cluster, inv.cluster.name
+            ),
+            Some(Fix::Renew),
+        );
+    }
+    match (cert_der(&kc.ca_pem), ca_der) {
+        (Ok(embedded), Some(ca)) if embedded == ca => r.push(
+            name,
+            Severity::Ok,
+            format!("embedded CA is {CA_CERT}"),
+            None,
+        ),
+        (Ok(_), Some(_)) => r.push(
+            name,
+            Severity::Error,
+            format!("embedded CA is not {CA_CERT}"),
+            Some(Fix::Renew),
+        ),
+        (Err(e), _) => r.push(
+            name,
+            Severity::Error,
+            format!("certificate-authority-data {e}"),
+            Some(Fix::Renew),
+        ),
+        (Ok(_), None) => {}
+    }
+    let cert = match cert_der(&kc.cert_pem) {
+        Ok(d) => d,
+        Err(e) => {
+            r.push(
+                name,
+                Severity::Error,
+                format!("client-certificate-data {e}"),
+                Some(Fix::Renew),
+            );
+            return;
+        }
+    };
+    let where_ = format!("{name} (client certificate)");
+    check_leaf(r, leaf, &where_, &cert, ca_der, &[], now);
+    match parse_private_key(&kc.key_pem) {
+        Ok(key) => key_matches(r, &where_, "client-key-data", &cert, &key, Fix::Renew),
+        Err(e) => r.push(
+            name,
+            Severity::Error,
+            format!("client-key-data {e}"),
+            Some(Fix::Renew),
+        ),
+    }
+}
+
+fn check_encryption(r: &mut CheckReport, dir: &Path, version: &str) {
+    let Some(text) = read_text(r, dir, ENCRYPTION_CONFIG, Fix::Init, Fix::Force) else {
+        return;
+    };
+    check_mode(r, dir, ENCRYPTION_CONFIG, 0o077, "chmod 600");
+    match encryption::parse(&text) {
+        Ok(p) => {
+            let want_legacy = legacy_encryption_config(version);
+            let fmt_name = |legacy: bool| {
+                if legacy {
+                    "EncryptionConfig v1"
+                } else {
+                    "EncryptionConfiguration apiserver.config.k8s.io/v1"
+                }
+            };
+            if p.legacy == want_legacy {
+                r.push(
+                    ENCRYPTION_CONFIG,
+                    Severity::Ok,
+                    format!(
+                        "{} with {} aescbc key(s) of 32 bytes, as {version} reads",
+                        fmt_name(p.legacy),
+                        p.keys.len()
+                    ),
+                    None,
+                );
+            } else {
+                r.push(
+                    ENCRYPTION_CONFIG,
+                    Severity::Error,
+                    format!(
+                        "is {}, but {version} reads {} (--renew rewrites it, keeping the keys)",
+                        fmt_name(p.legacy),
+                        fmt_name(want_legacy)
+                    ),
+                    Some(Fix::Renew),
+                );
+            }
+        }
+        Err(e) => r.push(
+            ENCRYPTION_CONFIG,
+            Severity::Error,
+            format!(
+                "{e} (it is never overwritten but by --force: its key decrypts the Secrets in etcd)"
+            ),
+            Some(Fix::Force),
+        ),
+    }
+}

@@ -1,0 +1,777 @@
+//! `pki init`: add what is missing to the PKI folder; `--renew` re-issues
+//! certificates that no longer fit, from the same CA and for the same keys;
+//! `--force` moves the old files aside and starts over.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+use super::check::{CheckReport, Fix, Severity, check, with_cert};
+use super::keys::{cert_der, generate_key, key_kind, parse_private_key, random_serial};
+use super::{
+    CA_CERT, CA_KEY, ENCRYPTION_CONFIG, LEAVES, LOCAL_SERVER, Leaf, Role, San, apiserver_sans,
+    encryption, files, kubeconfig, legacy_encryption_config, write_atomic,
+};
+use crate::error::{Error, IoContext, Result};
+use crate::inventory::Inventory;
+use crate::progress::{Event, Progress};
+
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Validity of the certificates `init` issues, in days.
+    pub days: u32,
+    /// Validity of a new CA, in days. Leaves never outlive their CA.
+    pub ca_days: u32,
+    /// Re-issue certificates (and rewrite kubeconfigs and the encryption
+    /// config's format) that no longer fit the inventory, keeping CA and keys.
+    pub renew: bool,
+    /// Move every existing PKI file aside and start over with a new CA.
+    pub force: bool,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            days: 365,
+            ca_days: 3650,
+            renew: false,
+            force: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    pub dir: PathBuf,
+    /// Files that did not exist before.
+    pub created: Vec<String>,
+    /// Files rewritten by `--renew` (certificates re-issued for their old key).
+    pub renewed: Vec<String>,
+    /// Files `--force` moved aside, and where to.
+    pub replaced: Vec<String>,
+    pub backup: Option<PathBuf>,
+    /// The check after the run (it fits the inventory, or `init` failed).
+    pub check: CheckReport,
+}
+
+impl InitReport {
+    pub fn changed(&self) -> bool {
+        !(self.created.is_empty() && self.renewed.is_empty() && self.replaced.is_empty())
+    }
+}
+
+/// Generate what the inventory's PKI folder lacks. See the module comment.
+pub fn init(inv: &Inventory, opts: &InitOptions, progress: &dyn Progress) -> Result<InitReport> {
+    if opts.days == 0 || opts.ca_days == 0 {
+        return Err(Error::input("--days and --ca-days must be at least 1"));
+    }
+    let dir = inv.pki_dir();
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("0 is valid");
+    let mut w = Writer {
+        dir: &dir,
+        progress,
+        created: Vec::new(),
+        renewed: Vec::new(),
+    };
+    let mut replaced = Vec::new();
+    let mut backup = None;
+    if opts.force && dir.is_dir() {
+        if let Some((to, names)) = move_aside(&dir, now)? {
+            let msg = format!(
+                "--force replaced {} in {}; the old files are in {} (they hold private keys: delete that folder once no node uses the old PKI). Every node of the cluster must be rebuilt with the new PKI.",
+                names.join(", "),
+                dir.display(),
+                to.display()
+            );
+            progress.event(Event::Notice { message: &msg });
+            replaced = names;
+            backup = Some(to);
+        }
+    }
+    ensure_dir(&dir, progress)?;
+
+    // The CA.
+    let ca_cert_path = dir.join(CA_CERT);
+    let ca_key_path = dir.join(CA_KEY);
+    let ca_key = if ca_key_path.exists() {
+        read_key(&ca_key_path)?
+    } else if ca_cert_path.exists() {
+        return Err(Error::input(format!(
+            "{} exists but {} is missing: restore the CA key from a backup, or run `imgbuild pki init --force` for a new CA (every node must then be rebuilt)",
+            ca_cert_path.display(),
+            ca_key_path.display()
+        )));
+    } else {
+        let key = generate_key().map_err(Error::input)?;
+        w.write(CA_KEY, key.serialize_pem().as_bytes(), true, false)?;
+        key
+    };
+    let ca_der = if ca_cert_path.exists() {
+        let der = read_cert(&ca_cert_path)?;
+        let matches = with_cert(&der, |c| {
+            c.public_key().subject_public_key.data.as_ref() == ca_key.public_key_raw()
+        })
+        .unwrap_or(false);
+        if !matches {
+            return Err(Error::input(format!(
+                "{} does not match {}: restore the right pair, or run `imgbuild pki init --force` for a new CA",
+                ca_key_path.display(),
+                ca_cert_path.display()
+            )));
+        }
+        der
+    } else {
+        // Also when only the key survived an interrupted run: a CA certificate for
+        // the same key and name still verifies everything the old one signed.
+        let params = ca_params(inv, now, opts.ca_days)?;
+        let cert = params
+            .self_signed(&ca_key)
+            .map_err(|e| Error::input(format!("cannot sign the CA certificate: {e}")))?;
+        w.write(CA_CERT, cert.pem().as_bytes(), false, false)?;
+        cert.der().to_vec()
+    };
+    // Embedded as ca.pem's own bytes, so the kubeconfigs carry exactly that file.
+    let ca_pem = std::fs::read_to_string(&ca_cert_path).with_path("read", &ca_cert_path)?;
+    let ca_not_after = with_cert(&ca_der, |c| c.validity().not_after.timestamp())
+        .map_err(|e| Error::input(format!("{}: {e}", ca_cert_path.display())))?;
+    let ca_not_after = OffsetDateTime::from_unix_timestamp(ca_not_after)
+        .map_err(|_| Error::input(format!("{}: bad notAfter", ca_cert_path.display())))?;
+    let issuer = Issuer::from_ca_cert_der(&ca_der.clone().into(), ca_key).map_err(|e| {
+        Error::input(format!(
+            "{}: cannot use it as an issuer: {e}",
+            ca_cert_path.display()
+        ))
+    })?;
+
+    // What no longer fits, as the check sees it before we touch the leaves.
+    let before = check(inv, SystemTime::now());
+    let needs_renew = |file: &str| {
+        before.findings.iter().any(|f| {
+            (f.file == file || f.file.starts_with(&format!("{file} (")))
+                && f.severity >= Severity::Warning
+                && f.fix == Some(Fix::Renew)
+        })
+    };
+
+    let sans = apiserver_sans(inv)?;
+    let mut not_after = now + Duration::days(opts.days.into());
+    if not_after > ca_not_after {
+        let msg = format!(
+            "certificates are valid only until the CA expires ({ca_not_after}), not {} days",
+            opts.days
+        );
+        progress.event(Event::Warning { message: &msg });
+        not_after = ca_not_after;
+    }
+    let mut issued: BTreeSet<&str> = BTreeSet::new();
+    for leaf in LEAVES {
+        let cert_file = leaf.cert_file();
+        let key_file = leaf.key_file();
+        let cert_exists = dir.join(&cert_file).exists();
+        let key_exists = dir.join(&key_file).exists();
+        let key = match (cert_exists, key_exists) {
+            (_, true) => {
+                let key = read_key(&dir.join(&key_file)).map_err(|e| {
+                    e.context(format!(
+                        "remove {key_file} and {cert_file} and run `imgbuild pki init` for a new pair"
+                    ))
+                })?;
+                if cert_exists && !(opts.renew && needs_renew(&cert_file)) {
+                    continue;
+                }
+                key
+            }
+            (false, false) => {
+                let key = generate_key().map_err(Error::input)?;
+                w.write(&key_file, key.serialize_pem().as_bytes(), true, false)?;
+                key
+            }
+            (true, false) => {
+                if !opts.renew {
+                    continue; // the final check reports it, naming --renew
+                }
+                let key = generate_key().map_err(Error::input)?;
+                w.write(&key_file, key.serialize_pem().as_bytes(), true, false)?;
+                key
+            }
+        };
+        let params = leaf_params(leaf, &sans, now, not_after, &key)?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|e| Error::input(format!("cannot sign {cert_file}: {e}")))?;
+        w.write(&cert_file, cert.pem().as_bytes(), false, cert_exists)?;
+        issued.insert(leaf.stem);
+    }
+
+    // Kubeconfigs: from the client certificate and key files.
+    for leaf in LEAVES {
+        let Role::Client {
+            kubeconfig: name,
+            user,
+        } = leaf.role
+        else {
+            continue;
+        };
+        let exists = dir.join(name).exists();
+        if exists && !(opts.renew && (issued.contains(leaf.stem) || needs_renew(name))) {
+            continue;
+        }
+        let cert_path = dir.join(leaf.cert_file());
+        let key_path = dir.join(leaf.key_file());
+        if !cert_path.exists() || !key_path.exists() {
+            continue; // reported by the final check
+        }
+        let cert_pem = std::fs::read_to_string(&cert_path).with_path("read", &cert_path)?;
+        let key_pem = std::fs::read_to_string(&key_path).with_path("read", &key_path)?;
+        let text = kubeconfig::render(
+            &inv.cluster.name,
+            LOCAL_SERVER,
+            &ca_pem,
+            user,
+            &cert_pem,
+            &key_pem,
+        );
+        w.write(name, text.as_bytes(), true, exists)?;
+    }
+
+    // The encryption config: its key is never replaced but by --force.
+    let legacy = legacy_encryption_config(&inv.cluster.kubernetes_version);
+    let enc_path = dir.join(ENCRYPTION_CONFIG);
+    if !enc_path.exists() {
+        let key = encryption::new_key().map_err(Error::input)?;
+        w.write(
+            ENCRYPTION_CONFIG,
+            encryption::render(legacy, &[key]).as_bytes(),
+            true,
+            false,
+        )?;
+    } else if opts.renew && needs_renew(ENCRYPTION_CONFIG) {
+        let text = std::fs::read_to_string(&enc_path).with_path("read", &enc_path)?;
+        if let Ok(parsed) = encryption::parse(&text) {
+            w.write(
+                ENCRYPTION_CONFIG,
+                encryption::render(legacy, &parsed.keys).as_bytes(),
+                true,
+                true,
+            )?;
+        }
+    }
+
+    let report = InitReport {
+        dir: dir.clone(),
+        created: w.created,
+        renewed: w.renewed,
+        replaced,
+        backup,
+        check: check(inv, SystemTime::now()),
+    };
+    for f in report.check.warnings() {
+        let msg = format!("{}: {}", f.file, f.message);
+        progress.event(Event::Warning { message: &msg });
+    }
+    if let Some(err) = report.check.error() {
+        return Err(err);
+    }
+    Ok(report)
+}
+
+impl std::fmt::Display for InitReport {
+    /// What changed, by file name; never content.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for name in &self.replaced {
+            writeln!(f, "replaced {name}")?;
+        }
+        if let Some(b) = &self.backup {
+            writeln!(f, "old files moved to {}", b.display())?;
+        }
+        for name in &self.created {
+            writeln!(f, "created  {name}")?;
+        }
+        for name in &self.renewed {
+            writeln!(f, "renewed  {name}")?;
+        }
+        if !self.changed() {
+            writeln!(f, "nothing to do: every file is there and fits")?;
+        }
+        write!(
+            f,
+            "PKI folder {} fits {}; build every node of this cluster from it",
+            self.dir.display(),
+            self.check.inventory.display()
+        )
+    }
+}
+
+/// Writes files and records which were new and which replaced.
+struct Writer<'a> {
+    dir: &'a Path,
+    progress: &'a dyn Progress,
+    created: Vec<String>,
+    renewed: Vec<String>,
+}
+
+impl Writer<'_> {
+    fn write(&mut self, name: &str, bytes: &[u8], secret: bool, replacing: bool) -> Result<()> {
+        let path = write_atomic(self.dir, name, bytes, secret)?;
+        self.progress.event(Event::Wrote { path: &path });
+        if replacing {
+            self.renewed.push(name.to_string());
+        } else {
+            self.created.push(name.to_string());
+        }
+        Ok(())
+    }
+}
+
+fn read_key(path: &Path) -> Result<KeyPair> {
+    let text = std::fs::read_to_string(path).with_path("read", path)?;
+    parse_private_key(&text).map_err(|e| Error::input(format!("{}: {e}", path.display())))
+}
+
+fn read_cert(path: &Path) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path).with_path("read", path)?;
+    let der = cert_der(&text).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    with_cert(&der, |_| ()).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    Ok(der)
+}
+
+/// The folder must be 0700: it holds private keys.
+fn ensure_dir(dir: &Path, progress: &dyn Progress) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_path("create", dir)?;
+    }
+    let mode = std::fs::metadata(dir)
+        .with_path("inspect", dir)?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_path("chmod 700", dir)?;
+        if mode & 0o077 != 0 {
+            let msg = format!(
+                "{} was mode {mode:o}; set it to 700 (it holds private keys)",
+                dir.display()
+            );
+            progress.event(Event::Notice { message: &msg });
+        }
+    }
+    Ok(())
+}
+
+/// `--force`: move every PKI file into `replaced-<UTC time>/` inside the folder;
+/// returns that folder and the names moved, or None when there was nothing.
+fn move_aside(dir: &Path, now: OffsetDateTime) -> Result<Option<(PathBuf, Vec<String>)>> {
+    use std::os::unix::fs::DirBuilderExt;
+    let present: Vec<String> = files()
+        .into_iter()
+        .map(|f| f.name)
+        .filter(|n| dir.join(n).exists())
+        .collect();
+    if present.is_empty() {
+        return Ok(None);
+    }
+    let stamp = format!(
+        "replaced-{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let mut backup = dir.join(&stamp);
+    let mut n = 1;
+    while backup.exists() {
+        n += 1;
+        backup = dir.join(format!("{stamp}-{n}"));
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&backup)
+        .with_path("create", &backup)?;
+    for name in &present {
+        let from = dir.join(name);
+        std::fs::rename(&from, backup.join(name)).with_path("move aside", &from)?;
+    }
+    Ok(Some((backup, present)))
+}
+
+fn dn(cn: &str, org: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn.push(DnType::OrganizationName, org);
+    dn
+}
+
+fn ca_params(inv: &Inventory, now: OffsetDateTime, days: u32) -> Result<CertificateParams> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(&format!("{} CA", inv.cluster.name), "Kubernetes");
+    // No path length limit, like the cfssl CA of the seed's source.
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = now - Duration::minutes(5);
+    p.not_after = now + Duration::days(days.into());
+    p.serial_number = Some(random_serial().map_err(Error::input)?);
+    Ok(p)
+}
+
+fn leaf_params(
+    leaf: &Leaf,
+    sans: &[(San, String)],
+    now: OffsetDateTime,
+    not_after: OffsetDateTime,
+    key: &KeyPair,
+) -> Result<CertificateParams> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(leaf.common_name, leaf.organization);
+    // Backdated a little, for nodes whose clock is slightly behind.
+    p.not_before = now - Duration::minutes(5);
+    p.not_after = not_after;
+    p.serial_number = Some(random_serial().map_err(Error::input)?);
+    p.use_authority_key_identifier_extension = true;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if key_kind(key) == "RSA" {
+        p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+    }
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if leaf.role == Role::ApiServer {
+        // It serves the API and is also the API server's client certificate
+        // towards etcd and the kubelets (as in the seed).
+        p.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+        for (san, _) in sans {
+            p.subject_alt_names.push(match san {
+                San::Ip(ip) => SanType::IpAddress(*ip),
+                San::Dns(name) => SanType::DnsName(name.clone().try_into().map_err(|_| {
+                    Error::input(format!("{name:?} cannot be a DNS name in a certificate"))
+                })?),
+            });
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Silent;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    const INVENTORY: &str = r#"
+[cluster]
+name = "kubernetes"
+kubernetes_version = "v1.10.2"
+arch = "amd64"
+public_address = "203.0.113.10"
+service_cluster_ip_range = "10.32.0.0/24"
+cluster_cidr = "10.200.0.0/16"
+service_node_port_range = "30000-32767"
+pki_dir = "pki"
+
+[[controllers]]
+name = "controller-1"
+internal_ip = "10.240.0.11"
+
+[[controllers]]
+name = "controller-2"
+internal_ip = "10.240.0.12"
+"#;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<String>>);
+    impl Progress for Collect {
+        fn event(&self, e: Event<'_>) {
+            self.0.lock().unwrap().push(format!("{e:?}"));
+        }
+    }
+
+    fn inventory(dir: &Path, text: &str) -> Inventory {
+        let path = dir.join("cluster.toml");
+        std::fs::write(&path, text).unwrap();
+        Inventory::load(&path).unwrap()
+    }
+
+    fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        files()
+            .into_iter()
+            .filter_map(|f| std::fs::read(dir.join(&f.name)).ok().map(|b| (f.name, b)))
+            .collect()
+    }
+
+    #[test]
+    fn fresh_init_fits_and_second_run_changes_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let inv = inventory(tmp.path(), INVENTORY);
+        let events = Collect::default();
+        let r = init(&inv, &InitOptions::default(), &events).unwrap();
+        assert_eq!(r.created.len(), files().len(), "{:?}", r.created);
+        assert!(r.check.fits_inventory(), "{}", r.check);
+        assert_eq!(r.check.warnings().count(), 0, "{}", r.check);
+        let dir = inv.pki_dir();
+        let mode = |p: &Path| p.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for f in files() {
+            let want = if f.secret { 0o600 } else { 0o644 };
+            assert_eq!(mode(&dir.join(&f.name)), want, "{}", f.name);
+        }
+        let enc = std::fs::read_to_string(dir.join(ENCRYPTION_CONFIG)).unwrap();
+        assert!(enc.starts_with("kind: EncryptionConfig\napiVersion: v1\n"));
+
+        // Nothing secret in what was reported.
+        let said = events.0.lock().unwrap().join("\n");
+        for f in files().iter().filter(|f| f.secret) {
+            let text = std::fs::read_to_string(dir.join(&f.name)).unwrap();
+            for line in text.lines().filter(|l| l.len() > 20) {
+                let probe = line.trim().rsplit(' ').next().unwrap();
+                assert!(!said.contains(probe), "{} leaked into events", f.name);
+            }
+        }
+
+        let before = snapshot(&dir);
+        let again = init(&inv, &InitOptions::default(), &Collect::default()).unwrap();
+        assert!(!again.changed(), "{:?} {:?}", again.created, again.renewed);
+        assert_eq!(before, snapshot(&dir));
+        // --renew on a fitting PKI changes nothing either.
+        let renew = InitOptions {
+            renew: true,
+            ..Default::default()
+        };
+        assert!(!init(&inv, &renew, &Collect::default()).unwrap().changed());
+        assert_eq!(before, snapshot(&dir));
+    }
+
+    #[test]
+    fn new_controller_needs_renew_which_keeps_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inv = inventory(tmp.path(), INVENTORY);
+        init(&inv, &InitOptions::default(), &Collect::default()).unwrap();
+        let dir = inv.pki_dir();
+        let before = snapshot(&dir);
+
+        let grown = format!(
+            "{INVENTORY}\n[[controllers]]\nname = \"controller-3\"\ninternal_ip = \"10.240.0.13\"\n"
+        );
+        let inv = inventory(tmp.path(), &grown);
+        let report = check(&inv, SystemTime::now());
+        assert!(!report.fits_inventory());
+        assert_eq!(report.needed_fix(), Some(Fix::Renew));
+        let err = report.error().unwrap().to_string();
+        assert!(
+            err.contains("kubernetes.pem: SANs do not cover 10.240.0.13"),
+            "{err}"
+        );
+        assert!(err.contains("imgbuild pki init --renew"), "{err}");
+
+        let err = init(&inv, &InitOptions::default(), &Collect::default()).unwrap_err();
+        assert!(err.to_string().contains("--renew"), "{err}");
+        assert_eq!(before, snapshot(&dir), "plain init must not change a thing");
+
+        let renew = InitOptions {
+            renew: true,
+            ..Default::default()
+        };
+        let r = init(&inv, &renew, &Collect::default()).unwrap();
+        assert_eq!(r.renewed, ["kubernetes.pem"]);
+        assert!(r.created.is_empty());
+        let after = snapshot(&dir);
+        for (name, bytes) in &before {
+            if name != "kubernetes.pem" {
+                assert_eq!(Some(bytes), after.get(name), "{name} changed");
+            }
+        }
+        assert!(check(&inv, SystemTime::now()).fits_inventory());
+    }
+
+    #[test]
+    fn version_change_rewrites_encryption_format_keeping_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inv = inventory(tmp.path(), INVENTORY);
+        init(&inv, &InitOptions::default(), &Collect::default()).unwrap();
+        let path = inv.pki_dir().join(ENCRYPTION_CONFIG);
+        let old = encryption::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let inv = inventory(tmp.path(), &INVENTORY.replace("v1.10.2", "v1.34.7"));
+        assert_eq!(
+            check(&inv, SystemTime::now()).needed_fix(),
+            Some(Fix::Renew)
+        );
+        let renew = InitOptions {
+            renew: true,
+            ..Default::default()
+        };
+        let r = init(&inv, &renew, &Collect::default()).unwrap();
+        assert_eq!(r.renewed, [ENCRYPTION_CONFIG]);
+        let new = encryption::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(!new.legacy);
+        assert_eq!(new.keys, old.keys);
+    }
+
+    #[test]
+    fn force_moves_old_files_aside_and_makes_a_new_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inv = inventory(tmp.path(), INVENTORY);
+        init(&inv, &InitOptions::default(), &Collect::default()).unwrap();
+        let dir = inv.pki_dir();
+        let old = snapshot(&dir);
+        let events = Collect::default();
+        let force = InitOptions {
+            force: true,
+            ..Default::default()
+        };
+        let r = init(&inv, &force, &events).unwrap();
+        assert_eq!(r.replaced.len(), files().len());
+        let backup = r.backup.unwrap();
+        assert_eq!(snapshot(&backup), old);
+        assert_ne!(old[CA_KEY], snapshot(&dir)[CA_KEY]);
+        let said = events.0.lock().unwrap().join("\n");
+        assert!(
+            said.contains("--force replaced ca.pem, ca-key.pem"),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn half_a_ca_is_refused_and_missing_leaf_key_needs_renew() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inv = inventory(tmp.path(), INVENTORY);
+        init(&inv, &InitOptions::default(), &Collect::default()).unwrap();
+        let dir = inv.pki_dir();
+
+        std::fs::remove_file(dir.join("admin-key.pem")).unwrap();
+        let report = check(&inv, SystemTime::now());
+        assert_eq!(report.needed_fix(), Some(Fix::Renew), "{report}");
+        let renew = InitOptions {
+            renew: true,
+            ..Default::default()
+        };
+        let r = init(&inv, &renew, &Collect::default()).unwrap();
+        assert_eq!(r.created, ["admin-key.pem"]);
+        assert_eq!(r.renewed, ["admin.pem", "admin.kubeconfig"]);
+
+        std::fs::remove_file(dir.join(CA_KEY)).unwrap();
+        assert_eq!(
+            check(&inv, SystemTime::now()).needed_fix(),
+            Some(Fix::Force)
+        );
+        let err = init(&inv, &renew, &Collect::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ca-key.pem is missing") && err.contains("--force"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn short_validity_warns_and_expired_fails() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inv = inventory(tmp.path(), INVENTORY);
+        let events = Collect::default();
+        let opts = InitOptions {
+            days: 10,
+            ..Default::default()
+        };
+        let r = init(&inv, &opts, &events).unwrap();
+        let warned: Vec<_> = r.check.warnings().map(|f| f.file.clone()).collect();
+        assert!(warned.contains(&"kubernetes.pem".to_string()), "{warned:?}");
+        assert!(warned.contains(&"admin.kubeconfig (client certificate)".to_string()));
+        assert!(!warned.contains(&CA_CERT.to_string()));
+        let days: BTreeMap<_, _> = r.check.expiry_days.iter().cloned().collect();
+        // 10 when checked within the second of issue, 9 after.
+        assert!((9..=10).contains(&days["kubernetes.pem"]), "{days:?}");
+        assert!(
+            events
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e.contains("Warning"))
+        );
+
+        let later = SystemTime::now() + std::time::Duration::from_secs(11 * 86_400);
+        let report = check(&inv, later);
+        assert!(!report.fits_inventory());
+        assert!(
+            report
+                .to_string()
+                .contains("ERROR  kubernetes.pem: expired"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn renew_reissues_expiring_certificates_for_the_same_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inv = inventory(tmp.path(), INVENTORY);
+        let short = InitOptions {
+            days: 10,
+            ..Default::default()
+        };
+        init(&inv, &short, &Collect::default()).unwrap();
+        let before = snapshot(&inv.pki_dir());
+        let renew = InitOptions {
+            renew: true,
+            ..Default::default()
+        };
+        let r = init(&inv, &renew, &Collect::default()).unwrap();
+        assert!(r.created.is_empty(), "{:?}", r.created);
+        let mut want: Vec<String> = LEAVES.iter().map(|l| l.cert_file()).collect();
+        want.extend(
+            ["admin", "kube-controller-manager", "kube-scheduler"]
+                .map(|s| format!("{s}.kubeconfig")),
+        );
+        assert_eq!(r.renewed, want);
+        assert_eq!(r.check.warnings().count(), 0, "{}", r.check);
+        let after = snapshot(&inv.pki_dir());
+        for f in files().iter().filter(|f| f.name.ends_with("-key.pem")) {
+            assert_eq!(before[&f.name], after[&f.name], "{} changed", f.name);
+        }
+        assert_eq!(before[CA_CERT], after[CA_CERT]);
+        assert_eq!(before[ENCRYPTION_CONFIG], after[ENCRYPTION_CONFIG]);
+        assert!(
+            init(
+                &inv,
+                &InitOptions {
+                    days: 0,
+                    ..Default::default()
+                },
+                &Silent
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn missing_folder_says_init() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inv = inventory(tmp.path(), INVENTORY);
+        let report = check(&inv, SystemTime::now());
+        assert_eq!(report.needed_fix(), Some(Fix::Init));
+        assert!(
+            report
+                .error()
+                .unwrap()
+                .to_string()
+                .contains("imgbuild pki init --inventory")
+        );
+    }
+}
