@@ -330,7 +330,7 @@ fn cpio_of_dir(dir: &Path, out: &Path) {
 }
 
 /// Node 1's overlay, built by the real imgbuild binary from a workspace (the
-/// bundled example inventory at `version`, a working PKI, and a cache holding
+/// bundled example inventory at `version`, imgbuild's PKI, and a cache holding
 /// the stand-ins through a test recipe), as an initramfs segment.
 ///
 /// `format` is the imgbuild output used: `cpio.gz` is appended as it is;
@@ -351,15 +351,9 @@ fn build_overlay(
         return PathBuf::from(prebuilt);
     }
     let ws = support::Workspace::bare(version, "amd64");
-    // Real certificates and kubeconfigs instead of the support's placeholders:
-    // the one-shot's kubectl authenticates with them.
-    run(
-        Command::new("sh")
-            .arg(manifest_dir().join("tests/boot/pki.sh"))
-            .arg(ws.path("pki"))
-            .args(["10.240.0.11", "10.240.0.12", "10.240.0.13", "203.0.113.10"]),
-        "PKI",
-    );
+    // The PKI is imgbuild's own (`imgbuild pki init`, made by the workspace): the
+    // API server stand-in serves its kubernetes.pem, the one-shot's kubectl uses
+    // its admin.kubeconfig.
     ws.add_tarball(&standin_binaries(version, kubectl));
     ws.ok(&["cache", "import", "kubernetes-server-linux-amd64.tar.gz"]);
     let out = work.join("out");
