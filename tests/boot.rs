@@ -1060,13 +1060,16 @@ fn check_oneshot(
                 .filter(|r| is_health(r["path"].as_str().unwrap_or("")))
                 .filter(|r| (t0..=t1).contains(&r["mono"].as_f64().unwrap_or(-1.0)))
                 .collect();
-            // Every attempt of the narrowed bound reached the stand-in, bar perhaps the
-            // first (made before the stand-in listened): retried, and no more.
+            // It retried (at least two attempts reached the stand-in; an early one may
+            // find nothing listening yet) and gave up within the narrowed bound.
             let attempts = narrowed_attempts();
             c.check(
                 f,
-                health.len() >= 2 && health.len() + 1 >= attempts && health.len() <= attempts,
-                format!("{ONESHOT} asked for health {} times while it ran, expected {attempts} attempts", health.len()),
+                health.len() >= 2 && health.len() <= attempts,
+                format!(
+                    "{ONESHOT} asked for health {} times while it ran, expected 2 to {attempts}",
+                    health.len()
+                ),
             );
             c.check(
                 f,
