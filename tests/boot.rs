@@ -1312,17 +1312,21 @@ fn check_oneshot(
     }
 }
 
-/// ATTEMPTS in the failing boot's drop-in (tests/boot/failing/...).
+/// ATTEMPTS in the failing boot's drop-in (tests/boot/failing/...), read once,
+/// when the test packs the drop-in.
 fn narrowed_attempts() -> usize {
-    let text = fs::read_to_string(manifest_dir().join(
-        "tests/boot/failing/etc/systemd/system/kube-rbac-bootstrap.service.d/boot-test-bound.conf",
-    ))
-    .unwrap();
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("Environment="))
-        .flat_map(|l| l.split_whitespace())
-        .find_map(|w| w.strip_prefix("ATTEMPTS=").and_then(|n| n.parse().ok()))
-        .expect("ATTEMPTS= in the drop-in")
+    static ATTEMPTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ATTEMPTS.get_or_init(|| {
+        let text = fs::read_to_string(manifest_dir().join(
+            "tests/boot/failing/etc/systemd/system/kube-rbac-bootstrap.service.d/boot-test-bound.conf",
+        ))
+        .unwrap();
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("Environment="))
+            .flat_map(|l| l.split_whitespace())
+            .find_map(|w| w.strip_prefix("ATTEMPTS=").and_then(|n| n.parse().ok()))
+            .expect("ATTEMPTS= in the drop-in")
+    })
 }
 
 /// Which rbac.authorization.k8s.io versions a server of `version` serves.
@@ -1454,6 +1458,7 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
     // 3.-6. Per version: overlay, three boots, assertions.
     let base_entries = read_cpio_file(&base, &work);
     let narrow = work.join("narrow-bound.cpio");
+    let _ = narrowed_attempts();
     cpio_of_dir(&manifest_dir().join("tests/boot/failing"), &narrow);
     let mut outcomes = Vec::new();
     for (i, version) in versions.iter().enumerate() {
