@@ -537,6 +537,18 @@ impl Machine {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
             }
+            // The whole initramfs (Debian, scaffolding, overlay) must unpack; the
+            // kernel goes on booting with what it got so far if it does not.
+            let unpack_failed = fs::read(&console)
+                .is_ok_and(|b| String::from_utf8_lossy(&b).contains("Initramfs unpacking failed"));
+            if unpack_failed {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "boot {name}: the kernel could not unpack the initramfs; console:\n{}",
+                    tail(&console, 40)
+                );
+            }
             if start.elapsed() > self.timeout {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -546,7 +558,7 @@ impl Machine {
                     tail(&console, 60)
                 );
             }
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(1000));
         };
         let wall = start.elapsed();
         assert!(
@@ -1578,8 +1590,15 @@ fn boot_version(r: &Run) -> (String, Checks) {
     let concat = |name: &str, parts: &[&Path]| {
         let initrd = work.join(name);
         let mut out = fs::File::create(&initrd).unwrap();
+        let mut len = 0u64;
         for part in parts {
-            io::copy(&mut fs::File::open(part).unwrap(), &mut out).unwrap();
+            len += io::copy(&mut fs::File::open(part).unwrap(), &mut out).unwrap();
+            // The kernel takes an uncompressed archive only at a 4-byte boundary
+            // ("invalid magic at start of compressed archive" otherwise); it skips
+            // zeros between archives. A gzip stream may end anywhere.
+            let pad = (4 - len % 4) % 4;
+            io::Write::write_all(&mut out, &vec![0u8; pad as usize]).unwrap();
+            len += pad;
         }
         initrd
     };
