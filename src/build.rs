@@ -33,6 +33,9 @@ pub struct Session {
 pub enum Format {
     TarGz,
     Dir,
+    /// Initramfs: newc cpio, uncompressed or gzipped.
+    Cpio,
+    CpioGz,
 }
 
 impl Format {
@@ -40,6 +43,8 @@ impl Format {
         match self {
             Format::TarGz => "tar.gz",
             Format::Dir => "dir",
+            Format::Cpio => "cpio",
+            Format::CpioGz => "cpio.gz",
         }
     }
 }
@@ -51,6 +56,10 @@ pub struct ControllerOptions {
     pub all: bool,
     pub format: Format,
     pub out_dir: PathBuf,
+    /// cpio formats: write the node-independent part (binaries) once, as its
+    /// own archive, and each node's configuration as another; the kernel
+    /// unpacks the concatenation.
+    pub split: bool,
 }
 
 /// Inputs loaded once and shared by every node of a build.
@@ -422,6 +431,8 @@ pub struct Built {
     pub artifact: PathBuf,
     pub manifest: PathBuf,
     pub sha256: Option<String>,
+    /// Every file written (a split cpio writes two), for SHA256SUMS.
+    pub outputs: Vec<OutputFile>,
 }
 
 /// `imgbuild controller`: build the selected nodes.
@@ -437,9 +448,16 @@ pub fn controller(
     crate::pki::ensure_for_build(&Inventory::load(&session.inventory)?, progress)?;
     let loaded = Loaded::load(session)?;
     let indices = select_nodes(&loaded.inventory, &opts.nodes, opts.all)?;
+    if opts.split && !matches!(opts.format, Format::Cpio | Format::CpioGz) {
+        return Err(Error::input(
+            "--split applies to --format cpio and cpio.gz (initramfs archives the kernel concatenates)",
+        ));
+    }
     atomic::ensure_dir(&opts.out_dir)?;
     let cache = Cache::open(&session.cache_dir)?;
     let mut built = Vec::new();
+    // Split cpio: the shared archive is the same for every node; write it once.
+    let mut shared_written: Option<(Vec<String>, OutputFile)> = None;
     for index in indices {
         let plan = loaded.plan(index, session.mtime, progress)?;
         progress.event(Event::Step {
@@ -451,18 +469,15 @@ pub fn controller(
         });
         built.push(write_node(
             &plan,
-            opts.format,
-            &opts.out_dir,
+            opts,
+            &mut shared_written,
             &cache,
             progress,
         )?);
     }
     let sums: Vec<(String, String)> = built
         .iter()
-        .filter_map(|b| {
-            let name = b.artifact.file_name()?.to_string_lossy().into_owned();
-            Some((name, b.sha256.clone()?))
-        })
+        .flat_map(|b| b.outputs.iter().map(|o| (o.name.clone(), o.sha256.clone())))
         .collect();
     if !sums.is_empty() {
         update_sums(&opts.out_dir.join("SHA256SUMS"), &sums)?;
@@ -502,11 +517,12 @@ pub fn select_nodes(inv: &Inventory, nodes: &[String], all: bool) -> Result<Vec<
 
 fn write_node(
     plan: &Plan,
-    format: Format,
-    out_dir: &Path,
+    opts: &ControllerOptions,
+    shared_written: &mut Option<(Vec<String>, OutputFile)>,
     cache: &Cache,
     progress: &dyn Progress,
 ) -> Result<Built> {
+    let (format, out_dir) = (opts.format, opts.out_dir.as_path());
     let stem = format!("controller-{}", plan.meta.node_index);
     let manifest_path = out_dir.join(format!("{stem}.manifest.json"));
     let (artifact, outputs) = match format {
@@ -521,14 +537,61 @@ fn write_node(
             write::dir::write_dir(plan, &dest)?;
             (dest, vec![])
         }
+        Format::Cpio | Format::CpioGz => {
+            use write::cpio::{Part, write_file};
+            let gzip = format == Format::CpioGz;
+            let ext = format.name();
+            if opts.split {
+                let node = out_dir.join(format!("{stem}-node.{ext}"));
+                let (node, node_out) = write_file(plan, Part::PerNode, gzip, &node)?;
+                // What the shared archive holds; every node's must be the same.
+                let fingerprint: Vec<String> = write::cpio::select(plan, Part::Shared)
+                    .iter()
+                    .map(|e| {
+                        let what = match &e.kind {
+                            crate::plan::EntryKind::File { sha256, .. } => sha256.as_str(),
+                            crate::plan::EntryKind::Symlink { target } => target.as_str(),
+                            crate::plan::EntryKind::Dir => "dir",
+                        };
+                        format!("{} {:o} {}:{} {what}", e.path, e.mode, e.uid, e.gid)
+                    })
+                    .collect();
+                let shared_out = match shared_written {
+                    Some((seen, o)) if *seen == fingerprint => o.clone(),
+                    Some(_) => {
+                        return Err(Error::input(format!(
+                            "node {}: its binaries differ from the previous node's, so they cannot share one archive; build it without --split",
+                            plan.meta.node_index
+                        )));
+                    }
+                    None => {
+                        let m = &plan.meta;
+                        let name = format!(
+                            "controller-shared-{}-{}.{ext}",
+                            m.kubernetes_version, m.arch
+                        );
+                        let (path, o) = write_file(plan, Part::Shared, gzip, &out_dir.join(name))?;
+                        progress.event(Event::Wrote { path: &path });
+                        *shared_written = Some((fingerprint, o.clone()));
+                        o
+                    }
+                };
+                (node, vec![node_out, shared_out])
+            } else {
+                let dest = out_dir.join(format!("{stem}.{ext}"));
+                let (dest, o) = write_file(plan, Part::Whole, gzip, &dest)?;
+                (dest, vec![o])
+            }
+        }
     };
     progress.event(Event::Wrote { path: &artifact });
     let sha256 = outputs.first().map(|o| o.sha256.clone());
-    atomic::write(
-        &manifest_path,
-        &write::manifest::render(plan, format.name(), outputs),
-        0o644,
-    )?;
+    let format_name = if opts.split {
+        format!("{} (split)", format.name())
+    } else {
+        format.name().to_string()
+    };
+    write::manifest::write(&manifest_path, plan, &format_name, outputs.clone())?;
     progress.event(Event::Wrote {
         path: &manifest_path,
     });
@@ -538,6 +601,7 @@ fn write_node(
         artifact,
         manifest: manifest_path,
         sha256,
+        outputs,
     })
 }
 
@@ -633,4 +697,112 @@ pub fn update_sums(path: &Path, sums: &[(String, String)]) -> Result<()> {
     }
     let text: String = lines.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
     atomic::write(path, text.as_bytes(), 0o644).map(|_| ())
+}
+
+#[derive(Debug, Clone)]
+pub struct CloudInitOptions {
+    /// Node selectors (1-based index or name); empty with `all`.
+    pub nodes: Vec<String>,
+    pub all: bool,
+    pub binaries: write::cloud_init::Binaries,
+    pub provider: write::cloud_init::Provider,
+    pub out_dir: PathBuf,
+}
+
+/// `imgbuild cloud-init`: `out/controller-<N>-cloud-init/` per selected node,
+/// and the node's manifest.
+pub fn cloud_init(
+    session: &Session,
+    opts: &CloudInitOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<Built>> {
+    use write::cloud_init::{self as ci, Network};
+    progress.event(Event::Step {
+        what: "loading inventory, recipe, PKI and cached artifacts",
+    });
+    // The PKI must fit the inventory before anything is built from it.
+    crate::pki::ensure_for_build(&Inventory::load(&session.inventory)?, progress)?;
+    let loaded = Loaded::load(session)?;
+    let indices = select_nodes(&loaded.inventory, &opts.nodes, opts.all)?;
+    atomic::ensure_dir(&opts.out_dir)?;
+    // Units start in the layout's order (dependencies first).
+    let unit_order: Vec<String> = loaded
+        .recipe
+        .layout_def
+        .enable
+        .values()
+        .flatten()
+        .cloned()
+        .collect();
+    let mut built = Vec::new();
+    for index in indices {
+        let plan = loaded.plan(index, session.mtime, progress)?;
+        let node = &loaded.inventory.controllers[index - 1];
+        let options = ci::Options {
+            binaries: opts.binaries.clone(),
+            provider: opts.provider,
+            network: Network::from_controller(node)
+                .map_err(|e| e.context(format!("inventory {}", loaded.inventory.path.display())))?,
+            unit_order: unit_order.clone(),
+        };
+        progress.event(Event::Step {
+            what: &format!(
+                "writing cloud-init for node {index} ({}), binaries {}",
+                plan.meta.node_name,
+                opts.binaries.name()
+            ),
+        });
+        let rendered = ci::render(&plan, &options)?;
+        if rendered.gzipped {
+            progress.event(Event::Notice {
+                message: &format!(
+                    "user-data of node {index} is {} bytes, over the {} limit of {} bytes: written gzipped ({} bytes)",
+                    rendered.user_data_text.len(),
+                    opts.provider.name(),
+                    opts.provider.limit().unwrap_or_default(),
+                    rendered.user_data.len()
+                ),
+            });
+        }
+        let stem = format!("controller-{index}");
+        let dest = opts.out_dir.join(format!("{stem}-cloud-init"));
+        ci::write_folder(&plan, &rendered, &dest)?;
+        progress.event(Event::Wrote { path: &dest });
+        let mut outputs = Vec::new();
+        for f in ["user-data", "meta-data", "network-config", "seed.img"] {
+            let p = dest.join(f);
+            if p.exists() {
+                let bytes_sha = file_sha256(&p)?;
+                outputs.push(OutputFile {
+                    name: format!("{stem}-cloud-init/{f}"),
+                    sha256: bytes_sha.0,
+                    size: bytes_sha.1,
+                });
+            }
+        }
+        let manifest_path = opts.out_dir.join(format!("{stem}.manifest.json"));
+        let format = format!("cloud-init (binaries {})", opts.binaries.name());
+        write::manifest::write(&manifest_path, &plan, &format, outputs.clone())?;
+        progress.event(Event::Wrote {
+            path: &manifest_path,
+        });
+        built.push(Built {
+            node_index: index,
+            node_name: plan.meta.node_name.clone(),
+            artifact: dest,
+            manifest: manifest_path,
+            sha256: None,
+            outputs,
+        });
+    }
+    Ok(built)
+}
+
+/// sha256 and size of a file, streamed.
+fn file_sha256(path: &Path) -> Result<(String, u64)> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let mut h = write::tar::HashingWriter::new(std::io::sink());
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io("cannot read", path, e))?;
+    let (_, sha, size) = h.finish();
+    Ok((sha, size))
 }

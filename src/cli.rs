@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use imgbuild::assets::Assets;
-use imgbuild::build::{ControllerOptions, Format, Session};
+use imgbuild::build::{CloudInitOptions, ControllerOptions, Format, Session};
 use imgbuild::cache::Cache;
 
 #[derive(Debug, Parser)]
@@ -59,6 +59,11 @@ pub struct Global {
 pub enum Command {
     /// Build a controller's rootfs overlay (out/controller-N.tar.gz and its manifest).
     Controller(ControllerArgs),
+    /// Build a controller's cloud-init (out/controller-N-cloud-init/: user-data,
+    /// meta-data, network-config, NoCloud seed.img) and its manifest.
+    CloudInit(CloudInitArgs),
+    /// List the entries of an output; with --verify, check them against the manifest.
+    Inspect(InspectArgs),
     /// Manage the local artifact cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -117,6 +122,11 @@ pub struct ControllerArgs {
     /// Output folder.
     #[arg(long, default_value = "out", value_name = "DIR")]
     pub out: PathBuf,
+    /// cpio formats: binaries in one archive shared by all nodes
+    /// (controller-shared-VERSION-ARCH.cpio[.gz]), configuration in
+    /// controller-N-node.cpio[.gz]; concatenate them as the initramfs.
+    #[arg(long)]
+    pub split: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -124,6 +134,56 @@ pub enum FormatArg {
     #[value(name = "tar.gz")]
     TarGz,
     Dir,
+    /// Initramfs (newc cpio).
+    Cpio,
+    /// Initramfs (newc cpio), gzipped.
+    #[value(name = "cpio.gz")]
+    CpioGz,
+}
+
+#[derive(Debug, Args)]
+pub struct CloudInitArgs {
+    /// Node to build: 1-based index or controller name (repeatable).
+    #[arg(long, value_name = "N|NAME", required_unless_present = "all")]
+    pub node: Vec<String>,
+    /// Build every controller of the inventory.
+    #[arg(long, conflicts_with = "node")]
+    pub all: bool,
+    /// How binaries reach the node: baked (already in the image), mirror=URL
+    /// (downloaded at boot from URL/VERSION/bin/linux/ARCH/NAME and checked
+    /// against the pinned sha256), seed (on the seed volume, checked at boot).
+    #[arg(long, default_value = "baked", value_name = "baked|mirror=URL|seed")]
+    pub binaries: String,
+    /// Where the user-data goes; decides its size limit (gzipped when needed).
+    #[arg(long, value_enum, default_value = "nocloud")]
+    pub provider: ProviderArg,
+    /// Output folder.
+    #[arg(long, default_value = "out", value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProviderArg {
+    Aws,
+    Azure,
+    Gcp,
+    Openstack,
+    Hetzner,
+    Nocloud,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// An output: tar.gz, cpio, cpio.gz, a cloud-init folder or seed.img; several
+    /// cpio files are read in order as one initramfs (a split pair).
+    #[arg(required = true, value_name = "ARTIFACT")]
+    pub artifacts: Vec<PathBuf>,
+    /// Check every entry against the build manifest; exit 4 on any difference.
+    #[arg(long)]
+    pub verify: bool,
+    /// The manifest [default: controller-N.manifest.json beside the artifact].
+    #[arg(long, value_name = "FILE", requires = "verify")]
+    pub manifest: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,8 +230,31 @@ impl ControllerArgs {
             format: match self.format {
                 FormatArg::TarGz => Format::TarGz,
                 FormatArg::Dir => Format::Dir,
+                FormatArg::Cpio => Format::Cpio,
+                FormatArg::CpioGz => Format::CpioGz,
             },
             out_dir: self.out.clone(),
+            split: self.split,
         }
+    }
+}
+
+impl CloudInitArgs {
+    pub fn options(&self) -> imgbuild::Result<CloudInitOptions> {
+        use imgbuild::write::cloud_init::Provider;
+        Ok(CloudInitOptions {
+            nodes: self.node.clone(),
+            all: self.all,
+            binaries: self.binaries.parse()?,
+            provider: match self.provider {
+                ProviderArg::Aws => Provider::Aws,
+                ProviderArg::Azure => Provider::Azure,
+                ProviderArg::Gcp => Provider::Gcp,
+                ProviderArg::Openstack => Provider::Openstack,
+                ProviderArg::Hetzner => Provider::Hetzner,
+                ProviderArg::Nocloud => Provider::Nocloud,
+            },
+            out_dir: self.out.clone(),
+        })
     }
 }

@@ -9,6 +9,7 @@ pub mod build;
 pub mod cache;
 pub mod error;
 pub mod flags;
+pub mod inspect;
 pub mod inventory;
 pub mod pki;
 pub mod plan;

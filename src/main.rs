@@ -35,6 +35,14 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
             }
             Ok(())
         }
+        Command::CloudInit(args) => {
+            let built = imgbuild::build::cloud_init(&session, &args.options()?, reporter)?;
+            for b in built {
+                println!("{}", b.artifact.display());
+            }
+            Ok(())
+        }
+        Command::Inspect(args) => inspect(args),
         Command::Cache(CacheCommand::Import { files }) => {
             let cache = Cache::open(&session.cache_dir)?;
             let recipes = all_recipes(&session)?;
@@ -117,6 +125,54 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
             Ok(())
         }
     }
+}
+
+/// One line per entry; then, with --verify, every difference from the manifest.
+fn inspect(args: &cli::InspectArgs) -> imgbuild::Result<()> {
+    use imgbuild::inspect;
+    let found = inspect::inspect(&args.artifacts)?;
+    for e in &found.entries {
+        let size = e.size.map_or("-".to_string(), |s| s.to_string());
+        let sha = e.sha256.as_deref().unwrap_or("-");
+        let extra = match (e.kind, &e.target) {
+            ("symlink", Some(t)) => format!(" -> {t}"),
+            (_, Some(src)) => format!(" (from {src})"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<7} {:04o} {}:{} {size:>10} {sha:<64} {}{extra}",
+            e.kind, e.mode, e.uid, e.gid, e.path
+        );
+    }
+    if !args.verify {
+        return Ok(());
+    }
+    let manifest_path = match &args.manifest {
+        Some(m) => m.clone(),
+        None => inspect::default_manifest(&args.artifacts).ok_or_else(|| {
+            imgbuild::Error::input(
+                "cannot tell which manifest to verify against: pass --manifest FILE",
+            )
+        })?,
+    };
+    let manifest = inspect::read_manifest(&manifest_path)?;
+    let problems = inspect::verify(&found, &manifest);
+    if problems.is_empty() {
+        eprintln!(
+            "verified: {} entries match {}",
+            found.entries.len(),
+            manifest_path.display()
+        );
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("differs: {p}");
+    }
+    Err(imgbuild::Error::integrity(format!(
+        "{} difference(s) from {}",
+        problems.len(),
+        manifest_path.display()
+    )))
 }
 
 fn all_recipes(session: &imgbuild::build::Session) -> imgbuild::Result<Vec<Recipe>> {

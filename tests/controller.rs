@@ -11,68 +11,32 @@ use std::process::Command;
 
 use support::{Workspace, sh, sha256_file};
 
-/// The seed guide, from the shared folder beside the repository.
-fn seed_text() -> String {
-    let dir = Path::new(support::REPO).join("../shared/seeds");
-    let mut texts = Vec::new();
-    for e in fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("the seed guide is expected in {}: {e}", dir.display()))
-    {
-        texts.push(fs::read_to_string(e.unwrap().path()).unwrap());
-    }
-    texts.join("\n")
-}
+use support::seed_text;
 
-/// The heredoc bodies the seed writes with `cat <<EOF | sudo tee PATH`, keyed by PATH,
+/// The files the seed writes with `cat <<EOF | sudo tee PATH`, keyed by PATH,
 /// with the seed's shell variables filled in from the example inventory and the
 /// heredoc's `\\` unescaped, as the shell would.
 fn seed_files(node_ip: &str, etcd: &[&str]) -> BTreeMap<String, String> {
-    let text = seed_text();
-    let mut out = BTreeMap::new();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        let Some(rest) = line.strip_prefix("cat <<EOF | sudo tee ") else {
-            continue;
-        };
-        let mut body = String::new();
-        for l in lines.by_ref() {
-            if l == "EOF" {
-                break;
-            }
-            body.push_str(l);
-            body.push('\n');
-        }
-        let body = body
-            .replace("\\\\", "\\")
-            .replace("${INTERNAL_IP}", node_ip)
-            .replace("${NODE1_INTERNAL_IP}", etcd[0])
-            .replace("${NODE2_INTERNAL_IP}", etcd[1])
-            .replace("${NODE3_INTERNAL_IP}", etcd[2]);
-        out.insert(rest.trim().to_string(), body);
-    }
-    out
+    support::seed_heredocs("cat <<EOF | sudo tee ")
+        .into_iter()
+        .map(|(path, body)| {
+            let body = body
+                .replace("\\\\", "\\")
+                .replace("${INTERNAL_IP}", node_ip)
+                .replace("${NODE1_INTERNAL_IP}", etcd[0])
+                .replace("${NODE2_INTERNAL_IP}", etcd[1])
+                .replace("${NODE3_INTERNAL_IP}", etcd[2]);
+            (path, body)
+        })
+        .collect()
 }
 
 /// The seed's `kubectl apply -f -` heredocs, in order.
 fn seed_manifests() -> Vec<String> {
-    let text = seed_text();
-    let mut out = Vec::new();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        if !line.starts_with("cat <<EOF | kubectl apply") {
-            continue;
-        }
-        let mut body = String::new();
-        for l in lines.by_ref() {
-            if l == "EOF" {
-                break;
-            }
-            body.push_str(l);
-            body.push('\n');
-        }
-        out.push(body);
-    }
-    out
+    support::seed_heredocs("cat <<EOF | kubectl apply")
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect()
 }
 
 fn build_and_extract(ws: &Workspace, node: &str) -> PathBuf {
@@ -314,7 +278,13 @@ fn systemd_root(ws: &Workspace, node: &str) -> PathBuf {
 
 #[test]
 fn systemd_analyze_verify_accepts_the_units() {
-    let ws = Workspace::new("v1.10.2");
+    for version in ["v1.36.0", "v1.10.2"] {
+        verify_units(version);
+    }
+}
+
+fn verify_units(version: &str) {
+    let ws = Workspace::new(version);
     ws.ok(&["controller", "--node", "1"]);
     let root = systemd_root(&ws, "1");
     let units: Vec<PathBuf> = fs::read_dir(root.join("etc/systemd/system"))
@@ -332,7 +302,7 @@ fn systemd_analyze_verify_accepts_the_units() {
         .unwrap();
     assert!(
         out.status.success() && out.stderr.is_empty(),
-        "systemd-analyze verify: {}\n{}",
+        "{version}: systemd-analyze verify: {}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -568,4 +538,42 @@ fn etcd_servers_and_extra_args_from_the_inventory() {
         "{err}"
     );
     assert!(!ws.path("o2/controller-1.tar.gz").exists());
+}
+
+#[test]
+fn formats_of_one_node_share_its_manifest() {
+    let ws = Workspace::new("v1.36.0");
+    ws.ok(&["controller", "--node", "1"]);
+    ws.ok(&["controller", "--node", "1", "--format", "cpio.gz"]);
+    let read = || -> serde_json::Value {
+        serde_json::from_slice(&fs::read(ws.path("out/controller-1.manifest.json")).unwrap())
+            .unwrap()
+    };
+    let m = read();
+    let names: Vec<&str> = m["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["controller-1.cpio.gz", "controller-1.tar.gz"]);
+    for o in m["outputs"].as_array().unwrap() {
+        assert_eq!(
+            o["sha256"].as_str().unwrap(),
+            sha256_file(&ws.path(&format!("out/{}", o["name"].as_str().unwrap())))
+        );
+    }
+    // Other inputs: the manifest describes only what was built from them.
+    let inv = fs::read_to_string(ws.path("cluster.toml")).unwrap()
+        + "\n[scheduler.extra_args]\nkube-api-qps = \"100\"\n";
+    fs::write(ws.path("cluster.toml"), inv).unwrap();
+    ws.ok(&["controller", "--node", "1"]);
+    let m = read();
+    let names: Vec<&str> = m["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["controller-1.tar.gz"]);
 }

@@ -14,17 +14,13 @@ use support::{Workspace, sh};
 const CURRENT: [&str; 3] = ["v1.34.7", "v1.35.4", "v1.36.0"];
 
 fn seed_unit(name: &str) -> String {
-    let dir = Path::new(support::REPO).join("../shared/seeds");
-    let text: String = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
-        .collect();
-    let start = text
-        .find(&format!("sudo tee /etc/systemd/system/{name}"))
-        .unwrap_or_else(|| panic!("seed lacks {name}"));
-    let body = &text[start..];
-    let body = &body[body.find('\n').unwrap() + 1..];
-    body[..body.find("\nEOF").unwrap()].replace("\\\\", "\\")
+    let path = format!("/etc/systemd/system/{name}");
+    support::seed_heredocs("cat <<EOF | sudo tee ")
+        .into_iter()
+        .find(|(p, _)| *p == path)
+        .unwrap_or_else(|| panic!("seed lacks {name}"))
+        .1
+        .replace("\\\\", "\\")
 }
 
 type Flags = Vec<(String, Option<String>)>;
@@ -87,17 +83,9 @@ fn yaml(path: &Path) -> serde_json::Value {
 }
 
 fn seed_manifests() -> Vec<serde_json::Value> {
-    let dir = Path::new(support::REPO).join("../shared/seeds");
-    let text: String = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
-        .collect();
-    text.split("cat <<EOF | kubectl apply")
-        .skip(1)
-        .map(|part| {
-            let body = &part[part.find('\n').unwrap() + 1..];
-            serde_yaml_ng::from_str(&body[..body.find("\nEOF").unwrap()]).unwrap()
-        })
+    support::seed_heredocs("cat <<EOF | kubectl apply")
+        .into_iter()
+        .map(|(_, body)| serde_yaml_ng::from_str(&body).unwrap())
         .collect()
 }
 

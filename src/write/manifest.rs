@@ -76,3 +76,54 @@ pub fn render(plan: &Plan, format: &str, outputs: Vec<OutputFile>) -> Vec<u8> {
     v.push(b'\n');
     v
 }
+
+/// Write the node's manifest at `path`. Several formats of one node share the
+/// manifest: when the file already describes exactly the same entries and
+/// inputs, the other formats' outputs are kept beside this one's; otherwise
+/// the file is replaced.
+pub fn write(
+    path: &std::path::Path,
+    plan: &Plan,
+    format: &str,
+    outputs: Vec<OutputFile>,
+) -> crate::Result<()> {
+    use serde_json::Value;
+    let tag = |outputs: Vec<OutputFile>| -> Vec<Value> {
+        outputs
+            .into_iter()
+            .map(|o| serde_json::json!({"name": o.name, "format": format, "sha256": o.sha256, "size": o.size}))
+            .collect()
+    };
+    let mut new: Value =
+        serde_json::from_slice(&render(plan, format, Vec::new())).expect("valid JSON");
+    let mut merged = tag(outputs);
+    if let Some(mut old) = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    {
+        let strip = |v: &mut Value| {
+            let o = v
+                .as_object_mut()
+                .map(|m| (m.remove("format"), m.remove("outputs")));
+            o.and_then(|(_, outputs)| outputs)
+        };
+        let old_outputs = strip(&mut old);
+        let mut bare = new.clone();
+        strip(&mut bare);
+        if old == bare {
+            for o in old_outputs
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+            {
+                if !merged.iter().any(|n| n["name"] == o["name"]) {
+                    merged.push(o);
+                }
+            }
+        }
+    }
+    merged.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    new["outputs"] = Value::Array(merged);
+    let mut bytes = serde_json::to_vec_pretty(&new).expect("serializes");
+    bytes.push(b'\n');
+    crate::atomic::write(path, &bytes, 0o644).map(|_| ())
+}

@@ -5,11 +5,15 @@
 //! formats that concatenate (gzip members, cpio archives) build the shared part
 //! once for all nodes.
 
+pub mod cloud_init;
+pub mod cpio;
 pub mod digest;
 pub mod dir;
 pub mod gz;
 pub mod manifest;
+pub mod output;
 pub mod tar;
+pub mod vfat;
 
 use crate::plan::{Entry, Plan};
 

@@ -330,6 +330,42 @@ mod tests {
         assert_eq!(streamed.len(), 512 + 1024 + 512 + 512 + 512);
     }
 
+    /// What the tar crate really puts in the header we build: POSIX ustar,
+    /// root names, our mtime, zero device numbers, nothing from the machine.
+    #[test]
+    fn header_bytes_are_plain_ustar() {
+        let e = file("etc/kubernetes/config/kube-scheduler.yaml", b"x");
+        let h = header(&e, 1_700_000_000).unwrap();
+        let b = h.as_bytes();
+        let field = |at: usize, len: usize| {
+            String::from_utf8_lossy(&b[at..at + len])
+                .trim_end_matches('\0')
+                .to_string()
+        };
+        assert_eq!(field(0, 100), "etc/kubernetes/config/kube-scheduler.yaml");
+        assert_eq!(field(100, 8), "0000644");
+        assert_eq!(field(108, 8), "0000000");
+        assert_eq!(field(116, 8), "0000000");
+        assert_eq!(field(124, 12), "00000000001");
+        assert_eq!(
+            u64::from_str_radix(&field(136, 12), 8).unwrap(),
+            1_700_000_000
+        );
+        assert_eq!(b[156], b'0');
+        assert_eq!(&b[257..263], b"ustar\0");
+        assert_eq!(&b[263..265], b"00");
+        assert_eq!(field(265, 32), "root");
+        assert_eq!(field(297, 32), "root");
+        assert_eq!(field(329, 8), "0000000");
+        assert_eq!(field(337, 8), "0000000");
+        assert_eq!(field(345, 155), "", "short paths need no prefix");
+        // The checksum field is the octal sum of the header with the field as spaces.
+        let mut sum: u32 = b.iter().map(|&x| u32::from(x)).sum();
+        sum -= b[148..156].iter().map(|&x| u32::from(x)).sum::<u32>();
+        sum += 8 * u32::from(b' ');
+        assert_eq!(u32::from_str_radix(field(148, 8).trim(), 8).unwrap(), sum);
+    }
+
     #[test]
     fn a_short_source_is_an_error_not_padding() {
         let mut e = file("a", &[1u8; 10]);

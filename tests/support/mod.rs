@@ -251,3 +251,38 @@ pub fn sh(cmd: &mut Command) -> String {
 pub fn sha256_file(p: &Path) -> String {
     hex::encode(Sha256::digest(fs::read(p).unwrap()))
 }
+
+/// The seed guide's text, from the shared folder beside the repository.
+pub fn seed_text() -> String {
+    let dir = Path::new(REPO).join("../shared/seeds");
+    let mut texts = Vec::new();
+    for e in fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("the seed guide is expected in {}: {e}", dir.display()))
+    {
+        texts.push(fs::read_to_string(e.unwrap().path()).unwrap());
+    }
+    texts.join("\n")
+}
+
+/// The seed's heredocs whose command line starts with `prefix` (e.g.
+/// `cat <<EOF | sudo tee `): (rest of the command line, body), in order.
+pub fn seed_heredocs(prefix: &str) -> Vec<(String, String)> {
+    let text = seed_text();
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.strip_prefix(prefix) else {
+            continue;
+        };
+        let mut body = String::new();
+        for l in lines.by_ref() {
+            if l == "EOF" {
+                break;
+            }
+            body.push_str(l);
+            body.push('\n');
+        }
+        out.push((rest.trim().to_string(), body));
+    }
+    out
+}

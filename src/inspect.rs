@@ -1,0 +1,848 @@
+//! `imgbuild inspect`: list what an output holds, and check it against the build
+//! manifest. Reads tar.gz, cpio, cpio.gz, a split cpio pair (several files read
+//! as one stream, as the kernel does), a cloud-init folder and a seed image.
+//!
+//! user-data is read with a parser for the YAML subset imgbuild writes (see
+//! `write::cloud_init`); a user-data edited by hand may be refused.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, IoContext, Kind, Result};
+use crate::write::cloud_init::base64_decode;
+use crate::write::{cpio, vfat};
+
+/// One entry of an output, as found in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Absolute path in the rootfs (`/etc/...`), as in the manifest.
+    pub path: String,
+    /// "dir", "file" or "symlink".
+    pub kind: &'static str,
+    /// Permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `None` when the output does not carry it (a mirrored binary).
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+    pub target: Option<String>,
+}
+
+/// What kind of output was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artifact {
+    TarGz,
+    Cpio,
+    CloudInit,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    pub artifact: Artifact,
+    pub entries: Vec<Listed>,
+    /// cloud-init: whether the user-data installs the binaries (mirror/seed);
+    /// with `baked` they are not part of this output.
+    pub carries_binaries: bool,
+    /// Facts worth showing (format of each file, seed label, binaries mode).
+    pub notes: Vec<String>,
+}
+
+fn read_err(path: &Path) -> impl Fn(io::Error) -> Error + '_ {
+    move |e| {
+        let kind =
+            if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof {
+                Kind::Input
+            } else {
+                Kind::Io
+            };
+        Error::new(kind, format!("cannot read {}: {e}", path.display()))
+    }
+}
+
+/// Inspect one output (a file or a cloud-init folder), or several files read
+/// one after the other (a split cpio pair).
+pub fn inspect(paths: &[PathBuf]) -> Result<Inspected> {
+    let Some(first) = paths.first() else {
+        return Err(Error::input("inspect: name an output to read"));
+    };
+    if paths.len() == 1 && first.is_dir() {
+        return inspect_cloud_init_dir(first);
+    }
+    let mut kinds = Vec::new();
+    for p in paths {
+        kinds.push(sniff(p)?);
+    }
+    if paths.len() == 1 {
+        match kinds[0] {
+            Sniffed::Vfat => return inspect_seed(first),
+            Sniffed::GzTar => return inspect_tar(first),
+            _ => {}
+        }
+    }
+    for (p, k) in paths.iter().zip(&kinds) {
+        if !matches!(k, Sniffed::Cpio | Sniffed::GzCpio) {
+            return Err(Error::input(format!(
+                "{}: several files are read as one initramfs, so each must be a cpio or cpio.gz archive (this is {})",
+                p.display(),
+                k.name()
+            )));
+        }
+    }
+    let mut entries = Vec::new();
+    let mut notes = Vec::new();
+    for (p, k) in paths.iter().zip(&kinds) {
+        let file = BufReader::new(File::open(p).with_path("cannot open", p)?);
+        let members = if *k == Sniffed::GzCpio {
+            cpio::read_members(MultiGzDecoder::new(file))
+        } else {
+            cpio::read_members(file)
+        }
+        .map_err(|e| e.context(p.display()))?;
+        notes.push(format!(
+            "{}: {}, {} entries",
+            p.display(),
+            k.name(),
+            members.len()
+        ));
+        entries.extend(members.into_iter().map(|m| Listed {
+            path: format!(
+                "/{}",
+                m.path.trim_start_matches("./").trim_start_matches('/')
+            ),
+            kind: m.type_name(),
+            mode: m.perm(),
+            uid: m.uid,
+            gid: m.gid,
+            size: Some(if m.type_name() == "file" { m.size } else { 0 }),
+            sha256: m.sha256,
+            target: m.target,
+        }));
+    }
+    Ok(Inspected {
+        artifact: Artifact::Cpio,
+        entries,
+        carries_binaries: true,
+        notes,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sniffed {
+    GzTar,
+    GzCpio,
+    Cpio,
+    Vfat,
+}
+
+impl Sniffed {
+    fn name(self) -> &'static str {
+        match self {
+            Sniffed::GzTar => "tar.gz",
+            Sniffed::GzCpio => "cpio.gz",
+            Sniffed::Cpio => "cpio",
+            Sniffed::Vfat => "vfat image",
+        }
+    }
+}
+
+/// Tell formats apart by their bytes, not their names.
+fn sniff(path: &Path) -> Result<Sniffed> {
+    let mut f = File::open(path).with_path("cannot open", path)?;
+    let mut head = vec![0u8; 512];
+    let n = read_up_to(&mut f, &mut head).map_err(read_err(path))?;
+    head.truncate(n);
+    if head.starts_with(&[0x1f, 0x8b]) {
+        let mut inner = vec![0u8; 512];
+        let mut gz = MultiGzDecoder::new(BufReader::new(
+            File::open(path).with_path("cannot open", path)?,
+        ));
+        let n = read_up_to(&mut gz, &mut inner).map_err(read_err(path))?;
+        inner.truncate(n);
+        if inner.starts_with(b"070701") {
+            return Ok(Sniffed::GzCpio);
+        }
+        if inner.len() >= 262 && &inner[257..262] == b"ustar" {
+            return Ok(Sniffed::GzTar);
+        }
+        return Err(Error::input(format!(
+            "{}: a gzip stream holding neither a tar nor a newc cpio archive",
+            path.display()
+        )));
+    }
+    if head.starts_with(b"070701") {
+        return Ok(Sniffed::Cpio);
+    }
+    if head.len() == 512
+        && head[510..512] == [0x55, 0xaa]
+        && (head[54..57] == *b"FAT" || head[82..87] == *b"FAT32")
+    {
+        return Ok(Sniffed::Vfat);
+    }
+    Err(Error::input(format!(
+        "{}: not an imgbuild output (expected tar.gz, cpio, cpio.gz, a seed image or a cloud-init folder)",
+        path.display()
+    )))
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+fn inspect_tar(path: &Path) -> Result<Inspected> {
+    let file = BufReader::new(File::open(path).with_path("cannot open", path)?);
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(file));
+    let mut entries = Vec::new();
+    for e in archive.entries().map_err(read_err(path))? {
+        let mut e = e.map_err(read_err(path))?;
+        let h = e.header().clone();
+        let raw = e
+            .path()
+            .map_err(read_err(path))?
+            .to_string_lossy()
+            .into_owned();
+        let rel = raw
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .trim_end_matches('/');
+        let mode = h.mode().map_err(read_err(path))? & 0o7777;
+        let uid = h.uid().map_err(read_err(path))? as u32;
+        let gid = h.gid().map_err(read_err(path))? as u32;
+        let (kind, size, sha256, target) = match h.entry_type() {
+            tar::EntryType::Directory => ("dir", 0, None, None),
+            tar::EntryType::Symlink => {
+                let t = e
+                    .link_name()
+                    .map_err(read_err(path))?
+                    .map(|t| t.to_string_lossy().into_owned());
+                ("symlink", 0, None, t)
+            }
+            tar::EntryType::Regular => {
+                let mut hasher = Sha256::new();
+                let n = io::copy(&mut e, &mut HashSink(&mut hasher)).map_err(read_err(path))?;
+                ("file", n, Some(hex::encode(hasher.finalize())), None)
+            }
+            other => {
+                return Err(Error::input(format!(
+                    "{}: {rel} is a {other:?} entry, which imgbuild never writes",
+                    path.display()
+                )));
+            }
+        };
+        entries.push(Listed {
+            path: format!("/{rel}"),
+            kind,
+            mode,
+            uid,
+            gid,
+            size: Some(size),
+            sha256,
+            target,
+        });
+    }
+    Ok(Inspected {
+        artifact: Artifact::TarGz,
+        entries,
+        carries_binaries: true,
+        notes: vec![format!("{}: tar.gz", path.display())],
+    })
+}
+
+struct HashSink<'a>(&'a mut Sha256);
+
+impl io::Write for HashSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn maybe_gunzip(bytes: Vec<u8>, what: &str) -> Result<Vec<u8>> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes);
+    }
+    let mut out = Vec::new();
+    MultiGzDecoder::new(&bytes[..])
+        .read_to_end(&mut out)
+        .map_err(|e| Error::input(format!("{what}: bad gzip: {e}")))?;
+    Ok(out)
+}
+
+fn inspect_cloud_init_dir(dir: &Path) -> Result<Inspected> {
+    let ud = dir.join("user-data");
+    let bytes = std::fs::read(&ud).map_err(|e| {
+        Error::io("cannot read", &ud, e)
+            .context(format!("{} is not a cloud-init folder", dir.display()))
+    })?;
+    let text = maybe_gunzip(bytes, &ud.display().to_string())?;
+    let mut out = parse_user_data(&text, &ud.display().to_string())?;
+    let seed = dir.join("seed.img");
+    if seed.exists() {
+        // Sizes of seed-carried binaries come from the seed volume.
+        let (label, files) = vfat::read_vfat(&seed)?;
+        out.notes
+            .push(format!("{}: vfat, label {label}", seed.display()));
+        fill_seed_sizes(&mut out, &files);
+    }
+    Ok(out)
+}
+
+fn inspect_seed(image: &Path) -> Result<Inspected> {
+    let (label, files) = vfat::read_vfat(image)?;
+    let ud = vfat::read_vfat_file(image, "user-data")?
+        .ok_or_else(|| Error::input(format!("{}: no user-data on this volume", image.display())))?;
+    let text = maybe_gunzip(ud, &format!("{}::user-data", image.display()))?;
+    let mut out = parse_user_data(&text, &format!("{}::user-data", image.display()))?;
+    out.notes
+        .push(format!("{}: vfat, label {label}", image.display()));
+    fill_seed_sizes(&mut out, &files);
+    Ok(out)
+}
+
+/// Binaries installed from the seed: check the copy on the volume has the
+/// pinned digest and take its size.
+fn fill_seed_sizes(out: &mut Inspected, files: &[vfat::VfatEntry]) {
+    for e in out.entries.iter_mut().filter(|e| e.size.is_none()) {
+        let Some(name) = e.target.take() else {
+            continue;
+        };
+        let Some(f) = name.strip_prefix(&format!("{}/", crate::write::cloud_init::SEED_MOUNT))
+        else {
+            e.target = Some(name);
+            continue;
+        };
+        if let Some(v) = files.iter().find(|v| v.path == f) {
+            e.size = Some(v.size);
+            // The digest listed is what the volume holds; verify compares it with the pin.
+            e.sha256 = v.sha256.clone();
+        } else {
+            e.sha256 = Some(format!("(missing from the seed volume: {f})"));
+        }
+    }
+}
+
+/// A scalar of our YAML subset: a JSON string.
+fn scalar(v: &str, what: &str) -> Result<String> {
+    serde_json::from_str::<String>(v.trim()).map_err(|_| {
+        Error::input(format!(
+            "{what}: {v:?} is not a quoted string (was the user-data edited?)"
+        ))
+    })
+}
+
+fn parse_mode(s: &str, what: &str) -> Result<u32> {
+    u32::from_str_radix(s, 8)
+        .map_err(|_| Error::input(format!("{what}: permissions {s:?} are not octal")))
+}
+
+/// Read the user-data imgbuild writes back into entries.
+pub fn parse_user_data(text: &[u8], what: &str) -> Result<Inspected> {
+    let text = std::str::from_utf8(text).map_err(|_| Error::input(format!("{what}: not UTF-8")))?;
+    if !text.starts_with("#cloud-config\n") {
+        return Err(Error::input(format!(
+            "{what}: does not start with #cloud-config"
+        )));
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut section = "";
+    let mut entries: Vec<Listed> = Vec::new();
+    let mut files: Vec<BTreeMap<&str, String>> = Vec::new();
+    let mut chowns: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    let mut carries = false;
+    let mut mode_name = String::from("baked");
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
+        if line.starts_with('#') || line.is_empty() {
+            if let Some((_, m)) = line.split_once("| binaries ") {
+                mode_name = m.trim().to_string();
+            }
+            continue;
+        }
+        if !line.starts_with(['-', ' ']) {
+            section = line
+                .strip_suffix(':')
+                .ok_or_else(|| Error::input(format!("{what}: line {i}: unexpected {line:?}")))?;
+            continue;
+        }
+        let bad = |why: &str| Error::input(format!("{what}: line {i}: {why}: {line:?}"));
+        match section {
+            "bootcmd" | "runcmd" => {
+                let item = line
+                    .strip_prefix("- ")
+                    .ok_or_else(|| bad("expected a list item"))?;
+                let argv: Vec<String> = match serde_json::from_str::<serde_json::Value>(item) {
+                    Ok(serde_json::Value::Array(a)) => a
+                        .into_iter()
+                        .map(|v| {
+                            v.as_str()
+                                .map(String::from)
+                                .ok_or_else(|| bad("non-string argument"))
+                        })
+                        .collect::<Result<_>>()?,
+                    Ok(serde_json::Value::String(_)) => continue,
+                    _ => return Err(bad("expected a JSON-style list")),
+                };
+                let a: Vec<&str> = argv.iter().map(String::as_str).collect();
+                match a.as_slice() {
+                    ["install", "-d", "-m", mode, "-o", uid, "-g", gid, path] => {
+                        entries.push(Listed {
+                            path: path.to_string(),
+                            kind: "dir",
+                            mode: parse_mode(mode, what)?,
+                            uid: uid.parse().map_err(|_| bad("bad uid"))?,
+                            gid: gid.parse().map_err(|_| bad("bad gid"))?,
+                            size: Some(0),
+                            sha256: None,
+                            target: None,
+                        })
+                    }
+                    ["ln", "-sfnT", target, path] => entries.push(Listed {
+                        path: path.to_string(),
+                        kind: "symlink",
+                        mode: 0o777,
+                        uid: 0,
+                        gid: 0,
+                        size: Some(0),
+                        sha256: None,
+                        target: Some(target.to_string()),
+                    }),
+                    ["chown", owner, path] => {
+                        let (u, g) = owner.split_once(':').ok_or_else(|| bad("bad owner"))?;
+                        chowns.insert(
+                            path.to_string(),
+                            (
+                                u.parse().map_err(|_| bad("bad uid"))?,
+                                g.parse().map_err(|_| bad("bad gid"))?,
+                            ),
+                        );
+                    }
+                    [
+                        "sh",
+                        "-c",
+                        _,
+                        "imgbuild-install",
+                        src,
+                        sha,
+                        dest,
+                        mode,
+                        owner,
+                    ] => {
+                        carries = true;
+                        let (u, g) = owner.split_once(':').ok_or_else(|| bad("bad owner"))?;
+                        entries.push(Listed {
+                            path: dest.to_string(),
+                            kind: "file",
+                            mode: parse_mode(mode, what)?,
+                            uid: u.parse().map_err(|_| bad("bad uid"))?,
+                            gid: g.parse().map_err(|_| bad("bad gid"))?,
+                            size: None,
+                            sha256: Some(sha.to_string()),
+                            // Where it comes from, until a seed volume says more.
+                            target: Some(src.to_string()),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            "write_files" => {
+                let (rest, new) = match line.strip_prefix("- ") {
+                    Some(r) => (r, true),
+                    None => (
+                        line.strip_prefix("  ")
+                            .ok_or_else(|| bad("bad indentation"))?,
+                        false,
+                    ),
+                };
+                if new {
+                    files.push(BTreeMap::new());
+                }
+                let cur = files
+                    .last_mut()
+                    .ok_or_else(|| bad("field outside a list item"))?;
+                let (key, value) = rest
+                    .split_once(": ")
+                    .ok_or_else(|| bad("expected key: value"))?;
+                let key = match key {
+                    "path" => "path",
+                    "owner" => "owner",
+                    "permissions" => "permissions",
+                    "encoding" => "encoding",
+                    "content" => "content",
+                    _ => return Err(bad("unknown write_files field")),
+                };
+                if key == "content" && value == "|" {
+                    let mut block = Vec::new();
+                    while i < lines.len() && (lines[i].is_empty() || lines[i].starts_with("    ")) {
+                        block.push(lines[i].get(4..).unwrap_or(""));
+                        i += 1;
+                    }
+                    while block.last() == Some(&"") {
+                        block.pop();
+                    }
+                    cur.insert("content", format!("{}\n", block.join("\n")));
+                    cur.insert("literal", String::new());
+                } else {
+                    cur.insert(key, scalar(value, what)?);
+                }
+            }
+            _ => return Err(bad("unknown section")),
+        }
+    }
+    for f in &files {
+        let path = f
+            .get("path")
+            .ok_or_else(|| Error::input(format!("{what}: a write_files item has no path")))?;
+        let content = f.get("content").cloned().unwrap_or_default();
+        let bytes = match f.get("encoding").map(String::as_str) {
+            None => content.into_bytes(),
+            Some("b64") => base64_decode(&content)
+                .ok_or_else(|| Error::input(format!("{what}: {path}: content is not base64")))?,
+            Some(other) => {
+                return Err(Error::input(format!(
+                    "{what}: {path}: encoding {other} is not one imgbuild writes"
+                )));
+            }
+        };
+        let (uid, gid) = match chowns.get(path) {
+            Some(o) => *o,
+            None if f.get("owner").map(String::as_str) == Some("root:root") => (0, 0),
+            None => {
+                return Err(Error::input(format!(
+                    "{what}: {path}: owner must be root:root"
+                )));
+            }
+        };
+        let mode = parse_mode(
+            f.get("permissions").map(String::as_str).unwrap_or("0644"),
+            what,
+        )?;
+        entries.push(Listed {
+            path: path.clone(),
+            kind: "file",
+            mode,
+            uid,
+            gid,
+            size: Some(bytes.len() as u64),
+            sha256: Some(hex::encode(Sha256::digest(&bytes))),
+            target: None,
+        });
+    }
+    entries.sort_by(|a, b| crate::plan::path_order(&a.path, &b.path));
+    Ok(Inspected {
+        artifact: Artifact::CloudInit,
+        entries,
+        carries_binaries: carries,
+        notes: vec![format!("{what}: cloud-config, binaries {mode_name}")],
+    })
+}
+
+// ---------------------------------------------------------------------------
+// --verify
+
+#[derive(Debug, Deserialize)]
+pub struct ManifestFile {
+    pub node_index: Option<usize>,
+    pub node_name: Option<String>,
+    pub entries: Vec<ManifestEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ManifestEntry {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub sha256: Option<String>,
+    pub target: Option<String>,
+    #[serde(default)]
+    pub shared: bool,
+}
+
+pub fn read_manifest(path: &Path) -> Result<ManifestFile> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::io("cannot read manifest", path, e)
+            .context("pass --manifest FILE (the controller-<N>.manifest.json of the build)")
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::input(format!("manifest {}: {e}", path.display())))
+}
+
+/// The manifest beside an output: `controller-<N>.manifest.json` for
+/// `controller-<N>.tar.gz`, `controller-<N>-node.cpio.gz`, `controller-<N>-cloud-init/`, ...
+pub fn default_manifest(paths: &[PathBuf]) -> Option<PathBuf> {
+    for p in paths {
+        let name = p.file_name()?.to_string_lossy().into_owned();
+        let rest = name.strip_prefix("controller-")?;
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if digits.is_empty() {
+            continue;
+        }
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        return Some(dir.join(format!("controller-{digits}.manifest.json")));
+    }
+    None
+}
+
+/// Every difference between the output and the manifest, as sentences.
+pub fn verify(found: &Inspected, manifest: &ManifestFile) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut by_path: BTreeMap<&str, &Listed> = BTreeMap::new();
+    for e in &found.entries {
+        if let Some(prev) = by_path.insert(&e.path, e) {
+            // A folder in both halves of a split pair is fine if identical.
+            if prev != e || e.kind != "dir" {
+                problems.push(format!("{}: appears twice, differently", e.path));
+            }
+        }
+    }
+    let expected: Vec<&ManifestEntry> = manifest
+        .entries
+        .iter()
+        .filter(|m| {
+            // cloud-init with baked binaries carries only the node's part.
+            found.artifact != Artifact::CloudInit || found.carries_binaries || !m.shared
+        })
+        .collect();
+    for m in &expected {
+        let Some(f) = by_path.remove(m.path.as_str()) else {
+            problems.push(format!(
+                "{}: in the manifest, missing from the output",
+                m.path
+            ));
+            continue;
+        };
+        let mut diff = |what: &str, want: String, got: String| {
+            if want != got {
+                problems.push(format!(
+                    "{}: {what} is {got}, the manifest says {want}",
+                    m.path
+                ));
+            }
+        };
+        diff("type", m.kind.clone(), f.kind.to_string());
+        diff("mode", m.mode.clone(), format!("{:04o}", f.mode));
+        diff(
+            "owner",
+            format!("{}:{}", m.uid, m.gid),
+            format!("{}:{}", f.uid, f.gid),
+        );
+        if m.kind == "file" {
+            if let Some(size) = f.size {
+                diff("size", m.size.to_string(), size.to_string());
+            }
+            diff(
+                "sha256",
+                m.sha256.clone().unwrap_or_default(),
+                f.sha256.clone().unwrap_or_default(),
+            );
+        }
+        if m.kind == "symlink" {
+            diff(
+                "link target",
+                m.target.clone().unwrap_or_default(),
+                f.target.clone().unwrap_or_default(),
+            );
+        }
+    }
+    for extra in by_path.keys() {
+        problems.push(format!("{extra}: in the output, not in the manifest"));
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{EntryKind, Plan};
+    use crate::write::cloud_init::{self, Binaries, Options, Provider};
+    use crate::write::cpio::{Part, tests::sample_plan};
+
+    fn manifest_of(plan: &Plan) -> ManifestFile {
+        let json = crate::write::manifest::render(plan, "test", vec![]);
+        serde_json::from_slice(&json).unwrap()
+    }
+
+    #[test]
+    fn split_cpio_pair_verifies_and_tampering_is_found() {
+        let plan = sample_plan();
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("controller-shared.cpio.gz");
+        let node = dir.path().join("controller-1-node.cpio");
+        cpio::write_file(&plan, Part::Shared, true, &shared).unwrap();
+        cpio::write_file(&plan, Part::PerNode, false, &node).unwrap();
+        let found = inspect(&[shared.clone(), node.clone()]).unwrap();
+        let manifest = manifest_of(&plan);
+        assert_eq!(verify(&found, &manifest), Vec::<String>::new());
+
+        // Only one half: the other half's entries are missing.
+        let half = inspect(std::slice::from_ref(&node)).unwrap();
+        assert!(
+            verify(&half, &manifest)
+                .iter()
+                .any(|p| p.contains("/usr/local/bin/kubectl: in the manifest, missing"))
+        );
+
+        // A changed mode and a changed byte in the per-node archive.
+        let mut bytes = std::fs::read(&node).unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let at = text.find("per node").unwrap();
+        bytes[at] = b'P';
+        std::fs::write(&node, &bytes).unwrap();
+        let problems = verify(&inspect(&[shared, node]).unwrap(), &manifest);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("/usr/local/node.conf: sha256 is"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn tar_gz_of_main_writer_verifies() {
+        let plan = sample_plan();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller-1.tar.gz");
+        let mut out = Vec::new();
+        crate::write::tar::write_shared(plan.shared().collect(), plan.meta.mtime, &mut out, 2)
+            .unwrap();
+        let out = crate::write::tar::write_per_node(plan.per_node(), plan.meta.mtime, out).unwrap();
+        std::fs::write(&path, out).unwrap();
+        let found = inspect(std::slice::from_ref(&path)).unwrap();
+        assert_eq!(found.artifact, Artifact::TarGz);
+        assert_eq!(verify(&found, &manifest_of(&plan)), Vec::<String>::new());
+        let mut other = plan.clone();
+        other
+            .entries
+            .retain(|e| e.path != "var/lib/kubernetes/empty");
+        let problems = verify(&found, &manifest_of(&other));
+        assert_eq!(
+            problems,
+            ["/var/lib/kubernetes/empty: in the output, not in the manifest"]
+        );
+    }
+
+    #[test]
+    fn cloud_init_folder_and_seed_verify_in_every_mode() {
+        let plan = sample_plan();
+        let manifest = manifest_of(&plan);
+        let dir = tempfile::tempdir().unwrap();
+        for binaries in [
+            Binaries::Baked,
+            Binaries::Mirror("https://127.0.0.1/m".into()),
+            Binaries::Seed,
+        ] {
+            let opts = Options {
+                binaries: binaries.clone(),
+                provider: Provider::Nocloud,
+                network: None,
+                unit_order: vec![],
+            };
+            let r = cloud_init::render(&plan, &opts).unwrap();
+            let dest = dir
+                .path()
+                .join(format!("controller-1-cloud-init-{}", binaries.name()));
+            cloud_init::write_folder(&plan, &r, &dest).unwrap();
+            for target in [dest.clone(), dest.join("seed.img")] {
+                let found = inspect(std::slice::from_ref(&target)).unwrap();
+                assert_eq!(found.carries_binaries, binaries != Binaries::Baked);
+                assert_eq!(
+                    verify(&found, &manifest),
+                    Vec::<String>::new(),
+                    "{binaries:?} {target:?}"
+                );
+            }
+        }
+        // A seed whose binary is not the pinned one fails verification.
+        let mut bad = plan.clone();
+        let e = bad
+            .entries
+            .iter_mut()
+            .find(|e| e.path == "usr/local/bin/kubectl")
+            .unwrap();
+        *e = crate::write::cpio::tests::file("usr/local/bin/kubectl", 0o755, b"not kubectl", true);
+        let opts = Options {
+            binaries: Binaries::Seed,
+            provider: Provider::Nocloud,
+            network: None,
+            unit_order: vec![],
+        };
+        let r = cloud_init::render(&bad, &opts).unwrap();
+        let dest = dir.path().join("bad");
+        cloud_init::write_folder(&bad, &r, &dest).unwrap();
+        let problems = verify(&inspect(&[dest]).unwrap(), &manifest);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("/usr/local/bin/kubectl: size")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("/usr/local/bin/kubectl: sha256")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn parsed_user_data_matches_the_plan_exactly() {
+        let plan = sample_plan();
+        let opts = Options {
+            binaries: Binaries::Baked,
+            provider: Provider::Nocloud,
+            network: None,
+            unit_order: vec![],
+        };
+        let r = cloud_init::render(&plan, &opts).unwrap();
+        let found = parse_user_data(r.user_data_text.as_bytes(), "user-data").unwrap();
+        let files: Vec<_> = found.entries.iter().filter(|e| e.kind == "file").collect();
+        let want: Vec<_> = plan
+            .per_node()
+            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+            .collect();
+        assert_eq!(files.len(), want.len());
+        assert!(parse_user_data(b"#cloud-config\nwrite_files:\n- path: /x\n", "u").is_err());
+    }
+
+    #[test]
+    fn default_manifest_names() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            default_manifest(&[
+                p("out/controller-shared.cpio.gz"),
+                p("out/controller-2-node.cpio.gz")
+            ]),
+            Some(p("out/controller-2.manifest.json"))
+        );
+        assert_eq!(
+            default_manifest(&[p("controller-12-cloud-init")]),
+            Some(p("./controller-12.manifest.json"))
+        );
+        assert_eq!(default_manifest(&[p("x.tar.gz")]), None);
+    }
+}

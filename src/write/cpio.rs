@@ -1,0 +1,945 @@
+//! Initramfs archives: the SVR4 "newc" cpio format the Linux kernel unpacks.
+//!
+//! The 110-byte header is written by hand (13 fixed-width hex fields) so every
+//! byte is ours to decide: inode numbers count up from a fixed start, nlink is 1
+//! for files and symlinks and 2 for folders, device numbers are 0, mtime is the
+//! plan's, and the check field is 0. Names and data are padded to 4 bytes.
+//!
+//! The kernel unpacks concatenated archives (compressed or not) in order, so a
+//! plan can be split into the node-independent part (binaries and the folders
+//! they need) and the per-node part (configuration and the folders it needs):
+//! both unpack to the same tree as the whole archive.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Kind, Result};
+use crate::plan::{Content, Entry, EntryKind, Plan};
+use crate::write::manifest::OutputFile;
+use crate::write::output::write_atomic;
+use crate::write::tar::HashingWriter;
+
+const MAGIC: &[u8; 6] = b"070701";
+const HEADER_LEN: usize = 110;
+const TRAILER: &str = "TRAILER!!!";
+
+const S_IFDIR: u32 = 0o040_000;
+const S_IFREG: u32 = 0o100_000;
+const S_IFLNK: u32 = 0o120_000;
+const S_IFMT: u32 = 0o170_000;
+
+/// Which entries of a plan an archive holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Everything: one archive per node.
+    Whole,
+    /// Node-independent entries (binaries) and their parent folders.
+    Shared,
+    /// Node-specific entries (configuration, PKI) and their parent folders.
+    PerNode,
+}
+
+impl Part {
+    /// Where inode numbers start. The two halves of a split use disjoint ranges
+    /// so the concatenated pair still has unique inode numbers.
+    pub fn first_ino(self) -> u32 {
+        match self {
+            Part::Whole | Part::Shared => 1,
+            Part::PerNode => 0x4000_0001,
+        }
+    }
+}
+
+/// The entries of `part`, plus every folder they need, parents before children.
+/// A folder needed by both halves appears in both with the same metadata. The
+/// whole archive follows the order of every writer (`write::ordered`): the
+/// shared half, then the node's half without the folders already written.
+pub fn select(plan: &Plan, part: Part) -> Vec<&Entry> {
+    match part {
+        Part::Whole => {
+            let mut out = select(plan, Part::Shared);
+            let seen: std::collections::BTreeSet<&str> =
+                out.iter().map(|e| e.path.as_str()).collect();
+            let rest: Vec<&Entry> = select(plan, Part::PerNode)
+                .into_iter()
+                .filter(|e| !seen.contains(e.path.as_str()))
+                .collect();
+            out.extend(rest);
+            out
+        }
+        Part::Shared | Part::PerNode => {
+            let shared = part == Part::Shared;
+            let mut needed: std::collections::BTreeSet<&str> = Default::default();
+            for e in plan.entries.iter().filter(|e| e.shared == shared) {
+                let mut path = e.path.as_str();
+                while let Some((parent, _)) = path.rsplit_once('/') {
+                    needed.insert(parent);
+                    path = parent;
+                }
+            }
+            plan.entries
+                .iter()
+                .filter(|e| {
+                    e.shared == shared
+                        || (matches!(e.kind, EntryKind::Dir) && needed.contains(e.path.as_str()))
+                })
+                .collect()
+        }
+    }
+}
+
+/// The cpio mode word: file type bits and permission bits.
+pub fn cpio_mode(entry: &Entry) -> u32 {
+    let kind = match entry.kind {
+        EntryKind::Dir => S_IFDIR,
+        EntryKind::File { .. } => S_IFREG,
+        EntryKind::Symlink { .. } => S_IFLNK,
+    };
+    kind | (entry.mode & 0o7777)
+}
+
+/// Writes newc entries to `out` with unique inode numbers.
+pub struct CpioWriter<W: Write> {
+    out: W,
+    next_ino: u32,
+    mtime: u32,
+}
+
+fn write_err(e: io::Error) -> Error {
+    Error::new(Kind::Io, format!("cannot write the cpio archive: {e}"))
+}
+
+impl<W: Write> CpioWriter<W> {
+    pub fn new(out: W, mtime: u64, first_ino: u32) -> Result<Self> {
+        let mtime = u32::try_from(mtime).map_err(|_| {
+            Error::input(format!(
+                "mtime {mtime} does not fit the cpio header (32 bits); set SOURCE_DATE_EPOCH to an earlier time"
+            ))
+        })?;
+        Ok(CpioWriter {
+            out,
+            next_ino: first_ino,
+            mtime,
+        })
+    }
+
+    fn header(
+        &mut self,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        nlink: u32,
+        size: u64,
+    ) -> Result<()> {
+        let size = u32::try_from(size).map_err(|_| {
+            Error::input(format!(
+                "{name} is {size} bytes; the newc cpio format holds at most 4 GiB per file"
+            ))
+        })?;
+        let ino = if name == TRAILER { 0 } else { self.next_ino };
+        let namesize = name.len() as u32 + 1;
+        let fields = [
+            ino, mode, uid, gid, nlink, self.mtime, size, 0, 0, 0, 0, namesize, 0,
+        ];
+        let mut head = String::with_capacity(HEADER_LEN);
+        head.push_str("070701");
+        for f in fields {
+            head.push_str(&format!("{f:08X}"));
+        }
+        debug_assert_eq!(head.len(), HEADER_LEN);
+        self.out.write_all(head.as_bytes()).map_err(write_err)?;
+        self.out.write_all(name.as_bytes()).map_err(write_err)?;
+        self.out.write_all(&[0]).map_err(write_err)?;
+        self.pad(HEADER_LEN + namesize as usize)?;
+        if name != TRAILER {
+            self.next_ino = self
+                .next_ino
+                .checked_add(1)
+                .ok_or_else(|| Error::input("too many cpio entries"))?;
+        }
+        Ok(())
+    }
+
+    fn pad(&mut self, len: usize) -> Result<()> {
+        let pad = (4 - len % 4) % 4;
+        self.out.write_all(&[0u8; 3][..pad]).map_err(write_err)
+    }
+
+    /// Append one plan entry; file bytes stream from `Entry::open` and must be
+    /// exactly the recorded size (and, for in-memory content, digest).
+    pub fn entry(&mut self, entry: &Entry) -> Result<()> {
+        let mode = cpio_mode(entry);
+        match &entry.kind {
+            EntryKind::Dir => self.header(&entry.path, mode, entry.uid, entry.gid, 2, 0),
+            EntryKind::Symlink { target } => {
+                self.header(
+                    &entry.path,
+                    mode,
+                    entry.uid,
+                    entry.gid,
+                    1,
+                    target.len() as u64,
+                )?;
+                self.out.write_all(target.as_bytes()).map_err(write_err)?;
+                self.pad(target.len())
+            }
+            EntryKind::File {
+                size,
+                sha256,
+                content,
+            } => {
+                self.header(&entry.path, mode, entry.uid, entry.gid, 1, *size)?;
+                let reader = entry.open()?;
+                // Blob readers verify their digest themselves; hash in-memory content here.
+                let hash = matches!(content, Content::Inline(_));
+                let (copied, digest) = copy_exact(reader, &mut self.out, *size, hash, &entry.path)?;
+                debug_assert_eq!(copied, *size);
+                if let Some(d) = digest
+                    && &d != sha256
+                {
+                    return Err(Error::integrity(format!(
+                        "{}: content sha256 is {d}, the plan records {sha256}",
+                        entry.path
+                    )));
+                }
+                self.pad((*size % 4) as usize)
+            }
+        }
+    }
+
+    /// Write the trailer and hand back the output stream.
+    pub fn finish(mut self) -> Result<W> {
+        self.header(TRAILER, 0, 0, 0, 1, 0)?;
+        self.out.flush().map_err(write_err)?;
+        Ok(self.out)
+    }
+}
+
+/// Copy exactly `size` bytes: a reader that yields more or fewer is an error,
+/// never a silent truncation or pad. Reads to EOF so verifying readers check.
+fn copy_exact(
+    mut reader: impl Read,
+    out: &mut impl Write,
+    size: u64,
+    hash: bool,
+    path: &str,
+) -> Result<(u64, Option<String>)> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut done = 0u64;
+    let mut hasher = hash.then(Sha256::new);
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(Error::integrity(format!("{path}: {e}")));
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    Kind::Io,
+                    format!("cannot read the bytes of {path}: {e}"),
+                ));
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        if done + n as u64 > size {
+            return Err(Error::integrity(format!(
+                "{path}: its content is longer than the {size} bytes the plan records"
+            )));
+        }
+        out.write_all(&buf[..n]).map_err(write_err)?;
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        done += n as u64;
+    }
+    if done != size {
+        return Err(Error::integrity(format!(
+            "{path}: its content is {done} bytes, the plan records {size}"
+        )));
+    }
+    Ok((done, hasher.map(|h| hex::encode(h.finalize()))))
+}
+
+/// Write `entries` as one complete newc archive (with trailer) to `out`.
+pub fn write_cpio<'a, W: Write>(
+    entries: impl IntoIterator<Item = &'a Entry>,
+    mtime: u64,
+    first_ino: u32,
+    out: W,
+) -> Result<W> {
+    let mut w = CpioWriter::new(out, mtime, first_ino)?;
+    for e in entries {
+        w.entry(e)?;
+    }
+    w.finish()
+}
+
+/// Write the `part` of `plan` as one archive.
+pub fn write_part<W: Write>(plan: &Plan, part: Part, out: W) -> Result<W> {
+    write_cpio(select(plan, part), plan.meta.mtime, part.first_ino(), out)
+}
+
+/// Write the `part` of `plan` to `dest` atomically, gzipped or not. The file is
+/// 0600 when it holds a secret (private keys), 0644 otherwise. Returns the
+/// written file's name, sha256 and size for the manifest.
+pub fn write_file(
+    plan: &Plan,
+    part: Part,
+    gzip: bool,
+    dest: &Path,
+) -> Result<(PathBuf, OutputFile)> {
+    let entries = select(plan, part);
+    let mode = if entries.iter().any(|e| e.secret) {
+        0o600
+    } else {
+        0o644
+    };
+    let first_ino = part.first_ino();
+    let mtime = plan.meta.mtime;
+    let mut digest = None;
+    let path = write_atomic(dest, mode, |out| {
+        let hashing = HashingWriter::new(out);
+        let res = if gzip {
+            let gz = write_cpio(entries, mtime, first_ino, super::gz::encoder(hashing))?;
+            gz.finish().map_err(write_err)
+        } else {
+            write_cpio(entries, mtime, first_ino, hashing)
+        };
+        let (_, sha256, size) = res.map_err(|e| e.context(dest.display()))?.finish();
+        digest = Some((sha256, size));
+        Ok(())
+    })?;
+    let (sha256, size) = digest.expect("set on success");
+    let name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    Ok((path, OutputFile { name, sha256, size }))
+}
+
+// ---------------------------------------------------------------------------
+// Reading, for `inspect` and for tests.
+
+/// What a cpio member looks like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub path: String,
+    /// Full mode word (type and permission bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub mtime: u32,
+    pub ino: u32,
+    pub size: u64,
+    /// sha256 of the data of regular files.
+    pub sha256: Option<String>,
+    /// Target of symlinks.
+    pub target: Option<String>,
+}
+
+impl Member {
+    pub fn type_name(&self) -> &'static str {
+        match self.mode & S_IFMT {
+            S_IFDIR => "dir",
+            S_IFREG => "file",
+            S_IFLNK => "symlink",
+            _ => "other",
+        }
+    }
+    pub fn perm(&self) -> u32 {
+        self.mode & 0o7777
+    }
+}
+
+fn bad(what: impl Into<String>) -> Error {
+    Error::input(format!("not a valid newc cpio archive: {}", what.into()))
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(Error::new(
+                    Kind::Io,
+                    format!("cannot read the cpio archive: {e}"),
+                ));
+            }
+        }
+    }
+    Ok(done)
+}
+
+fn skip(r: &mut impl Read, n: u64) -> Result<()> {
+    let got = io::copy(&mut r.take(n), &mut io::sink())
+        .map_err(|e| Error::new(Kind::Io, format!("cannot read the cpio archive: {e}")))?;
+    if got != n {
+        return Err(bad("truncated"));
+    }
+    Ok(())
+}
+
+/// Read every member of a stream of one or more concatenated newc archives, as
+/// the kernel does: after a trailer, zero padding and then another archive may follow.
+pub fn read_members(mut r: impl Read) -> Result<Vec<Member>> {
+    let mut members = Vec::new();
+    let mut pos: u64 = 0;
+    let mut head = [0u8; HEADER_LEN];
+    loop {
+        // Skip zero padding between archives (in 4-byte steps, like the kernel).
+        let mut first = [0u8; 4];
+        let n = read_full(&mut r, &mut first)?;
+        if n == 0 {
+            break;
+        }
+        if n < 4 {
+            return Err(bad(format!("truncated at byte {pos}")));
+        }
+        pos += 4;
+        if first == [0; 4] {
+            continue;
+        }
+        head[..4].copy_from_slice(&first);
+        if read_full(&mut r, &mut head[4..])? != HEADER_LEN - 4 {
+            return Err(bad(format!("truncated header at byte {}", pos - 4)));
+        }
+        pos += (HEADER_LEN - 4) as u64;
+        if &head[..6] != MAGIC {
+            return Err(bad(format!(
+                "bad magic at byte {}",
+                pos - HEADER_LEN as u64
+            )));
+        }
+        let field = |i: usize| -> Result<u32> {
+            let s = std::str::from_utf8(&head[6 + 8 * i..14 + 8 * i])
+                .map_err(|_| bad("non-ASCII header"))?;
+            u32::from_str_radix(s, 16).map_err(|_| bad(format!("bad header field {s:?}")))
+        };
+        let (ino, mode, uid, gid, nlink, mtime, size) = (
+            field(0)?,
+            field(1)?,
+            field(2)?,
+            field(3)?,
+            field(4)?,
+            field(5)?,
+            field(6)? as u64,
+        );
+        let namesize = field(11)? as usize;
+        if namesize == 0 || namesize > 4096 {
+            return Err(bad(format!("bad name size {namesize}")));
+        }
+        let name_pad = (4 - (HEADER_LEN + namesize) % 4) % 4;
+        let mut name = vec![0u8; namesize + name_pad];
+        if read_full(&mut r, &mut name)? != name.len() {
+            return Err(bad("truncated name"));
+        }
+        pos += name.len() as u64;
+        if name[namesize - 1] != 0 {
+            return Err(bad("name not NUL-terminated"));
+        }
+        let name =
+            String::from_utf8(name[..namesize - 1].to_vec()).map_err(|_| bad("non-UTF-8 name"))?;
+        let data_pad = (4 - size % 4) % 4;
+        if name == TRAILER {
+            skip(&mut r, size + data_pad)?;
+            pos += size + data_pad;
+            continue;
+        }
+        let mut member = Member {
+            path: name,
+            mode,
+            uid,
+            gid,
+            nlink,
+            mtime,
+            ino,
+            size,
+            sha256: None,
+            target: None,
+        };
+        match mode & S_IFMT {
+            S_IFREG => {
+                let mut hasher = Sha256::new();
+                let mut limited = (&mut r).take(size);
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut got = 0u64;
+                loop {
+                    let n = read_full(&mut limited, &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    got += n as u64;
+                }
+                if got != size {
+                    return Err(bad(format!("{} is truncated", member.path)));
+                }
+                member.sha256 = Some(hex::encode(hasher.finalize()));
+                skip(&mut r, data_pad)?;
+            }
+            S_IFLNK => {
+                let mut target = vec![0u8; size as usize];
+                if read_full(&mut r, &mut target)? != target.len() {
+                    return Err(bad(format!("{} is truncated", member.path)));
+                }
+                member.target =
+                    Some(String::from_utf8(target).map_err(|_| bad("non-UTF-8 link target"))?);
+                skip(&mut r, data_pad)?;
+            }
+            _ => skip(&mut r, size + data_pad)?,
+        }
+        pos += size + data_pad;
+        members.push(member);
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::plan::{Meta, Origin, sha256_hex};
+    use std::process::Command;
+    use std::sync::Arc;
+
+    fn entry(path: &str, mode: u32, kind: EntryKind, shared: bool) -> Entry {
+        Entry {
+            path: path.into(),
+            mode,
+            uid: 0,
+            gid: 0,
+            kind,
+            origin: Origin::Generated {
+                what: "test".into(),
+            },
+            shared,
+            secret: false,
+        }
+    }
+
+    pub(crate) fn file(path: &str, mode: u32, bytes: &[u8], shared: bool) -> Entry {
+        entry(
+            path,
+            mode,
+            EntryKind::File {
+                size: bytes.len() as u64,
+                sha256: sha256_hex(bytes),
+                content: Content::Inline(Arc::from(bytes)),
+            },
+            shared,
+        )
+    }
+
+    pub(crate) fn dir(path: &str, mode: u32, shared: bool) -> Entry {
+        entry(path, mode, EntryKind::Dir, shared)
+    }
+
+    /// A small control-plane-like plan: binaries shared, configuration per node.
+    pub(crate) fn sample_plan() -> Plan {
+        let mut key = file(
+            "var/lib/kubernetes/ca-key.pem",
+            0o600,
+            b"-----BEGIN KEY-----\nsecret\n",
+            false,
+        );
+        key.secret = true;
+        let mut entries = vec![
+            dir("etc", 0o755, false),
+            dir("etc/systemd", 0o755, false),
+            dir("etc/systemd/system", 0o755, false),
+            file(
+                "etc/systemd/system/kube-apiserver.service",
+                0o644,
+                b"[Unit]\nDescription=Kubernetes API Server\n\n[Service]\nExecStart=/usr/local/bin/kube-apiserver\n",
+                false,
+            ),
+            dir("etc/systemd/system/multi-user.target.wants", 0o755, false),
+            entry(
+                "etc/systemd/system/multi-user.target.wants/kube-apiserver.service",
+                0o777,
+                EntryKind::Symlink {
+                    target: "/etc/systemd/system/kube-apiserver.service".into(),
+                },
+                false,
+            ),
+            dir("usr", 0o755, true),
+            dir("usr/local", 0o755, true),
+            dir("usr/local/bin", 0o755, true),
+            file("usr/local/bin/kube-apiserver", 0o755, &[0x7f, b'E', b'L', b'F', 1, 2, 3], true),
+            file("usr/local/bin/kubectl", 0o755, &vec![0xAB; 70_001], true),
+            dir("var", 0o755, false),
+            dir("var/lib", 0o755, false),
+            dir("var/lib/kubernetes", 0o700, false),
+            key,
+            file("var/lib/kubernetes/empty", 0o644, b"", false),
+            // Per-node file in a folder the binaries also need: the folder goes in both halves.
+            file("usr/local/node.conf", 0o644, b"per node\n", false),
+        ];
+        entries.reverse();
+        let mut plan = Plan {
+            meta: Meta {
+                imgbuild_version: "0".into(),
+                recipe: "test".into(),
+                kubernetes_version: "v1.36.0".into(),
+                arch: "amd64".into(),
+                cluster: "c".into(),
+                node_index: 1,
+                node_name: "controller-1".into(),
+                inventory_sha256: String::new(),
+                mtime: 1_700_000_000,
+            },
+            entries,
+        };
+        plan.finish().unwrap();
+        plan
+    }
+
+    #[test]
+    fn gzip_file_is_reproducible_and_private_when_secret() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let plan = sample_plan();
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.cpio.gz");
+        let b = dir.path().join("b.cpio.gz");
+        write_file(&plan, Part::Whole, true, &a).unwrap();
+        write_file(&plan, Part::Whole, true, &b).unwrap();
+        let bytes = std::fs::read(&a).unwrap();
+        assert_eq!(bytes, std::fs::read(&b).unwrap());
+        assert_eq!(&bytes[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
+        let plain = flate2::read::GzDecoder::new(&bytes[..]);
+        assert_eq!(read_members(plain).unwrap().len(), plan.entries.len());
+        // One gzip member per archive: the kernel refuses a cpio archive cut
+        // across members ("junk at the end of compressed archive", seen with
+        // Debian's 6.1 kernel), so the parallel member-per-chunk gzip is not for cpio.
+        let mut first = Vec::new();
+        let mut dec = flate2::bufread::GzDecoder::new(&bytes[..]);
+        std::io::Read::read_to_end(&mut dec, &mut first).unwrap();
+        assert!(
+            dec.into_inner().is_empty(),
+            "bytes after the first gzip member"
+        );
+        assert_eq!(
+            std::fs::metadata(&a).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let s = dir.path().join("s.cpio");
+        write_file(&plan, Part::Shared, false, &s).unwrap();
+        assert_eq!(
+            std::fs::metadata(&s).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(std::fs::read(&s).unwrap(), archive(&plan, Part::Shared));
+    }
+
+    fn archive(plan: &Plan, part: Part) -> Vec<u8> {
+        write_part(plan, part, Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn header_bytes_are_exact() {
+        let e = file("a", 0o644, b"xyz", false);
+        let out = write_cpio([&e], 0x1234, 7, Vec::new()).unwrap();
+        let head = std::str::from_utf8(&out[..110]).unwrap();
+        assert_eq!(
+            head,
+            "070701\
+             00000007000081A4000000000000000000000001\
+             000012340000000300000000000000000000000000000000\
+             0000000200000000"
+        );
+        // name "a\0" padded to 4 with the header: 110 + 2 = 112
+        assert_eq!(&out[110..112], b"a\0");
+        assert_eq!(&out[112..115], b"xyz");
+        assert_eq!(out[115], 0);
+        assert_eq!(&out[116..122], b"070701");
+        assert_eq!(out.len() % 4, 0);
+        let trailer = std::str::from_utf8(&out[116..226]).unwrap();
+        assert!(trailer.ends_with("0000000B00000000"), "{trailer}");
+    }
+
+    #[test]
+    fn round_trip_and_unique_inodes() {
+        let plan = sample_plan();
+        let members = read_members(&archive(&plan, Part::Whole)[..]).unwrap();
+        assert_eq!(members.len(), plan.entries.len());
+        let whole = select(&plan, Part::Whole);
+        for (m, e) in members.iter().zip(&whole) {
+            assert_eq!(m.path, e.path);
+            assert_eq!(m.mode, cpio_mode(e));
+            assert_eq!(
+                m.size,
+                e.size()
+                    .max(m.target.as_ref().map_or(0, |t| t.len() as u64))
+            );
+            assert_eq!(m.mtime, 1_700_000_000);
+            if let EntryKind::File { sha256, .. } = &e.kind {
+                assert_eq!(m.sha256.as_ref(), Some(sha256));
+            }
+        }
+        let mut inos: Vec<_> = members.iter().map(|m| m.ino).collect();
+        inos.sort();
+        inos.dedup();
+        assert_eq!(inos.len(), members.len());
+        // Shared half first, each path once, every parent before its children.
+        assert!(members[..5].iter().all(|m| m.path.starts_with("usr")));
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &members {
+            if let Some((parent, _)) = m.path.rsplit_once('/') {
+                assert!(seen.contains(parent), "{} before its parent", m.path);
+            }
+            assert!(seen.insert(m.path.as_str()), "{} twice", m.path);
+        }
+        assert_eq!(archive(&plan, Part::Whole), archive(&plan, Part::Whole));
+    }
+
+    #[test]
+    fn split_parts_hold_their_folders_and_concatenate_to_the_tree() {
+        let plan = sample_plan();
+        let shared = archive(&plan, Part::Shared);
+        let node = archive(&plan, Part::PerNode);
+        let shared_paths: Vec<_> = read_members(&shared[..])
+            .unwrap()
+            .into_iter()
+            .map(|m| m.path)
+            .collect();
+        assert_eq!(
+            shared_paths,
+            [
+                "usr",
+                "usr/local",
+                "usr/local/bin",
+                "usr/local/bin/kube-apiserver",
+                "usr/local/bin/kubectl"
+            ]
+        );
+        let both = [shared, node].concat();
+        let members = read_members(&both[..]).unwrap();
+        // Folders in both halves carry identical metadata (only the inode differs).
+        let mut seen: std::collections::BTreeMap<&str, &Member> = Default::default();
+        for m in &members {
+            if let Some(first) = seen.insert(&m.path, m) {
+                assert_eq!(m.type_name(), "dir", "{}", m.path);
+                assert_eq!(
+                    Member {
+                        ino: first.ino,
+                        ..m.clone()
+                    },
+                    *first
+                );
+            }
+        }
+        let paths: Vec<_> = seen.keys().map(|p| p.to_string()).collect();
+        let mut expected: Vec<_> = plan.entries.iter().map(|e| e.path.clone()).collect();
+        expected.sort();
+        assert_eq!(paths, expected);
+        let mut inos: Vec<_> = members.iter().map(|m| m.ino).collect();
+        inos.sort();
+        inos.dedup();
+        assert_eq!(inos.len(), members.len());
+    }
+
+    #[test]
+    fn a_folder_needed_by_both_halves_appears_in_both() {
+        let plan = sample_plan();
+        let node: Vec<_> = select(&plan, Part::PerNode)
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
+        assert!(node.contains(&"usr") && node.contains(&"usr/local"));
+        assert!(!node.contains(&"usr/local/bin"));
+    }
+
+    #[test]
+    fn wrong_sizes_are_errors() {
+        let mut e = file("a", 0o644, b"abc", false);
+        if let EntryKind::File { size, .. } = &mut e.kind {
+            *size = 4;
+        }
+        let err = write_cpio([&e], 0, 1, Vec::new()).unwrap_err();
+        assert_eq!(err.kind, Kind::Integrity);
+        assert!(
+            err.to_string().contains("3 bytes, the plan records 4"),
+            "{err}"
+        );
+        if let EntryKind::File { size, .. } = &mut e.kind {
+            *size = 2;
+        }
+        let err = write_cpio([&e], 0, 1, Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
+
+        // A cached blob that changed on disk after planning.
+        let dir = tempfile::tempdir().unwrap();
+        let blob = dir.path().join("blob");
+        std::fs::write(&blob, b"abcd").unwrap();
+        let mut e = file("b", 0o755, b"abcd", true);
+        e.kind = EntryKind::File {
+            size: 4,
+            sha256: sha256_hex(b"abcd"),
+            content: Content::Blob(blob.clone()),
+        };
+        write_cpio([&e], 0, 1, Vec::new()).unwrap();
+        std::fs::write(&blob, b"abce").unwrap();
+        let err = write_cpio([&e], 0, 1, Vec::new()).unwrap_err();
+        assert_eq!(err.kind, Kind::Integrity, "{err}");
+        let mut e = file("c", 0o644, b"abc", false);
+        if let EntryKind::File { sha256, .. } = &mut e.kind {
+            *sha256 = sha256_hex(b"abd");
+        }
+        assert_eq!(
+            write_cpio([&e], 0, 1, Vec::new()).unwrap_err().kind,
+            Kind::Integrity
+        );
+    }
+
+    #[test]
+    fn short_writes_are_errors() {
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Ok(0);
+                }
+                let n = buf.len().min(self.0);
+                self.0 -= n;
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let plan = sample_plan();
+        assert!(write_part(&plan, Part::Whole, Full(1000)).is_err());
+    }
+
+    fn gnu_cpio_list(archive: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.cpio");
+        std::fs::write(&path, archive).unwrap();
+        let out = Command::new("cpio")
+            .args(["-itv", "--quiet", "--numeric-uid-gid", "-F"])
+            .arg(&path)
+            .output()
+            .expect("GNU cpio must be installed (apt-get install cpio)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `ls -l`-style type and permission string of a plan entry.
+    fn ls_mode(e: &Entry) -> String {
+        let mut s = String::from(match e.kind {
+            EntryKind::Dir => "d",
+            EntryKind::File { .. } => "-",
+            EntryKind::Symlink { .. } => "l",
+        });
+        for shift in [6, 3, 0] {
+            let bits = (e.mode >> shift) & 7;
+            s.push(if bits & 4 != 0 { 'r' } else { '-' });
+            s.push(if bits & 2 != 0 { 'w' } else { '-' });
+            s.push(if bits & 1 != 0 { 'x' } else { '-' });
+        }
+        s
+    }
+
+    #[test]
+    fn gnu_cpio_lists_modes_owners_types() {
+        let plan = sample_plan();
+        let listing = gnu_cpio_list(&archive(&plan, Part::Whole));
+        let lines: Vec<_> = listing.lines().collect();
+        assert_eq!(lines.len(), plan.entries.len(), "{listing}");
+        for (line, e) in lines.iter().zip(select(&plan, Part::Whole)) {
+            let f: Vec<_> = line.split_whitespace().collect();
+            // mode nlink uid gid size month day year name [-> target]
+            assert_eq!(f[0], ls_mode(e), "{line}");
+            assert_eq!(f[2], e.uid.to_string(), "{line}");
+            assert_eq!(f[3], e.gid.to_string(), "{line}");
+            match &e.kind {
+                EntryKind::File { size, .. } => assert_eq!(f[4], size.to_string(), "{line}"),
+                EntryKind::Symlink { target } => {
+                    assert_eq!(
+                        &f[f.len() - 3..],
+                        [e.path.as_str(), "->", target.as_str()],
+                        "{line}"
+                    )
+                }
+                EntryKind::Dir => {}
+            }
+            if !matches!(e.kind, EntryKind::Symlink { .. }) {
+                assert_eq!(*f.last().unwrap(), e.path, "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn gnu_cpio_extracts_split_pair_to_identical_tree() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let plan = sample_plan();
+        let dir = tempfile::tempdir().unwrap();
+        let pair = [archive(&plan, Part::Shared), archive(&plan, Part::PerNode)].concat();
+        for (name, bytes) in [("whole", archive(&plan, Part::Whole)), ("split", pair)] {
+            let dest = dir.path().join(name);
+            std::fs::create_dir(&dest).unwrap();
+            let src = dir.path().join(format!("{name}.cpio"));
+            std::fs::write(&src, &bytes).unwrap();
+            // -idm: make folders, keep mtimes; GNU cpio reads concatenated
+            // archives only one at a time, so feed each half separately for the pair.
+            let halves = if name == "split" {
+                let shared = archive(&plan, Part::Shared);
+                vec![shared.clone(), bytes[shared.len()..].to_vec()]
+            } else {
+                vec![bytes]
+            };
+            for half in halves {
+                let h = dir.path().join("half.cpio");
+                std::fs::write(&h, half).unwrap();
+                let out = Command::new("cpio")
+                    .args(["-idm", "--quiet", "--no-absolute-filenames", "-F"])
+                    .arg(&h)
+                    .current_dir(&dest)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            for e in &plan.entries {
+                let p = dest.join(&e.path);
+                let md = std::fs::symlink_metadata(&p).unwrap();
+                match &e.kind {
+                    EntryKind::Dir => assert!(md.is_dir()),
+                    EntryKind::File { sha256, .. } => {
+                        assert!(md.is_file());
+                        assert_eq!(
+                            &sha256_hex(&std::fs::read(&p).unwrap()),
+                            sha256,
+                            "{}",
+                            e.path
+                        );
+                        assert_eq!(md.mtime(), plan.meta.mtime as i64);
+                    }
+                    EntryKind::Symlink { target } => {
+                        assert_eq!(std::fs::read_link(&p).unwrap().to_str().unwrap(), target)
+                    }
+                }
+                if !matches!(e.kind, EntryKind::Symlink { .. }) {
+                    assert_eq!(md.permissions().mode() & 0o7777, e.mode, "{}", e.path);
+                }
+            }
+        }
+    }
+}

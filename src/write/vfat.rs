@@ -1,0 +1,494 @@
+//! Reproducible vfat images (the NoCloud seed volume).
+//!
+//! `fatfs` formats and fills the image; every timestamp comes from our own
+//! `TimeProvider` (the plan's mtime), the volume id is given by the caller, and
+//! the label is written both in the boot sector and as the root folder's volume
+//! entry (blkid, which cloud-init uses to find `cidata`, prefers the latter).
+//! File bytes stream from their readers, so a seed carrying 300 MB of binaries
+//! does not sit in memory.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use fatfs::{Date, DateTime, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider};
+
+use crate::error::{Error, IoContext, Kind, Result};
+
+/// Cluster size: fixed so the image size computed here is the one fatfs lays out.
+const CLUSTER: u64 = 4096;
+
+/// A file to put in the image's root folder.
+pub struct VfatFile<'a> {
+    pub path: String,
+    pub size: u64,
+    pub open: Box<dyn Fn() -> Result<Box<dyn Read + Send>> + 'a>,
+}
+
+/// A DOS timestamp for the whole image (2-second resolution, 1980..=2107).
+#[derive(Debug, Clone, Copy)]
+struct FixedTime(DateTime);
+
+impl TimeProvider for FixedTime {
+    fn get_current_date(&self) -> Date {
+        self.0.date
+    }
+    fn get_current_date_time(&self) -> DateTime {
+        self.0
+    }
+}
+
+/// Civil date and time (UTC) of a Unix time, clamped to what FAT can hold.
+fn dos_time(unix: u64) -> DateTime {
+    const MIN: u64 = 315_532_800; // 1980-01-01
+    const MAX: u64 = 4_354_819_198; // 2107-12-31 23:59:58
+    let t = unix.clamp(MIN, MAX);
+    let (days, secs) = ((t / 86_400) as i64, t % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
+    DateTime {
+        date: Date { year, month, day },
+        time: Time {
+            hour: (secs / 3600) as u16,
+            min: (secs / 60 % 60) as u16,
+            sec: (secs % 60) as u16 & !1,
+            millis: 0,
+        },
+    }
+}
+
+fn encode_dos(dt: &DateTime) -> (u16, u16) {
+    let date = ((dt.date.year - 1980) << 9) | (dt.date.month << 5) | dt.date.day;
+    let time = (dt.time.hour << 11) | (dt.time.min << 5) | (dt.time.sec / 2);
+    (date, time)
+}
+
+/// Bytes the files need on the image, rounded generously.
+fn image_size(files: &[VfatFile]) -> u64 {
+    let data: u64 = files
+        .iter()
+        .map(|f| f.size.div_ceil(CLUSTER) * CLUSTER)
+        .sum::<u64>()
+        + 4 * CLUSTER;
+    // FATs (2 x 4 bytes per cluster), boot sectors and slack, rounded to a MiB.
+    let fats = 2 * 4 * (data / CLUSTER) + 64 * 1024;
+    let total = data + fats + data / 50 + (1 << 20);
+    total.div_ceil(1 << 20) * (1 << 20)
+}
+
+fn fat_err(dest: &Path) -> impl Fn(io::Error) -> Error + '_ {
+    move |e| Error::io("cannot write the vfat image", dest, e)
+}
+
+/// Write a vfat image holding `files` to `out` (an empty file, e.g. the
+/// temporary file of an atomic output). Identical inputs give identical bytes.
+pub fn write_vfat(
+    out: &mut File,
+    dest: &Path,
+    label: &str,
+    volume_id: u32,
+    mtime: u64,
+    files: &[VfatFile],
+) -> Result<()> {
+    if label.is_empty() || label.len() > 11 || !label.is_ascii() {
+        return Err(Error::input(format!(
+            "vfat label {label:?} must be 1-11 ASCII characters"
+        )));
+    }
+    // fatfs 0.3 writes long-name entries even for "." and "..", which fsck.vfat
+    // rejects: keep every file in the root folder.
+    for f in files {
+        if f.path.is_empty() || f.path.contains('/') {
+            return Err(Error::input(format!(
+                "{:?}: files on the seed volume live in its root folder",
+                f.path
+            )));
+        }
+    }
+    let mut label11 = [b' '; 11];
+    label11[..label.len()].copy_from_slice(label.as_bytes());
+    // 'static is what fatfs asks of a time provider; one small value per image.
+    let time: &'static FixedTime = Box::leak(Box::new(FixedTime(dos_time(mtime))));
+
+    let mut size = image_size(files);
+    // fatfs refuses sizes where the cluster count sits on a FAT12/16/32 boundary.
+    let mut tries = 0;
+    loop {
+        out.set_len(0).with_path("cannot truncate", dest)?;
+        out.set_len(size).with_path("cannot size", dest)?;
+        out.seek(SeekFrom::Start(0))
+            .with_path("cannot seek in", dest)?;
+        let opts = FormatVolumeOptions::new()
+            .bytes_per_cluster(CLUSTER as u32)
+            .volume_id(volume_id)
+            .volume_label(label11);
+        match fatfs::format_volume(&mut *out, opts) {
+            Ok(()) => break,
+            Err(_) if tries < 8 => {
+                tries += 1;
+                size += 8 << 20;
+            }
+            Err(e) => return Err(fat_err(dest)(e)),
+        }
+    }
+    write_label_entry(out, &label11, time.0).map_err(fat_err(dest))?;
+
+    out.seek(SeekFrom::Start(0))
+        .with_path("cannot seek in", dest)?;
+    let fs = FileSystem::new(
+        &mut *out,
+        FsOptions::new()
+            .time_provider(time)
+            .update_accessed_date(false),
+    )
+    .map_err(fat_err(dest))?;
+    {
+        let root = fs.root_dir();
+        let mut buf = vec![0u8; 1 << 20];
+        for f in files {
+            let mut file = root.create_file(&f.path).map_err(fat_err(dest))?;
+            let mut reader = (f.open)()?;
+            let mut done = 0u64;
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        return Err(Error::integrity(format!("{}: {e}", f.path)));
+                    }
+                    Err(e) => {
+                        return Err(Error::new(Kind::Io, format!("cannot read {}: {e}", f.path)));
+                    }
+                };
+                done += n as u64;
+                if done > f.size {
+                    break;
+                }
+                file.write_all(&buf[..n])
+                    .map_err(|e| Error::io(&format!("cannot write {} into", f.path), dest, e))?;
+            }
+            if done != f.size {
+                return Err(Error::integrity(format!(
+                    "{}: its content is {}{} bytes, expected {}",
+                    f.path,
+                    if done > f.size { "more than " } else { "" },
+                    done,
+                    f.size
+                )));
+            }
+            file.flush().map_err(fat_err(dest))?;
+        }
+    }
+    fs.unmount().map_err(fat_err(dest))?;
+    Ok(())
+}
+
+/// Put the volume label entry first in the root folder (fatfs formats without it).
+fn write_label_entry(disk: &mut File, label: &[u8; 11], time: DateTime) -> io::Result<()> {
+    let mut bs = [0u8; 512];
+    disk.seek(SeekFrom::Start(0))?;
+    disk.read_exact(&mut bs)?;
+    let bytes_per_sector = u64::from(u16::from_le_bytes([bs[11], bs[12]]));
+    let reserved = u64::from(u16::from_le_bytes([bs[14], bs[15]]));
+    let fats = u64::from(bs[16]);
+    let spf16 = u64::from(u16::from_le_bytes([bs[22], bs[23]]));
+    let spf = if spf16 != 0 {
+        spf16
+    } else {
+        u64::from(u32::from_le_bytes([bs[36], bs[37], bs[38], bs[39]]))
+    };
+    // FAT12/16: the fixed root region; FAT32: cluster 2, the first data cluster.
+    // Both start right after the FATs.
+    let root = (reserved + fats * spf) * bytes_per_sector;
+    let mut entry = [0u8; 32];
+    entry[..11].copy_from_slice(label);
+    entry[11] = 0x08; // ATTR_VOLUME_ID
+    let (date, t) = encode_dos(&time);
+    entry[22..24].copy_from_slice(&t.to_le_bytes());
+    entry[24..26].copy_from_slice(&date.to_le_bytes());
+    disk.seek(SeekFrom::Start(root))?;
+    disk.write_all(&entry)
+}
+
+/// A read-only view for `fatfs`, which wants `Write` even to read.
+struct ReadOnly(File);
+
+impl Read for ReadOnly {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+impl Seek for ReadOnly {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.0.seek(pos)
+    }
+}
+impl Write for ReadOnly {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only"))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A file found on a vfat image.
+#[derive(Debug, Clone)]
+pub struct VfatEntry {
+    pub path: String,
+    pub is_dir: bool,
+    pub size: u64,
+    pub sha256: Option<String>,
+}
+
+/// The label (from the root folder entry, else the boot sector) and every entry.
+pub fn read_vfat(path: &Path) -> Result<(String, Vec<VfatEntry>)> {
+    let file = File::open(path).with_path("cannot open", path)?;
+    let time: &'static FixedTime = Box::leak(Box::new(FixedTime(dos_time(0))));
+    let fs = FileSystem::new(
+        ReadOnly(file),
+        FsOptions::new()
+            .time_provider(time)
+            .update_accessed_date(false),
+    )
+    .map_err(|e| Error::input(format!("{} is not a vfat image: {e}", path.display())))?;
+    let label = match fs
+        .read_volume_label_from_root_dir()
+        .map_err(|e| Error::io("cannot read", path, e))?
+    {
+        Some(l) => l,
+        None => fs.volume_label(),
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), fs.root_dir())];
+    while let Some((prefix, dir)) = stack.pop() {
+        let mut here = Vec::new();
+        for e in dir.iter() {
+            let e = e.map_err(|e| Error::io("cannot read a folder of", path, e))?;
+            let name = e.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let p = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if e.is_dir() {
+                out.push(VfatEntry {
+                    path: p.clone(),
+                    is_dir: true,
+                    size: 0,
+                    sha256: None,
+                });
+                here.push((p, e.to_dir()));
+            } else {
+                let mut f = e.to_file();
+                let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+                let n = io::copy(&mut f, &mut HashWriter(&mut hasher))
+                    .map_err(|e| Error::io("cannot read", path, e))?;
+                out.push(VfatEntry {
+                    path: p,
+                    is_dir: false,
+                    size: n,
+                    sha256: Some(hex::encode(sha2::Digest::finalize(hasher))),
+                });
+            }
+        }
+        stack.extend(here.into_iter().rev());
+    }
+    out.sort_by(|a, b| crate::plan::path_order(&a.path, &b.path));
+    Ok((label.trim_end().to_string(), out))
+}
+
+/// Read one file of a vfat image into memory (small files: user-data, meta-data).
+pub fn read_vfat_file(image: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let file = File::open(image).with_path("cannot open", image)?;
+    let time: &'static FixedTime = Box::leak(Box::new(FixedTime(dos_time(0))));
+    let fs = FileSystem::new(
+        ReadOnly(file),
+        FsOptions::new()
+            .time_provider(time)
+            .update_accessed_date(false),
+    )
+    .map_err(|e| Error::input(format!("{} is not a vfat image: {e}", image.display())))?;
+    let root = fs.root_dir();
+    let mut f = match root.open_file(name) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&format!("cannot open {name} in"), image, e)),
+    };
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| Error::io("cannot read", image, e))?;
+    Ok(Some(bytes))
+}
+
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        sha2::Digest::update(self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn mem(path: &str, bytes: &'static [u8]) -> VfatFile<'static> {
+        VfatFile {
+            path: path.into(),
+            size: bytes.len() as u64,
+            open: Box::new(move || Ok(Box::new(io::Cursor::new(bytes)))),
+        }
+    }
+
+    fn rw(path: &Path) -> File {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap()
+    }
+
+    fn build(path: &Path, files: &[VfatFile]) {
+        let mut f = rw(path);
+        write_vfat(&mut f, path, "cidata", 0x1234_abcd, 1_700_000_000, files).unwrap();
+    }
+
+    #[test]
+    fn dos_time_of_known_dates() {
+        let t = dos_time(1_700_000_000); // 2023-11-14 22:13:20 UTC
+        assert_eq!((t.date.year, t.date.month, t.date.day), (2023, 11, 14));
+        assert_eq!((t.time.hour, t.time.min, t.time.sec), (22, 13, 20));
+        let t = dos_time(0);
+        assert_eq!((t.date.year, t.date.month, t.date.day), (1980, 1, 1));
+        let t = dos_time(951_782_400); // 2000-02-29
+        assert_eq!((t.date.year, t.date.month, t.date.day), (2000, 2, 29));
+    }
+
+    #[test]
+    fn image_is_reproducible_and_mtools_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = || {
+            vec![
+                mem("user-data", b"#cloud-config\n"),
+                mem("meta-data", b"instance-id: x\n"),
+                mem("network-config", b"version: 2\n"),
+                mem("kube-apiserver", &[7u8; 10_000]),
+            ]
+        };
+        let a = dir.path().join("a.img");
+        let b = dir.path().join("b.img");
+        build(&a, &files());
+        build(&b, &files());
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+        let label = Command::new("mlabel")
+            .args(["-s", "-i"])
+            .arg(&a)
+            .arg("::")
+            .output()
+            .unwrap();
+        assert!(
+            label.status.success(),
+            "{}",
+            String::from_utf8_lossy(&label.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&label.stdout).contains("cidata"),
+            "{label:?}"
+        );
+
+        let dir_out = Command::new("mdir")
+            .args(["-b", "-/", "-i"])
+            .arg(&a)
+            .arg("::")
+            .output()
+            .unwrap();
+        assert!(
+            dir_out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&dir_out.stderr)
+        );
+        let listing = String::from_utf8_lossy(&dir_out.stdout);
+        for f in [
+            "::/user-data",
+            "::/meta-data",
+            "::/network-config",
+            "::/kube-apiserver",
+        ] {
+            assert!(listing.lines().any(|l| l == f), "{f} missing in\n{listing}");
+        }
+        let cat = Command::new("mtype")
+            .arg("-i")
+            .arg(&a)
+            .arg("::/meta-data")
+            .output()
+            .unwrap();
+        assert_eq!(cat.stdout, b"instance-id: x\n");
+
+        let fsck = Command::new("fsck.vfat")
+            .args(["-n", "-v"])
+            .arg(&a)
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+
+        let blkid = Command::new("blkid")
+            .args(["-o", "export", "-p"])
+            .arg(&a)
+            .output()
+            .unwrap();
+        let blkid = String::from_utf8_lossy(&blkid.stdout);
+        assert!(
+            blkid.contains("LABEL=cidata") && blkid.contains("TYPE=vfat"),
+            "{blkid}"
+        );
+
+        let (label, entries) = read_vfat(&a).unwrap();
+        assert_eq!(label, "cidata");
+        let k = entries.iter().find(|e| e.path == "kube-apiserver").unwrap();
+        assert_eq!(k.size, 10_000);
+        assert_eq!(
+            k.sha256.as_deref(),
+            Some(crate::plan::sha256_hex(&[7u8; 10_000]).as_str())
+        );
+        assert_eq!(
+            read_vfat_file(&a, "user-data").unwrap().unwrap(),
+            b"#cloud-config\n"
+        );
+    }
+
+    #[test]
+    fn wrong_size_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.img");
+        let mut f = mem("a", b"abc");
+        f.size = 4;
+        let mut out = rw(&p);
+        let err = write_vfat(&mut out, &p, "cidata", 1, 0, &[f]).unwrap_err();
+        assert_eq!(err.kind, Kind::Integrity);
+    }
+}
