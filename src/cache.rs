@@ -6,7 +6,19 @@
 //! - `blobs/sha256/<hex>`: a member taken from a verified artifact (what builds read);
 //! - `index/<algorithm>-<hex>.json`: which members a verified artifact holds.
 //!   Written last: its presence means the artifact and its members are in place;
-//! - `tmp/`: files being written; renamed into place only once verified.
+//! - `tmp/`: files being written; renamed into place only once verified;
+//! - `locks/`: recipe locks (`imgbuild lock`, `imgbuild airgap import`), searched
+//!   as a recipe folder after `--recipes` and before the built-in recipes;
+//! - `inflight/`: one lock file per artifact being downloaded, so that two
+//!   processes fetching the same artifact download it once (removed after).
+//!
+//! The cache folder itself is locked (flock) shared while a file enters the
+//! cache, and exclusively by `cache verify` and `cache gc` (which delete), so
+//! they never see half an ingest.
+//!
+//! A file enters the cache only by a rename from `tmp/` after its digest matched:
+//! readers never see a torn file, and two processes writing the same name write
+//! the same bytes (the name is the digest).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -126,6 +138,8 @@ impl Cache {
             "index",
             "segments",
             "tmp",
+            "locks",
+            "inflight",
         ] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).with_path("cannot create cache folder", &dir)?;
@@ -224,6 +238,7 @@ impl Cache {
     ) -> Result<ArtifactIndex> {
         let first = candidates.first().expect("ingest needs a candidate");
         let kind = first.artifact.kind;
+        let _shared = self.lock(false)?;
         let original = self.temp_file()?;
         let original_path = original.path().to_path_buf();
         let mut tee = Tee {
@@ -232,10 +247,15 @@ impl Cache {
             hashers: Vec::new(),
             bytes: 0,
         };
-        for c in candidates {
-            if !tee.hashers.iter().any(|(a, _)| *a == c.artifact.algorithm) {
-                tee.hashers
-                    .push((c.artifact.algorithm, Hasher::new(c.artifact.algorithm)));
+        let mut algorithms: Vec<Algorithm> =
+            candidates.iter().map(|c| c.artifact.algorithm).collect();
+        if kind == ArtifactKind::File {
+            // A single file is its own member, and members are named by sha256.
+            algorithms.push(Algorithm::Sha256);
+        }
+        for alg in algorithms {
+            if !tee.hashers.iter().any(|(a, _)| *a == alg) {
+                tee.hashers.push((alg, Hasher::new(alg)));
             }
         }
         let wanted: BTreeSet<&str> = candidates
@@ -308,10 +328,21 @@ impl Cache {
             .into_inner()
             .map_err(|e| Error::io("cannot write", &original_path, e.into_error()))?;
         if kind == ArtifactKind::File {
-            let src = File::open(original.path()).with_path("cannot read", original.path())?;
-            let taken_file = write_hashed(self.temp_file()?, src)
-                .with_path("cannot copy into the cache from", original.path())?;
-            taken.insert(artifact.members[0].path.clone(), taken_file);
+            // One pass: the original already is the member, and its sha256 was
+            // computed on the way in. It becomes the blob by a hard link below.
+            let dest = self.artifact_path(artifact.algorithm, &expected);
+            self.persist(original, &dest)?;
+            let sha256 = digest_of(Algorithm::Sha256).clone();
+            self.link_blob(&dest, &sha256)?;
+            let member = &artifact.members[0];
+            let members = BTreeMap::from([(
+                member.path.clone(),
+                BlobRef {
+                    sha256,
+                    size: bytes,
+                },
+            )]);
+            return self.write_index(artifact, arch, &expected, bytes, members);
         }
         let missing: Vec<_> = artifact
             .members
@@ -333,19 +364,112 @@ impl Cache {
             members.insert(m.path.clone(), BlobRef { sha256, size });
         }
         self.persist(original, &self.artifact_path(artifact.algorithm, &expected))?;
+        self.write_index(artifact, arch, &expected, bytes, members)
+    }
+
+    /// Record a verified artifact; written last, so its presence means complete.
+    fn write_index(
+        &self,
+        artifact: &Artifact,
+        arch: &str,
+        expected: &str,
+        size: u64,
+        members: BTreeMap<String, BlobRef>,
+    ) -> Result<ArtifactIndex> {
         let index = ArtifactIndex {
             artifact: artifact.name.clone(),
             file: artifact.file_for(arch),
             pin: format!("{}:{expected}", artifact.algorithm.name()),
             trust: artifact.trust,
-            size: bytes,
+            size,
             members,
         };
         let mut tmp = self.temp_file()?;
         let json = serde_json::to_vec_pretty(&index).expect("index serializes");
         tmp.write_all(&json).with_path("cannot write", tmp.path())?;
-        self.persist(tmp, &self.index_path(artifact.algorithm, &expected))?;
+        self.persist(tmp, &self.index_path(artifact.algorithm, expected))?;
         Ok(index)
+    }
+
+    /// Make the verified artifact at `src` also the blob `sha256` (a hard link:
+    /// same bytes, no copy; a copy where links are not possible).
+    fn link_blob(&self, src: &Path, sha256: &str) -> Result<()> {
+        let dest = self.blob_path(sha256);
+        if dest.exists() {
+            return Ok(()); // same name, same bytes
+        }
+        match fs::hard_link(src, &dest) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(_) => {
+                let file = File::open(src).with_path("cannot read", src)?;
+                let (tmp, _, _) = write_hashed(self.temp_file()?, file)
+                    .with_path("cannot copy into the cache from", src)?;
+                self.persist(tmp, &dest)
+            }
+        }
+    }
+
+    /// Take the cache-wide lock (a lock on the cache folder itself, so no file
+    /// is left behind): shared while files enter the cache, exclusive for
+    /// `verify` and `gc`. Released when the returned handle is dropped.
+    pub fn lock(&self, exclusive: bool) -> Result<File> {
+        let file = File::open(&self.root).with_path("cannot open", &self.root)?;
+        if exclusive {
+            file.lock()
+        } else {
+            file.lock_shared()
+        }
+        .with_path("cannot lock", &self.root)?;
+        Ok(file)
+    }
+
+    /// Take the per-artifact download lock, waiting for another process that
+    /// holds it (it is downloading the same artifact). `waiting` is called once
+    /// if we have to wait. The lock file is removed when the guard drops.
+    pub fn inflight_lock(
+        &self,
+        algorithm: Algorithm,
+        hex: &str,
+        waiting: impl FnOnce(),
+    ) -> Result<InflightLock> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self
+            .root
+            .join("inflight")
+            .join(format!("{}-{hex}", algorithm.name()));
+        let mut waiting = Some(waiting);
+        loop {
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_path("cannot open", &path)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    if let Some(w) = waiting.take() {
+                        w();
+                    }
+                    file.lock().with_path("cannot lock", &path)?;
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(Error::io("cannot lock", &path, e));
+                }
+            }
+            // The holder before us removes the file before unlocking: if the
+            // name no longer leads to the file we locked, lock the new one.
+            let ours = file.metadata().with_path("cannot stat", &path)?.ino();
+            if fs::metadata(&path).is_ok_and(|m| m.ino() == ours) {
+                return Ok(InflightLock { path, _file: file });
+            }
+        }
+    }
+
+    /// Folder of recipe locks, searched as a recipe folder.
+    pub fn locks_dir(&self) -> PathBuf {
+        self.root.join("locks")
     }
 
     fn take_members<R: Read>(
@@ -444,6 +568,234 @@ impl Cache {
         });
         Ok(index)
     }
+}
+
+/// Held while one process downloads one artifact; see [`Cache::inflight_lock`].
+pub struct InflightLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Drop for InflightLock {
+    fn drop(&mut self) {
+        // Removed while still locked, so a waiter notices and starts afresh.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// What `cache verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// Files re-hashed.
+    pub checked: usize,
+    pub bytes: u64,
+    /// What was wrong, one line each (each was removed).
+    pub dropped: Vec<String>,
+}
+
+/// What `cache gc` removed.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// Removed paths (relative to the cache root) and their sizes.
+    pub removed: Vec<(String, u64)>,
+}
+
+/// Hash a file with `algorithm`, streaming.
+pub fn hash_file(path: &Path, algorithm: Algorithm) -> io::Result<(String, u64)> {
+    let mut file = File::open(path)?;
+    let mut h = Hasher::new(algorithm);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((h.finish_hex(), size))
+}
+
+impl Cache {
+    /// The content-addressed folders and the algorithm their names are in.
+    fn stores(&self) -> [(&'static str, Algorithm); 3] {
+        [
+            ("artifacts/sha256", Algorithm::Sha256),
+            ("artifacts/sha512", Algorithm::Sha512),
+            ("blobs/sha256", Algorithm::Sha256),
+        ]
+    }
+
+    fn remove(&self, path: &Path) -> Result<u64> {
+        let size = fs::symlink_metadata(path).map(|m| m.len()).unwrap_or(0);
+        match fs::remove_file(path) {
+            Ok(()) => Ok(size),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(Error::io("cannot remove", path, e)),
+        }
+    }
+
+    fn rel(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+
+    fn files_in(&self, sub: &str) -> Result<Vec<PathBuf>> {
+        let dir = self.root.join(sub);
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io("cannot list", &dir, e)),
+        };
+        for ent in rd {
+            out.push(ent.with_path("cannot list", &dir)?.path());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// `imgbuild cache verify`: re-hash every stored file against its name, drop
+    /// what does not match, then drop indexes whose files are gone.
+    pub fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
+        let _excl = self.lock(true)?;
+        let mut report = VerifyReport::default();
+        for (sub, alg) in self.stores() {
+            for path in self.files_in(sub)? {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let rel = self.rel(&path);
+                let meta = fs::symlink_metadata(&path).with_path("cannot stat", &path)?;
+                if !meta.file_type().is_file() {
+                    self.remove(&path)?;
+                    report.dropped.push(format!("{rel}: not a regular file"));
+                    continue;
+                }
+                match hash_file(&path, alg) {
+                    Ok((hex, size)) if hex == name => {
+                        report.checked += 1;
+                        report.bytes += size;
+                    }
+                    Ok((hex, _)) => {
+                        self.remove(&path)?;
+                        report.dropped.push(format!(
+                            "{rel}: corrupt (content hashes to {}:{hex})",
+                            alg.name()
+                        ));
+                    }
+                    Err(e) => {
+                        self.remove(&path)?;
+                        report.dropped.push(format!("{rel}: unreadable ({e})"));
+                    }
+                }
+                progress.event(Event::Step {
+                    what: &format!("verified {rel}"),
+                });
+            }
+        }
+        for path in self.files_in("index")? {
+            let rel = self.rel(&path);
+            let index: Option<ArtifactIndex> = fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            let Some(index) = index else {
+                self.remove(&path)?;
+                report.dropped.push(format!("{rel}: unreadable index"));
+                continue;
+            };
+            let complete = self.index_files(&index).is_some_and(|files| {
+                files.iter().all(|(p, size)| {
+                    fs::metadata(p).is_ok_and(|m| size.is_none_or(|s| m.len() == s))
+                })
+            });
+            if !complete {
+                self.remove(&path)?;
+                report.dropped.push(format!(
+                    "{rel}: {} ({}) lost a file; fetch or import it again",
+                    index.file, index.pin
+                ));
+            }
+        }
+        Ok(report)
+    }
+
+    /// The files an index stands for: the artifact and its member blobs (with sizes).
+    fn index_files(&self, index: &ArtifactIndex) -> Option<Vec<(PathBuf, Option<u64>)>> {
+        let (alg, hex) = parse_pin(&index.pin)?;
+        let mut out = vec![(self.artifact_path(alg, hex), Some(index.size))];
+        for b in index.members.values() {
+            out.push((self.blob_path(&b.sha256), Some(b.size)));
+        }
+        Some(out)
+    }
+
+    /// `imgbuild cache gc`: remove leftovers of interrupted writes, and files no
+    /// index refers to. With `keep`, also drop artifacts for which it says false
+    /// (e.g. pinned by no known recipe).
+    pub fn gc(&self, keep: Option<&dyn Fn(&ArtifactIndex) -> bool>) -> Result<GcReport> {
+        let _excl = self.lock(true)?;
+        let mut report = GcReport::default();
+        let rm = |path: &Path, report: &mut GcReport| -> Result<()> {
+            let size = self.remove(path)?;
+            report.removed.push((self.rel(path), size));
+            Ok(())
+        };
+        // Nothing is being ingested (we hold the lock exclusively), but a build
+        // may be writing a segment: remove temp files untouched for an hour.
+        let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for path in self.files_in("tmp")? {
+            let old = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < stale);
+            if old {
+                rm(&path, &mut report)?;
+            }
+        }
+        for path in self.files_in("inflight")? {
+            if let Ok(f) = File::open(&path)
+                && f.try_lock().is_ok()
+            {
+                rm(&path, &mut report)?;
+            }
+        }
+        let mut referenced: BTreeSet<PathBuf> = BTreeSet::new();
+        for path in self.files_in("index")? {
+            let index: Option<ArtifactIndex> = fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            let files = index.as_ref().and_then(|i| self.index_files(i));
+            match (index, files) {
+                (Some(index), Some(files)) if keep.is_none_or(|k| k(&index)) => {
+                    referenced.extend(files.into_iter().map(|(p, _)| p));
+                }
+                _ => rm(&path, &mut report)?,
+            }
+        }
+        for (sub, _) in self.stores() {
+            for path in self.files_in(sub)? {
+                if !referenced.contains(&path) {
+                    rm(&path, &mut report)?;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// `sha256:<hex>` → (algorithm, hex).
+pub fn parse_pin(pin: &str) -> Option<(Algorithm, &str)> {
+    let (alg, hex) = pin.split_once(':')?;
+    let alg = match alg {
+        "sha256" => Algorithm::Sha256,
+        "sha512" => Algorithm::Sha512,
+        _ => return None,
+    };
+    (hex.len() == alg.hex_len() && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some((alg, hex))
 }
 
 /// A derived, node-independent part of an output (e.g. the binaries of a

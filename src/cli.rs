@@ -1,12 +1,14 @@
 //! Command-line arguments, and turning them into the library's options.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use imgbuild::assets::Assets;
 use imgbuild::build::{CloudInitOptions, ControllerOptions, Format, Session};
 use imgbuild::cache::Cache;
+use imgbuild::fetch::FetchOptions;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,7 +37,8 @@ pub struct Global {
     /// Artifact cache [default: $XDG_CACHE_HOME/imgbuild or ~/.cache/imgbuild].
     #[arg(long, global = true, env = "IMGBUILD_CACHE", value_name = "DIR")]
     pub cache: Option<PathBuf>,
-    /// Extra folder of recipes (and layouts/), searched before the built-in ones.
+    /// Extra folder of recipes (and layouts/), searched before the cache's locks
+    /// (<cache>/locks, written by `imgbuild lock`) and the built-in recipes.
     #[arg(long, global = true, env = "IMGBUILD_RECIPES", value_name = "DIR")]
     pub recipes: Option<PathBuf>,
     /// Folder of overlays, searched before the built-in ones.
@@ -59,6 +62,13 @@ pub struct Global {
 pub enum Command {
     /// Build a controller's rootfs overlay (out/controller-N.tar.gz and its manifest).
     Controller(ControllerArgs),
+    /// Download every artifact the inventory's recipe needs into the cache, verified.
+    Fetch(FetchArgs),
+    /// Write a recipe lock for a version from the publisher's checksum files.
+    Lock(LockArgs),
+    /// Carry artifacts to an air-gapped site in one bundle file.
+    #[command(subcommand)]
+    Airgap(AirgapCommand),
     /// Build a controller's cloud-init (out/controller-N-cloud-init/: user-data,
     /// meta-data, network-config, NoCloud seed.img) and its manifest.
     CloudInit(CloudInitArgs),
@@ -108,6 +118,71 @@ pub struct PkiInitArgs {
     pub force: bool,
 }
 
+/// How downloads are made (fetch, controller, lock, airgap export).
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Download options")]
+pub struct FetchArgs {
+    /// Download base laid out like https://dl.k8s.io (https://, file:///DIR, or http:// with --allow-http).
+    #[arg(long, env = "IMGBUILD_MIRROR", value_name = "URL")]
+    pub mirror: Option<String>,
+    /// Downloads at once.
+    #[arg(long, short, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
+    /// Also trust this CA (PEM), e.g. an internal mirror's.
+    #[arg(long, env = "IMGBUILD_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Allow plain http:// (digests are checked either way).
+    #[arg(long)]
+    pub allow_http: bool,
+    /// Seconds to wait for a connection.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub connect_timeout: u64,
+    /// Seconds to wait for a response or for the next bytes of a body (no limit on the whole download).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub read_timeout: u64,
+    /// Attempts per file in a row without progress (connection errors, 5xx, 429).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub tries: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Kubernetes version, e.g. v1.33.0.
+    #[arg(long, value_name = "vX.Y.Z")]
+    pub version: String,
+    /// Arches to pin, comma-separated [default: the inventory's arch, else amd64].
+    #[arg(long, value_delimiter = ',', value_name = "ARCH,...")]
+    pub arch: Vec<String>,
+    /// Folder to write the lock to [default: <cache>/locks].
+    #[arg(long, short, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Write a lock even where a recipe pins the version from the changelog.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AirgapCommand {
+    /// Write one bundle with every artifact the inventory's recipe needs, the recipe and a manifest.
+    Export {
+        /// Bundle file to write.
+        #[arg(long, short, value_name = "FILE")]
+        out: PathBuf,
+        /// Do not download what is missing from the cache: fail instead.
+        #[arg(long, env = "IMGBUILD_OFFLINE", value_parser = clap::builder::BoolishValueParser::new(), default_missing_value = "true", num_args = 0, default_value = "false")]
+        offline: bool,
+        #[command(flatten)]
+        fetch: FetchArgs,
+    },
+    /// Verify a bundle's artifacts into the cache (and install the locks it carries).
+    Import {
+        #[arg(value_name = "BUNDLE")]
+        bundle: PathBuf,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
     /// Node to build: 1-based index or controller name (repeatable).
@@ -122,6 +197,11 @@ pub struct ControllerArgs {
     /// Output folder.
     #[arg(long, default_value = "out", value_name = "DIR")]
     pub out: PathBuf,
+    /// Never download: a missing artifact is an error that says how to bring it.
+    #[arg(long, env = "IMGBUILD_OFFLINE", value_parser = clap::builder::BoolishValueParser::new(), default_missing_value = "true", num_args = 0, default_value = "false")]
+    pub offline: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
     /// cpio formats: binaries in one archive shared by all nodes
     /// (controller-shared-VERSION-ARCH.cpio[.gz]), configuration in
     /// controller-N-node.cpio[.gz]; concatenate them as the initramfs.
@@ -195,17 +275,32 @@ pub enum CacheCommand {
     },
     /// List the verified artifacts in the cache.
     Ls,
+    /// Re-hash everything in the cache; report and remove what is corrupt.
+    Verify,
+    /// Remove leftovers of interrupted downloads and files no artifact refers to.
+    Gc {
+        /// Also remove artifacts that no known recipe (built-in, --recipes, locks) pins.
+        #[arg(long)]
+        unused: bool,
+    },
 }
 
 impl Global {
     pub fn session(&self) -> Session {
+        let cache_dir = self.cache.clone().unwrap_or_else(Cache::default_root);
         Session {
             inventory: self.inventory.clone(),
-            cache_dir: self.cache.clone().unwrap_or_else(Cache::default_root),
+            // Locks (`imgbuild lock`, `airgap import`) come after --recipes.
             assets: Assets {
-                recipe_dirs: self.recipes.iter().cloned().collect(),
+                recipe_dirs: self
+                    .recipes
+                    .iter()
+                    .cloned()
+                    .chain([cache_dir.join("locks")])
+                    .collect(),
                 overlay_dir: self.overlays.clone(),
             },
+            cache_dir,
             mtime: self.source_date_epoch.unwrap_or(0),
         }
     }
@@ -235,6 +330,21 @@ impl ControllerArgs {
             },
             out_dir: self.out.clone(),
             split: self.split,
+        }
+    }
+}
+
+impl FetchArgs {
+    pub fn options(&self) -> FetchOptions {
+        FetchOptions {
+            mirror: self.mirror.clone().filter(|m| !m.is_empty()),
+            jobs: self.jobs,
+            ca_cert: self.ca_cert.clone(),
+            allow_http: self.allow_http,
+            connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
+            read_timeout: Duration::from_secs(self.read_timeout.max(1)),
+            tries: self.tries,
+            ..FetchOptions::default()
         }
     }
 }

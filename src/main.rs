@@ -7,16 +7,20 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{CacheCommand, Cli, Command, PkiCommand};
+use cli::{AirgapCommand, CacheCommand, Cli, Command, PkiCommand};
 use imgbuild::cache::Cache;
+use imgbuild::fetch::{self, Fetcher};
 use imgbuild::flags::Severity;
 use imgbuild::inventory::Inventory;
+use imgbuild::lock::{self, LockOptions};
 use imgbuild::recipe::Recipe;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let reporter = report::Reporter::new(cli.global.quiet);
-    match run(&cli, &reporter) {
+    let result = run(&cli, &reporter);
+    reporter.finish();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -29,7 +33,16 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
     let session = cli.global.session();
     match &cli.command {
         Command::Controller(args) => {
-            let built = imgbuild::build::controller(&session, &args.options(), reporter)?;
+            // The build reads only the cache. When it finds an artifact missing
+            // (after its inventory and PKI checks), fetch what the recipe needs
+            // and build again, unless offline.
+            let built = match imgbuild::build::controller(&session, &args.options(), reporter) {
+                Err(e) if e.kind == imgbuild::Kind::Missing && !args.offline => {
+                    fetch::fetch_inventory(&session, &args.fetch.options(), reporter)?;
+                    imgbuild::build::controller(&session, &args.options(), reporter)?
+                }
+                other => other?,
+            };
             for b in built {
                 println!("{}", b.artifact.display());
             }
@@ -55,6 +68,116 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
                     index.members.len()
                 );
             }
+            Ok(())
+        }
+        Command::Fetch(args) => {
+            let summary = fetch::fetch_inventory(&session, &args.options(), reporter)?;
+            for idx in summary.downloaded.iter().chain(&summary.present) {
+                println!("{}\t{}\t{}", idx.file, idx.pin, trust_name(idx.trust));
+            }
+            Ok(())
+        }
+        Command::Lock(args) => {
+            let cache = Cache::open(&session.cache_dir)?;
+            let arches = if args.arch.is_empty() {
+                vec![
+                    Inventory::load(&session.inventory)
+                        .map(|i| i.cluster.arch)
+                        .unwrap_or_else(|_| "amd64".into()),
+                ]
+            } else {
+                args.arch.clone()
+            };
+            let opts = LockOptions {
+                version: args.version.clone(),
+                arches,
+                out_dir: args.out.clone().unwrap_or_else(|| cache.locks_dir()),
+                force: args.force,
+            };
+            let fetcher = Fetcher::new(&cache, &args.fetch.options())?;
+            let locked = lock::lock(&fetcher, &session.assets, &opts, reporter)?;
+            for (bin, arch, pin) in &locked.digests {
+                println!("{bin}\t{arch}\t{pin}\tpublisher-checksum");
+            }
+            println!("{}", locked.path.display());
+            Ok(())
+        }
+        Command::Airgap(AirgapCommand::Export {
+            out,
+            offline,
+            fetch,
+        }) => {
+            let opts = fetch.options();
+            let exported =
+                imgbuild::airgap::export(&session, out, (!offline).then_some(&opts), reporter)?;
+            println!(
+                "{}\t{} artifact(s)\t{} bytes\tsha256:{}",
+                exported.path.display(),
+                exported.artifacts,
+                exported.size,
+                exported.sha256
+            );
+            Ok(())
+        }
+        Command::Airgap(AirgapCommand::Import { bundle }) => {
+            let imported = imgbuild::airgap::import(&session, bundle, reporter)?;
+            for line in &imported.cached {
+                println!("{line}");
+            }
+            for lock in &imported.locks {
+                println!("installed {}", lock.display());
+            }
+            Ok(())
+        }
+        Command::Cache(CacheCommand::Verify) => {
+            let cache = Cache::open(&session.cache_dir)?;
+            let report = cache.verify(reporter)?;
+            for line in &report.dropped {
+                println!("removed {line}");
+            }
+            println!(
+                "{} file(s), {} bytes verified; {} removed",
+                report.checked,
+                report.bytes,
+                report.dropped.len()
+            );
+            if report.dropped.is_empty() {
+                Ok(())
+            } else {
+                Err(imgbuild::Error::integrity(format!(
+                    "the cache held {} corrupt or incomplete entr{}, now removed; fetch or import them again",
+                    report.dropped.len(),
+                    if report.dropped.len() == 1 {
+                        "y"
+                    } else {
+                        "ies"
+                    }
+                )))
+            }
+        }
+        Command::Cache(CacheCommand::Gc { unused }) => {
+            let cache = Cache::open(&session.cache_dir)?;
+            let report = if *unused {
+                let recipes = all_recipes(&session)?;
+                let pinned = |idx: &imgbuild::cache::ArtifactIndex| {
+                    imgbuild::cache::parse_pin(&idx.pin).is_some_and(|(alg, hex)| {
+                        recipes
+                            .iter()
+                            .any(|r| r.artifact_by_digest(alg, hex).is_some())
+                    })
+                };
+                cache.gc(Some(&pinned))?
+            } else {
+                cache.gc(None)?
+            };
+            for (path, _) in &report.removed {
+                println!("removed {path}");
+            }
+            let freed: u64 = report.removed.iter().map(|(_, s)| s).sum();
+            println!(
+                "{} file(s) removed, {freed} bytes freed",
+                report.removed.len()
+            );
             Ok(())
         }
         Command::Pki(PkiCommand::Init(args)) => {
@@ -118,8 +241,11 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
             let cache = Cache::open(&session.cache_dir)?;
             for idx in cache.list()? {
                 println!(
-                    "{}\t{}\t{:?}\t{} bytes",
-                    idx.file, idx.pin, idx.trust, idx.size
+                    "{}\t{}\t{}\t{} bytes",
+                    idx.file,
+                    idx.pin,
+                    trust_name(idx.trust),
+                    idx.size
                 );
             }
             Ok(())
@@ -187,4 +313,11 @@ fn all_recipes(session: &imgbuild::build::Session) -> imgbuild::Result<Vec<Recip
             Recipe::load(&session.assets, version)
         })
         .collect()
+}
+
+fn trust_name(t: imgbuild::plan::Trust) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }

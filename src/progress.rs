@@ -24,6 +24,8 @@ pub enum Event<'a> {
     },
     /// A download ended, verified.
     DownloadDone { name: &'a str, bytes: u64 },
+    /// A batch of downloads (`imgbuild fetch`, the fetch before a build) ended.
+    DownloadsFinished { downloaded: usize },
     /// An artifact entered the cache, verified.
     Cached { name: &'a str, digest: &'a str },
     /// An output file was written and renamed into place.

@@ -178,6 +178,11 @@ impl Workspace {
             .env("IMGBUILD_CACHE", self.path("cache"))
             .env("IMGBUILD_RECIPES", self.path("recipes"))
             .env_remove("SOURCE_DATE_EPOCH")
+            // `controller` fetches what the cache lacks unless offline: these
+            // tests must never reach for dl.k8s.io (tests/fetch.rs uses a
+            // loopback mirror for downloads).
+            .env("IMGBUILD_OFFLINE", "1")
+            .env_remove("IMGBUILD_MIRROR")
             .env("NO_PROXY", "*")
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy");

@@ -1,0 +1,1026 @@
+//! `imgbuild fetch`, `lock`, `airgap`, `cache verify/gc` against a loopback
+//! mirror with injected faults. No traffic leaves 127.0.0.1: every test names
+//! its mirror by IP, proxies are cleared, and the tests that use the default
+//! base (https://dl.k8s.io) run inside a network namespace of their own
+//! (`unshare -n`), where only a private loopback exists.
+
+#[path = "support/http_mirror.rs"]
+mod http_mirror;
+mod support;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use http_mirror::{FakeProxy, Fault, Mirror, TlsFront};
+use sha2::{Digest, Sha256, Sha512};
+
+use support::{BIN, BINARIES};
+
+const VERSION: &str = "v1.10.2";
+const TARBALL: &str = "v1.10.2/kubernetes-server-linux-amd64.tar.gz";
+
+// ---------------------------------------------------------------- helpers
+
+fn stand_in(name: &str, size: usize) -> Vec<u8> {
+    support::stand_in(name, size)
+}
+
+/// A gzipped tar shaped like `kubernetes-server-linux-<arch>.tar.gz`, with
+/// stand-ins whose bytes depend on `seed`.
+fn server_tarball(seed: &str, size: usize) -> Vec<u8> {
+    let bins: Vec<(&str, Vec<u8>)> = BINARIES
+        .iter()
+        .map(|n| (*n, stand_in(&format!("{seed}{n}"), size)))
+        .collect();
+    support::server_tarball(&bins)
+}
+
+fn sha256(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+struct Ws {
+    tmp: tempfile::TempDir,
+}
+
+impl Ws {
+    /// Inventory (the bundled example at `version`), its PKI (`imgbuild pki
+    /// init`), an empty cache, and a recipes folder.
+    fn new(version: &str) -> Ws {
+        let tmp = tempfile::tempdir().unwrap();
+        let inventory = tmp.path().join("cluster.toml");
+        fs::write(&inventory, support::example_inventory(version, "amd64")).unwrap();
+        let out = Command::new(BIN)
+            .args(["pki", "init", "--inventory"])
+            .arg(&inventory)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::create_dir_all(tmp.path().join("recipes")).unwrap();
+        Ws { tmp }
+    }
+
+    /// The test recipe: the shipped recipe of `VERSION` pinning `tarball` instead.
+    fn pin(&self, tarball: &[u8]) {
+        fs::write(
+            self.path(&format!("recipes/kubernetes-{VERSION}.toml")),
+            support::test_recipe(VERSION, "amd64", tarball),
+        )
+        .unwrap();
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn cmd_with_cache(&self, cache: &str) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(self.tmp.path())
+            .env("IMGBUILD_CACHE", self.path(cache))
+            .env("IMGBUILD_RECIPES", self.path("recipes"))
+            .env("NO_PROXY", "*")
+            .env("no_proxy", "*");
+        for v in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "IMGBUILD_OFFLINE",
+            "IMGBUILD_MIRROR",
+            "IMGBUILD_CA_CERT",
+            "SOURCE_DATE_EPOCH",
+        ] {
+            c.env_remove(v);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd_with_cache("cache").args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "imgbuild {args:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Run, require exit `code`, return stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "imgbuild {args:?}: expected exit {code}; stderr:\n{stderr}"
+        );
+        stderr
+    }
+
+    /// Files under `<cache>/<sub>`.
+    fn cache_files(&self, sub: &str) -> Vec<String> {
+        let mut out: Vec<String> = fs::read_dir(self.path("cache").join(sub))
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Nothing unverified (and, when `empty`, nothing at all) in the cache.
+    fn assert_cache_clean(&self, empty: bool) {
+        assert_eq!(
+            self.cache_files("tmp"),
+            Vec::<String>::new(),
+            "tmp/ not empty"
+        );
+        if empty {
+            for sub in [
+                "index",
+                "blobs/sha256",
+                "artifacts/sha256",
+                "artifacts/sha512",
+            ] {
+                assert_eq!(
+                    self.cache_files(sub),
+                    Vec::<String>::new(),
+                    "{sub} not empty"
+                );
+            }
+        }
+    }
+}
+
+/// A workspace pinning a stand-in tarball, and a mirror serving it.
+fn setup(size: usize) -> (Ws, Mirror, Vec<u8>) {
+    let ws = Ws::new(VERSION);
+    let tarball = server_tarball("", size);
+    ws.pin(&tarball);
+    let mirror = Mirror::start();
+    mirror.put(TARBALL, tarball.clone());
+    (ws, mirror, tarball)
+}
+
+fn fetch_args(mirror: &Mirror) -> Vec<String> {
+    vec![
+        "fetch".into(),
+        "--mirror".into(),
+        mirror.url(),
+        "--allow-http".into(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Run the named test again inside a new network namespace (lo up, nothing
+/// else). Returns true in the child, where the body should run; false in the
+/// parent (which has checked the child passed) or when namespaces are not
+/// available (the test is skipped, saying so).
+fn in_netns(test: &str) -> bool {
+    if std::env::var_os("IMGBUILD_TEST_NETNS").is_some() {
+        return true;
+    }
+    let probe = Command::new("unshare")
+        .args(["-n", "ip", "link", "set", "lo", "up"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped {test}: `unshare -n` is not available here");
+        return false;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("IMGBUILD_TEST_NETNS", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{test} in a network namespace failed:\n{text}"
+    );
+    assert!(
+        text.contains("1 passed"),
+        "{test} did not run in the namespace:\n{text}"
+    );
+    false
+}
+
+// ---------------------------------------------------------------- fetch
+
+#[test]
+fn fetch_downloads_verifies_and_build_uses_it() {
+    let (ws, mirror, tarball) = setup(64 * 1024);
+    let stderr = ws.ok(&strs(&fetch_args(&mirror)));
+    // Not a terminal: one line per finished artifact.
+    assert!(
+        stderr.contains("downloaded kubernetes-server-linux-amd64.tar.gz"),
+        "{stderr}"
+    );
+    assert_eq!(mirror.requests(TARBALL).len(), 1);
+    ws.assert_cache_clean(false);
+    assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
+    assert_eq!(ws.cache_files("blobs/sha256").len(), 4);
+    let ls = String::from_utf8(ws.run(&["cache", "ls"]).stdout).unwrap();
+    assert!(ls.contains("kubernetes-server-linux-amd64.tar.gz"), "{ls}");
+    // A second fetch finds it in the cache and makes no request.
+    ws.ok(&strs(&fetch_args(&mirror)));
+    assert_eq!(mirror.requests(TARBALL).len(), 1);
+    // The build reads the cache only.
+    ws.ok(&["controller", "--node", "1", "--offline"]);
+    assert!(ws.path("out/controller-1.tar.gz").is_file());
+    let manifest = fs::read_to_string(ws.path("out/controller-1.manifest.json")).unwrap();
+    assert!(manifest.contains("\"trust\": \"local\""), "{manifest}");
+}
+
+#[test]
+fn quiet_fetch_prints_nothing() {
+    let (ws, mirror, _) = setup(16 * 1024);
+    let mut args = fetch_args(&mirror);
+    args.push("--quiet".into());
+    let stderr = ws.ok(&strs(&args));
+    assert_eq!(stderr, "");
+}
+
+#[test]
+fn controller_fetches_what_is_missing_before_building() {
+    let (ws, mirror, _) = setup(16 * 1024);
+    let url = mirror.url();
+    ws.ok(&[
+        "controller",
+        "--node",
+        "1",
+        "--mirror",
+        &url,
+        "--allow-http",
+    ]);
+    assert_eq!(mirror.requests(TARBALL).len(), 1);
+    assert!(ws.path("out/controller-1.tar.gz").is_file());
+}
+
+#[test]
+fn file_mirror() {
+    let (ws, _, tarball) = setup(16 * 1024);
+    let dir = ws.path("mirror/v1.10.2");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("kubernetes-server-linux-amd64.tar.gz"), &tarball).unwrap();
+    let url = format!("file://{}", ws.path("mirror").display());
+    ws.ok(&["fetch", "--mirror", &url]);
+    ws.assert_cache_clean(false);
+    assert_eq!(ws.cache_files("index").len(), 1);
+}
+
+#[test]
+fn plain_http_is_refused_without_allow_http() {
+    let (ws, mirror, _) = setup(16 * 1024);
+    let url = mirror.url();
+    let stderr = ws.fails(&["fetch", "--mirror", &url], 2);
+    assert!(stderr.contains("--allow-http"), "{stderr}");
+    assert!(mirror.log().is_empty());
+    ws.assert_cache_clean(true);
+}
+
+#[test]
+fn not_found_is_final() {
+    let (ws, mirror, _) = setup(16 * 1024);
+    mirror.put(TARBALL, Vec::new());
+    let mirror2 = Mirror::start(); // serves nothing
+    let stderr = ws.fails(&strs(&fetch_args(&mirror2)), 5);
+    assert!(stderr.contains("404"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}/{TARBALL}", mirror2.url())),
+        "names the URL: {stderr}"
+    );
+    assert_eq!(mirror2.requests(TARBALL).len(), 1, "a 404 is not retried");
+    ws.assert_cache_clean(true);
+}
+
+#[test]
+fn server_error_then_success() {
+    let (ws, mirror, _) = setup(16 * 1024);
+    mirror.fault(TARBALL, Fault::Status(500, vec![]));
+    let stderr = ws.ok(&strs(&fetch_args(&mirror)));
+    assert!(
+        stderr.contains("retrying") && stderr.contains("500"),
+        "{stderr}"
+    );
+    assert_eq!(mirror.requests(TARBALL).len(), 2);
+    ws.assert_cache_clean(false);
+    assert_eq!(ws.cache_files("index").len(), 1);
+}
+
+#[test]
+fn server_errors_until_the_last_try() {
+    let (ws, mirror, _) = setup(16 * 1024);
+    mirror.sticky(TARBALL, Fault::Status(503, vec![]));
+    let mut args = fetch_args(&mirror);
+    args.extend(["--tries".into(), "3".into()]);
+    let stderr = ws.fails(&strs(&args), 5);
+    assert!(
+        stderr.contains("503") && stderr.contains("3 tries"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&mirror.url()), "{stderr}");
+    assert_eq!(mirror.requests(TARBALL).len(), 3);
+    ws.assert_cache_clean(true);
+}
+
+#[test]
+fn too_many_requests_honours_retry_after() {
+    let (ws, mirror, _) = setup(16 * 1024);
+    mirror.fault(
+        TARBALL,
+        Fault::Status(429, vec![("Retry-After", "2".into())]),
+    );
+    let t = Instant::now();
+    let stderr = ws.ok(&strs(&fetch_args(&mirror)));
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "waited {:?}",
+        t.elapsed()
+    );
+    assert!(
+        stderr.contains("429") && stderr.contains("in 2.0s"),
+        "{stderr}"
+    );
+    assert_eq!(mirror.requests(TARBALL).len(), 2);
+    ws.assert_cache_clean(false);
+}
+
+#[test]
+fn connection_reset_mid_body_resumes_with_a_range_request() {
+    let (ws, mirror, tarball) = setup(512 * 1024);
+    let half = tarball.len() / 2;
+    mirror.fault(TARBALL, Fault::Reset(half));
+    let stderr = ws.ok(&strs(&fetch_args(&mirror)));
+    let reqs = mirror.requests(TARBALL);
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    let range = reqs[1].range.clone().expect("second request is ranged");
+    let from: usize = range
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!(from > 0 && from <= half, "resumed from {from}");
+    assert!(stderr.contains("retrying"), "{stderr}");
+    ws.assert_cache_clean(false);
+    assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
+}
+
+#[test]
+fn truncated_body_resumes() {
+    let (ws, mirror, tarball) = setup(512 * 1024);
+    mirror.fault(TARBALL, Fault::Truncate(tarball.len() / 3));
+    ws.ok(&strs(&fetch_args(&mirror)));
+    let reqs = mirror.requests(TARBALL);
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs[1].range.is_some(), "{reqs:?}");
+    ws.assert_cache_clean(false);
+    assert_eq!(ws.cache_files("index").len(), 1);
+}
+
+#[test]
+fn server_without_range_support_restarts_in_the_same_pass() {
+    let (ws, mirror, tarball) = setup(512 * 1024);
+    mirror.fault(TARBALL, Fault::Truncate(tarball.len() / 3));
+    mirror.fault(TARBALL, Fault::IgnoreRange);
+    let stderr = ws.ok(&strs(&fetch_args(&mirror)));
+    assert!(stderr.contains("does not resume"), "{stderr}");
+    ws.assert_cache_clean(false);
+    assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
+}
+
+#[test]
+fn truncated_body_of_unknown_length_is_a_digest_mismatch() {
+    let (ws, mirror, tarball) = setup(256 * 1024);
+    mirror.fault(TARBALL, Fault::TruncateUnsized(tarball.len() / 2));
+    let stderr = ws.fails(&strs(&fetch_args(&mirror)), 4);
+    assert!(stderr.contains("digest mismatch"), "{stderr}");
+    assert!(stderr.contains("Nothing was stored"), "{stderr}");
+    ws.assert_cache_clean(true);
+}
+
+#[test]
+fn wrong_digest_stores_nothing() {
+    let (ws, mirror, tarball) = setup(64 * 1024);
+    let other = server_tarball("tampered-", 64 * 1024);
+    mirror.put(TARBALL, other.clone());
+    let stderr = ws.fails(&strs(&fetch_args(&mirror)), 4);
+    assert!(
+        stderr.contains(&format!("expected sha256:{}", sha256(&tarball))),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("got sha256:{}", sha256(&other))),
+        "{stderr}"
+    );
+    ws.assert_cache_clean(true);
+}
+
+#[test]
+fn server_slower_than_the_read_timeout() {
+    let (ws, mirror, _) = setup(256 * 1024);
+    // Headers, then nothing: no progress, so the tries run out. (A server that
+    // trickles bytes makes progress, and progress resets the tries.)
+    mirror.sticky(TARBALL, Fault::Stall(0, Duration::from_secs(5)));
+    let mut args = fetch_args(&mirror);
+    args.extend(["--read-timeout", "1", "--tries", "2"].map(String::from));
+    let t = Instant::now();
+    let stderr = ws.fails(&strs(&args), 5);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(stderr.contains("read timeout"), "{stderr}");
+    assert!(stderr.contains(&mirror.url()), "{stderr}");
+    ws.assert_cache_clean(true);
+}
+
+#[test]
+fn a_stall_once_is_survived() {
+    let (ws, mirror, _) = setup(256 * 1024);
+    mirror.fault(TARBALL, Fault::Stall(1000, Duration::from_secs(20)));
+    let mut args = fetch_args(&mirror);
+    args.extend(["--read-timeout", "1"].map(String::from));
+    ws.ok(&strs(&args));
+    let reqs = mirror.requests(TARBALL);
+    assert_eq!(reqs[1].range.as_deref(), Some("bytes=1000-"));
+    ws.assert_cache_clean(false);
+}
+
+#[test]
+fn redirect_on_the_same_server() {
+    let (ws, mirror, tarball) = setup(64 * 1024);
+    mirror.put(
+        "moved/kubernetes-server-linux-amd64.tar.gz",
+        tarball.clone(),
+    );
+    mirror.fault(
+        TARBALL,
+        Fault::Redirect("moved/kubernetes-server-linux-amd64.tar.gz".into()),
+    );
+    ws.ok(&strs(&fetch_args(&mirror)));
+    assert_eq!(
+        mirror
+            .requests("moved/kubernetes-server-linux-amd64.tar.gz")
+            .len(),
+        1
+    );
+    ws.assert_cache_clean(false);
+    assert_eq!(ws.cache_files("index").len(), 1);
+}
+
+#[test]
+fn two_processes_fetching_at_once_download_once() {
+    let (ws, mirror, tarball) = setup(256 * 1024);
+    mirror.fault(TARBALL, Fault::Delay(Duration::from_millis(800)));
+    let args = fetch_args(&mirror);
+    let spawn = || {
+        ws.cmd_with_cache("cache")
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(mirror.requests(TARBALL).len(), 1);
+    ws.assert_cache_clean(false);
+    assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
+}
+
+#[test]
+fn https_mirror_needs_its_ca_and_refuses_a_downgrade() {
+    let (ws, mirror, tarball) = setup(64 * 1024);
+    let tls = TlsFront::start(mirror.addr);
+    fs::write(ws.path("mirror-ca.pem"), &tls.ca_pem).unwrap();
+    let url = tls.url();
+    // A CA the system does not trust: refused at once (not retried).
+    let stderr = ws.fails(&["fetch", "--mirror", &url], 5);
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(!stderr.contains("retrying"), "{stderr}");
+    assert!(mirror.log().is_empty());
+    ws.assert_cache_clean(true);
+    // Trusted with --ca-cert.
+    ws.ok(&["fetch", "--mirror", &url, "--ca-cert", "mirror-ca.pem"]);
+    assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
+    // A redirect from https to plain http is refused without --allow-http.
+    let ws2 = Ws::new(VERSION);
+    ws2.pin(&tarball);
+    fs::write(ws2.path("mirror-ca.pem"), &tls.ca_pem).unwrap();
+    mirror.fault(
+        TARBALL,
+        Fault::Redirect(format!("{}/{TARBALL}", mirror.url())),
+    );
+    let stderr = ws2.fails(
+        &["fetch", "--mirror", &url, "--ca-cert", "mirror-ca.pem"],
+        5,
+    );
+    assert!(stderr.contains("--allow-http"), "{stderr}");
+    ws2.assert_cache_clean(true);
+}
+
+// ---------------------------------------------------------------- offline
+
+#[test]
+fn offline_cache_miss_names_the_artifact_and_the_command() {
+    let (ws, mirror, _) = setup(16 * 1024);
+    let url = mirror.url();
+    for env in [false, true] {
+        let mut c = ws.cmd_with_cache("cache");
+        c.args([
+            "controller",
+            "--node",
+            "1",
+            "--mirror",
+            &url,
+            "--allow-http",
+        ]);
+        if env {
+            c.env("IMGBUILD_OFFLINE", "1");
+        } else {
+            c.arg("--offline");
+        }
+        let out = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(
+            stderr.contains("kubernetes-server-linux-amd64.tar.gz")
+                && stderr.contains("imgbuild fetch")
+                && stderr.contains("imgbuild airgap import"),
+            "{stderr}"
+        );
+    }
+    assert!(mirror.log().is_empty(), "offline made requests");
+}
+
+#[test]
+fn no_network_fails_fast_with_a_way_out() {
+    if !in_netns("no_network_fails_fast_with_a_way_out") {
+        return;
+    }
+    // Inside the namespace: no route anywhere, no DNS. The default base is used.
+    let (ws, _, _) = setup(16 * 1024);
+    let t = Instant::now();
+    let stderr = ws.fails(&["controller", "--node", "1"], 5);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(stderr.contains("https://dl.k8s.io/v1.10.2/"), "{stderr}");
+    assert!(
+        stderr.contains("airgap import") && stderr.contains("--mirror"),
+        "{stderr}"
+    );
+    ws.assert_cache_clean(true);
+}
+
+#[test]
+fn https_proxy_is_honoured() {
+    if !in_netns("https_proxy_is_honoured") {
+        return;
+    }
+    let (ws, _, _) = setup(16 * 1024);
+    let proxy = FakeProxy::start();
+    let out = ws
+        .cmd_with_cache("cache")
+        .args(["fetch", "--tries", "1"])
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("HTTPS_PROXY", format!("http://{}", proxy.addr))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    let seen = proxy.seen.lock().unwrap().clone();
+    assert_eq!(seen, vec!["CONNECT dl.k8s.io:443 HTTP/1.1".to_string()]);
+    // A proxy at a closed loopback port: the connection is refused, retried a
+    // bounded number of times, and the message says how to get the files.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let t = Instant::now();
+    let out = ws
+        .cmd_with_cache("cache")
+        .args(["controller", "--node", "1", "--tries", "3"])
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("HTTPS_PROXY", format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        stderr.contains("3 tries") && stderr.contains("airgap import"),
+        "{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------- air-gap
+
+fn build_bytes(ws: &Ws, cache: &str, netns: bool) -> Vec<u8> {
+    let _ = fs::remove_dir_all(ws.path("out"));
+    let mut c = ws.cmd_with_cache(cache);
+    c.args(["controller", "--node", "1", "--offline"]);
+    let out = if netns {
+        // The build must not need the network: run it where there is none.
+        let mut u = Command::new("unshare");
+        u.arg("-n").arg(c.get_program()).args(c.get_args());
+        u.current_dir(ws.tmp.path());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => u.env(k, v),
+                None => u.env_remove(k),
+            };
+        }
+        u.output().unwrap()
+    } else {
+        c.output().unwrap()
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::read(ws.path("out/controller-1.tar.gz")).unwrap()
+}
+
+fn unshare_works() -> bool {
+    Command::new("unshare")
+        .args(["-n", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn airgap_round_trip_builds_the_same_bytes_without_network() {
+    let (ws, mirror, _) = setup(128 * 1024);
+    ws.ok(&strs(&fetch_args(&mirror)));
+    let fetched = build_bytes(&ws, "cache", false);
+    let stdout = String::from_utf8(
+        ws.run(&["airgap", "export", "-o", "bundle.tar", "--offline"])
+            .stdout,
+    )
+    .unwrap();
+    assert!(stdout.contains("1 artifact(s)"), "{stdout}");
+    // The other side: a fresh cache, no network.
+    let out = ws
+        .cmd_with_cache("cache2")
+        .args(["airgap", "import", "bundle.tar"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let imported = build_bytes(&ws, "cache2", unshare_works());
+    assert!(
+        fetched == imported,
+        "export → import → build differs from fetch → build"
+    );
+}
+
+/// A tar entry written with raw header fields (the tar crate's builder would
+/// refuse some of these names, which is the point).
+fn raw_entry(
+    tar: &mut tar::Builder<Vec<u8>>,
+    name: &[u8],
+    kind: tar::EntryType,
+    data: &[u8],
+    link: Option<&str>,
+) {
+    let mut h = tar::Header::new_old();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(kind);
+    if let Some(l) = link {
+        h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+    }
+    h.set_cksum();
+    tar.append(&h, data).unwrap();
+}
+
+#[test]
+fn airgap_import_refuses_hostile_bundles() {
+    let (ws, mirror, tarball) = setup(32 * 1024);
+    ws.ok(&strs(&fetch_args(&mirror)));
+    ws.ok(&["airgap", "export", "-o", "good.tar", "--offline"]);
+    // Take the good bundle apart.
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut ar = tar::Archive::new(fs::File::open(ws.path("good.tar")).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        entries.push((name, data));
+    }
+    let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[0], "manifest.json", "{names:?}");
+    let artifact = format!("artifacts/sha256/{}", sha256(&tarball));
+    assert!(names.contains(&artifact.as_str()), "{names:?}");
+
+    type Extra = (
+        &'static [u8],
+        tar::EntryType,
+        &'static [u8],
+        Option<&'static str>,
+    );
+    let cases: Vec<(&str, Extra)> = vec![
+        ("absolute path", (b"/etc/passwd", tar::EntryType::Regular, b"x", None)),
+        ("`..`", (b"artifacts/../../escape", tar::EntryType::Regular, b"x", None)),
+        ("symbolic link", (b"recipes/link.toml", tar::EntryType::Symlink, b"", Some("/etc/shadow"))),
+        ("hard link", (b"recipes/hard.toml", tar::EntryType::Link, b"", Some("manifest.json"))),
+        ("device file", (b"artifacts/sha256/dev", tar::EntryType::Char, b"", None)),
+        ("does not hold", (b"notes.txt", tar::EntryType::Regular, b"hello", None)),
+        ("not listed", (b"artifacts/sha256/0000000000000000000000000000000000000000000000000000000000000000", tar::EntryType::Regular, b"x", None)),
+    ];
+    for (why, (name, kind, data, link)) in cases {
+        let mut t = tar::Builder::new(Vec::new());
+        for (n, d) in &entries {
+            raw_entry(&mut t, n.as_bytes(), tar::EntryType::Regular, d, None);
+        }
+        // Hostile entries last: everything before them is valid, and still
+        // nothing may be written.
+        raw_entry(&mut t, name, kind, data, link);
+        fs::write(ws.path("bad.tar"), t.into_inner().unwrap()).unwrap();
+        let out = ws
+            .cmd_with_cache("cache3")
+            .args(["airgap", "import", "bad.tar"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{why}: {stderr}");
+        assert!(
+            stderr.contains("refused") && stderr.contains(why),
+            "{why}: {stderr}"
+        );
+        assert!(
+            !ws.path("cache3/index").exists()
+                || fs::read_dir(ws.path("cache3/index"))
+                    .unwrap()
+                    .next()
+                    .is_none(),
+            "{why}: something was imported"
+        );
+    }
+
+    // A blob whose bytes differ from its pin: verified, refused, nothing stored.
+    let mut t = tar::Builder::new(Vec::new());
+    for (n, d) in &entries {
+        let mut d = d.clone();
+        if *n == artifact {
+            let last = d.len() - 1;
+            d[last] ^= 0xff;
+        }
+        raw_entry(&mut t, n.as_bytes(), tar::EntryType::Regular, &d, None);
+    }
+    fs::write(ws.path("bad.tar"), t.into_inner().unwrap()).unwrap();
+    let out = ws
+        .cmd_with_cache("cache3")
+        .args(["airgap", "import", "bad.tar"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("digest mismatch"), "{stderr}");
+    for sub in ["index", "blobs/sha256", "artifacts/sha256", "tmp"] {
+        let n = fs::read_dir(ws.path("cache3").join(sub))
+            .map(|r| r.count())
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{sub} not empty");
+    }
+}
+
+// ---------------------------------------------------------------- lock
+
+const NEW: &str = "v1.33.0";
+
+fn serve_release(mirror: &Mirror, version: &str, arch: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (i, bin) in BINARIES.iter().enumerate() {
+        let bytes = stand_in(&format!("{version}{arch}{bin}"), 100_000 + i * 1000);
+        let path = format!("{version}/bin/linux/{arch}/{bin}");
+        // kubectl: only a .sha256 (the lock falls back to it).
+        if *bin == "kubectl" {
+            mirror.put(
+                &format!("{path}.sha256"),
+                format!("{}\n", sha256(&bytes)).into_bytes(),
+            );
+        } else {
+            mirror.put(
+                &format!("{path}.sha512"),
+                hex::encode(Sha512::digest(&bytes)).into_bytes(),
+            );
+        }
+        mirror.put(&path, bytes.clone());
+        out.push((bin.to_string(), bytes));
+    }
+    out
+}
+
+#[test]
+fn lock_then_fetch_then_build_records_publisher_checksum_trust() {
+    let ws = Ws::new(NEW);
+    let mirror = Mirror::start();
+    serve_release(&mirror, NEW, "amd64");
+    let url = mirror.url();
+    let out = ws.run(&["lock", "--version", NEW, "--mirror", &url, "--allow-http"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("kubectl\tamd64\tsha256:"), "{stdout}");
+    assert!(
+        stdout.contains("kube-apiserver\tamd64\tsha512:"),
+        "{stdout}"
+    );
+    let lock = fs::read_to_string(ws.path("cache/locks/kubernetes-v1.33.0.toml")).unwrap();
+    assert!(lock.contains("trust = \"publisher-checksum\""), "{lock}");
+    assert!(lock.contains("kind = \"file\""), "{lock}");
+    // Four files, two at a time.
+    ws.ok(&["fetch", "--mirror", &url, "--allow-http", "--jobs", "2"]);
+    assert_eq!(ws.cache_files("index").len(), 4);
+    ws.assert_cache_clean(false);
+    ws.ok(&["controller", "--node", "1", "--offline"]);
+    let manifest = fs::read_to_string(ws.path("out/controller-1.manifest.json")).unwrap();
+    assert!(manifest.contains("publisher-checksum"), "{manifest}");
+    // A binary that does not match its checksum file.
+    let mirror2 = Mirror::start();
+    serve_release(&mirror2, NEW, "amd64");
+    mirror2.put(
+        &format!("{NEW}/bin/linux/amd64/kube-scheduler"),
+        b"not it".to_vec(),
+    );
+    let ws2 = Ws::new(NEW);
+    let url2 = mirror2.url();
+    ws2.ok(&["lock", "--version", NEW, "--mirror", &url2, "--allow-http"]);
+    let stderr = ws2.fails(&["fetch", "--mirror", &url2, "--allow-http"], 4);
+    assert!(
+        stderr.contains("kube-scheduler") && stderr.contains("digest mismatch"),
+        "{stderr}"
+    );
+    ws2.assert_cache_clean(false);
+    assert_eq!(ws2.cache_files("index").len(), 3);
+}
+
+#[test]
+fn lock_refuses_to_shadow_a_changelog_pin_and_needs_checksum_files() {
+    let ws = Ws::new(VERSION);
+    fs::remove_dir_all(ws.path("recipes")).unwrap(); // the built-in recipe counts
+    let mirror = Mirror::start();
+    let url = mirror.url();
+    let stderr = ws.fails(
+        &[
+            "lock",
+            "--version",
+            VERSION,
+            "--mirror",
+            &url,
+            "--allow-http",
+        ],
+        2,
+    );
+    assert!(
+        stderr.contains("changelog") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    let stderr = ws.fails(
+        &[
+            "lock",
+            "--version",
+            "v1.11.0",
+            "--mirror",
+            &url,
+            "--allow-http",
+        ],
+        3,
+    );
+    assert!(stderr.contains(".sha512 or .sha256"), "{stderr}");
+    assert!(!ws.path("cache/locks/kubernetes-v1.11.0.toml").exists());
+}
+
+#[test]
+fn airgap_carries_a_lock() {
+    let ws = Ws::new(NEW);
+    let mirror = Mirror::start();
+    serve_release(&mirror, NEW, "amd64");
+    let url = mirror.url();
+    ws.ok(&["lock", "--version", NEW, "--mirror", &url, "--allow-http"]);
+    ws.ok(&[
+        "airgap",
+        "export",
+        "-o",
+        "b.tar",
+        "--mirror",
+        &url,
+        "--allow-http",
+    ]);
+    let out = ws
+        .cmd_with_cache("cache2")
+        .args(["airgap", "import", "b.tar"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ws.path("cache2/locks/kubernetes-v1.33.0.toml").is_file());
+    let a = build_bytes(&ws, "cache", false);
+    let b = build_bytes(&ws, "cache2", unshare_works());
+    assert!(a == b);
+}
+
+// ---------------------------------------------------------------- cache
+
+#[test]
+fn cache_verify_drops_what_is_corrupt_and_gc_cleans_up() {
+    let (ws, mirror, _) = setup(64 * 1024);
+    ws.ok(&strs(&fetch_args(&mirror)));
+    ws.ok(&["cache", "verify"]);
+    // Leftovers of a killed process and an orphan blob.
+    // (gc leaves temp files touched within the hour: a build may be writing them.)
+    fs::write(ws.path("cache/tmp/.part-fresh"), b"busy").unwrap();
+    fs::write(ws.path("cache/tmp/.part-leftover"), b"half").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(ws.path("cache/tmp/.part-leftover"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
+    let orphan = sha256(b"orphan");
+    fs::write(ws.path("cache/blobs/sha256").join(&orphan), b"orphan").unwrap();
+    let out = ws.run(&["cache", "gc"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains(".part-leftover") && stdout.contains(&orphan),
+        "{stdout}"
+    );
+    assert_eq!(ws.cache_files("tmp"), vec![".part-fresh".to_string()]);
+    fs::remove_file(ws.path("cache/tmp/.part-fresh")).unwrap();
+    ws.assert_cache_clean(false);
+    assert_eq!(ws.cache_files("blobs/sha256").len(), 4);
+    ws.ok(&["controller", "--node", "1", "--offline"]);
+    // Corrupt one member blob.
+    let blob = ws
+        .path("cache/blobs/sha256")
+        .join(&ws.cache_files("blobs/sha256")[0]);
+    fs::remove_file(&blob).unwrap();
+    fs::write(&blob, b"bit rot").unwrap();
+    let out = ws.run(&["cache", "verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
+    assert!(
+        stdout.contains("corrupt") && stdout.contains("lost a file"),
+        "{stdout}"
+    );
+    assert!(ws.cache_files("index").is_empty());
+    ws.fails(&["controller", "--node", "1", "--offline"], 3);
+    // Fetching again repairs it.
+    ws.ok(&strs(&fetch_args(&mirror)));
+    ws.ok(&["cache", "verify"]);
+    ws.ok(&["controller", "--node", "1", "--offline"]);
+}
