@@ -458,7 +458,7 @@ pub fn controller(
     let mut built = Vec::new();
     // Split cpio: the shared archive is the same for every node; write it once.
     let mut shared_written: Option<(Vec<String>, OutputFile)> = None;
-    for index in indices {
+    let one = |index: usize, shared: &mut Option<(Vec<String>, OutputFile)>| -> Result<Built> {
         let plan = loaded.plan(index, session.mtime, progress)?;
         progress.event(Event::Step {
             what: &format!(
@@ -467,13 +467,41 @@ pub fn controller(
                 plan.meta.node_name
             ),
         });
-        built.push(write_node(
-            &plan,
-            opts,
-            &mut shared_written,
-            &cache,
-            progress,
-        )?);
+        write_node(&plan, opts, shared, &cache, progress)
+    };
+    if opts.format == Format::TarGz && indices.len() > 2 {
+        // The first node makes (or finds) the cached shared part; the others only
+        // copy it and add their own member, on every core at once.
+        built.push(one(indices[0], &mut shared_written)?);
+        let rest = &indices[1..];
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results = std::sync::Mutex::new(Vec::with_capacity(rest.len()));
+        std::thread::scope(|scope| {
+            for _ in 0..threads().min(rest.len()) {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&index) = rest.get(i) else { break };
+                        let r = one(index, &mut None);
+                        let failed = r.is_err();
+                        results.lock().expect("results").push((i, r));
+                        if failed {
+                            // Stop handing out work; nodes already written stay whole.
+                            next.store(rest.len(), std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let mut results = results.into_inner().expect("results");
+        results.sort_by_key(|(i, _)| *i);
+        for (_, r) in results {
+            built.push(r?);
+        }
+    } else {
+        for index in indices {
+            built.push(one(index, &mut shared_written)?);
+        }
     }
     let sums: Vec<(String, String)> = built
         .iter()
