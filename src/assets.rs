@@ -39,10 +39,10 @@ impl Assets {
 
     pub fn overlay_file(&self, overlay: &str, rel: &str) -> Result<Option<Asset>> {
         let rel = format!("{overlay}/{rel}");
-        if let Some(dir) = &self.overlay_dir {
-            if let Some(a) = read_opt(&dir.join(&rel))? {
-                return Ok(Some(a));
-            }
+        if let Some(dir) = &self.overlay_dir
+            && let Some(a) = read_opt(&dir.join(&rel))?
+        {
+            return Ok(Some(a));
         }
         Ok(builtin(&BUILTIN_OVERLAYS, "overlays", &rel))
     }

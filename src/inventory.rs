@@ -228,17 +228,16 @@ impl Inventory {
                     "{at}: a static network needs interface, prefix and gateway together"
                 )));
             }
-            if let Some(iface) = &ctl.interface {
-                if iface.is_empty()
+            if let Some(iface) = &ctl.interface
+                && (iface.is_empty()
                     || iface.len() > 15
                     || !iface
                         .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                {
-                    return Err(Error::input(format!(
-                        "{at}.interface = {iface:?}: not a Linux interface name"
-                    )));
-                }
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+            {
+                return Err(Error::input(format!(
+                    "{at}.interface = {iface:?}: not a Linux interface name"
+                )));
             }
             if let Some(prefix) = ctl.prefix {
                 let max = if canonical.is_ipv4() { 32 } else { 128 };

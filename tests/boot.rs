@@ -170,10 +170,10 @@ fn default_kubectl() -> PathBuf {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(rest) = name.strip_prefix("kubectl.") {
                 let mut it = rest.split('.').map(|p| p.parse::<u32>());
-                if let (Some(Ok(a)), Some(Ok(b)), None) = (it.next(), it.next(), it.next()) {
-                    if best.as_ref().is_none_or(|(v, _)| (a, b) > *v) {
-                        best = Some(((a, b), e.path()));
-                    }
+                if let (Some(Ok(a)), Some(Ok(b)), None) = (it.next(), it.next(), it.next())
+                    && best.as_ref().is_none_or(|(v, _)| (a, b) > *v)
+                {
+                    best = Some(((a, b), e.path()));
                 }
             }
         }

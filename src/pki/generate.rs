@@ -83,18 +83,19 @@ pub fn init(inv: &Inventory, opts: &InitOptions, progress: &dyn Progress) -> Res
     };
     let mut replaced = Vec::new();
     let mut backup = None;
-    if opts.force && dir.is_dir() {
-        if let Some((to, names)) = move_aside(&dir, now)? {
-            let msg = format!(
-                "--force replaced {} in {}; the old files are in {} (they hold private keys: delete that folder once no node uses the old PKI). Every node of the cluster must be rebuilt with the new PKI.",
-                names.join(", "),
-                dir.display(),
-                to.display()
-            );
-            progress.event(Event::Notice { message: &msg });
-            replaced = names;
-            backup = Some(to);
-        }
+    if opts.force
+        && dir.is_dir()
+        && let Some((to, names)) = move_aside(&dir, now)?
+    {
+        let msg = format!(
+            "--force replaced {} in {}; the old files are in {} (they hold private keys: delete that folder once no node uses the old PKI). Every node of the cluster must be rebuilt with the new PKI.",
+            names.join(", "),
+            dir.display(),
+            to.display()
+        );
+        progress.event(Event::Notice { message: &msg });
+        replaced = names;
+        backup = Some(to);
     }
     ensure_dir(&dir, progress)?;
 

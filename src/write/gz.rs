@@ -109,10 +109,10 @@ pub fn compress_parallel<R: Read + Send>(
                 }
             }
             while let Some(bytes) = pending.remove(&next) {
-                if write_err.is_none() {
-                    if let Err(e) = out.write_all(&bytes) {
-                        write_err = Some(e);
-                    }
+                if write_err.is_none()
+                    && let Err(e) = out.write_all(&bytes)
+                {
+                    write_err = Some(e);
                 }
                 next += 1;
             }
