@@ -89,6 +89,16 @@ impl Loaded {
         Self::load_with(session, true)
     }
 
+    /// Everything a build needs, once the PKI is known to fit the inventory
+    /// (for the bundled example, generated on first use).
+    pub fn for_build(session: &Session, progress: &dyn Progress) -> Result<Loaded> {
+        progress.event(Event::Step {
+            what: "loading inventory, recipe, PKI and cached artifacts",
+        });
+        crate::pki::ensure_for_build(&Inventory::load(&session.inventory)?, progress)?;
+        Self::load(session)
+    }
+
     /// `with_inputs = false` skips the PKI folder and the cache: enough to render and lint.
     pub fn load_with(session: &Session, with_inputs: bool) -> Result<Loaded> {
         let inventory = Inventory::load(&session.inventory)?;
@@ -441,12 +451,7 @@ pub fn controller(
     opts: &ControllerOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Built>> {
-    progress.event(Event::Step {
-        what: "loading inventory, recipe, PKI and cached artifacts",
-    });
-    // The PKI must fit the inventory before anything is built from it.
-    crate::pki::ensure_for_build(&Inventory::load(&session.inventory)?, progress)?;
-    let loaded = Loaded::load(session)?;
+    let loaded = Loaded::for_build(session, progress)?;
     let indices = select_nodes(&loaded.inventory, &opts.nodes, opts.all)?;
     if opts.split && !matches!(opts.format, Format::Cpio | Format::CpioGz) {
         return Err(Error::input(
@@ -745,12 +750,7 @@ pub fn cloud_init(
     progress: &dyn Progress,
 ) -> Result<Vec<Built>> {
     use write::cloud_init::{self as ci, Network};
-    progress.event(Event::Step {
-        what: "loading inventory, recipe, PKI and cached artifacts",
-    });
-    // The PKI must fit the inventory before anything is built from it.
-    crate::pki::ensure_for_build(&Inventory::load(&session.inventory)?, progress)?;
-    let loaded = Loaded::load(session)?;
+    let loaded = Loaded::for_build(session, progress)?;
     let indices = select_nodes(&loaded.inventory, &opts.nodes, opts.all)?;
     atomic::ensure_dir(&opts.out_dir)?;
     // Units start in the layout's order (dependencies first).
