@@ -95,13 +95,21 @@ impl Loaded {
         progress.event(Event::Step {
             what: "loading inventory, recipe, PKI and cached artifacts",
         });
-        crate::pki::ensure_for_build(&Inventory::load(&session.inventory)?, progress)?;
-        Self::load(session)
+        let inventory = Inventory::load(&session.inventory)?;
+        crate::pki::ensure_for_build(&inventory, progress)?;
+        Self::from_inventory(session, inventory, true)
     }
 
     /// `with_inputs = false` skips the PKI folder and the cache: enough to render and lint.
     pub fn load_with(session: &Session, with_inputs: bool) -> Result<Loaded> {
-        let inventory = Inventory::load(&session.inventory)?;
+        Self::from_inventory(session, Inventory::load(&session.inventory)?, with_inputs)
+    }
+
+    fn from_inventory(
+        session: &Session,
+        inventory: Inventory,
+        with_inputs: bool,
+    ) -> Result<Loaded> {
         let version = Version::parse(&inventory.cluster.kubernetes_version)
             .expect("validated by the inventory");
         let recipe = Recipe::load(&session.assets, &inventory.cluster.kubernetes_version)?;

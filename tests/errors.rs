@@ -121,12 +121,7 @@ fn missing_pki_file_is_named() {
 
 #[test]
 fn cache_miss_says_how_to_import() {
-    let ws = Workspace::bare("v1.10.2", "amd64");
-    let bins: Vec<_> = support::BINARIES
-        .iter()
-        .map(|n| (*n, support::stand_in(n, 1000)))
-        .collect();
-    ws.add_tarball(&bins);
+    let ws = Workspace::not_imported("v1.10.2", "amd64", 1000);
     expect_error(
         &ws,
         "1",
@@ -143,12 +138,7 @@ fn cache_miss_says_how_to_import() {
 
 #[test]
 fn import_of_a_file_that_does_not_match_its_pin_stores_nothing() {
-    let ws = Workspace::bare("v1.10.2", "amd64");
-    let bins: Vec<_> = support::BINARIES
-        .iter()
-        .map(|n| (*n, support::stand_in(n, 1000)))
-        .collect();
-    ws.add_tarball(&bins);
+    let ws = Workspace::not_imported("v1.10.2", "amd64", 1000);
     // Same name, other bytes.
     let mut altered = fs::read(ws.path("kubernetes-server-linux-amd64.tar.gz")).unwrap();
     let n = altered.len();

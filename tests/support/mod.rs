@@ -108,11 +108,17 @@ impl Workspace {
     }
 
     pub fn with_binaries(version: &str, arch: &str, size: usize) -> Workspace {
+        let ws = Self::not_imported(version, arch, size);
+        ws.ok(&["cache", "import", "kubernetes-server-linux-amd64.tar.gz"]
+            .map(|s| s.replace("amd64", arch)));
+        ws
+    }
+
+    /// Inventory, PKI, the stand-in tarball and a recipe pinning it; nothing in the cache.
+    pub fn not_imported(version: &str, arch: &str, size: usize) -> Workspace {
         let ws = Self::bare(version, arch);
         let bins: Vec<(&str, Vec<u8>)> = BINARIES.iter().map(|n| (*n, stand_in(n, size))).collect();
         ws.add_tarball(&bins);
-        ws.ok(&["cache", "import", "kubernetes-server-linux-amd64.tar.gz"]
-            .map(|s| s.replace("amd64", arch)));
         ws
     }
 
