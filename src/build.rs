@@ -56,9 +56,10 @@ pub struct ControllerOptions {
     pub all: bool,
     pub format: Format,
     pub out_dir: PathBuf,
-    /// cpio formats: write the node-independent part (binaries) once, as its
-    /// own archive, and each node's configuration as another; the kernel
-    /// unpacks the concatenation.
+    /// tar.gz and cpio formats: write the node-independent part (binaries)
+    /// once, as its own file, and each node's configuration as another. The
+    /// two concatenate (shared first): a tar.gz pair into exactly the whole
+    /// archive, a cpio pair into an initramfs the kernel unpacks.
     pub split: bool,
 }
 
@@ -461,17 +462,17 @@ pub fn controller(
 ) -> Result<Vec<Built>> {
     let loaded = Loaded::for_build(session, progress)?;
     let indices = select_nodes(&loaded.inventory, &opts.nodes, opts.all)?;
-    if opts.split && !matches!(opts.format, Format::Cpio | Format::CpioGz) {
+    if opts.split && opts.format == Format::Dir {
         return Err(Error::input(
-            "--split applies to --format cpio and cpio.gz (initramfs archives the kernel concatenates)",
+            "--split applies to archives (--format tar.gz, cpio or cpio.gz), not to --format dir",
         ));
     }
     atomic::ensure_dir(&opts.out_dir)?;
     let cache = Cache::open(&session.cache_dir)?;
     let mut built = Vec::new();
-    // Split cpio: the shared archive is the same for every node; write it once.
-    let mut shared_written: Option<(Vec<String>, OutputFile)> = None;
-    let one = |index: usize, shared: &mut Option<(Vec<String>, OutputFile)>| -> Result<Built> {
+    // Split: the shared file is the same for every node; written (at most) once.
+    let mut shared_written: Option<SharedWritten> = None;
+    let one = |index: usize, shared: &mut Option<SharedWritten>| -> Result<Built> {
         let plan = loaded.plan(index, session.mtime, progress)?;
         progress.event(Event::Step {
             what: &format!(
@@ -482,20 +483,21 @@ pub fn controller(
         });
         write_node(&plan, opts, shared, &cache, progress)
     };
-    if opts.format == Format::TarGz && indices.len() > 2 {
+    if opts.format != Format::Dir && indices.len() > 2 {
         // The first node makes (or finds) the cached shared part; the others only
-        // copy it and add their own member, on every core at once.
+        // copy or reuse it and add their own part, on every core at once.
         built.push(one(indices[0], &mut shared_written)?);
         let rest = &indices[1..];
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results = std::sync::Mutex::new(Vec::with_capacity(rest.len()));
+        let first_shared = &shared_written;
         std::thread::scope(|scope| {
             for _ in 0..threads().min(rest.len()) {
                 scope.spawn(|| {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(&index) = rest.get(i) else { break };
-                        let r = one(index, &mut None);
+                        let r = one(index, &mut first_shared.clone());
                         let failed = r.is_err();
                         results.lock().expect("results").push((i, r));
                         if failed {
@@ -556,73 +558,72 @@ pub fn select_nodes(inv: &Inventory, nodes: &[String], all: bool) -> Result<Vec<
     Ok(out)
 }
 
+/// The shared file of a split build: the key of what it holds, and the file.
+type SharedWritten = (String, OutputFile);
+
 fn write_node(
     plan: &Plan,
     opts: &ControllerOptions,
-    shared_written: &mut Option<(Vec<String>, OutputFile)>,
+    shared_written: &mut Option<SharedWritten>,
     cache: &Cache,
     progress: &dyn Progress,
 ) -> Result<Built> {
     let (format, out_dir) = (opts.format, opts.out_dir.as_path());
     let stem = format!("controller-{}", plan.meta.node_index);
     let manifest_path = out_dir.join(format!("{stem}.manifest.json"));
+    let ext = format.name();
     let (artifact, outputs) = match format {
-        Format::TarGz => {
-            let dest = out_dir.join(format!("{stem}.tar.gz"));
-            let (sha256, size) = write_tar_gz(plan, cache, &dest, progress)?;
-            let name = format!("{stem}.tar.gz");
-            (dest, vec![OutputFile { name, sha256, size }])
-        }
         Format::Dir => {
             let dest = out_dir.join(&stem);
             write::dir::write_dir(plan, &dest)?;
             (dest, vec![])
         }
-        Format::Cpio | Format::CpioGz => {
-            use write::cpio::{Part, write_file};
+        Format::TarGz if !opts.split => {
+            let dest = out_dir.join(format!("{stem}.tar.gz"));
+            let (sha256, size) = write_tar_gz(plan, cache, &dest, progress)?;
+            let name = format!("{stem}.tar.gz");
+            (dest, vec![OutputFile { name, sha256, size }])
+        }
+        Format::Cpio | Format::CpioGz if !opts.split => {
             let gzip = format == Format::CpioGz;
-            let ext = format.name();
-            if opts.split {
-                let node = out_dir.join(format!("{stem}-node.{ext}"));
-                let (node, node_out) = write_file(plan, Part::PerNode, gzip, &node)?;
-                // What the shared archive holds; every node's must be the same.
-                let fingerprint: Vec<String> = write::cpio::select(plan, Part::Shared)
-                    .iter()
-                    .map(|e| {
-                        let what = match &e.kind {
-                            crate::plan::EntryKind::File { sha256, .. } => sha256.as_str(),
-                            crate::plan::EntryKind::Symlink { target } => target.as_str(),
-                            crate::plan::EntryKind::Dir => "dir",
-                        };
-                        format!("{} {:o} {}:{} {what}", e.path, e.mode, e.uid, e.gid)
-                    })
-                    .collect();
-                let shared_out = match shared_written {
-                    Some((seen, o)) if *seen == fingerprint => o.clone(),
-                    Some(_) => {
-                        return Err(Error::input(format!(
-                            "node {}: its binaries differ from the previous node's, so they cannot share one archive; build it without --split",
-                            plan.meta.node_index
-                        )));
-                    }
-                    None => {
-                        let m = &plan.meta;
-                        let name = format!(
-                            "controller-shared-{}-{}.{ext}",
-                            m.kubernetes_version, m.arch
-                        );
-                        let (path, o) = write_file(plan, Part::Shared, gzip, &out_dir.join(name))?;
-                        progress.event(Event::Wrote { path: &path });
-                        *shared_written = Some((fingerprint, o.clone()));
-                        o
-                    }
-                };
-                (node, vec![node_out, shared_out])
-            } else {
-                let dest = out_dir.join(format!("{stem}.{ext}"));
-                let (dest, o) = write_file(plan, Part::Whole, gzip, &dest)?;
-                (dest, vec![o])
-            }
+            let dest = out_dir.join(format!("{stem}.{ext}"));
+            let (dest, o) = write::cpio::write_file(plan, write::cpio::Part::Whole, gzip, &dest)?;
+            (dest, vec![o])
+        }
+        Format::TarGz => {
+            let (key, seg_path, seg) = tar_gz_segment(plan, cache, progress)?;
+            let node = out_dir.join(format!("{stem}-node.tar.gz"));
+            let node_out = write_tar_gz_node(plan, &node)?;
+            let shared_out = shared_file(
+                plan,
+                out_dir,
+                shared_written,
+                cache,
+                (key, seg_path, seg),
+                "tar.gz",
+                0o644,
+                progress,
+            )?;
+            (node, vec![node_out, shared_out])
+        }
+        Format::Cpio | Format::CpioGz => {
+            use write::cpio::{Part, part_mode, write_file};
+            let gzip = format == Format::CpioGz;
+            let node = out_dir.join(format!("{stem}-node.{ext}"));
+            let (node, node_out) = write_file(plan, Part::PerNode, gzip, &node)?;
+            let segment = cpio_segment(plan, gzip, cache, progress)?;
+            let mode = part_mode(plan, Part::Shared);
+            let shared_out = shared_file(
+                plan,
+                out_dir,
+                shared_written,
+                cache,
+                segment,
+                ext,
+                mode,
+                progress,
+            )?;
+            (node, vec![node_out, shared_out])
         }
     };
     progress.event(Event::Wrote { path: &artifact });
@@ -646,6 +647,51 @@ fn write_node(
     })
 }
 
+/// A split build's `controller-shared-VERSION-ARCH.EXT`: a copy of the cached
+/// segment, written by the first node (and only if the copy already there is
+/// not the one a previous build wrote); every other node must need the same.
+#[allow(clippy::too_many_arguments)]
+fn shared_file(
+    plan: &Plan,
+    out_dir: &Path,
+    shared_written: &mut Option<SharedWritten>,
+    cache: &Cache,
+    (key, seg_path, mut seg): (String, PathBuf, crate::cache::Segment),
+    ext: &str,
+    mode: u32,
+    progress: &dyn Progress,
+) -> Result<OutputFile> {
+    match shared_written {
+        Some((seen, o)) if *seen == key => return Ok(o.clone()),
+        Some(_) => {
+            return Err(Error::input(format!(
+                "node {}: its binaries differ from the previous node's, so they cannot share one archive; build it without --split",
+                plan.meta.node_index
+            )));
+        }
+        None => {}
+    }
+    let m = &plan.meta;
+    let name = format!(
+        "controller-shared-{}-{}.{ext}",
+        m.kubernetes_version, m.arch
+    );
+    let dest = out_dir.join(&name);
+    if cache.place_segment(&key, &mut seg, &seg_path, &dest, mode)? {
+        progress.event(Event::Wrote { path: &dest });
+    } else {
+        progress.event(Event::Step {
+            what: &format!("{} is unchanged since the last build; kept", dest.display()),
+        });
+    }
+    let out = OutputFile {
+        name,
+        sha256: seg.sha256,
+        size: seg.size,
+    };
+    *shared_written = Some((key, out.clone()));
+    Ok(out)
+}
 /// How many threads compress: every core.
 fn threads() -> usize {
     std::thread::available_parallelism()
@@ -653,8 +699,78 @@ fn threads() -> usize {
         .unwrap_or(1)
 }
 
-/// The node's tar.gz: the shared part (binaries) as gzip members made once per
-/// recipe, arch and mtime and kept in the cache, then the node's own member.
+/// The shared part of every node's tar.gz (the binaries' tar entries as
+/// parallel gzip members, no end blocks), from the cache or made now and cached.
+/// Keyed by everything its bytes depend on (entries, mtime, deflate settings).
+fn tar_gz_segment(
+    plan: &Plan,
+    cache: &Cache,
+    progress: &dyn Progress,
+) -> Result<(String, PathBuf, crate::cache::Segment)> {
+    let shared: Vec<&Entry> = plan.shared().collect();
+    let key = format!(
+        "tar-gz-{}",
+        write::tar::shared_key(&shared, plan.meta.mtime)?
+    );
+    if let Some((path, seg)) = cache.segment(&key)? {
+        return Ok((key, path, seg));
+    }
+    progress.event(Event::Step {
+        what: "compressing the binaries (once for every node of this recipe and arch)",
+    });
+    let tmp = cache.temp_file()?;
+    let mut w = write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
+    write::tar::write_shared(shared, plan.meta.mtime, &mut w, threads())?;
+    let (path, seg) = store_segment(cache, &key, w)?;
+    Ok((key, path, seg))
+}
+
+/// A split cpio's shared archive, from the cache or made now and cached.
+fn cpio_segment(
+    plan: &Plan,
+    gzip: bool,
+    cache: &Cache,
+    progress: &dyn Progress,
+) -> Result<(String, PathBuf, crate::cache::Segment)> {
+    let key = format!(
+        "cpio{}-{}",
+        if gzip { "-gz" } else { "" },
+        write::cpio::shared_key(plan, gzip)
+    );
+    if let Some((path, seg)) = cache.segment(&key)? {
+        return Ok((key, path, seg));
+    }
+    progress.event(Event::Step {
+        what: "archiving the binaries (once for every node of this recipe and arch)",
+    });
+    let tmp = cache.temp_file()?;
+    let w = write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
+    let w = write::cpio::write_part_to(plan, write::cpio::Part::Shared, gzip, w)?;
+    let (path, seg) = store_segment(cache, &key, w)?;
+    Ok((key, path, seg))
+}
+
+fn store_segment(
+    cache: &Cache,
+    key: &str,
+    w: write::tar::HashingWriter<std::io::BufWriter<tempfile::NamedTempFile>>,
+) -> Result<(PathBuf, crate::cache::Segment)> {
+    let state = w.hasher.save();
+    let (buf, sha256, size) = w.finish();
+    let tmp = buf
+        .into_inner()
+        .map_err(|e| Error::io("cannot write", Path::new("segment"), e.into_error()))?;
+    let seg = crate::cache::Segment {
+        sha256,
+        size,
+        state,
+        stamp: None,
+        placed: Vec::new(),
+    };
+    cache.store_segment(key, tmp, &seg)
+}
+
+/// The node's tar.gz: the cached shared part, then the node's own member.
 /// A warm build copies the shared part and compresses only the node's files.
 fn write_tar_gz(
     plan: &Plan,
@@ -662,34 +778,7 @@ fn write_tar_gz(
     dest: &Path,
     progress: &dyn Progress,
 ) -> Result<(String, u64)> {
-    let shared: Vec<&Entry> = plan.shared().collect();
-    let key = format!(
-        "tar-gz-{}",
-        write::tar::shared_key(&shared, plan.meta.mtime)?
-    );
-    let (seg_path, seg) = match cache.segment(&key)? {
-        Some(found) => found,
-        None => {
-            progress.event(Event::Step {
-                what: "compressing the binaries (once for every node of this recipe and arch)",
-            });
-            let tmp = cache.temp_file()?;
-            let mut w =
-                write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
-            write::tar::write_shared(shared.clone(), plan.meta.mtime, &mut w, threads())?;
-            let state = w.hasher.save();
-            let (buf, sha256, size) = w.finish();
-            let tmp = buf
-                .into_inner()
-                .map_err(|e| Error::io("cannot write", Path::new("segment"), e.into_error()))?;
-            let seg = crate::cache::Segment {
-                sha256,
-                size,
-                state,
-            };
-            (cache.store_segment(&key, tmp, &seg)?, seg)
-        }
-    };
+    let (_, seg_path, seg) = tar_gz_segment(plan, cache, progress)?;
     let hasher = ResumableSha256::resume(&seg.state)
         .filter(|h| h.len() == seg.size)
         .ok_or_else(|| {
@@ -717,6 +806,31 @@ fn write_tar_gz(
     let (file, sha256, size) = out.finish();
     file.commit()?;
     Ok((sha256, size))
+}
+
+/// A split tar.gz's node half: the node's entries and the end-of-archive
+/// blocks as one gzip member, which appended to the shared half gives exactly
+/// the whole archive (and alone is a valid archive of the node's files).
+fn write_tar_gz_node(plan: &Plan, dest: &Path) -> Result<OutputFile> {
+    let mode = if plan.per_node().any(|e| e.secret) {
+        0o600
+    } else {
+        0o644
+    };
+    let file = atomic::AtomicFile::create(dest, mode)?;
+    let out = write::tar::write_per_node(
+        plan.per_node(),
+        plan.meta.mtime,
+        write::tar::HashingWriter::new(file),
+    )?;
+    let (file, sha256, size) = out.finish();
+    let path = file.commit()?;
+    let name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    Ok(OutputFile { name, sha256, size })
 }
 
 /// Replace or add lines `<sha256>  <name>` in a SHA256SUMS file, kept sorted by name.

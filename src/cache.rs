@@ -33,6 +33,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::plan::Trust;
 use crate::progress::{Event, Progress};
 use crate::recipe::{Algorithm, Artifact, ArtifactKind, Recipe};
+use crate::stamp::Stamp;
 
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -591,6 +592,8 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// What was wrong, one line each (each was removed).
     pub dropped: Vec<String>,
+    /// How many of those were derived segments (the next build remakes them).
+    pub segments_dropped: usize,
 }
 
 /// What `cache gc` removed.
@@ -698,6 +701,7 @@ impl Cache {
                 });
             }
         }
+        self.verify_segments(&mut report, progress)?;
         for path in self.files_in("index")? {
             let rel = self.rel(&path);
             let index: Option<ArtifactIndex> = fs::read_to_string(&path)
@@ -783,6 +787,19 @@ impl Cache {
                 }
             }
         }
+        // Segments: derived data. Halves of a pair that lost the other half go;
+        // with `keep` (gc --unused), all of them.
+        let segments = self.files_in("segments")?;
+        for path in &segments {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let other = match name.strip_suffix(".json") {
+                Some(key) => self.segment_path(key),
+                None => self.segment_path(&format!("{name}.json")),
+            };
+            if keep.is_some() || !segments.contains(&other) {
+                rm(path, &mut report)?;
+            }
+        }
         Ok(report)
     }
 }
@@ -807,15 +824,33 @@ pub struct Segment {
     /// The hash state after the segment's bytes: outputs that begin with the
     /// segment resume from it instead of hashing the segment again.
     pub state: crate::write::digest::Sha256State,
+    /// The segment file as it was when last verified; while it matches, the
+    /// file is trusted without reading it (see `stamp`).
+    #[serde(default)]
+    pub stamp: Option<Stamp>,
+    /// Copies of the segment placed as output files (a split archive's shared
+    /// half), newest first: a build whose copy is still as written skips it.
+    #[serde(default)]
+    pub placed: Vec<Placed>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    pub path: PathBuf,
+    pub stamp: Stamp,
+}
+
+/// How many placed copies a segment remembers (one per output folder used).
+const PLACED_KEPT: usize = 32;
 
 impl Cache {
     pub fn segment_path(&self, key: &str) -> PathBuf {
         self.root.join("segments").join(key)
     }
 
-    /// A cached segment, if present and of the recorded size. Its content is
-    /// checked against `sha256` by whoever reads it.
+    /// A cached segment, verified: a file changed since it was stored (its
+    /// stamp differs) is hashed again, and dropped if its bytes are not the
+    /// recorded ones; the caller then builds it anew.
     pub fn segment(&self, key: &str) -> Result<Option<(PathBuf, Segment)>> {
         let meta_path = self.segment_path(&format!("{key}.json"));
         let text = match fs::read_to_string(&meta_path) {
@@ -823,26 +858,143 @@ impl Cache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("cannot read", &meta_path, e)),
         };
-        let Ok(seg) = serde_json::from_str::<Segment>(&text) else {
+        let Ok(mut seg) = serde_json::from_str::<Segment>(&text) else {
+            self.drop_segment(key);
             return Ok(None);
         };
         let path = self.segment_path(key);
-        match fs::metadata(&path) {
-            Ok(m) if m.len() == seg.size => Ok(Some((path, seg))),
-            _ => Ok(None),
+        let Some(stamp) = Stamp::of(&path).with_path("cannot stat", &path)? else {
+            self.drop_segment(key);
+            return Ok(None);
+        };
+        if seg.stamp.as_ref() == Some(&stamp) {
+            return Ok(Some((path, seg)));
+        }
+        match hash_file(&path, Algorithm::Sha256) {
+            Ok((hex, size)) if hex == seg.sha256 && size == seg.size => {
+                seg.stamp = Some(stamp);
+                // Best effort: failing to record only costs a re-hash next time.
+                let _ = self.write_segment_record(key, &seg);
+                Ok(Some((path, seg)))
+            }
+            _ => {
+                self.drop_segment(key);
+                Ok(None)
+            }
         }
     }
 
     /// Store a segment written to `tmp` (from `temp_file`), hashing nothing again:
     /// the caller hashed it while writing.
-    pub fn store_segment(&self, key: &str, tmp: NamedTempFile, seg: &Segment) -> Result<PathBuf> {
+    pub fn store_segment(
+        &self,
+        key: &str,
+        tmp: NamedTempFile,
+        seg: &Segment,
+    ) -> Result<(PathBuf, Segment)> {
         let path = self.segment_path(key);
+        // Shared lock: `cache gc` must not see the file without its record.
+        let _shared = self.lock(false)?;
         self.persist(tmp, &path)?;
+        let mut seg = seg.clone();
+        seg.stamp = Stamp::of(&path).with_path("cannot stat", &path)?;
+        seg.placed.clear();
+        self.write_segment_record(key, &seg)?;
+        Ok((path, seg))
+    }
+
+    fn write_segment_record(&self, key: &str, seg: &Segment) -> Result<()> {
         let mut meta = self.temp_file()?;
         meta.write_all(&serde_json::to_vec(seg).expect("serializes"))
             .with_path("cannot write", meta.path())?;
-        self.persist(meta, &self.segment_path(&format!("{key}.json")))?;
-        Ok(path)
+        self.persist(meta, &self.segment_path(&format!("{key}.json")))
+    }
+
+    /// Put a copy of segment `key` at `dest` (mode `mode`), unless the copy a
+    /// previous build put there is still as it was written. Returns whether
+    /// anything was written. The copy is made in the kernel (copy_file_range).
+    pub fn place_segment(
+        &self,
+        key: &str,
+        seg: &mut Segment,
+        seg_path: &Path,
+        dest: &Path,
+        mode: u32,
+    ) -> Result<bool> {
+        let abs = std::path::absolute(dest).with_path("cannot resolve", dest)?;
+        let current = Stamp::of(&abs).with_path("cannot stat", &abs)?;
+        let still = |p: &Placed| p.path == abs && Some(&p.stamp) == current.as_ref();
+        if current.as_ref().is_some_and(|s| s.mode & 0o7777 == mode) && seg.placed.iter().any(still)
+        {
+            return Ok(false);
+        }
+        let mut file = crate::atomic::AtomicFile::create(dest, mode)?;
+        let mut src = File::open(seg_path).with_path("cannot read", seg_path)?;
+        let copied = io::copy(&mut src, file.file_mut().with_path("cannot write", dest)?)
+            .with_path("cannot copy", seg_path)?;
+        if copied != seg.size {
+            return Err(Error::integrity(format!(
+                "cached segment {} changed size while copying; run `imgbuild cache verify`",
+                seg_path.display()
+            )));
+        }
+        file.commit()?;
+        if let Some(stamp) = Stamp::of(&abs).with_path("cannot stat", &abs)? {
+            seg.placed.retain(|p| p.path != abs);
+            seg.placed.insert(0, Placed { path: abs, stamp });
+            seg.placed.truncate(PLACED_KEPT);
+            // Best effort: without the record the next build copies again.
+            let _ = self.write_segment_record(key, seg);
+        }
+        Ok(true)
+    }
+
+    /// Segments are derived data: one whose bytes are not its record's (or
+    /// that lost its record or its file) is dropped; the next build remakes it.
+    fn verify_segments(&self, report: &mut VerifyReport, progress: &dyn Progress) -> Result<()> {
+        let files = self.files_in("segments")?;
+        for path in &files {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let rel = self.rel(path);
+            if let Some(key) = name.strip_suffix(".json") {
+                if !files.contains(&self.segment_path(key)) {
+                    self.remove(path)?;
+                    report.segments_dropped += 1;
+                    report.dropped.push(format!("{rel}: its segment is gone"));
+                }
+                continue;
+            }
+            let seg: Option<Segment> =
+                fs::read_to_string(self.segment_path(&format!("{name}.json")))
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok());
+            let problem = match (&seg, hash_file(path, Algorithm::Sha256)) {
+                (None, _) => Some("no readable record".to_string()),
+                (Some(seg), Ok((hex, size))) if hex == seg.sha256 && size == seg.size => {
+                    report.checked += 1;
+                    report.bytes += size;
+                    None
+                }
+                (Some(_), Ok((hex, _))) => {
+                    Some(format!("corrupt (content hashes to sha256:{hex})"))
+                }
+                (Some(_), Err(e)) => Some(format!("unreadable ({e})")),
+            };
+            if let Some(problem) = problem {
+                self.drop_segment(&name);
+                report.segments_dropped += 1;
+                report
+                    .dropped
+                    .push(format!("{rel}: {problem}; the next build makes it again"));
+            }
+            progress.event(Event::Step {
+                what: &format!("verified {rel}"),
+            });
+        }
+        Ok(())
     }
 
     /// Drop a segment found corrupt (it is derived data: the next build remakes it).

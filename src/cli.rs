@@ -202,9 +202,10 @@ pub struct ControllerArgs {
     pub offline: bool,
     #[command(flatten)]
     pub fetch: FetchArgs,
-    /// cpio formats: binaries in one archive shared by all nodes
-    /// (controller-shared-VERSION-ARCH.cpio[.gz]), configuration in
-    /// controller-N-node.cpio[.gz]; concatenate them as the initramfs.
+    /// Binaries once, in controller-shared-VERSION-ARCH.{tar.gz,cpio[.gz]}, shared by
+    /// all nodes (kept as is when unchanged); each node's configuration in
+    /// controller-N-node.EXT. Extract both (shared first); concatenated they
+    /// are the whole tar.gz byte for byte, or the initramfs.
     #[arg(long)]
     pub split: bool,
 }
@@ -254,8 +255,8 @@ pub enum ProviderArg {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// An output: tar.gz, cpio, cpio.gz, a cloud-init folder or seed.img; several
-    /// cpio files are read in order as one initramfs (a split pair).
+    /// An output: tar.gz, cpio, cpio.gz, a cloud-init folder or seed.img; or
+    /// both files of a split pair (tar.gz, or cpio read in order as one initramfs).
     #[arg(required = true, value_name = "ARTIFACT")]
     pub artifacts: Vec<PathBuf>,
     /// Check every entry against the build manifest; exit 4 on any difference.
@@ -279,7 +280,9 @@ pub enum CacheCommand {
     Verify,
     /// Remove leftovers of interrupted downloads and files no artifact refers to.
     Gc {
-        /// Also remove artifacts that no known recipe (built-in, --recipes, locks) pins.
+        /// Also remove artifacts that no known recipe (built-in, --recipes, locks)
+        /// pins, and every derived segment (compressed binaries; the next build
+        /// makes what it needs again).
         #[arg(long)]
         unused: bool,
     },

@@ -1,6 +1,6 @@
 //! `imgbuild inspect`: list what an output holds, and check it against the build
-//! manifest. Reads tar.gz, cpio, cpio.gz, a split cpio pair (several files read
-//! as one stream, as the kernel does), a cloud-init folder and a seed image.
+//! manifest. Reads tar.gz, cpio, cpio.gz, a split pair (tar.gz, or cpio files
+//! read as one stream, as the kernel does), a cloud-init folder and a seed image.
 //!
 //! user-data is read with a parser for the YAML subset imgbuild writes (see
 //! `write::cloud_init`); a user-data edited by hand may be refused.
@@ -67,7 +67,7 @@ fn read_err(path: &Path) -> impl Fn(io::Error) -> Error + '_ {
 }
 
 /// Inspect one output (a file or a cloud-init folder), or several files read
-/// one after the other (a split cpio pair).
+/// one after the other (a split pair).
 pub fn inspect(paths: &[PathBuf]) -> Result<Inspected> {
     let Some(first) = paths.first() else {
         return Err(Error::input("inspect: name an output to read"));
@@ -79,17 +79,24 @@ pub fn inspect(paths: &[PathBuf]) -> Result<Inspected> {
     for p in paths {
         kinds.push(sniff(p)?);
     }
-    if paths.len() == 1 {
-        match kinds[0] {
-            Sniffed::Vfat => return inspect_seed(first),
-            Sniffed::GzTar => return inspect_tar(first),
-            _ => {}
+    if paths.len() == 1 && kinds[0] == Sniffed::Vfat {
+        return inspect_seed(first);
+    }
+    if kinds.iter().all(|k| *k == Sniffed::GzTar) {
+        // One archive, or the halves of a split one (the shared half has no
+        // end-of-archive blocks: it is the start of the whole archive).
+        let mut out = inspect_tar(first)?;
+        for p in &paths[1..] {
+            let more = inspect_tar(p)?;
+            out.entries.extend(more.entries);
+            out.notes.extend(more.notes);
         }
+        return Ok(out);
     }
     for (p, k) in paths.iter().zip(&kinds) {
         if !matches!(k, Sniffed::Cpio | Sniffed::GzCpio) {
             return Err(Error::input(format!(
-                "{}: several files are read as one initramfs, so each must be a cpio or cpio.gz archive (this is {})",
+                "{}: several files are read as one output: all tar.gz (a split tar.gz pair), or all cpio or cpio.gz (one initramfs); this is {}",
                 p.display(),
                 k.name()
             )));

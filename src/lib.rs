@@ -19,6 +19,7 @@ pub mod plan;
 pub mod progress;
 pub mod recipe;
 pub mod render;
+pub mod stamp;
 pub mod unit;
 pub mod write;
 

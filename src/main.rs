@@ -144,15 +144,21 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
             if report.dropped.is_empty() {
                 Ok(())
             } else {
-                Err(imgbuild::Error::integrity(format!(
-                    "the cache held {} corrupt or incomplete entr{}, now removed; fetch or import them again",
-                    report.dropped.len(),
-                    if report.dropped.len() == 1 {
-                        "y"
-                    } else {
-                        "ies"
-                    }
-                )))
+                let artifacts = report.dropped.len() - report.segments_dropped;
+                let what = match (artifacts, report.segments_dropped) {
+                    (0, n) => format!(
+                        "{n} damaged derived segment(s), now removed; the next build makes them again"
+                    ),
+                    (n, 0) => format!(
+                        "{n} corrupt or incomplete entr{}, now removed; fetch or import them again",
+                        if n == 1 { "y" } else { "ies" }
+                    ),
+                    (n, m) => format!(
+                        "{n} corrupt or incomplete entr{} (fetch or import them again) and {m} damaged derived segment(s) (the next build makes them again), now removed",
+                        if n == 1 { "y" } else { "ies" }
+                    ),
+                };
+                Err(imgbuild::Error::integrity(format!("the cache held {what}")))
             }
         }
         Command::Cache(CacheCommand::Gc { unused }) => {

@@ -357,40 +357,58 @@ fn build_overlay(
     ws.add_tarball(&standin_binaries(version, kubectl));
     ws.ok(&["cache", "import", "kubernetes-server-linux-amd64.tar.gz"]);
     let out = work.join("out");
-    ws.ok(&[
+    // `tar.gz-split`: the --split pair (shared binaries, then the node's files).
+    let split = format == "tar.gz-split";
+    let ext = if split { "tar.gz" } else { format };
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "controller".as_ref(),
         "--node".as_ref(),
         "1".as_ref(),
         "--format".as_ref(),
-        format.as_ref(),
+        ext.as_ref(),
         "--out".as_ref(),
         out.as_os_str(),
-    ] as &[&std::ffi::OsStr]);
-    let artifact = out.join(format!("controller-1.{format}"));
-    assert!(
-        artifact.is_file(),
-        "imgbuild did not write {}",
-        artifact.display()
-    );
-    clock.say(format!(
-        "imgbuild wrote {} ({} bytes)",
-        artifact.display(),
-        fs::metadata(&artifact).unwrap().len()
-    ));
+    ];
+    if split {
+        args.push("--split".as_ref());
+    }
+    ws.ok(&args);
+    let artifacts = if split {
+        vec![
+            out.join(format!("controller-shared-{version}-amd64.tar.gz")),
+            out.join("controller-1-node.tar.gz"),
+        ]
+    } else {
+        vec![out.join(format!("controller-1.{format}"))]
+    };
+    for artifact in &artifacts {
+        assert!(
+            artifact.is_file(),
+            "imgbuild did not write {}",
+            artifact.display()
+        );
+        clock.say(format!(
+            "imgbuild wrote {} ({} bytes)",
+            artifact.display(),
+            fs::metadata(artifact).unwrap().len()
+        ));
+    }
     match format {
-        "cpio.gz" => artifact,
-        "tar.gz" => {
+        "cpio.gz" => artifacts[0].clone(),
+        "tar.gz" | "tar.gz-split" => {
             let root = work.join("overlay-root");
             fs::create_dir_all(&root).unwrap();
-            run(
-                Command::new("tar")
-                    .arg("-xzpf")
-                    .arg(&artifact)
-                    .arg("--numeric-owner")
-                    .arg("-C")
-                    .arg(&root),
-                "laying the overlay",
-            );
+            for artifact in &artifacts {
+                run(
+                    Command::new("tar")
+                        .arg("-xzpf")
+                        .arg(artifact)
+                        .arg("--numeric-owner")
+                        .arg("-C")
+                        .arg(&root),
+                    "laying the overlay",
+                );
+            }
             let cpio = work.join("overlay.cpio");
             run(
                 Command::new("sh")
@@ -403,7 +421,9 @@ fn build_overlay(
             );
             cpio
         }
-        other => panic!("IMGBUILD_BOOT_FORMAT={other}: expected cpio.gz or tar.gz"),
+        other => {
+            panic!("IMGBUILD_BOOT_FORMAT={other}: expected cpio.gz, tar.gz or tar.gz-split")
+        }
     }
 }
 
@@ -1370,7 +1390,8 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
     };
     // Which imgbuild output each version boots: IMGBUILD_BOOT_FORMAT for all, or
     // imgbuild's own initramfs (cpio.gz) for the first version when this imgbuild
-    // writes it, and the rootfs tarball (tar.gz) laid onto a folder otherwise.
+    // writes it, and the rootfs tarball laid onto a folder otherwise: its --split
+    // pair (whose concatenation tests/reuse.rs shows is the whole archive).
     let forced_format = std::env::var("IMGBUILD_BOOT_FORMAT")
         .ok()
         .filter(|f| !f.is_empty());
@@ -1386,7 +1407,7 @@ fn controller_boots_configured_and_bootstraps_rbac_once() {
             if i == 0 && writes_cpio {
                 "cpio.gz".into()
             } else {
-                "tar.gz".into()
+                "tar.gz-split".into()
             }
         })
     };

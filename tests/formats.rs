@@ -224,10 +224,61 @@ fn split_writes_one_shared_archive_and_verifies_as_a_pair() {
 }
 
 #[test]
-fn split_needs_a_cpio_format() {
+fn split_needs_an_archive_format() {
     let ws = Workspace::new("v1.10.2");
-    let err = ws.fails(&["controller", "--node", "1", "--split"], 2);
-    assert!(err.contains("--split applies to --format cpio"), "{err}");
+    let err = ws.fails(
+        &["controller", "--node", "1", "--split", "--format", "dir"],
+        2,
+    );
+    assert!(err.contains("--split applies to archives"), "{err}");
+    assert!(!ws.path("out/controller-1").exists());
+}
+
+/// The shared cpio is made once and kept in the cache: a second build archives
+/// nothing large, leaves the shared file alone, and gives the same bytes as a
+/// build from an empty cache.
+#[test]
+fn split_cpio_shared_archive_comes_from_the_cache() {
+    let ws = Workspace::new("v1.36.0");
+    let args = ["controller", "--all", "--format", "cpio.gz", "--split"];
+    let first = ws.run(&args);
+    assert!(first.status.success());
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(err.contains("archiving the binaries"), "{err}");
+    let shared = ws.path("out/controller-shared-v1.36.0-amd64.cpio.gz");
+    let (digest, ino) = (sha256_file(&shared), inode(&shared));
+
+    let again = ws.run(&args);
+    assert!(again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!err.contains("archiving the binaries"), "{err}");
+    assert!(err.contains("unchanged since the last build"), "{err}");
+    assert_eq!(inode(&shared), ino, "the shared file was not rewritten");
+
+    // Another output folder gets a copy; an empty cache gives the same bytes.
+    fs::remove_dir_all(ws.path("cache/segments")).unwrap();
+    ws.ok(&[
+        "controller",
+        "--node",
+        "2",
+        "--format",
+        "cpio.gz",
+        "--split",
+        "--out",
+        "b",
+    ]);
+    assert_eq!(
+        sha256_file(&ws.path("b/controller-shared-v1.36.0-amd64.cpio.gz")),
+        digest
+    );
+    assert_eq!(
+        sha256_file(&ws.path("b/controller-2-node.cpio.gz")),
+        sha256_file(&ws.path("out/controller-2-node.cpio.gz"))
+    );
+}
+
+fn inode(p: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap())
 }
 
 fn add_network(ws: &Workspace) {

@@ -285,6 +285,53 @@ pub fn write_part<W: Write>(plan: &Plan, part: Part, out: W) -> Result<W> {
     write_cpio(select(plan, part), plan.meta.mtime, part.first_ino(), out)
 }
 
+/// Key of a split's shared archive (gzipped or not): everything its bytes
+/// depend on, so a cached copy can stand in for it.
+pub fn shared_key(plan: &Plan, gzip: bool) -> String {
+    let mut h = Sha256::new();
+    h.update(format!(
+        "imgbuild cpio shared part v1; gzip {gzip}, zlib-rs level {}; mtime {}; first inode {}\n",
+        super::gz::LEVEL,
+        plan.meta.mtime,
+        Part::Shared.first_ino()
+    ));
+    for e in select(plan, Part::Shared) {
+        let what = match &e.kind {
+            EntryKind::File { sha256, size, .. } => format!("{size} {sha256}"),
+            EntryKind::Symlink { target } => format!("-> {target:?}"),
+            EntryKind::Dir => String::new(),
+        };
+        h.update(format!(
+            "{:?} {:o} {}:{} {what}\n",
+            e.path,
+            cpio_mode(e),
+            e.uid,
+            e.gid
+        ));
+    }
+    hex::encode(h.finalize())
+}
+
+/// Write the `part` of `plan` as one archive to `out`, gzipped or not.
+pub fn write_part_to<W: Write>(plan: &Plan, part: Part, gzip: bool, out: W) -> Result<W> {
+    let (entries, mtime, first_ino) = (select(plan, part), plan.meta.mtime, part.first_ino());
+    if gzip {
+        let gz = write_cpio(entries, mtime, first_ino, super::gz::encoder(out))?;
+        gz.finish().map_err(write_err)
+    } else {
+        write_cpio(entries, mtime, first_ino, out)
+    }
+}
+
+/// 0600 when the part holds a secret (private keys), 0644 otherwise.
+pub fn part_mode(plan: &Plan, part: Part) -> u32 {
+    if select(plan, part).iter().any(|e| e.secret) {
+        0o600
+    } else {
+        0o644
+    }
+}
+
 /// Write the `part` of `plan` to `dest` atomically, gzipped or not. The file is
 /// 0600 when it holds a secret (private keys), 0644 otherwise. Returns the
 /// written file's name, sha256 and size for the manifest.
@@ -294,23 +341,10 @@ pub fn write_file(
     gzip: bool,
     dest: &Path,
 ) -> Result<(PathBuf, OutputFile)> {
-    let entries = select(plan, part);
-    let mode = if entries.iter().any(|e| e.secret) {
-        0o600
-    } else {
-        0o644
-    };
-    let first_ino = part.first_ino();
-    let mtime = plan.meta.mtime;
+    let mode = part_mode(plan, part);
     let mut digest = None;
     let path = write_atomic(dest, mode, |out| {
-        let hashing = HashingWriter::new(out);
-        let res = if gzip {
-            let gz = write_cpio(entries, mtime, first_ino, super::gz::encoder(hashing))?;
-            gz.finish().map_err(write_err)
-        } else {
-            write_cpio(entries, mtime, first_ino, hashing)
-        };
+        let res = write_part_to(plan, part, gzip, HashingWriter::new(out));
         let (_, sha256, size) = res.map_err(|e| e.context(dest.display()))?.finish();
         digest = Some((sha256, size));
         Ok(())

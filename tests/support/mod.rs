@@ -297,3 +297,7 @@ pub fn seed_heredocs(prefix: &str) -> Vec<(String, String)> {
     }
     out
 }
+
+pub fn sha256_bytes(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
