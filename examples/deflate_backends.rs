@@ -1,5 +1,5 @@
 //! Compare the two pure-Rust deflate backends flate2 can use, on the same
-//! bytes, the way imgbuild compresses the binaries (4 MiB chunks, level 6, one
+//! bytes, the way imgbuild compresses the binaries (1 MiB chunks, level 6, one
 //! thread): zlib-rs (pinned, see Cargo.toml) and miniz_oxide.
 //!
 //!   cargo run --release --example deflate_backends -- FILE...
@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-const CHUNK: usize = 4 << 20;
+const CHUNK: usize = 1 << 20;
 const LEVEL: u32 = 6;
 
 fn main() {

@@ -467,6 +467,14 @@ pub fn controller(
             "--split applies to archives (--format tar.gz, cpio or cpio.gz), not to --format dir",
         ));
     }
+    if !opts.split && opts.format != Format::Dir && indices.len() >= 10 {
+        progress.event(Event::Notice {
+            message: &format!(
+                "{} whole archives each repeat the binaries; --split writes them once, in a shared file, plus a small archive per node",
+                indices.len()
+            ),
+        });
+    }
     atomic::ensure_dir(&opts.out_dir)?;
     let cache = Cache::open(&session.cache_dir)?;
     let mut built = Vec::new();
@@ -492,7 +500,8 @@ pub fn controller(
         let results = std::sync::Mutex::new(Vec::with_capacity(rest.len()));
         let first_shared = &shared_written;
         std::thread::scope(|scope| {
-            for _ in 0..threads().min(rest.len()) {
+            // Capped: each writer holds buffers, and the disk is the limit anyway.
+            for _ in 0..threads().min(8).min(rest.len()) {
                 scope.spawn(|| {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -692,8 +701,16 @@ fn shared_file(
     *shared_written = Some((key, out.clone()));
     Ok(out)
 }
-/// How many threads compress: every core.
+/// How many threads work: every core, or IMGBUILD_THREADS (compression caps
+/// it at `gz::MAX_THREADS` to bound memory).
 fn threads() -> usize {
+    if let Some(n) = std::env::var("IMGBUILD_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return n;
+    }
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

@@ -23,7 +23,7 @@ fn stderr_of(ws: &Workspace, args: &[&str]) -> String {
 
 #[test]
 fn warm_builds_are_byte_identical_to_cold_ones() {
-    // Large enough for several parallel gzip members (4 MiB chunks).
+    // Large enough for several parallel gzip members (1 MiB chunks).
     let ws = Workspace::with_binaries("v1.36.0", "amd64", 3 << 20);
     let cold = stderr_of(&ws, &["controller", "--node", "1"]);
     assert!(cold.contains("compressing the binaries"), "{cold}");
@@ -190,6 +190,11 @@ fn split_tar_gz_halves_concatenate_to_the_whole_archive() {
             "{sums}"
         );
     }
+
+    // The consumer of SHA256SUMS agrees with it.
+    sh(Command::new("sha256sum")
+        .args(["--check", "--strict", "SHA256SUMS"])
+        .current_dir(ws.path("split")));
 
     // Warm, after a configuration change: the shared file stays as it is (same
     // inode, same mtime), only the node's half is new, and the pair is still
