@@ -593,10 +593,14 @@ fn write_node(
             let name = format!("{stem}.tar.gz");
             (dest, vec![OutputFile { name, sha256, size }])
         }
-        Format::Cpio | Format::CpioGz if !opts.split => {
-            let gzip = format == Format::CpioGz;
-            let dest = out_dir.join(format!("{stem}.{ext}"));
-            let (dest, o) = write::cpio::write_file(plan, write::cpio::Part::Whole, gzip, &dest)?;
+        Format::CpioGz if !opts.split => {
+            let dest = out_dir.join(format!("{stem}.cpio.gz"));
+            let o = write_cpio_gz(plan, cache, &dest, progress)?;
+            (dest, vec![o])
+        }
+        Format::Cpio if !opts.split => {
+            let dest = out_dir.join(format!("{stem}.cpio"));
+            let (dest, o) = write::cpio::write_file(plan, write::cpio::Part::Whole, false, &dest)?;
             (dest, vec![o])
         }
         Format::TarGz => {
@@ -742,7 +746,9 @@ fn tar_gz_segment(
     Ok((key, path, seg))
 }
 
-/// A split cpio's shared archive, from the cache or made now and cached.
+/// A split cpio's shared archive, from the cache or made now and cached:
+/// uncompressed, one archive; gzipped, the cached shared entries' members
+/// (see `cpio_gz_entries_segment`) and a member with the trailer.
 fn cpio_segment(
     plan: &Plan,
     gzip: bool,
@@ -757,14 +763,104 @@ fn cpio_segment(
     if let Some((path, seg)) = cache.segment(&key)? {
         return Ok((key, path, seg));
     }
-    progress.event(Event::Step {
-        what: "archiving the binaries (once for every node of this recipe and arch)",
-    });
-    let tmp = cache.temp_file()?;
-    let w = write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
-    let w = write::cpio::write_part_to(plan, write::cpio::Part::Shared, gzip, w)?;
+    let mut tmp = cache.temp_file()?;
+    let w = if gzip {
+        let (_, entries_path, entries) = cpio_gz_entries_segment(plan, cache, progress)?;
+        let hasher = copy_segment(&entries_path, &entries, tmp.as_file_mut())?;
+        let mut w = write::tar::HashingWriter::resume(std::io::BufWriter::new(tmp), hasher);
+        let trailer = write::cpio::trailer_gz(plan.meta.mtime)?;
+        std::io::Write::write_all(&mut w, &trailer)
+            .map_err(|e| Error::io("cannot write", &cache.tmp_dir(), e))?;
+        w
+    } else {
+        progress.event(Event::Step {
+            what: "archiving the binaries (once for every node of this recipe and arch)",
+        });
+        let w = write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
+        write::cpio::write_part_to(plan, write::cpio::Part::Shared, false, w)?
+    };
     let (path, seg) = store_segment(cache, &key, w)?;
     Ok((key, path, seg))
+}
+
+/// The shared entries of every cpio.gz (binaries and their folders, no
+/// trailer) as gzip members that end at entry boundaries, compressed on every
+/// core once and cached. A whole cpio.gz is this plus the node's member; a
+/// split's shared archive is this plus a trailer member.
+fn cpio_gz_entries_segment(
+    plan: &Plan,
+    cache: &Cache,
+    progress: &dyn Progress,
+) -> Result<(String, PathBuf, crate::cache::Segment)> {
+    let key = format!("cpio-gz-entries-{}", write::cpio::shared_key(plan, true));
+    if let Some((path, seg)) = cache.segment(&key)? {
+        return Ok((key, path, seg));
+    }
+    progress.event(Event::Step {
+        what: "compressing the binaries (once for every node of this recipe and arch)",
+    });
+    let tmp = cache.temp_file()?;
+    let mut w = write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
+    write::cpio::write_entries_gz(
+        plan,
+        write::cpio::Part::Shared,
+        threads(),
+        &cache.tmp_dir(),
+        &mut w,
+    )?;
+    let (path, seg) = store_segment(cache, &key, w)?;
+    Ok((key, path, seg))
+}
+
+/// A whole cpio.gz: the cached shared entries, then the node's entries and
+/// the trailer as one member. Only the node's part is compressed and hashed.
+fn write_cpio_gz(
+    plan: &Plan,
+    cache: &Cache,
+    dest: &Path,
+    progress: &dyn Progress,
+) -> Result<OutputFile> {
+    use write::cpio::Part;
+    let (_, seg_path, seg) = cpio_gz_entries_segment(plan, cache, progress)?;
+    let mut file = atomic::AtomicFile::create(dest, write::cpio::part_mode(plan, Part::Whole))?;
+    let hasher = copy_segment(
+        &seg_path,
+        &seg,
+        file.file_mut().with_path("cannot write", dest)?,
+    )?;
+    let shared = write::cpio::select(plan, Part::Shared).len() as u32;
+    let out = write::cpio::write_rest_gz(
+        plan,
+        Part::Shared.first_ino() + shared,
+        write::tar::HashingWriter::resume(file, hasher),
+    )?;
+    commit_hashed(out)
+}
+
+/// Copy a cached segment to the start of `out` in the kernel (copy_file_range:
+/// its bytes never pass through here) and return the hash state after them.
+fn copy_segment(
+    seg_path: &Path,
+    seg: &crate::cache::Segment,
+    out: &mut std::fs::File,
+) -> Result<ResumableSha256> {
+    let hasher = ResumableSha256::resume(&seg.state)
+        .filter(|h| h.len() == seg.size)
+        .ok_or_else(|| {
+            Error::integrity(format!(
+                "cached segment {} has a damaged record",
+                seg_path.display()
+            ))
+        })?;
+    let mut src = std::fs::File::open(seg_path).with_path("cannot read", seg_path)?;
+    let copied = std::io::copy(&mut src, out).with_path("cannot copy", seg_path)?;
+    if copied != seg.size {
+        return Err(Error::integrity(format!(
+            "cached segment {} changed size while copying; run `imgbuild cache verify`",
+            seg_path.display()
+        )));
+    }
+    Ok(hasher)
 }
 
 fn store_segment(
@@ -796,25 +892,12 @@ fn write_tar_gz(
     progress: &dyn Progress,
 ) -> Result<(String, u64)> {
     let (_, seg_path, seg) = tar_gz_segment(plan, cache, progress)?;
-    let hasher = ResumableSha256::resume(&seg.state)
-        .filter(|h| h.len() == seg.size)
-        .ok_or_else(|| {
-            Error::integrity(format!(
-                "cached segment {} has a damaged record",
-                seg_path.display()
-            ))
-        })?;
     let mut file = atomic::AtomicFile::create(dest, 0o600)?;
-    // In-kernel copy (copy_file_range): the shared part never passes through here.
-    let mut src = std::fs::File::open(&seg_path).with_path("cannot read", &seg_path)?;
-    let copied = std::io::copy(&mut src, file.file_mut().with_path("cannot write", dest)?)
-        .with_path("cannot copy", &seg_path)?;
-    if copied != seg.size {
-        return Err(Error::integrity(format!(
-            "cached segment {} changed size while copying; run `imgbuild cache verify`",
-            seg_path.display()
-        )));
-    }
+    let hasher = copy_segment(
+        &seg_path,
+        &seg,
+        file.file_mut().with_path("cannot write", dest)?,
+    )?;
     let out = write::tar::write_per_node(
         plan.per_node(),
         plan.meta.mtime,
@@ -840,6 +923,11 @@ fn write_tar_gz_node(plan: &Plan, dest: &Path) -> Result<OutputFile> {
         plan.meta.mtime,
         write::tar::HashingWriter::new(file),
     )?;
+    commit_hashed(out)
+}
+
+/// Put a hashed output file in place; its name, digest and size for the manifest.
+fn commit_hashed(out: write::tar::HashingWriter<atomic::AtomicFile>) -> Result<OutputFile> {
     let (file, sha256, size) = out.finish();
     let path = file.commit()?;
     let name = path

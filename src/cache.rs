@@ -180,6 +180,11 @@ impl Cache {
     }
 
     /// A new temp file inside the cache (same filesystem, so renames are atomic).
+    /// Where files being written live (same filesystem as the stores).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
     pub fn temp_file(&self) -> Result<NamedTempFile> {
         let dir = self.root.join("tmp");
         tempfile::Builder::new()

@@ -210,6 +210,13 @@ impl<W: Write> CpioWriter<W> {
         }
     }
 
+    /// Hand back the output stream without a trailer (more entries follow,
+    /// written by another writer).
+    pub fn into_inner(mut self) -> Result<W> {
+        self.out.flush().map_err(write_err)?;
+        Ok(self.out)
+    }
+
     /// Write the trailer and hand back the output stream.
     pub fn finish(mut self) -> Result<W> {
         self.header(TRAILER, 0, 0, 0, 1, 0)?;
@@ -290,8 +297,9 @@ pub fn write_part<W: Write>(plan: &Plan, part: Part, out: W) -> Result<W> {
 pub fn shared_key(plan: &Plan, gzip: bool) -> String {
     let mut h = Sha256::new();
     h.update(format!(
-        "imgbuild cpio shared part v1; gzip {gzip}, zlib-rs level {}; mtime {}; first inode {}\n",
+        "imgbuild cpio shared part v2; gzip {gzip}, zlib-rs level {}, a member per file from {} bytes; mtime {}; first inode {}\n",
         super::gz::LEVEL,
+        MEMBER_FILE,
         plan.meta.mtime,
         Part::Shared.first_ino()
     ));
@@ -310,6 +318,106 @@ pub fn shared_key(plan: &Plan, gzip: bool) -> String {
         ));
     }
     hex::encode(h.finalize())
+}
+
+/// Files at least this large are a gzip member of their own; the entries
+/// between them share one.
+const MEMBER_FILE: u64 = 1 << 20;
+
+/// The `part`'s entries (no trailer), inode numbers from the part's first, as
+/// gzip members on `threads` threads, each member ending at an entry boundary:
+/// the kernel accepts a new member only between entries, and a member per large
+/// file is what lets the binaries compress on every core. Members go to temp
+/// files in `tmp_dir` (memory stays flat) and then to `out` in order. Returns
+/// how many entries were written (the next inode is `first_ino` plus that).
+pub fn write_entries_gz<W: Write>(
+    plan: &Plan,
+    part: Part,
+    threads: usize,
+    tmp_dir: &Path,
+    out: &mut W,
+) -> Result<u32> {
+    let entries = select(plan, part);
+    let (mtime, first_ino) = (plan.meta.mtime, part.first_ino());
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    for (i, e) in entries.iter().enumerate() {
+        if matches!(e.kind, EntryKind::File { size, .. } if size >= MEMBER_FILE) {
+            if start < i {
+                groups.push((start, i));
+            }
+            groups.push((i, i + 1));
+            start = i + 1;
+        }
+    }
+    if start < entries.len() {
+        groups.push((start, entries.len()));
+    }
+    let members: Vec<std::sync::Mutex<Option<Result<std::fs::File>>>> =
+        groups.iter().map(|_| Default::default()).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, super::gz::MAX_THREADS).min(groups.len()) {
+            scope.spawn(|| {
+                loop {
+                    let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if g >= groups.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let (from, to) = groups[g];
+                    let member = (|| -> Result<std::fs::File> {
+                        let tmp = tempfile::tempfile_in(tmp_dir).map_err(|e| {
+                            Error::io("cannot create a temporary file in", tmp_dir, e)
+                        })?;
+                        let ino = first_ino + from as u32;
+                        let gz = super::gz::encoder(io::BufWriter::with_capacity(1 << 16, tmp));
+                        let mut w = CpioWriter::new(gz, mtime, ino)?;
+                        for e in &entries[from..to] {
+                            w.entry(e)?;
+                        }
+                        let buf = w.into_inner()?.finish().map_err(write_err)?;
+                        buf.into_inner().map_err(|e| write_err(e.into_error()))
+                    })();
+                    if member.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    *members[g].lock().expect("member") = Some(member);
+                }
+            });
+        }
+    });
+    for m in members {
+        let Some(member) = m.into_inner().expect("member") else {
+            // Not made: a member before it failed, and that error comes first.
+            continue;
+        };
+        let mut file = member?;
+        io::Seek::rewind(&mut file).map_err(write_err)?;
+        io::copy(&mut file, out).map_err(write_err)?;
+    }
+    u32::try_from(entries.len()).map_err(|_| Error::input("too many cpio entries"))
+}
+
+/// A gzip member holding only the trailer (ends a split's shared archive).
+pub fn trailer_gz(mtime: u64) -> Result<Vec<u8>> {
+    let trailer = CpioWriter::new(Vec::new(), mtime, 0)?.finish()?;
+    super::gz::member(&trailer).map_err(write_err)
+}
+
+/// The node's part of a whole cpio.gz whose shared entries came first (as
+/// `write_entries_gz` members): the entries not already written, inodes
+/// continuing from `next_ino`, and the trailer, as one gzip member.
+pub fn write_rest_gz<W: Write>(plan: &Plan, next_ino: u32, out: W) -> Result<W> {
+    let shared: std::collections::BTreeSet<&str> = select(plan, Part::Shared)
+        .iter()
+        .map(|e| e.path.as_str())
+        .collect();
+    let rest = select(plan, Part::Whole)
+        .into_iter()
+        .filter(|e| !shared.contains(e.path.as_str()));
+    let gz = write_cpio(rest, plan.meta.mtime, next_ino, super::gz::encoder(out))?;
+    gz.finish().map_err(write_err)
 }
 
 /// Write the `part` of `plan` as one archive to `out`, gzipped or not.

@@ -3,10 +3,10 @@
 //! The input is cut into fixed-size chunks, each compressed on its own into a
 //! complete gzip member; the members are written in input order. Concatenated
 //! members are one valid gzip stream (RFC 1952 §2.2) for gzip, GNU tar and
-//! flate2's MultiGzDecoder. Not for an initramfs: the kernel refuses a cpio
-//! archive cut across gzip members (seen under qemu), so cpio.gz stays one
-//! member per archive. Chunk boundaries depend only on the input bytes, so the
-//! output is the same for any number of threads.
+//! flate2's MultiGzDecoder. Not for an initramfs: the kernel refuses a gzip
+//! member that ends inside a cpio entry (seen under qemu), so cpio.gz members
+//! follow entries instead (`cpio::write_entries_gz`). Chunk boundaries depend
+//! only on the input bytes, so the output is the same for any number of threads.
 //!
 //! Memory is fixed: a pool of `threads + 2` chunk buffers (input and output)
 //! circulates between the reader, the compressors and the writer, and each
