@@ -604,6 +604,7 @@ fn write_node(
             (dest, vec![o])
         }
         Format::TarGz => {
+            // The shared part first: if its inputs are bad, nothing is written.
             let (key, seg_path, seg) = tar_gz_segment(plan, cache, progress)?;
             let node = out_dir.join(format!("{stem}-node.tar.gz"));
             let node_out = write_tar_gz_node(plan, &node)?;
@@ -622,9 +623,10 @@ fn write_node(
         Format::Cpio | Format::CpioGz => {
             use write::cpio::{Part, part_mode, write_file};
             let gzip = format == Format::CpioGz;
+            // The shared part first: if its inputs are bad, nothing is written.
+            let segment = cpio_segment(plan, gzip, cache, progress)?;
             let node = out_dir.join(format!("{stem}-node.{ext}"));
             let (node, node_out) = write_file(plan, Part::PerNode, gzip, &node)?;
-            let segment = cpio_segment(plan, gzip, cache, progress)?;
             let mode = part_mode(plan, Part::Shared);
             let shared_out = shared_file(
                 plan,

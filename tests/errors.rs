@@ -179,6 +179,30 @@ fn corrupted_cache_blob_fails_the_build() {
     fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     fs::write(&victim, &bytes).unwrap();
     expect_error(&ws, "1", 4, &["is corrupt", "cache verify", &blobs[0]]);
+    // Every archive writer, split or not: the same error, no output, and
+    // nothing derived from the bad bytes kept in the cache.
+    for args in [
+        &["--split"][..],
+        &["--format", "cpio.gz"],
+        &["--format", "cpio.gz", "--split"],
+        &["--format", "cpio"],
+        &["--format", "cpio", "--split"],
+    ] {
+        let mut cmd = vec!["controller", "--node", "1"];
+        cmd.extend(args);
+        let err = ws.fails(&cmd, 4);
+        assert!(
+            err.contains("is corrupt") && err.contains(&blobs[0]),
+            "{args:?}: {err}"
+        );
+        assert!(
+            ws.files_under("out").is_empty(),
+            "{args:?}: {:?}",
+            ws.files_under("out")
+        );
+        assert!(ws.files_under("cache/segments").is_empty(), "{args:?}");
+        assert!(ws.files_under("cache/tmp").is_empty(), "{args:?}");
+    }
 }
 
 #[test]
