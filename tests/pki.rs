@@ -68,9 +68,9 @@ impl Env {
     fn pki(&self) -> PathBuf {
         self.root.join("secrets/pki")
     }
-    fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(BIN)
-            .args(args)
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
             .arg("--inventory")
             .arg(self.root.join("cluster.toml"))
             .arg("--cache")
@@ -79,9 +79,11 @@ impl Env {
             // Never reach for dl.k8s.io: a cache miss stays a cache miss.
             .env("IMGBUILD_OFFLINE", "1")
             .env("NO_PROXY", "*")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+            .stdin(Stdio::null());
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().unwrap();
         // Whatever a command says, it never says a secret.
         assert_no_secret(&self.pki(), &out);
         out
@@ -570,6 +572,49 @@ fn bundled_example_gets_its_pki_on_first_build_others_do_not() {
         text(&out)
     );
     assert!(!other.pki().exists());
+}
+
+/// Two `pki init` at once make one PKI (the second waits for the folder's
+/// lock and finds the first one's files); two first builds of the bundled
+/// example at once: one generates, the other waits and uses that PKI.
+#[test]
+fn concurrent_inits_and_first_builds_make_one_pki() {
+    let spawn = |env: &Env, args: &[&str]| {
+        env.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let env = Env::new(INVENTORY);
+        let (a, b) = (spawn(&env, &["pki", "init"]), spawn(&env, &["pki", "init"]));
+        for out in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        env.ok(&["pki", "check"]);
+    }
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/cluster.toml")).unwrap();
+    for _ in 0..3 {
+        let env = Env::new(&example);
+        let (a, b) = (
+            spawn(&env, &["controller", "--node", "1"]),
+            spawn(&env, &["controller", "--node", "2"]),
+        );
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        // Both pass the PKI step and stop at the empty cache (exit 3), not at
+        // a PKI half made by the other (exit 2).
+        for out in &outs {
+            assert_eq!(out.status.code(), Some(3), "{}", text(out));
+        }
+        let new = outs
+            .iter()
+            .filter(|o| text(o).contains("NEW PKI for the bundled example"))
+            .count();
+        assert_eq!(new, 1, "exactly one build makes the PKI");
+        env.ok(&["pki", "check"]);
+    }
 }
 
 /// A PKI begun elsewhere: an RSA CA with a PKCS#1 key (as cfssl, which the

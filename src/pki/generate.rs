@@ -72,6 +72,22 @@ pub fn init(inv: &Inventory, opts: &InitOptions, progress: &dyn Progress) -> Res
         return Err(Error::input("--days and --ca-days must be at least 1"));
     }
     let dir = inv.pki_dir();
+    // One `pki init` at a time per folder: two at once would each make a CA.
+    // The second waits, then finds the first one's files and only checks them.
+    let _lock = with_parent_lock(&dir, || {
+        ensure_dir(&dir, progress)?;
+        lock_dir(&dir, true)
+    })?;
+    init_locked(inv, opts, progress)
+}
+
+/// `init`, for a caller that already holds the folder's exclusive lock.
+pub(crate) fn init_locked(
+    inv: &Inventory,
+    opts: &InitOptions,
+    progress: &dyn Progress,
+) -> Result<InitReport> {
+    let dir = inv.pki_dir();
     let now = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .expect("0 is valid");
@@ -83,8 +99,8 @@ pub fn init(inv: &Inventory, opts: &InitOptions, progress: &dyn Progress) -> Res
     };
     let mut replaced = Vec::new();
     let mut backup = None;
+    ensure_dir(&dir, progress)?;
     if opts.force
-        && dir.is_dir()
         && let Some((to, names)) = move_aside(&dir, now)?
     {
         let msg = format!(
@@ -97,7 +113,6 @@ pub fn init(inv: &Inventory, opts: &InitOptions, progress: &dyn Progress) -> Res
         replaced = names;
         backup = Some(to);
     }
-    ensure_dir(&dir, progress)?;
 
     // The CA.
     let ca_cert_path = dir.join(CA_CERT);
@@ -345,6 +360,31 @@ fn read_cert(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// The folder must be 0700: it holds private keys.
+/// Run `f` holding the PKI folder's parent's lock (when that folder exists):
+/// whoever creates the PKI folder locks it inside `f`, so nobody else can lock
+/// it between its creation and its creator's lock.
+pub(crate) fn with_parent_lock<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let _parent = if parent.is_dir() {
+        Some(lock_dir(parent, true)?)
+    } else {
+        None
+    };
+    f()
+}
+
+/// An advisory lock (flock) on the PKI folder itself: exclusive while `pki
+/// init` writes, shared while a build checks, so a build never reads a PKI
+/// half made. Released when the handle drops.
+pub(crate) fn lock_dir(dir: &Path, exclusive: bool) -> Result<std::fs::File> {
+    let f = std::fs::File::open(dir).with_path("open", dir)?;
+    if exclusive { f.lock() } else { f.lock_shared() }.with_path("lock", dir)?;
+    Ok(f)
+}
+
 fn ensure_dir(dir: &Path, progress: &dyn Progress) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {

@@ -267,8 +267,19 @@ pub fn is_bundled_example(inv: &Inventory) -> bool {
 /// silently on a second machine would split the cluster.
 pub fn ensure_for_build(inv: &Inventory, progress: &dyn Progress) -> Result<CheckReport> {
     let dir = inv.pki_dir();
-    if !dir.exists() && is_bundled_example(inv) && claim_dir(&dir)? {
-        let report = init(inv, &InitOptions::default(), progress)?;
+    // Of two builds started at once on a fresh checkout, one claims the folder
+    // and generates while holding its lock; the other waits for that lock.
+    let (lock, claimed) = generate::with_parent_lock(&dir, || {
+        if !dir.exists() && is_bundled_example(inv) && claim_dir(&dir)? {
+            Ok((Some(generate::lock_dir(&dir, true)?), true))
+        } else if dir.is_dir() {
+            Ok((Some(generate::lock_dir(&dir, false)?), false))
+        } else {
+            Ok((None, false))
+        }
+    })?;
+    if claimed {
+        let report = generate::init_locked(inv, &InitOptions::default(), progress)?;
         let msg = format!(
             "NEW PKI for the bundled example: {dir} now holds a new CA, keys, kubeconfigs and \
              an encryption key ({n} files). Every node of one cluster must be built from this \
@@ -286,6 +297,7 @@ pub fn ensure_for_build(inv: &Inventory, progress: &dyn Progress) -> Result<Chec
         let msg = format!("PKI {}: {}", f.file, f.message);
         progress.event(Event::Warning { message: &msg });
     }
+    drop(lock);
     match report.error() {
         Some(e) => Err(e),
         None => Ok(report),
@@ -294,7 +306,7 @@ pub fn ensure_for_build(inv: &Inventory, progress: &dyn Progress) -> Result<Chec
 
 /// Create `dir` (0700) unless it exists: of two builds started at once on a
 /// fresh checkout, only the one that created it generates the PKI; the other
-/// finds it incomplete and stops with the check's error instead of mixing two CAs.
+/// waits for it (the folder's lock) instead of mixing two CAs.
 fn claim_dir(dir: &Path) -> Result<bool> {
     use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
