@@ -19,8 +19,8 @@
 //!
 //! # Failure policy
 //! Connect errors, read errors and timeouts, 408, 429 and 5xx are retried with
-//! exponential backoff (0.5 s, 1 s, 2 s, ... capped at 8 s; `Retry-After` in
-//! seconds wins), at most `tries` attempts and `retry_budget` of waiting in a
+//! exponential backoff (0.5 s, 1 s, 2 s, ... capped at 8 s, each taken between
+//! half and all of it at random; `Retry-After` in seconds wins), at most `tries` attempts and `retry_budget` of waiting in a
 //! row without progress, so a machine without network fails in seconds, not
 //! minutes. A DNS failure and any other 4xx are final at once. There is a
 //! connect timeout and a per-read timeout, but no total timeout: a 300 MB
@@ -628,6 +628,9 @@ impl<'a> Stream<'a> {
             )));
         }
         let backoff = Duration::from_millis(500 << (tries - 1).min(4)).min(Duration::from_secs(8));
+        // Half fixed, half random: builds started together (CI fan-out, many
+        // sites behind one mirror) do not retry in lockstep.
+        let backoff = backoff.mul_f64(0.5 + 0.5 * jitter(self.url, tries));
         let wait = retry_after.unwrap_or(backoff);
         if self.waited + wait > self.opts.retry_budget {
             let why = match retry_after {
@@ -834,6 +837,13 @@ fn validator(resp: &Response) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A number in [0, 1) that differs between processes (std's randomly keyed hasher).
+fn jitter(url: &str, attempt: u32) -> f64 {
+    use std::hash::BuildHasher;
+    let r = std::collections::hash_map::RandomState::new().hash_one((url, attempt));
+    (r >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// `Retry-After` in seconds (the HTTP-date form falls back to our backoff).
 fn retry_after(resp: &Response) -> Option<Duration> {
     let v = resp.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
@@ -918,5 +928,17 @@ fn describe_io(e: &io::Error) -> String {
             }
         }
         None => format!("connection broken ({e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range_and_varies() {
+        let xs: Vec<f64> = (0..64).map(|i| jitter("https://x/y", i)).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)), "{xs:?}");
+        assert!(xs.windows(2).any(|w| w[0] != w[1]), "{xs:?}");
     }
 }
