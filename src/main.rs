@@ -43,8 +43,26 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
                 }
                 other => other?,
             };
-            for b in built {
-                println!("{}", b.artifact.display());
+            // Every file to ship, once: a split build's shared file first.
+            let mut paths: Vec<std::path::PathBuf> = Vec::new();
+            for b in &built {
+                let dir = b.artifact.parent().unwrap_or(std::path::Path::new(""));
+                let mut mine: Vec<_> = b.outputs.iter().map(|o| dir.join(&o.name)).collect();
+                if mine.is_empty() {
+                    mine.push(b.artifact.clone());
+                }
+                for p in mine {
+                    if !paths.contains(&p) {
+                        paths.push(p);
+                    }
+                }
+            }
+            paths.sort_by_key(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("controller-shared-"))
+            });
+            for p in paths {
+                println!("{}", p.display());
             }
             Ok(())
         }

@@ -130,7 +130,17 @@ fn cpio_gz_lists_with_gnu_cpio_verifies_and_is_reproducible() {
 fn split_writes_one_shared_archive_and_verifies_as_a_pair() {
     let ws = Workspace::new("v1.10.2");
     let stdout = ws.ok(&["controller", "--all", "--format", "cpio", "--split"]);
-    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    // Every file to ship, the shared one first.
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "out/controller-shared-v1.10.2-amd64.cpio",
+            "out/controller-1-node.cpio",
+            "out/controller-2-node.cpio",
+            "out/controller-3-node.cpio"
+        ],
+        "{stdout}"
+    );
     let mut names: Vec<String> = fs::read_dir(ws.path("out"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
