@@ -1002,6 +1002,19 @@ impl Cache {
         Ok(())
     }
 
+    /// How many derived segments the cache holds, and their bytes.
+    pub fn segments_usage(&self) -> Result<(usize, u64)> {
+        let mut n = 0;
+        let mut bytes = 0;
+        for path in self.files_in("segments")? {
+            if path.extension().is_none() {
+                n += 1;
+                bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        Ok((n, bytes))
+    }
+
     /// Drop a segment found corrupt (it is derived data: the next build remakes it).
     pub fn drop_segment(&self, key: &str) {
         let _ = fs::remove_file(self.segment_path(&format!("{key}.json")));

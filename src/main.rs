@@ -272,6 +272,17 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
                     idx.size
                 );
             }
+            let (n, bytes) = cache.segments_usage()?;
+            if n > 0 {
+                let message = format!(
+                    "also {n} derived segment(s) (compressed binaries reused by builds), {:.1} MB; `imgbuild cache gc --unused` removes them",
+                    bytes as f64 / 1e6
+                );
+                imgbuild::progress::Progress::event(
+                    reporter,
+                    imgbuild::progress::Event::Notice { message: &message },
+                );
+            }
             Ok(())
         }
     }

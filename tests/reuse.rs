@@ -323,6 +323,16 @@ fn a_segment_changed_in_place_is_rebuilt() {
     assert_eq!(segments(&ws), 0);
     ws.ok(&["controller", "--node", "1", "--out", "fourth"]);
     assert_eq!(sha256_file(&ws.path("fourth/controller-1.tar.gz")), good);
+    // `cache ls` keeps its one line per artifact on stdout and says what
+    // segments take on stderr.
+    let out = ws.run(&["cache", "ls"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success());
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stderr.contains("1 derived segment(s)"), "{stderr}");
 }
 
 fn mode_of(p: &Path) -> u32 {
