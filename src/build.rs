@@ -589,9 +589,8 @@ fn write_node(
         }
         Format::TarGz if !opts.split => {
             let dest = out_dir.join(format!("{stem}.tar.gz"));
-            let (sha256, size) = write_tar_gz(plan, cache, &dest, progress)?;
-            let name = format!("{stem}.tar.gz");
-            (dest, vec![OutputFile { name, sha256, size }])
+            let o = write_tar_gz(plan, cache, &dest, progress)?;
+            (dest, vec![o])
         }
         Format::CpioGz if !opts.split => {
             let dest = out_dir.join(format!("{stem}.cpio.gz"));
@@ -722,6 +721,36 @@ fn threads() -> usize {
         .unwrap_or(1)
 }
 
+/// A segment being written: a temp file in the cache, hashed as it fills.
+type SegmentWriter = write::tar::HashingWriter<std::io::BufWriter<tempfile::NamedTempFile>>;
+
+/// Segment `key` from the cache, or made now by `make` (which gets a temp
+/// file in the cache and returns it written) and stored; `step` says what a
+/// cache miss costs.
+fn cached_segment(
+    cache: &Cache,
+    key: String,
+    step: Option<&str>,
+    progress: &dyn Progress,
+    make: impl FnOnce(tempfile::NamedTempFile) -> Result<SegmentWriter>,
+) -> Result<(String, PathBuf, crate::cache::Segment)> {
+    if let Some((path, seg)) = cache.segment(&key)? {
+        return Ok((key, path, seg));
+    }
+    if let Some(what) = step {
+        progress.event(Event::Step { what });
+    }
+    let w = make(cache.temp_file()?)?;
+    let (path, seg) = store_segment(cache, &key, w)?;
+    Ok((key, path, seg))
+}
+
+fn segment_writer(tmp: tempfile::NamedTempFile) -> SegmentWriter {
+    write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp))
+}
+
+const COMPRESSING: &str = "compressing the binaries (once for every node of this recipe and arch)";
+
 /// The shared part of every node's tar.gz (the binaries' tar entries as
 /// parallel gzip members, no end blocks), from the cache or made now and cached.
 /// Keyed by everything its bytes depend on (entries, mtime, deflate settings).
@@ -735,17 +764,11 @@ fn tar_gz_segment(
         "tar-gz-{}",
         write::tar::shared_key(&shared, plan.meta.mtime)?
     );
-    if let Some((path, seg)) = cache.segment(&key)? {
-        return Ok((key, path, seg));
-    }
-    progress.event(Event::Step {
-        what: "compressing the binaries (once for every node of this recipe and arch)",
-    });
-    let tmp = cache.temp_file()?;
-    let mut w = write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
-    write::tar::write_shared(shared, plan.meta.mtime, &mut w, threads())?;
-    let (path, seg) = store_segment(cache, &key, w)?;
-    Ok((key, path, seg))
+    cached_segment(cache, key, Some(COMPRESSING), progress, |tmp| {
+        let mut w = segment_writer(tmp);
+        write::tar::write_shared(shared, plan.meta.mtime, &mut w, threads())?;
+        Ok(w)
+    })
 }
 
 /// A split cpio's shared archive, from the cache or made now and cached:
@@ -762,27 +785,22 @@ fn cpio_segment(
         if gzip { "-gz" } else { "" },
         write::cpio::shared_key(plan, gzip)
     );
-    if let Some((path, seg)) = cache.segment(&key)? {
-        return Ok((key, path, seg));
+    if !gzip {
+        let step = "archiving the binaries (once for every node of this recipe and arch)";
+        return cached_segment(cache, key, Some(step), progress, |tmp| {
+            write::cpio::write_part_to(plan, write::cpio::Part::Shared, false, segment_writer(tmp))
+        });
     }
-    let mut tmp = cache.temp_file()?;
-    let w = if gzip {
+    // The entries' segment says so itself if it must be compressed.
+    cached_segment(cache, key, None, progress, |mut tmp| {
         let (_, entries_path, entries) = cpio_gz_entries_segment(plan, cache, progress)?;
         let hasher = copy_segment(&entries_path, &entries, tmp.as_file_mut())?;
         let mut w = write::tar::HashingWriter::resume(std::io::BufWriter::new(tmp), hasher);
         let trailer = write::cpio::trailer_gz(plan.meta.mtime)?;
         std::io::Write::write_all(&mut w, &trailer)
             .map_err(|e| Error::io("cannot write", &cache.tmp_dir(), e))?;
-        w
-    } else {
-        progress.event(Event::Step {
-            what: "archiving the binaries (once for every node of this recipe and arch)",
-        });
-        let w = write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
-        write::cpio::write_part_to(plan, write::cpio::Part::Shared, false, w)?
-    };
-    let (path, seg) = store_segment(cache, &key, w)?;
-    Ok((key, path, seg))
+        Ok(w)
+    })
 }
 
 /// The shared entries of every cpio.gz (binaries and their folders, no
@@ -795,23 +813,12 @@ fn cpio_gz_entries_segment(
     progress: &dyn Progress,
 ) -> Result<(String, PathBuf, crate::cache::Segment)> {
     let key = format!("cpio-gz-entries-{}", write::cpio::shared_key(plan, true));
-    if let Some((path, seg)) = cache.segment(&key)? {
-        return Ok((key, path, seg));
-    }
-    progress.event(Event::Step {
-        what: "compressing the binaries (once for every node of this recipe and arch)",
-    });
-    let tmp = cache.temp_file()?;
-    let mut w = write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp));
-    write::cpio::write_entries_gz(
-        plan,
-        write::cpio::Part::Shared,
-        threads(),
-        &cache.tmp_dir(),
-        &mut w,
-    )?;
-    let (path, seg) = store_segment(cache, &key, w)?;
-    Ok((key, path, seg))
+    cached_segment(cache, key, Some(COMPRESSING), progress, |tmp| {
+        let mut w = segment_writer(tmp);
+        let part = write::cpio::Part::Shared;
+        write::cpio::write_entries_gz(plan, part, threads(), &cache.tmp_dir(), &mut w)?;
+        Ok(w)
+    })
 }
 
 /// A whole cpio.gz: the cached shared entries, then the node's entries and
@@ -839,8 +846,8 @@ fn write_cpio_gz(
     commit_hashed(out)
 }
 
-/// Copy a cached segment to the start of `out` in the kernel (copy_file_range:
-/// its bytes never pass through here) and return the hash state after them.
+/// Copy a cached segment to the start of `out` and return the hash state
+/// after its bytes, so the output's digest costs only what follows.
 fn copy_segment(
     seg_path: &Path,
     seg: &crate::cache::Segment,
@@ -854,21 +861,14 @@ fn copy_segment(
                 seg_path.display()
             ))
         })?;
-    let mut src = std::fs::File::open(seg_path).with_path("cannot read", seg_path)?;
-    let copied = std::io::copy(&mut src, out).with_path("cannot copy", seg_path)?;
-    if copied != seg.size {
-        return Err(Error::integrity(format!(
-            "cached segment {} changed size while copying; run `imgbuild cache verify`",
-            seg_path.display()
-        )));
-    }
+    crate::cache::copy_segment(seg_path, seg, out)?;
     Ok(hasher)
 }
 
 fn store_segment(
     cache: &Cache,
     key: &str,
-    w: write::tar::HashingWriter<std::io::BufWriter<tempfile::NamedTempFile>>,
+    w: SegmentWriter,
 ) -> Result<(PathBuf, crate::cache::Segment)> {
     let state = w.hasher.save();
     let (buf, sha256, size) = w.finish();
@@ -892,7 +892,7 @@ fn write_tar_gz(
     cache: &Cache,
     dest: &Path,
     progress: &dyn Progress,
-) -> Result<(String, u64)> {
+) -> Result<OutputFile> {
     let (_, seg_path, seg) = tar_gz_segment(plan, cache, progress)?;
     let mut file = atomic::AtomicFile::create(dest, 0o600)?;
     let hasher = copy_segment(
@@ -905,9 +905,7 @@ fn write_tar_gz(
         plan.meta.mtime,
         write::tar::HashingWriter::resume(file, hasher),
     )?;
-    let (file, sha256, size) = out.finish();
-    file.commit()?;
-    Ok((sha256, size))
+    commit_hashed(out)
 }
 
 /// A split tar.gz's node half: the node's entries and the end-of-archive

@@ -928,21 +928,17 @@ impl Cache {
     ) -> Result<bool> {
         let abs = std::path::absolute(dest).with_path("cannot resolve", dest)?;
         let current = Stamp::of(&abs).with_path("cannot stat", &abs)?;
+        // The stamp holds the mode too: a copy whose mode changed is not kept.
         let still = |p: &Placed| p.path == abs && Some(&p.stamp) == current.as_ref();
-        if current.as_ref().is_some_and(|s| s.mode & 0o7777 == mode) && seg.placed.iter().any(still)
-        {
+        if seg.placed.iter().any(still) {
             return Ok(false);
         }
         let mut file = crate::atomic::AtomicFile::create(dest, mode)?;
-        let mut src = File::open(seg_path).with_path("cannot read", seg_path)?;
-        let copied = io::copy(&mut src, file.file_mut().with_path("cannot write", dest)?)
-            .with_path("cannot copy", seg_path)?;
-        if copied != seg.size {
-            return Err(Error::integrity(format!(
-                "cached segment {} changed size while copying; run `imgbuild cache verify`",
-                seg_path.display()
-            )));
-        }
+        copy_segment(
+            seg_path,
+            seg,
+            file.file_mut().with_path("cannot write", dest)?,
+        )?;
         file.commit()?;
         if let Some(stamp) = Stamp::of(&abs).with_path("cannot stat", &abs)? {
             seg.placed.retain(|p| p.path != abs);
@@ -1020,6 +1016,20 @@ impl Cache {
         let _ = fs::remove_file(self.segment_path(&format!("{key}.json")));
         let _ = fs::remove_file(self.segment_path(key));
     }
+}
+
+/// Copy a cached segment to `out` at its current offset, in the kernel
+/// (copy_file_range: the bytes never pass through this process).
+pub fn copy_segment(seg_path: &Path, seg: &Segment, out: &mut File) -> Result<()> {
+    let mut src = File::open(seg_path).with_path("cannot read", seg_path)?;
+    let copied = io::copy(&mut src, out).with_path("cannot copy", seg_path)?;
+    if copied != seg.size {
+        return Err(Error::integrity(format!(
+            "cached segment {} changed size while copying; run `imgbuild cache verify`",
+            seg_path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// An artifact a file may be: its recipe, and the arch whose pin it should match.
