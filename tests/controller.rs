@@ -11,34 +11,6 @@ use std::process::Command;
 
 use support::{Workspace, sh, sha256_file};
 
-use support::seed_text;
-
-/// The files the seed writes with `cat <<EOF | sudo tee PATH`, keyed by PATH,
-/// with the seed's shell variables filled in from the example inventory and the
-/// heredoc's `\\` unescaped, as the shell would.
-fn seed_files(node_ip: &str, etcd: &[&str]) -> BTreeMap<String, String> {
-    support::seed_heredocs("cat <<EOF | sudo tee ")
-        .into_iter()
-        .map(|(path, body)| {
-            let body = body
-                .replace("\\\\", "\\")
-                .replace("${INTERNAL_IP}", node_ip)
-                .replace("${NODE1_INTERNAL_IP}", etcd[0])
-                .replace("${NODE2_INTERNAL_IP}", etcd[1])
-                .replace("${NODE3_INTERNAL_IP}", etcd[2]);
-            (path, body)
-        })
-        .collect()
-}
-
-/// The seed's `kubectl apply -f -` heredocs, in order.
-fn seed_manifests() -> Vec<String> {
-    support::seed_heredocs("cat <<EOF | kubectl apply")
-        .into_iter()
-        .map(|(_, b)| b)
-        .collect()
-}
-
 fn build_and_extract(ws: &Workspace, node: &str) -> PathBuf {
     ws.ok(&["controller", "--node", node]);
     let root = ws.path(&format!("root-{node}"));
@@ -56,67 +28,48 @@ fn build_and_extract(ws: &Workspace, node: &str) -> PathBuf {
 fn v1_10_2_units_carry_exactly_the_seeds_flags() {
     let ws = Workspace::new("v1.10.2");
     let root = build_and_extract(&ws, "2");
-    let seed = seed_files(
-        "10.240.0.12",
-        &["10.240.0.11", "10.240.0.12", "10.240.0.13"],
-    );
-    let units = [
-        "kube-apiserver.service",
-        "kube-controller-manager.service",
-        "kube-scheduler.service",
-    ];
-    for unit in units {
-        let path = format!("/etc/systemd/system/{unit}");
-        let seed_unit = seed
-            .get(&path)
-            .unwrap_or_else(|| panic!("seed has no {path}"));
-        let ours = fs::read_to_string(root.join(&path[1..])).unwrap();
-        let (seed_cmd, seed_flags) = imgbuild::unit::exec_start(seed_unit).unwrap();
+    let etcd = ["10.240.0.11", "10.240.0.12", "10.240.0.13"];
+    let seed = support::seed_units();
+    for (name, seed_unit) in &seed {
+        let ours = fs::read_to_string(root.join(&seed_unit.path[1..])).unwrap();
         let (cmd, flags) = imgbuild::unit::exec_start(&ours).unwrap();
-        assert_eq!(cmd, seed_cmd, "{unit}: command");
-        assert!(
-            seed_flags.len() > 1,
-            "{unit}: parsed too few flags from the seed"
-        );
+        assert_eq!(cmd, seed_unit.command, "{name}: command");
+        let seed_flags = seed_unit.flags_for("10.240.0.12", &etcd);
+        assert!(seed_flags.len() > 1, "{name}: too few flags in the fixture");
         for (i, (s, o)) in seed_flags.iter().zip(&flags).enumerate() {
-            assert_eq!(o, s, "{unit}: flag {i}");
+            assert_eq!(o, s, "{name}: flag {i}");
         }
-        assert_eq!(flags.len(), seed_flags.len(), "{unit}: flag count");
+        assert_eq!(flags.len(), seed_flags.len(), "{name}: flag count");
         // Everything but ExecStart is the seed's too.
-        let rest = |t: &str| -> Vec<String> {
-            t.replace("\\\n", " ")
-                .lines()
-                .filter(|l| !l.starts_with("ExecStart=") && !l.trim().is_empty())
-                .map(String::from)
-                .collect()
-        };
-        assert_eq!(rest(&ours), rest(seed_unit), "{unit}: other lines");
+        let rest: Vec<String> = ours
+            .replace("\\\n", " ")
+            .lines()
+            .filter(|l| !l.starts_with("ExecStart=") && !l.trim().is_empty())
+            .map(String::from)
+            .collect();
+        assert_eq!(rest, seed_unit.other_lines, "{name}: other lines");
     }
     // The seed's scheduler config, byte for byte.
-    let path = "/etc/kubernetes/config/kube-scheduler.yaml";
     assert_eq!(
-        fs::read_to_string(root.join(&path[1..])).unwrap(),
-        seed[path]
+        fs::read_to_string(root.join("etc/kubernetes/config/kube-scheduler.yaml")).unwrap(),
+        support::fixture("seed/kube-scheduler.yaml")
     );
     // The RBAC manifests, as the seed applies them.
-    let manifests = seed_manifests();
-    assert_eq!(manifests.len(), 2);
+    let [role, binding] = support::seed_rbac();
     assert_eq!(
         fs::read_to_string(root.join("etc/kubernetes/rbac/kube-apiserver-to-kubelet.yaml"))
             .unwrap(),
-        manifests[0]
+        role
     );
     assert_eq!(
         fs::read_to_string(root.join("etc/kubernetes/rbac/kube-apiserver-binding.yaml")).unwrap(),
-        manifests[1]
+        binding
     );
     // The seed's nginx server block.
-    let text = seed_text();
-    let start = text.find("server {").unwrap();
-    let block = &text[start..start + text[start..].find("\n}\n").unwrap() + 2];
+    let block = support::fixture("seed/nginx-healthz-server.conf");
     let ours = fs::read_to_string(root.join("etc/nginx/conf.d/kubernetes-healthz.conf")).unwrap();
     assert!(
-        ours.contains(block),
+        ours.contains(block.trim_end()),
         "nginx conf lacks the seed's block:\n{block}\n--- ours:\n{ours}"
     );
 }

@@ -1,6 +1,6 @@
 //! Current Kubernetes releases: the seed's control plane with what each
 //! version needs, checked flag by flag against an expectation derived from the
-//! seed and the reference's list of upstream changes (not from our templates).
+//! seed (tests/fixtures/seed/) and the list of upstream changes since (not from our templates).
 
 mod support;
 
@@ -13,16 +13,6 @@ use support::{Workspace, sh};
 
 const CURRENT: [&str; 3] = ["v1.34.7", "v1.35.4", "v1.36.0"];
 
-fn seed_unit(name: &str) -> String {
-    let path = format!("/etc/systemd/system/{name}");
-    support::seed_heredocs("cat <<EOF | sudo tee ")
-        .into_iter()
-        .find(|(p, _)| *p == path)
-        .unwrap_or_else(|| panic!("seed lacks {name}"))
-        .1
-        .replace("\\\\", "\\")
-}
-
 type Flags = Vec<(String, Option<String>)>;
 
 fn flags_of(unit: &str) -> Flags {
@@ -30,15 +20,13 @@ fn flags_of(unit: &str) -> Flags {
 }
 
 /// The seed's flags for `unit` turned into what a current release needs, per
-/// shared/reference/kubernetes-facts.md §2.
+/// the upstream changes since v1.10.2 (README, "The version check").
 fn expected_current(unit: &str, node_ip: &str) -> Flags {
     let etcd = "https://10.240.0.11:2379,https://10.240.0.12:2379,https://10.240.0.13:2379";
     let mut out = Flags::new();
-    for (k, v) in flags_of(&seed_unit(unit)) {
-        let v = v.map(|v| {
-            v.replace("${INTERNAL_IP}", node_ip)
-                .replace("https://${NODE1_INTERNAL_IP}:2379,https://${NODE2_INTERNAL_IP}:2379,https://${NODE3_INTERNAL_IP}:2379", etcd)
-        });
+    let seed = &support::seed_units()[unit.trim_end_matches(".service")];
+    let ips = ["10.240.0.11", "10.240.0.12", "10.240.0.13"];
+    for (k, v) in seed.flags_for(node_ip, &ips) {
         match k.as_str() {
             "apiserver-count" | "enable-swagger-ui" | "kubelet-https" => {}
             "experimental-encryption-provider-config" => {
@@ -83,9 +71,9 @@ fn yaml(path: &Path) -> serde_json::Value {
 }
 
 fn seed_manifests() -> Vec<serde_json::Value> {
-    support::seed_heredocs("cat <<EOF | kubectl apply")
-        .into_iter()
-        .map(|(_, body)| serde_yaml_ng::from_str(&body).unwrap())
+    support::seed_rbac()
+        .iter()
+        .map(|body| serde_yaml_ng::from_str(body).unwrap())
         .collect()
 }
 
@@ -390,38 +378,50 @@ fn arm64_uses_the_arm64_pin() {
     );
 }
 
-/// The shipped pins are the reference's, digit for digit.
+/// The shipped pins are the changelogs', digit for digit (tests/fixtures/release-pins.toml).
 #[test]
-fn shipped_pins_match_the_reference() {
-    let reference = fs::read_to_string(
-        Path::new(support::REPO).join("../shared/reference/kubernetes-facts.md"),
-    )
-    .expect("shared/reference/kubernetes-facts.md beside the repository");
+fn shipped_pins_match_the_changelogs() {
+    #[derive(serde::Deserialize)]
+    struct Pins {
+        pin: Vec<Pin>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Pin {
+        version: String,
+        file: String,
+        algorithm: String,
+        digest: String,
+        source: String,
+    }
+    let pins: Pins = toml::from_str(&support::fixture("release-pins.toml")).unwrap();
     let mut checked = 0;
-    for line in reference
-        .lines()
-        .filter(|l| l.starts_with("| v1.") && l.contains("kubernetes-server-linux-"))
-    {
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        let (version, file, algorithm, digest) = (cells[1], cells[2], cells[3], cells[4]);
-        let arch = file
+    for p in &pins.pin {
+        let arch = p
+            .file
             .trim_start_matches("kubernetes-server-linux-")
             .trim_end_matches(".tar.gz");
         let recipe: toml::Value = toml::from_str(
             &fs::read_to_string(
-                Path::new(support::REPO).join(format!("recipes/kubernetes-{version}.toml")),
+                Path::new(support::REPO).join(format!("recipes/kubernetes-{}.toml", p.version)),
             )
             .unwrap(),
         )
         .unwrap();
-        let a = &recipe["artifacts"][0];
-        assert_eq!(a["algorithm"].as_str(), Some(algorithm), "{version}");
+        let a = recipe["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["file"].as_str() == Some("kubernetes-server-linux-{arch}.tar.gz"))
+            .unwrap_or_else(|| panic!("{}: no server tarball", p.version));
+        let v = &p.version;
+        assert_eq!(a["algorithm"].as_str(), Some(p.algorithm.as_str()), "{v}");
         assert_eq!(
             a["digests"][arch].as_str(),
-            Some(digest),
-            "{version} {arch}"
+            Some(p.digest.as_str()),
+            "{v} {arch}"
         );
-        assert_eq!(a["trust"].as_str(), Some("changelog"));
+        assert_eq!(a["trust"].as_str(), Some("changelog"), "{v}");
+        assert_eq!(a["source"].as_str(), Some(p.source.as_str()), "{v}");
         checked += 1;
     }
     assert_eq!(checked, 8);

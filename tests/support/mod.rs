@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -228,23 +229,27 @@ impl Workspace {
 
     /// Files (relative paths) under `rel`, recursively, sorted.
     pub fn files_under(&self, rel: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let root = self.path(rel);
-        fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-            let Ok(rd) = fs::read_dir(dir) else { return };
-            for e in rd {
-                let p = e.unwrap().path();
-                if p.is_dir() && !p.is_symlink() {
-                    walk(base, &p, out);
-                } else {
-                    out.push(p.strip_prefix(base).unwrap().display().to_string());
-                }
+        files_under(&self.path(rel))
+    }
+}
+
+/// Files and symlinks (paths relative to `root`) under `root`, recursively, sorted.
+pub fn files_under(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() && !p.is_symlink() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().display().to_string());
             }
         }
-        walk(&root, &root, &mut out);
-        out.sort();
-        out
     }
+    walk(root, root, &mut out);
+    out.sort();
+    out
 }
 
 /// Run a command, require success, return stdout.
@@ -263,39 +268,60 @@ pub fn sha256_file(p: &Path) -> String {
     hex::encode(Sha256::digest(fs::read(p).unwrap()))
 }
 
-/// The seed guide's text, from the shared folder beside the repository.
-pub fn seed_text() -> String {
-    let dir = Path::new(REPO).join("../shared/seeds");
-    let mut texts = Vec::new();
-    for e in fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("the seed guide is expected in {}: {e}", dir.display()))
-    {
-        texts.push(fs::read_to_string(e.unwrap().path()).unwrap());
-    }
-    texts.join("\n")
+/// One of the seed guide's systemd units, from `tests/fixtures/seed/units.toml`.
+#[derive(serde::Deserialize)]
+pub struct SeedUnit {
+    pub path: String,
+    pub command: String,
+    /// `name=value`, in the guide's order, shell variables as the guide writes them.
+    pub flags: Vec<String>,
+    /// Every line but ExecStart, blank lines dropped.
+    pub other_lines: Vec<String>,
 }
 
-/// The seed's heredocs whose command line starts with `prefix` (e.g.
-/// `cat <<EOF | sudo tee `): (rest of the command line, body), in order.
-pub fn seed_heredocs(prefix: &str) -> Vec<(String, String)> {
-    let text = seed_text();
-    let mut out = Vec::new();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        let Some(rest) = line.strip_prefix(prefix) else {
-            continue;
-        };
-        let mut body = String::new();
-        for l in lines.by_ref() {
-            if l == "EOF" {
-                break;
-            }
-            body.push_str(l);
-            body.push('\n');
-        }
-        out.push((rest.trim().to_string(), body));
+impl SeedUnit {
+    /// The flags as `imgbuild::unit::exec_start` returns them, with the
+    /// guide's variables filled in for a node at `node_ip` and etcd on `etcd`.
+    pub fn flags_for(&self, node_ip: &str, etcd: &[&str]) -> Vec<(String, Option<String>)> {
+        self.flags
+            .iter()
+            .map(|f| {
+                let mut v = f.replace("${INTERNAL_IP}", node_ip);
+                for (i, ip) in etcd.iter().enumerate() {
+                    v = v.replace(&format!("${{NODE{}_INTERNAL_IP}}", i + 1), ip);
+                }
+                match v.split_once('=') {
+                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                    None => (v, None),
+                }
+            })
+            .collect()
     }
-    out
+}
+
+/// A fixture file under `tests/fixtures/`.
+pub fn fixture(rel: &str) -> String {
+    let p = Path::new(REPO).join("tests/fixtures").join(rel);
+    fs::read_to_string(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
+}
+
+/// The seed guide's units by name (`kube-apiserver`, ...).
+pub fn seed_units() -> BTreeMap<String, SeedUnit> {
+    #[derive(serde::Deserialize)]
+    struct Units {
+        units: BTreeMap<String, SeedUnit>,
+    }
+    let units: Units = toml::from_str(&fixture("seed/units.toml")).expect("seed/units.toml");
+    assert_eq!(units.units.len(), 3, "the seed has three units");
+    units.units
+}
+
+/// The seed's two RBAC objects, in the order it applies them.
+pub fn seed_rbac() -> [String; 2] {
+    [
+        fixture("seed/rbac-kube-apiserver-to-kubelet.yaml"),
+        fixture("seed/rbac-kube-apiserver-binding.yaml"),
+    ]
 }
 
 pub fn sha256_bytes(b: &[u8]) -> String {
