@@ -123,6 +123,39 @@ impl Workspace {
         ws
     }
 
+    /// Like `new`, but with the fixed PKI of `tests/fixtures/pki/<version>/`
+    /// instead of a fresh one, so that every output byte is known in advance.
+    pub fn fixed_pki(version: &str) -> Workspace {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(
+            tmp.path().join("cluster.toml"),
+            example_inventory(version, "amd64"),
+        )
+        .unwrap();
+        let ws = Workspace {
+            tmp,
+            version: version.into(),
+            arch: "amd64".into(),
+        };
+        let src = Path::new(REPO).join("tests/fixtures/pki").join(version);
+        fs::create_dir_all(ws.path("pki")).unwrap();
+        for f in files_under(&src) {
+            let to = ws.path("pki").join(&f);
+            fs::copy(src.join(&f), &to).unwrap();
+            if !f.ends_with(".pem") || f.ends_with("-key.pem") {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }
+        let bins: Vec<(&str, Vec<u8>)> = BINARIES
+            .iter()
+            .map(|n| (*n, stand_in(n, 64 * 1024)))
+            .collect();
+        ws.add_tarball(&bins);
+        ws.ok(&["cache", "import", "kubernetes-server-linux-amd64.tar.gz"]);
+        ws
+    }
+
     /// Inventory and PKI only; no recipe, no cache.
     pub fn bare(version: &str, arch: &str) -> Workspace {
         let tmp = tempfile::tempdir().unwrap();
