@@ -5,19 +5,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::write::digest::ResumableSha256;
+use crate::util::digest::ResumableSha256;
 
-use crate::assets::Assets;
-use crate::atomic;
-use crate::cache::Cache;
 use crate::error::{Error, IoContext, Result};
-use crate::flags::{Checked, Finding, FlagTable, Severity};
-use crate::inventory::Inventory;
+use crate::input::assets::Assets;
+use crate::input::inventory::Inventory;
+use crate::input::lint::{Checked, Finding, FlagTable, Severity};
+use crate::input::recipe::{Recipe, Version};
+use crate::input::render::{Context, Renderer};
+use crate::output::manifest::OutputFile;
 use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, sha256_hex};
 use crate::progress::{Event, Progress};
-use crate::recipe::{Recipe, Version};
-use crate::render::{Context, Renderer};
-use crate::write::{self, manifest::OutputFile};
+use crate::store::cache::Cache;
+use crate::util::atomic;
+use crate::{codec, output};
 
 /// Where things are, shared by every command.
 #[derive(Debug, Clone)]
@@ -187,7 +188,7 @@ impl Loaded {
         let mut checked = Vec::new();
         for (path, text) in rendered {
             check_unit_flags(inv, path, text)?;
-            let (extra, section) = match crate::unit::exec_start(text).map(|(c, _)| c) {
+            let (extra, section) = match crate::input::unit::exec_start(text).map(|(c, _)| c) {
                 Some(c) if c.ends_with("/kube-apiserver") => {
                     (&inv.apiserver.extra_args, "[apiserver.extra_args]")
                 }
@@ -217,7 +218,7 @@ impl Loaded {
         let node = &inv.controllers[index - 1];
         let rendered = self.render(index)?;
         let findings = self.lint_rendered(&rendered)?;
-        crate::flags::fail_on_errors(self.version, &findings).map_err(|e| {
+        crate::input::lint::fail_on_errors(self.version, &findings).map_err(|e| {
             e.context(format!(
                 "inventory {}, node {index} ({})",
                 inv.path.display(),
@@ -288,7 +289,7 @@ fn check_unit_flags(inv: &Inventory, path: &str, text: &str) -> Result<()> {
     if !path.starts_with("etc/systemd/system/") {
         return Ok(());
     }
-    let Some((_, flags)) = crate::unit::exec_start(text) else {
+    let Some((_, flags)) = crate::input::unit::exec_start(text) else {
         return Ok(());
     };
     let mut seen = BTreeSet::new();
@@ -584,7 +585,7 @@ fn write_node(
     let (artifact, outputs) = match format {
         Format::Dir => {
             let dest = out_dir.join(&stem);
-            write::dir::write_dir(plan, &dest)?;
+            output::dir::write_dir(plan, &dest)?;
             (dest, vec![])
         }
         Format::TarGz if !opts.split => {
@@ -599,7 +600,7 @@ fn write_node(
         }
         Format::Cpio if !opts.split => {
             let dest = out_dir.join(format!("{stem}.cpio"));
-            let (dest, o) = write::cpio::write_file(plan, write::cpio::Part::Whole, false, &dest)?;
+            let (dest, o) = codec::cpio::write_file(plan, codec::cpio::Part::Whole, false, &dest)?;
             (dest, vec![o])
         }
         Format::TarGz => {
@@ -620,7 +621,7 @@ fn write_node(
             (node, vec![node_out, shared_out])
         }
         Format::Cpio | Format::CpioGz => {
-            use write::cpio::{Part, part_mode, write_file};
+            use codec::cpio::{Part, part_mode, write_file};
             let gzip = format == Format::CpioGz;
             // The shared part first: if its inputs are bad, nothing is written.
             let segment = cpio_segment(plan, gzip, cache, progress)?;
@@ -647,7 +648,7 @@ fn write_node(
     } else {
         format.name().to_string()
     };
-    write::manifest::write(&manifest_path, plan, &format_name, outputs.clone())?;
+    output::manifest::write(&manifest_path, plan, &format_name, outputs.clone())?;
     progress.event(Event::Wrote {
         path: &manifest_path,
     });
@@ -670,7 +671,7 @@ fn shared_file(
     out_dir: &Path,
     shared_written: &mut Option<SharedWritten>,
     cache: &Cache,
-    (key, seg_path, mut seg): (String, PathBuf, crate::cache::Segment),
+    (key, seg_path, mut seg): (String, PathBuf, crate::store::cache::Segment),
     ext: &str,
     mode: u32,
     progress: &dyn Progress,
@@ -722,7 +723,7 @@ fn threads() -> usize {
 }
 
 /// A segment being written: a temp file in the cache, hashed as it fills.
-type SegmentWriter = write::tar::HashingWriter<std::io::BufWriter<tempfile::NamedTempFile>>;
+type SegmentWriter = codec::tar::HashingWriter<std::io::BufWriter<tempfile::NamedTempFile>>;
 
 /// Segment `key` from the cache, or made now by `make` (which gets a temp
 /// file in the cache and returns it written) and stored; `step` says what a
@@ -733,7 +734,7 @@ fn cached_segment(
     step: Option<&str>,
     progress: &dyn Progress,
     make: impl FnOnce(tempfile::NamedTempFile) -> Result<SegmentWriter>,
-) -> Result<(String, PathBuf, crate::cache::Segment)> {
+) -> Result<(String, PathBuf, crate::store::cache::Segment)> {
     if let Some((path, seg)) = cache.segment(&key)? {
         return Ok((key, path, seg));
     }
@@ -746,7 +747,7 @@ fn cached_segment(
 }
 
 fn segment_writer(tmp: tempfile::NamedTempFile) -> SegmentWriter {
-    write::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp))
+    codec::tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp))
 }
 
 const COMPRESSING: &str = "compressing the binaries (once for every node of this recipe and arch)";
@@ -758,15 +759,15 @@ fn tar_gz_segment(
     plan: &Plan,
     cache: &Cache,
     progress: &dyn Progress,
-) -> Result<(String, PathBuf, crate::cache::Segment)> {
+) -> Result<(String, PathBuf, crate::store::cache::Segment)> {
     let shared: Vec<&Entry> = plan.shared().collect();
     let key = format!(
         "tar-gz-{}",
-        write::tar::shared_key(&shared, plan.meta.mtime)?
+        codec::tar::shared_key(&shared, plan.meta.mtime)?
     );
     cached_segment(cache, key, Some(COMPRESSING), progress, |tmp| {
         let mut w = segment_writer(tmp);
-        write::tar::write_shared(shared, plan.meta.mtime, &mut w, threads())?;
+        codec::tar::write_shared(shared, plan.meta.mtime, &mut w, threads())?;
         Ok(w)
     })
 }
@@ -779,24 +780,24 @@ fn cpio_segment(
     gzip: bool,
     cache: &Cache,
     progress: &dyn Progress,
-) -> Result<(String, PathBuf, crate::cache::Segment)> {
+) -> Result<(String, PathBuf, crate::store::cache::Segment)> {
     let key = format!(
         "cpio{}-{}",
         if gzip { "-gz" } else { "" },
-        write::cpio::shared_key(plan, gzip)
+        codec::cpio::shared_key(plan, gzip)
     );
     if !gzip {
         let step = "archiving the binaries (once for every node of this recipe and arch)";
         return cached_segment(cache, key, Some(step), progress, |tmp| {
-            write::cpio::write_part_to(plan, write::cpio::Part::Shared, false, segment_writer(tmp))
+            codec::cpio::write_part_to(plan, codec::cpio::Part::Shared, false, segment_writer(tmp))
         });
     }
     // The entries' segment says so itself if it must be compressed.
     cached_segment(cache, key, None, progress, |mut tmp| {
         let (_, entries_path, entries) = cpio_gz_entries_segment(plan, cache, progress)?;
         let hasher = copy_segment(&entries_path, &entries, tmp.as_file_mut())?;
-        let mut w = write::tar::HashingWriter::resume(std::io::BufWriter::new(tmp), hasher);
-        let trailer = write::cpio::trailer_gz(plan.meta.mtime)?;
+        let mut w = codec::tar::HashingWriter::resume(std::io::BufWriter::new(tmp), hasher);
+        let trailer = codec::cpio::trailer_gz(plan.meta.mtime)?;
         std::io::Write::write_all(&mut w, &trailer)
             .map_err(|e| Error::io("cannot write", &cache.tmp_dir(), e))?;
         Ok(w)
@@ -811,12 +812,12 @@ fn cpio_gz_entries_segment(
     plan: &Plan,
     cache: &Cache,
     progress: &dyn Progress,
-) -> Result<(String, PathBuf, crate::cache::Segment)> {
-    let key = format!("cpio-gz-entries-{}", write::cpio::shared_key(plan, true));
+) -> Result<(String, PathBuf, crate::store::cache::Segment)> {
+    let key = format!("cpio-gz-entries-{}", codec::cpio::shared_key(plan, true));
     cached_segment(cache, key, Some(COMPRESSING), progress, |tmp| {
         let mut w = segment_writer(tmp);
-        let part = write::cpio::Part::Shared;
-        write::cpio::write_entries_gz(plan, part, threads(), &cache.tmp_dir(), &mut w)?;
+        let part = codec::cpio::Part::Shared;
+        codec::cpio::write_entries_gz(plan, part, threads(), &cache.tmp_dir(), &mut w)?;
         Ok(w)
     })
 }
@@ -829,19 +830,19 @@ fn write_cpio_gz(
     dest: &Path,
     progress: &dyn Progress,
 ) -> Result<OutputFile> {
-    use write::cpio::Part;
+    use codec::cpio::Part;
     let (_, seg_path, seg) = cpio_gz_entries_segment(plan, cache, progress)?;
-    let mut file = atomic::AtomicFile::create(dest, write::cpio::part_mode(plan, Part::Whole))?;
+    let mut file = atomic::AtomicFile::create(dest, codec::cpio::part_mode(plan, Part::Whole))?;
     let hasher = copy_segment(
         &seg_path,
         &seg,
         file.file_mut().with_path("cannot write", dest)?,
     )?;
-    let shared = write::cpio::select(plan, Part::Shared).len() as u32;
-    let out = write::cpio::write_rest_gz(
+    let shared = codec::cpio::select(plan, Part::Shared).len() as u32;
+    let out = codec::cpio::write_rest_gz(
         plan,
         Part::Shared.first_ino() + shared,
-        write::tar::HashingWriter::resume(file, hasher),
+        codec::tar::HashingWriter::resume(file, hasher),
     )?;
     commit_hashed(out)
 }
@@ -850,7 +851,7 @@ fn write_cpio_gz(
 /// after its bytes, so the output's digest costs only what follows.
 fn copy_segment(
     seg_path: &Path,
-    seg: &crate::cache::Segment,
+    seg: &crate::store::cache::Segment,
     out: &mut std::fs::File,
 ) -> Result<ResumableSha256> {
     let hasher = ResumableSha256::resume(&seg.state)
@@ -861,7 +862,7 @@ fn copy_segment(
                 seg_path.display()
             ))
         })?;
-    crate::cache::copy_segment(seg_path, seg, out)?;
+    crate::store::cache::copy_segment(seg_path, seg, out)?;
     Ok(hasher)
 }
 
@@ -869,13 +870,13 @@ fn store_segment(
     cache: &Cache,
     key: &str,
     w: SegmentWriter,
-) -> Result<(PathBuf, crate::cache::Segment)> {
+) -> Result<(PathBuf, crate::store::cache::Segment)> {
     let state = w.hasher.save();
     let (buf, sha256, size) = w.finish();
     let tmp = buf
         .into_inner()
         .map_err(|e| Error::io("cannot write", Path::new("segment"), e.into_error()))?;
-    let seg = crate::cache::Segment {
+    let seg = crate::store::cache::Segment {
         sha256,
         size,
         state,
@@ -900,10 +901,10 @@ fn write_tar_gz(
         &seg,
         file.file_mut().with_path("cannot write", dest)?,
     )?;
-    let out = write::tar::write_per_node(
+    let out = codec::tar::write_per_node(
         plan.per_node(),
         plan.meta.mtime,
-        write::tar::HashingWriter::resume(file, hasher),
+        codec::tar::HashingWriter::resume(file, hasher),
     )?;
     commit_hashed(out)
 }
@@ -918,16 +919,16 @@ fn write_tar_gz_node(plan: &Plan, dest: &Path) -> Result<OutputFile> {
         0o644
     };
     let file = atomic::AtomicFile::create(dest, mode)?;
-    let out = write::tar::write_per_node(
+    let out = codec::tar::write_per_node(
         plan.per_node(),
         plan.meta.mtime,
-        write::tar::HashingWriter::new(file),
+        codec::tar::HashingWriter::new(file),
     )?;
     commit_hashed(out)
 }
 
 /// Put a hashed output file in place; its name, digest and size for the manifest.
-fn commit_hashed(out: write::tar::HashingWriter<atomic::AtomicFile>) -> Result<OutputFile> {
+fn commit_hashed(out: codec::tar::HashingWriter<atomic::AtomicFile>) -> Result<OutputFile> {
     let (file, sha256, size) = out.finish();
     let path = file.commit()?;
     let name = path
@@ -964,8 +965,8 @@ pub struct CloudInitOptions {
     /// Node selectors (1-based index or name); empty with `all`.
     pub nodes: Vec<String>,
     pub all: bool,
-    pub binaries: write::cloud_init::Binaries,
-    pub provider: write::cloud_init::Provider,
+    pub binaries: output::cloud_init::Binaries,
+    pub provider: output::cloud_init::Provider,
     pub out_dir: PathBuf,
 }
 
@@ -976,7 +977,7 @@ pub fn cloud_init(
     opts: &CloudInitOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Built>> {
-    use write::cloud_init::{self as ci, Network};
+    use output::cloud_init::{self as ci, Network};
     let loaded = Loaded::for_build(session, progress)?;
     let indices = select_nodes(&loaded.inventory, &opts.nodes, opts.all)?;
     atomic::ensure_dir(&opts.out_dir)?;
@@ -1037,7 +1038,7 @@ pub fn cloud_init(
         }
         let manifest_path = opts.out_dir.join(format!("{stem}.manifest.json"));
         let format = format!("cloud-init (binaries {})", opts.binaries.name());
-        write::manifest::write(&manifest_path, &plan, &format, outputs.clone())?;
+        output::manifest::write(&manifest_path, &plan, &format, outputs.clone())?;
         progress.event(Event::Wrote {
             path: &manifest_path,
         });
@@ -1056,7 +1057,7 @@ pub fn cloud_init(
 /// sha256 and size of a file, streamed.
 fn file_sha256(path: &Path) -> Result<(String, u64)> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
-    let mut h = write::tar::HashingWriter::new(std::io::sink());
+    let mut h = codec::tar::HashingWriter::new(std::io::sink());
     std::io::copy(&mut f, &mut h).map_err(|e| Error::io("cannot read", path, e))?;
     let (_, sha, size) = h.finish();
     Ok((sha, size))

@@ -14,9 +14,9 @@ use flate2::read::MultiGzDecoder;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::codec::{cpio, vfat};
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::write::cloud_init::base64_decode;
-use crate::write::{cpio, vfat};
+use crate::output::cloud_init::base64_decode;
 
 /// One entry of an output, as found in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,7 +331,7 @@ fn fill_seed_sizes(out: &mut Inspected, files: &[vfat::VfatEntry]) {
         let Some(name) = e.target.take() else {
             continue;
         };
-        let Some(f) = name.strip_prefix(&format!("{}/", crate::write::cloud_init::SEED_MOUNT))
+        let Some(f) = name.strip_prefix(&format!("{}/", crate::output::cloud_init::SEED_MOUNT))
         else {
             e.target = Some(name);
             continue;
@@ -686,12 +686,12 @@ pub fn verify(found: &Inspected, manifest: &ManifestFile) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::cpio::{Part, tests::sample_plan};
+    use crate::output::cloud_init::{self, Binaries, Options, Provider};
     use crate::plan::{EntryKind, Plan};
-    use crate::write::cloud_init::{self, Binaries, Options, Provider};
-    use crate::write::cpio::{Part, tests::sample_plan};
 
     fn manifest_of(plan: &Plan) -> ManifestFile {
-        let json = crate::write::manifest::render(plan, "test", vec![]);
+        let json = crate::output::manifest::render(plan, "test", vec![]);
         serde_json::from_slice(&json).unwrap()
     }
 
@@ -735,9 +735,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller-1.tar.gz");
         let mut out = Vec::new();
-        crate::write::tar::write_shared(plan.shared().collect(), plan.meta.mtime, &mut out, 2)
+        crate::codec::tar::write_shared(plan.shared().collect(), plan.meta.mtime, &mut out, 2)
             .unwrap();
-        let out = crate::write::tar::write_per_node(plan.per_node(), plan.meta.mtime, out).unwrap();
+        let out = crate::codec::tar::write_per_node(plan.per_node(), plan.meta.mtime, out).unwrap();
         std::fs::write(&path, out).unwrap();
         let found = inspect(std::slice::from_ref(&path)).unwrap();
         assert_eq!(found.artifact, Artifact::TarGz);
@@ -791,7 +791,7 @@ mod tests {
             .iter_mut()
             .find(|e| e.path == "usr/local/bin/kubectl")
             .unwrap();
-        *e = crate::write::cpio::tests::file("usr/local/bin/kubectl", 0o755, b"not kubectl", true);
+        *e = crate::codec::cpio::tests::file("usr/local/bin/kubectl", 0o755, b"not kubectl", true);
         let opts = Options {
             binaries: Binaries::Seed,
             provider: Provider::Nocloud,

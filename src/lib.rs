@@ -1,26 +1,20 @@
 //! imgbuild: builds what a Kubernetes control-plane node boots from.
 //!
-//! Inputs (inventory, recipe, overlay templates, PKI folder, artifact cache)
-//! become a [`plan::Plan`]; each output format is a writer over that plan.
+//! The data path: a validated configuration and the inputs it names
+//! (inventory, recipe, overlay templates, PKI folder, artifact cache) become a
+//! [`plan::Plan`] per node; every output format is a writer over that plan.
 
-pub mod airgap;
-pub mod assets;
-pub mod atomic;
+pub mod acquire;
 pub mod build;
-pub mod cache;
+pub mod codec;
 pub mod error;
-pub mod fetch;
-pub mod flags;
+pub mod input;
 pub mod inspect;
-pub mod inventory;
-pub mod lock;
+pub mod output;
 pub mod pki;
 pub mod plan;
 pub mod progress;
-pub mod recipe;
-pub mod render;
-pub mod stamp;
-pub mod unit;
-pub mod write;
+pub mod store;
+pub mod util;
 
 pub use error::{Error, Kind, Result};

@@ -1,23 +1,22 @@
 //! Thin entry point: parse arguments, call the library, map errors to exit codes.
 
 mod cli;
-mod report;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use cli::{AirgapCommand, CacheCommand, Cli, Command, PkiCommand};
-use imgbuild::cache::Cache;
-use imgbuild::fetch::{self, Fetcher};
-use imgbuild::flags::Severity;
-use imgbuild::inventory::Inventory;
-use imgbuild::lock::{self, LockOptions};
-use imgbuild::recipe::Recipe;
+use imgbuild::acquire::fetch::{self, Fetcher};
+use imgbuild::acquire::lock::{self, LockOptions};
+use imgbuild::input::inventory::Inventory;
+use imgbuild::input::lint::Severity;
+use imgbuild::input::recipe::Recipe;
+use imgbuild::store::cache::Cache;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let reporter = report::Reporter::new(cli.global.quiet);
+    let reporter = cli::report::Reporter::new(cli.global.quiet);
     let result = run(&cli, &reporter);
     reporter.finish();
     match result {
@@ -29,7 +28,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
+fn run(cli: &Cli, reporter: &cli::report::Reporter) -> imgbuild::Result<()> {
     let session = cli.global.session();
     match &cli.command {
         Command::Controller(args) => {
@@ -126,8 +125,12 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
             fetch,
         }) => {
             let opts = fetch.options();
-            let exported =
-                imgbuild::airgap::export(&session, out, (!offline).then_some(&opts), reporter)?;
+            let exported = imgbuild::acquire::airgap::export(
+                &session,
+                out,
+                (!offline).then_some(&opts),
+                reporter,
+            )?;
             println!(
                 "{}\t{} artifact(s)\t{} bytes\tsha256:{}",
                 exported.path.display(),
@@ -138,7 +141,7 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
             Ok(())
         }
         Command::Airgap(AirgapCommand::Import { bundle }) => {
-            let imported = imgbuild::airgap::import(&session, bundle, reporter)?;
+            let imported = imgbuild::acquire::airgap::import(&session, bundle, reporter)?;
             for line in &imported.cached {
                 println!("{line}");
             }
@@ -183,8 +186,8 @@ fn run(cli: &Cli, reporter: &report::Reporter) -> imgbuild::Result<()> {
             let cache = Cache::open(&session.cache_dir)?;
             let report = if *unused {
                 let recipes = all_recipes(&session)?;
-                let pinned = |idx: &imgbuild::cache::ArtifactIndex| {
-                    imgbuild::cache::parse_pin(&idx.pin).is_some_and(|(alg, hex)| {
+                let pinned = |idx: &imgbuild::store::cache::ArtifactIndex| {
+                    imgbuild::store::cache::parse_pin(&idx.pin).is_some_and(|(alg, hex)| {
                         recipes
                             .iter()
                             .any(|r| r.artifact_by_digest(alg, hex).is_some())

@@ -32,7 +32,7 @@ fn v1_10_2_units_carry_exactly_the_seeds_flags() {
     let seed = support::seed_units();
     for (name, seed_unit) in &seed {
         let ours = fs::read_to_string(root.join(&seed_unit.path[1..])).unwrap();
-        let (cmd, flags) = imgbuild::unit::exec_start(&ours).unwrap();
+        let (cmd, flags) = imgbuild::input::unit::exec_start(&ours).unwrap();
         assert_eq!(cmd, seed_unit.command, "{name}: command");
         let seed_flags = seed_unit.flags_for("10.240.0.12", &etcd);
         assert!(seed_flags.len() > 1, "{name}: too few flags in the fixture");
@@ -467,7 +467,7 @@ fn etcd_servers_and_extra_args_from_the_inventory() {
     fs::write(ws.path("cluster.toml"), inv).unwrap();
     let root = build_and_extract(&ws, "1");
     let unit = fs::read_to_string(root.join("etc/systemd/system/kube-apiserver.service")).unwrap();
-    let (_, flags) = imgbuild::unit::exec_start(&unit).unwrap();
+    let (_, flags) = imgbuild::input::unit::exec_start(&unit).unwrap();
     let get = |k: &str| {
         flags
             .iter()

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imgbuild::codec::cpio::{self, Part};
 use imgbuild::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, sha256_hex};
-use imgbuild::write::cpio::{self, Part};
 
 mod support;
 

@@ -16,13 +16,12 @@ const CURRENT: [&str; 3] = ["v1.34.7", "v1.35.4", "v1.36.0"];
 type Flags = Vec<(String, Option<String>)>;
 
 fn flags_of(unit: &str) -> Flags {
-    imgbuild::unit::exec_start(unit).unwrap().1
+    imgbuild::input::unit::exec_start(unit).unwrap().1
 }
 
 /// The seed's flags for `unit` turned into what a current release needs, per
 /// the upstream changes since v1.10.2 (README, "The version check").
 fn expected_current(unit: &str, node_ip: &str) -> Flags {
-    let etcd = "https://10.240.0.11:2379,https://10.240.0.12:2379,https://10.240.0.13:2379";
     let mut out = Flags::new();
     let seed = &support::seed_units()[unit.trim_end_matches(".service")];
     let ips = ["10.240.0.11", "10.240.0.12", "10.240.0.13"];
@@ -333,15 +332,15 @@ fn the_seed_version_lints_clean_and_current_versions_refuse_seed_flags() {
         String::from_utf8_lossy(&out.stdout)
     );
     // v1.10.2's scheduler config on a current version would be refused.
-    let table: imgbuild::flags::FlagTable = {
-        let assets = imgbuild::assets::Assets::default();
-        imgbuild::flags::FlagTable::load(&assets).unwrap()
+    let table: imgbuild::input::lint::FlagTable = {
+        let assets = imgbuild::input::assets::Assets::default();
+        imgbuild::input::lint::FlagTable::load(&assets).unwrap()
     };
     let text = "apiVersion: componentconfig/v1alpha1\nkind: KubeSchedulerConfiguration\n";
     let extra = BTreeMap::new();
     let findings = table.check(
-        imgbuild::recipe::Version::parse("v1.36.0").unwrap(),
-        &[imgbuild::flags::Checked {
+        imgbuild::input::recipe::Version::parse("v1.36.0").unwrap(),
+        &[imgbuild::input::lint::Checked {
             path: "etc/kubernetes/config/kube-scheduler.yaml",
             text,
             extra: &extra,

@@ -15,7 +15,7 @@ use super::{
     apiserver_sans, encryption, kubeconfig, legacy_encryption_config,
 };
 use crate::error::{Error, Result};
-use crate::inventory::Inventory;
+use crate::input::inventory::Inventory;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {

@@ -19,7 +19,7 @@ use super::{
     encryption, files, kubeconfig, legacy_encryption_config, write_atomic,
 };
 use crate::error::{Error, IoContext, Result};
-use crate::inventory::Inventory;
+use crate::input::inventory::Inventory;
 use crate::progress::{Event, Progress};
 
 #[derive(Debug, Clone)]

@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
-use crate::inventory::Inventory;
+use crate::input::inventory::Inventory;
 use crate::progress::{Event, Progress};
 
 pub use check::{CheckReport, Finding, Fix, Severity, check};

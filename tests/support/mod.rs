@@ -313,7 +313,7 @@ pub struct SeedUnit {
 }
 
 impl SeedUnit {
-    /// The flags as `imgbuild::unit::exec_start` returns them, with the
+    /// The flags as `imgbuild::input::unit::exec_start` returns them, with the
     /// guide's variables filled in for a node at `node_ip` and etcd on `etcd`.
     pub fn flags_for(&self, node_ip: &str, etcd: &[&str]) -> Vec<(String, Option<String>)> {
         self.flags

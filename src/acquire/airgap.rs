@@ -30,17 +30,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::assets::Assets;
-use crate::atomic::{self, AtomicFile};
+use crate::acquire::fetch::{FetchOptions, Fetcher, jobs_for};
 use crate::build::Session;
-use crate::cache::{Cache, Candidate, parse_pin};
+use crate::codec::tar::HashingWriter;
 use crate::error::{Error, IoContext, Result};
-use crate::fetch::{FetchOptions, Fetcher, jobs_for};
-use crate::inventory::Inventory;
+use crate::input::assets::Assets;
+use crate::input::inventory::Inventory;
+use crate::input::recipe::{Algorithm, Recipe};
 use crate::plan::{Trust, sha256_hex};
 use crate::progress::{Event, Progress};
-use crate::recipe::{Algorithm, Recipe};
-use crate::write::tar::HashingWriter;
+use crate::store::cache::{Cache, Candidate, parse_pin};
+use crate::util::atomic::{self, AtomicFile};
 
 pub const FORMAT: &str = "imgbuild-airgap-bundle/1";
 const MANIFEST: &str = "manifest.json";

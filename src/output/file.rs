@@ -1,4 +1,4 @@
-//! Helpers the cpio and cloud-init writers share, on top of [`crate::atomic`]:
+//! Helpers the cpio and cloud-init writers share, on top of [`crate::util::atomic`]:
 //! streaming into an atomic file, a seekable atomic file (for disk images),
 //! in-memory gzip with the pinned header, private folders.
 
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 
-use crate::atomic::{self, AtomicFile};
 use crate::error::{Error, IoContext, Result};
+use crate::util::atomic::{self, AtomicFile};
 
 /// Write `dest` atomically with whatever `write` puts into the stream.
 pub fn write_atomic<F>(dest: &Path, mode: u32, write: F) -> Result<PathBuf>
@@ -76,7 +76,7 @@ impl SeekableAtomicFile {
 /// Gzip `bytes` in memory (user-data), with the same pinned header and level
 /// as every other gzip we write.
 pub fn gzip_bytes(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = super::gz::encoder(Vec::new());
+    let mut enc = crate::codec::gz::encoder(Vec::new());
     enc.write_all(bytes).expect("writing to a Vec cannot fail");
     enc.finish().expect("writing to a Vec cannot fail")
 }

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
-use crate::assets::Assets;
 use crate::error::{Error, Result};
-use crate::recipe::Version;
+use crate::input::assets::Assets;
+use crate::input::recipe::Version;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,7 +147,7 @@ impl FlagTable {
     }
 
     fn check_unit(&self, version: Version, f: &Checked<'_>, out: &mut Vec<Finding>) {
-        let Some((cmd, flags)) = crate::unit::exec_start(f.text) else {
+        let Some((cmd, flags)) = crate::input::unit::exec_start(f.text) else {
             return;
         };
         let component = cmd.rsplit('/').next().unwrap_or(&cmd).to_string();

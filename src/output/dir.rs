@@ -19,11 +19,11 @@ pub fn write_dir(plan: &Plan, dest: &Path) -> Result<()> {
         ))
         .suffix(".tmp")
         .tempdir_in(parent)
-        .map_err(|e| crate::atomic::writable_hint(parent, e))?;
+        .map_err(|e| crate::util::atomic::writable_hint(parent, e))?;
     let root = tmp.path();
     let is_root = is_root();
     let mtime = UNIX_EPOCH + Duration::from_secs(plan.meta.mtime);
-    for e in super::ordered(plan) {
+    for e in plan.ordered() {
         let p = root.join(&e.path);
         match &e.kind {
             EntryKind::Dir => fs::create_dir(&p).with_path("cannot create", &p)?,
@@ -51,7 +51,7 @@ pub fn write_dir(plan: &Plan, dest: &Path) -> Result<()> {
     }
     // Modes and times after content: a 0555 folder could not be filled, and
     // filling a folder changes its mtime.
-    for e in super::ordered(plan).collect::<Vec<_>>().iter().rev() {
+    for e in plan.ordered().collect::<Vec<_>>().iter().rev() {
         let p = root.join(&e.path);
         if matches!(e.kind, EntryKind::Symlink { .. }) {
             continue;

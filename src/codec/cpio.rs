@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::codec::tar::HashingWriter;
 use crate::error::{Error, Kind, Result};
+use crate::output::file::write_atomic;
+use crate::output::manifest::OutputFile;
 use crate::plan::{Content, Entry, EntryKind, Plan};
-use crate::write::manifest::OutputFile;
-use crate::write::output::write_atomic;
-use crate::write::tar::HashingWriter;
 
 const MAGIC: &[u8; 6] = b"070701";
 const HEADER_LEN: usize = 110;
@@ -54,7 +54,7 @@ impl Part {
 
 /// The entries of `part`, plus every folder they need, parents before children.
 /// A folder needed by both halves appears in both with the same metadata. The
-/// whole archive follows the order of every writer (`write::ordered`): the
+/// whole archive follows the order of every writer (`Plan::ordered`): the
 /// shared half, then the node's half without the folders already written.
 pub fn select(plan: &Plan, part: Part) -> Vec<&Entry> {
     match part {

@@ -5,10 +5,10 @@ use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
+use crate::codec::gz;
 use crate::error::{Error, Result};
 use crate::plan::{Entry, EntryKind};
-use crate::write::digest::ResumableSha256;
-use crate::write::gz;
+use crate::util::digest::ResumableSha256;
 
 /// The ustar header for `entry`.
 pub fn header(entry: &Entry, mtime: u64) -> Result<tar::Header> {

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::assets::Assets;
 use crate::error::{Error, Result};
+use crate::input::assets::Assets;
 use crate::plan::Trust;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,8 +5,8 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
-use crate::inventory::{Controller, Inventory, url_host};
-use crate::recipe::Version;
+use crate::input::inventory::{Controller, Inventory, url_host};
+use crate::input::recipe::Version;
 
 /// Everything a template may use. Only validated inventory values get here.
 #[derive(Debug, Serialize)]

@@ -30,10 +30,10 @@ use sha2::{Digest, Sha256, Sha512};
 use tempfile::NamedTempFile;
 
 use crate::error::{Error, IoContext, Result};
+use crate::input::recipe::{Algorithm, Artifact, ArtifactKind, Recipe};
 use crate::plan::Trust;
 use crate::progress::{Event, Progress};
-use crate::recipe::{Algorithm, Artifact, ArtifactKind, Recipe};
-use crate::stamp::Stamp;
+use crate::util::stamp::Stamp;
 
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -828,7 +828,7 @@ pub struct Segment {
     pub size: u64,
     /// The hash state after the segment's bytes: outputs that begin with the
     /// segment resume from it instead of hashing the segment again.
-    pub state: crate::write::digest::Sha256State,
+    pub state: crate::util::digest::Sha256State,
     /// The segment file as it was when last verified; while it matches, the
     /// file is trusted without reading it (see `stamp`).
     #[serde(default)]
@@ -933,7 +933,7 @@ impl Cache {
         if seg.placed.iter().any(still) {
             return Ok(false);
         }
-        let mut file = crate::atomic::AtomicFile::create(dest, mode)?;
+        let mut file = crate::util::atomic::AtomicFile::create(dest, mode)?;
         copy_segment(
             seg_path,
             seg,

@@ -70,7 +70,7 @@ pub fn render(plan: &Plan, format: &str, outputs: Vec<OutputFile>) -> Vec<u8> {
         meta: &plan.meta,
         format,
         outputs,
-        entries: super::ordered(plan).map(ManifestEntry::new).collect(),
+        entries: plan.ordered().map(ManifestEntry::new).collect(),
     };
     let mut v = serde_json::to_vec_pretty(&m).expect("manifest serializes");
     v.push(b'\n');
@@ -125,5 +125,5 @@ pub fn write(
     new["outputs"] = Value::Array(merged);
     let mut bytes = serde_json::to_vec_pretty(&new).expect("serializes");
     bytes.push(b'\n');
-    crate::atomic::write(path, &bytes, 0o644).map(|_| ())
+    crate::util::atomic::write(path, &bytes, 0o644).map(|_| ())
 }

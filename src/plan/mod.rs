@@ -265,6 +265,13 @@ impl Plan {
     pub fn per_node(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter().filter(|e| !e.shared)
     }
+
+    /// Entries in the order every writer uses: shared first, then per-node.
+    /// Formats that concatenate (gzip members, cpio archives) can then build
+    /// the shared part once for all nodes.
+    pub fn ordered(&self) -> impl Iterator<Item = &Entry> {
+        self.shared().chain(self.per_node())
+    }
 }
 
 /// Order paths component by component so that `a/b` sorts right after `a`

@@ -15,13 +15,13 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::assets::Assets;
-use crate::atomic;
+use crate::acquire::fetch::Fetcher;
 use crate::error::{Error, Result};
-use crate::fetch::Fetcher;
+use crate::input::assets::Assets;
+use crate::input::recipe::{self, Algorithm, Recipe, Version};
 use crate::plan::Trust;
 use crate::progress::{Event, Progress};
-use crate::recipe::{self, Algorithm, Recipe, Version};
+use crate::util::atomic;
 
 /// The binaries a controller installs, and where.
 pub const BINARIES: [&str; 4] = [

@@ -1,14 +1,16 @@
 //! Command-line arguments, and turning them into the library's options.
 
+pub mod report;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use imgbuild::assets::Assets;
+use imgbuild::acquire::fetch::FetchOptions;
 use imgbuild::build::{CloudInitOptions, ControllerOptions, Format, Session};
-use imgbuild::cache::Cache;
-use imgbuild::fetch::FetchOptions;
+use imgbuild::input::assets::Assets;
+use imgbuild::store::cache::Cache;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -354,7 +356,7 @@ impl FetchArgs {
 
 impl CloudInitArgs {
     pub fn options(&self) -> imgbuild::Result<CloudInitOptions> {
-        use imgbuild::write::cloud_init::Provider;
+        use imgbuild::output::cloud_init::Provider;
         Ok(CloudInitOptions {
             nodes: self.node.clone(),
             all: self.all,

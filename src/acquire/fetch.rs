@@ -38,11 +38,11 @@ use reqwest::blocking::{Client, Response};
 use reqwest::header;
 
 use crate::build::Session;
-use crate::cache::{ArtifactIndex, Cache, Candidate};
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::inventory::Inventory;
+use crate::input::inventory::Inventory;
+use crate::input::recipe::{Artifact, Recipe};
 use crate::progress::{Event, Progress};
-use crate::recipe::{Artifact, Recipe};
+use crate::store::cache::{ArtifactIndex, Cache, Candidate};
 
 /// Where release files are published (the seed's storage.googleapis.com host is legacy).
 pub const DEFAULT_BASE: &str = "https://dl.k8s.io";

@@ -17,11 +17,11 @@ use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use crate::codec::vfat::{self, VfatFile};
 use crate::error::{Error, Result};
-use crate::inventory::Controller;
+use crate::input::inventory::Controller;
+use crate::output::file::{self, SeekableAtomicFile};
 use crate::plan::{Entry, EntryKind, Plan, sha256_hex};
-use crate::write::output::{self, SeekableAtomicFile};
-use crate::write::vfat::{self, VfatFile};
 
 /// The filesystem label cloud-init's NoCloud source looks for.
 pub const SEED_LABEL: &str = "cidata";
@@ -607,7 +607,7 @@ fn fit_budget(text: &str, provider: Provider, meta: &crate::plan::Meta) -> Resul
     if text.len() <= limit {
         return Ok((text.as_bytes().to_vec(), false));
     }
-    let gz = output::gzip_bytes(text.as_bytes());
+    let gz = file::gzip_bytes(text.as_bytes());
     if gz.len() <= limit {
         return Ok((gz, true));
     }
@@ -630,7 +630,7 @@ pub fn write_folder(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<Pa
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    crate::atomic::ensure_dir(&parent)?;
+    crate::util::atomic::ensure_dir(&parent)?;
     let name = dest
         .file_name()
         .unwrap_or_default()
@@ -640,10 +640,10 @@ pub fn write_folder(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<Pa
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
         .tempdir_in(&parent)
-        .map_err(|e| crate::atomic::writable_hint(&parent, e))?;
-    output::ensure_dir_mode(tmp.path(), 0o700)?;
+        .map_err(|e| crate::util::atomic::writable_hint(&parent, e))?;
+    file::ensure_dir_mode(tmp.path(), 0o700)?;
     let put = |file: &str, bytes: &[u8]| -> Result<()> {
-        crate::atomic::write(&tmp.path().join(file), bytes, 0o600).map(drop)
+        crate::util::atomic::write(&tmp.path().join(file), bytes, 0o600).map(drop)
     };
     put("user-data", &rendered.user_data)?;
     put("meta-data", rendered.meta_data.as_bytes())?;
@@ -716,7 +716,7 @@ pub fn write_seed(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::write::cpio::tests::sample_plan;
+    use crate::codec::cpio::tests::sample_plan;
 
     fn opts(binaries: Binaries) -> Options {
         Options {
@@ -792,7 +792,7 @@ mod tests {
             .iter_mut()
             .find(|e| e.path == "etc/systemd/system/kube-apiserver.service")
             .unwrap();
-        *e = crate::write::cpio::tests::file(
+        *e = crate::codec::cpio::tests::file(
             &e.path,
             0o644,
             b"[Unit]\nDescription=changed\n",
@@ -808,7 +808,7 @@ mod tests {
         let mut plan = sample_plan();
         // ~40 KB of compressible text: too big raw for AWS, fits gzipped.
         let text = "Environment=KUBE_FLAG=value-that-repeats\n".repeat(1000);
-        plan.entries.push(crate::write::cpio::tests::file(
+        plan.entries.push(crate::codec::cpio::tests::file(
             "etc/big.conf",
             0o644,
             text.as_bytes(),
@@ -827,7 +827,7 @@ mod tests {
         let noise: Vec<u8> = (0..40_000u32)
             .map(|i| sha256_hex(&i.to_le_bytes()).as_bytes()[0] ^ (i as u8))
             .collect();
-        let mut key = crate::write::cpio::tests::file("etc/noise.key", 0o600, &noise, false);
+        let mut key = crate::codec::cpio::tests::file("etc/noise.key", 0o600, &noise, false);
         key.secret = true;
         plan.entries.push(key);
         plan.finish().unwrap();
@@ -936,7 +936,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut plan = sample_plan();
         // A non-root file and a binary-looking per-node file exercise chown and b64.
-        let mut owned = crate::write::cpio::tests::file(
+        let mut owned = crate::codec::cpio::tests::file(
             "var/lib/kubernetes/etcd.conf",
             0o640,
             b"name: one\n",
@@ -945,7 +945,7 @@ mod tests {
         owned.uid = 1234;
         owned.gid = 4321;
         plan.entries.push(owned);
-        plan.entries.push(crate::write::cpio::tests::file(
+        plan.entries.push(crate::codec::cpio::tests::file(
             "etc/blob.bin",
             0o644,
             &[0, 1, 2, 255, b'\n'],

@@ -1,0 +1,5 @@
+//! Getting artifacts into the cache: downloads, recipe locks, air-gap bundles.
+
+pub mod airgap;
+pub mod fetch;
+pub mod lock;

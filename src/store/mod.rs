@@ -1,0 +1,3 @@
+//! The local, content-addressed artifact cache and what derives from it.
+
+pub mod cache;

@@ -1,0 +1,5 @@
+//! Small pieces every layer uses: digests, atomic files, file stamps.
+
+pub mod atomic;
+pub mod digest;
+pub mod stamp;
