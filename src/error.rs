@@ -79,6 +79,17 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// A value from the input, cut to a length fit for a message (errors quote
+/// what they refuse; a megabyte-long name must not become a megabyte error).
+pub fn clip(value: &str) -> String {
+    const MAX: usize = 120;
+    if value.chars().count() <= MAX {
+        return value.to_string();
+    }
+    let head: String = value.chars().take(MAX).collect();
+    format!("{head}… ({} bytes in all)", value.len())
+}
+
 /// Attach a path and an action to `std::io::Result`s.
 pub trait IoContext<T> {
     fn with_path(self, action: &str, path: &Path) -> Result<T>;

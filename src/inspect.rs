@@ -686,8 +686,9 @@ pub fn verify(found: &Inspected, manifest: &ManifestFile) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::cpio::{Part, tests::sample_plan};
     use crate::output::cloud_init::{self, Binaries, Options, Provider};
+    use crate::output::cpio::{self as cpio_out, Part};
+    use crate::plan::fixture::sample_plan;
     use crate::plan::{EntryKind, Plan};
 
     fn manifest_of(plan: &Plan) -> ManifestFile {
@@ -701,8 +702,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let shared = dir.path().join("controller-shared.cpio.gz");
         let node = dir.path().join("controller-1-node.cpio");
-        cpio::write_file(&plan, Part::Shared, true, &shared).unwrap();
-        cpio::write_file(&plan, Part::PerNode, false, &node).unwrap();
+        cpio_out::write_file(&plan, Part::Shared, true, &shared).unwrap();
+        cpio_out::write_file(&plan, Part::PerNode, false, &node).unwrap();
         let found = inspect(&[shared.clone(), node.clone()]).unwrap();
         let manifest = manifest_of(&plan);
         assert_eq!(verify(&found, &manifest), Vec::<String>::new());
@@ -735,9 +736,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller-1.tar.gz");
         let mut out = Vec::new();
-        crate::codec::tar::write_shared(plan.shared().collect(), plan.meta.mtime, &mut out, 2)
+        crate::output::tar_gz::write_shared(plan.shared().collect(), plan.meta.mtime, &mut out, 2)
             .unwrap();
-        let out = crate::codec::tar::write_per_node(plan.per_node(), plan.meta.mtime, out).unwrap();
+        let out =
+            crate::output::tar_gz::write_per_node(plan.per_node(), plan.meta.mtime, out).unwrap();
         std::fs::write(&path, out).unwrap();
         let found = inspect(std::slice::from_ref(&path)).unwrap();
         assert_eq!(found.artifact, Artifact::TarGz);
@@ -766,8 +768,6 @@ mod tests {
             let opts = Options {
                 binaries: binaries.clone(),
                 provider: Provider::Nocloud,
-                network: None,
-                unit_order: vec![],
             };
             let r = cloud_init::render(&plan, &opts).unwrap();
             let dest = dir
@@ -791,12 +791,10 @@ mod tests {
             .iter_mut()
             .find(|e| e.path == "usr/local/bin/kubectl")
             .unwrap();
-        *e = crate::codec::cpio::tests::file("usr/local/bin/kubectl", 0o755, b"not kubectl", true);
+        *e = crate::plan::fixture::file("usr/local/bin/kubectl", 0o755, b"not kubectl", true);
         let opts = Options {
             binaries: Binaries::Seed,
             provider: Provider::Nocloud,
-            network: None,
-            unit_order: vec![],
         };
         let r = cloud_init::render(&bad, &opts).unwrap();
         let dest = dir.path().join("bad");
@@ -822,8 +820,6 @@ mod tests {
         let opts = Options {
             binaries: Binaries::Baked,
             provider: Provider::Nocloud,
-            network: None,
-            unit_order: vec![],
         };
         let r = cloud_init::render(&plan, &opts).unwrap();
         let found = parse_user_data(r.user_data_text.as_bytes(), "user-data").unwrap();

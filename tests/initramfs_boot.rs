@@ -12,8 +12,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imgbuild::codec::cpio::{self, Part};
-use imgbuild::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, sha256_hex};
+use imgbuild::output::cpio::{self, Part};
+use imgbuild::plan::{Content, Entry, EntryKind, Meta, Origin, Plan};
+use imgbuild::util::digest::sha256_hex;
 
 mod support;
 
@@ -138,6 +139,8 @@ fn overlay_plan(work: &Path) -> Plan {
             node_name: "controller-1".into(),
             inventory_sha256: String::new(),
             mtime: 1_700_000_000,
+            unit_order: Vec::new(),
+            network: None,
         },
         entries,
     };

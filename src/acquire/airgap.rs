@@ -31,16 +31,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::acquire::fetch::{FetchOptions, Fetcher, jobs_for};
-use crate::build::Session;
-use crate::codec::tar::HashingWriter;
 use crate::error::{Error, IoContext, Result};
+use crate::input::Session;
 use crate::input::assets::Assets;
 use crate::input::inventory::Inventory;
+use crate::input::recipe::Trust;
 use crate::input::recipe::{Algorithm, Recipe};
-use crate::plan::{Trust, sha256_hex};
 use crate::progress::{Event, Progress};
 use crate::store::cache::{Cache, Candidate, parse_pin};
 use crate::util::atomic::{self, AtomicFile};
+use crate::util::digest::HashingWriter;
+use crate::util::digest::sha256_hex;
 
 pub const FORMAT: &str = "imgbuild-airgap-bundle/1";
 const MANIFEST: &str = "manifest.json";
@@ -104,7 +105,7 @@ pub fn export(
         Fetcher::new(&cache, opts)?.fetch(&jobs_for(&recipe, &arch), progress)?;
     }
     // The same check (and message) as the build's.
-    crate::build::resolve_artifacts(&cache, &recipe, &arch)?;
+    cache.resolve(&recipe, &arch)?;
 
     let recipe_asset = session
         .assets

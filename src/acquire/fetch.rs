@@ -37,8 +37,8 @@ use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use reqwest::header;
 
-use crate::build::Session;
 use crate::error::{Error, IoContext, Kind, Result};
+use crate::input::Session;
 use crate::input::inventory::Inventory;
 use crate::input::recipe::{Artifact, Recipe};
 use crate::progress::{Event, Progress};

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use crate::acquire::fetch::Fetcher;
 use crate::error::{Error, Result};
 use crate::input::assets::Assets;
+use crate::input::recipe::Trust;
 use crate::input::recipe::{self, Algorithm, Recipe, Version};
-use crate::plan::Trust;
 use crate::progress::{Event, Progress};
 use crate::util::atomic;
 

@@ -3,12 +3,8 @@
 
 use std::io::{self, Read, Write};
 
-use sha2::{Digest, Sha256};
-
-use crate::codec::gz;
 use crate::error::{Error, Result};
 use crate::plan::{Entry, EntryKind};
-use crate::util::digest::ResumableSha256;
 
 /// The ustar header for `entry`.
 pub fn header(entry: &Entry, mtime: u64) -> Result<tar::Header> {
@@ -206,88 +202,6 @@ impl Read for TarStream<'_> {
     }
 }
 
-/// Key of the shared part's compressed form: everything its bytes depend on.
-pub fn shared_key(entries: &[&Entry], mtime: u64) -> Result<String> {
-    let mut h = Sha256::new();
-    h.update(format!(
-        "imgbuild tar.gz shared part v1; zlib-rs level {} chunk {}\n",
-        gz::LEVEL,
-        gz::CHUNK
-    ));
-    for e in entries {
-        h.update(header(e, mtime)?.as_bytes());
-        if let EntryKind::File { sha256, .. } = &e.kind {
-            h.update(sha256.as_bytes());
-        }
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-/// Compress the shared entries as parallel gzip members into `out`.
-pub fn write_shared(
-    entries: Vec<&Entry>,
-    mtime: u64,
-    out: &mut dyn Write,
-    threads: usize,
-) -> Result<()> {
-    gz::compress_parallel(TarStream::new(entries, mtime), out, threads).map_err(|e| {
-        let kind = if e.kind() == io::ErrorKind::InvalidData {
-            crate::Kind::Integrity
-        } else {
-            crate::Kind::Io
-        };
-        Error::new(kind, format!("writing the archive's shared part: {e}"))
-    })?;
-    Ok(())
-}
-
-/// The node's own entries and the end-of-archive blocks, as one gzip member.
-pub fn write_per_node<'a, W: Write>(
-    entries: impl Iterator<Item = &'a Entry>,
-    mtime: u64,
-    out: W,
-) -> Result<W> {
-    let io_err = |e: io::Error| Error::new(crate::Kind::Io, format!("writing archive: {e}"));
-    let mut enc = gz::encoder(out);
-    for e in entries {
-        append(&mut enc, e, mtime)?;
-    }
-    finish(&mut enc).map_err(io_err)?;
-    enc.finish().map_err(io_err)
-}
-
-/// Hashes what passes through, so a file's digest costs no second read; the
-/// hash state can be saved and resumed (see `digest`).
-pub struct HashingWriter<W> {
-    pub inner: W,
-    pub hasher: ResumableSha256,
-}
-
-impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        Self::resume(inner, ResumableSha256::new())
-    }
-    pub fn resume(inner: W, hasher: ResumableSha256) -> Self {
-        HashingWriter { inner, hasher }
-    }
-    /// The writer, the sha256 of everything hashed, and its length.
-    pub fn finish(self) -> (W, String, u64) {
-        let size = self.hasher.len();
-        (self.inner, self.hasher.finish_hex(), size)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,7 +216,7 @@ mod tests {
             gid: 0,
             kind: EntryKind::File {
                 size: bytes.len() as u64,
-                sha256: crate::plan::sha256_hex(bytes),
+                sha256: crate::util::digest::sha256_hex(bytes),
                 content: Content::Inline(Arc::from(bytes.to_vec())),
             },
             origin: Origin::Generated {

@@ -473,7 +473,7 @@ mod tests {
         assert_eq!(k.size, 10_000);
         assert_eq!(
             k.sha256.as_deref(),
-            Some(crate::plan::sha256_hex(&[7u8; 10_000]).as_str())
+            Some(crate::util::digest::sha256_hex(&[7u8; 10_000]).as_str())
         );
         assert_eq!(
             read_vfat_file(&a, "user-data").unwrap().unwrap(),

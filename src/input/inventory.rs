@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::plan::sha256_hex;
+use crate::input::component::COMPONENTS;
+use crate::util::digest::sha256_hex;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,49 +219,11 @@ impl Inventory {
                     ctl.internal_ip
                 )));
             }
-            let net = [
-                ctl.interface.is_some(),
-                ctl.prefix.is_some(),
-                ctl.gateway.is_some(),
-            ];
-            if net.iter().any(|x| *x) && !net.iter().all(|x| *x) {
-                return Err(Error::input(format!(
-                    "{at}: a static network needs interface, prefix and gateway together"
-                )));
-            }
-            if let Some(iface) = &ctl.interface
-                && (iface.is_empty()
-                    || iface.len() > 15
-                    || !iface
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
-            {
-                return Err(Error::input(format!(
-                    "{at}.interface = {iface:?}: not a Linux interface name"
-                )));
-            }
-            if let Some(prefix) = ctl.prefix {
-                let max = if canonical.is_ipv4() { 32 } else { 128 };
-                if prefix == 0 || prefix > max {
-                    return Err(Error::input(format!(
-                        "{at}.prefix = {prefix}: must be 1 to {max}"
-                    )));
-                }
-            }
-            if let Some(gw) = &ctl.gateway {
-                ip(&format!("{at}.gateway"), gw)?;
-            }
-            for (j, d) in ctl.dns.iter().enumerate() {
-                ip(&format!("{at}.dns[{j}]"), d)?;
-            }
+            crate::input::network::Network::of(ctl).map_err(|e| e.context(&at))?;
         }
-        for (section, comp) in [
-            ("apiserver", &self.apiserver),
-            ("controller_manager", &self.controller_manager),
-            ("scheduler", &self.scheduler),
-        ] {
-            for (k, v) in &comp.extra_args {
-                extra_arg(&format!("{section}.extra_args"), k, v)?;
+        for c in COMPONENTS {
+            for (k, v) in c.extra_args(self) {
+                extra_arg(&format!("{}.extra_args", c.section), k, v)?;
             }
         }
         Ok(())

@@ -8,6 +8,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::input::assets::Assets;
+use crate::input::component::Component;
+use crate::input::inventory::Inventory;
+use crate::input::overlay::Rendered;
 use crate::input::recipe::Version;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -350,4 +353,48 @@ pub fn fail_on_errors(version: Version, findings: &[Finding]) -> Result<()> {
             errors.join("\n")
         )))
     }
+}
+
+/// Check a node's rendered files: a flag set twice (the recipe's and an
+/// `extra_args` one) is an error here; the flag table's rules come back as findings.
+pub fn check_rendered(
+    inv: &Inventory,
+    table: &FlagTable,
+    version: Version,
+    rendered: &[Rendered],
+) -> Result<Vec<Finding>> {
+    let none = BTreeMap::new();
+    let mut checked = Vec::new();
+    let mut sections = Vec::new();
+    for r in rendered {
+        let command = crate::input::unit::exec_start(&r.text);
+        if r.path.starts_with("etc/systemd/system/")
+            && let Some((_, flags)) = &command
+        {
+            let mut seen = std::collections::BTreeSet::new();
+            for (flag, _) in flags {
+                if !seen.insert(flag) {
+                    return Err(Error::input(format!(
+                        "inventory {}: --{flag} is set twice in /{}: the recipe already sets it, so remove it from the component's extra_args",
+                        inv.path.display(),
+                        r.path
+                    )));
+                }
+            }
+        }
+        sections.push(command.and_then(|(c, _)| Component::of_command(&c)));
+    }
+    let names: Vec<String> = sections
+        .iter()
+        .map(|c| c.map(|c| c.extra_args_section()).unwrap_or_default())
+        .collect();
+    for ((r, c), name) in rendered.iter().zip(&sections).zip(&names) {
+        checked.push(Checked {
+            path: &r.path,
+            text: &r.text,
+            extra: c.map_or(&none, |c| c.extra_args(inv)),
+            extra_section: name,
+        });
+    }
+    Ok(table.check(version, &checked))
 }

@@ -3,8 +3,99 @@
 //! flag table that checks what was rendered.
 
 pub mod assets;
+pub mod component;
 pub mod inventory;
 pub mod lint;
+pub mod network;
+pub mod overlay;
 pub mod recipe;
 pub mod render;
 pub mod unit;
+
+use std::path::PathBuf;
+
+use crate::error::Result;
+use assets::Assets;
+use inventory::Inventory;
+use lint::{Finding, FlagTable};
+use overlay::{Overlay, Rendered};
+use recipe::{Recipe, Version};
+
+/// Where things are, shared by every command.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub inventory: PathBuf,
+    pub cache_dir: PathBuf,
+    pub assets: Assets,
+    /// Entry mtimes: SOURCE_DATE_EPOCH, or 0.
+    pub mtime: u64,
+}
+
+/// The inputs every node of a build shares: inventory, recipe, overlay and flag table.
+pub struct Inputs {
+    pub inventory: Inventory,
+    pub recipe: Recipe,
+    pub version: Version,
+    pub flags: FlagTable,
+    pub overlay: Overlay,
+}
+
+impl Inputs {
+    /// Load the recipe, overlay and flag table for an inventory already read.
+    pub fn load(session: &Session, inventory: Inventory) -> Result<Inputs> {
+        let version = Version::parse(&inventory.cluster.kubernetes_version)
+            .expect("validated by the inventory");
+        let recipe = Recipe::load(&session.assets, &inventory.cluster.kubernetes_version)?;
+        let overlay = Overlay::load(&session.assets, &recipe)?;
+        let flags = FlagTable::load(&session.assets)?;
+        Ok(Inputs {
+            inventory,
+            recipe,
+            version,
+            flags,
+            overlay,
+        })
+    }
+
+    /// The overlay's files rendered for node `index` (1-based).
+    pub fn render(&self, index: usize) -> Result<Vec<Rendered>> {
+        self.overlay.render(&self.inventory, index, self.version)
+    }
+
+    /// Node `index`'s rendered files checked against the flag table.
+    pub fn lint(&self, rendered: &[Rendered]) -> Result<Vec<Finding>> {
+        lint::check_rendered(&self.inventory, &self.flags, self.version, rendered)
+    }
+
+    /// The layout's enabled units in start order (dependencies first).
+    pub fn unit_order(&self) -> Vec<String> {
+        self.recipe
+            .layout_def
+            .enable
+            .values()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Resolve `--node` selectors (1-based index or name) against the inventory;
+/// `all` takes every controller.
+pub fn select_nodes(inv: &Inventory, nodes: &[String], all: bool) -> Result<Vec<usize>> {
+    if all {
+        return Ok((1..=inv.controllers.len()).collect());
+    }
+    if nodes.is_empty() {
+        return Err(crate::Error::input(
+            "say which node to build: --node N (1-based index or name), or --all",
+        ));
+    }
+    let mut out = Vec::new();
+    for n in nodes {
+        let (i, _) = inv.node(n)?;
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}

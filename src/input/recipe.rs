@@ -12,7 +12,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::input::assets::Assets;
-use crate::plan::Trust;
+
+/// How much to trust an artifact's pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trust {
+    /// Pinned in this repository from the release changelog (a second source).
+    Changelog,
+    /// Taken from the publisher's checksum file next to the artifact (same source).
+    PublisherChecksum,
+    /// Pinned by the user in a local recipe or lock.
+    Local,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -5,6 +5,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
+use crate::input::component::COMPONENTS;
 use crate::input::inventory::{Controller, Inventory, url_host};
 use crate::input::recipe::Version;
 
@@ -73,11 +74,10 @@ impl<'a> Context<'a> {
                 minor: version.minor,
                 patch: version.patch,
             },
-            extra_args: BTreeMap::from([
-                ("apiserver", &inv.apiserver.extra_args),
-                ("controller_manager", &inv.controller_manager.extra_args),
-                ("scheduler", &inv.scheduler.extra_args),
-            ]),
+            extra_args: COMPONENTS
+                .iter()
+                .map(|c| (c.section, c.extra_args(inv)))
+                .collect(),
         }
     }
 }

@@ -1,7 +1,121 @@
 //! Output formats: each is a writer over a `Plan`, plus what every output
-//! shares (the manifest, SHA256SUMS, atomic files).
+//! shares: names (`format`), the manifest, SHA256SUMS, and the cached shared
+//! part of archives (`segment`).
 
 pub mod cloud_init;
+pub mod cpio;
 pub mod dir;
 pub mod file;
+pub mod format;
 pub mod manifest;
+pub mod segment;
+pub mod sums;
+pub mod tar_gz;
+
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::plan::Plan;
+use crate::progress::{Event, Progress};
+use crate::store::cache::Cache;
+use cpio::Part;
+use format::Format;
+use manifest::OutputFile;
+use segment::SharedHalf;
+
+/// Where and how `controller` writes, validated before anything is loaded.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub format: Format,
+    /// Archives only: the node-independent part (binaries) once, as its own
+    /// file, and each node's configuration as another. The two concatenate
+    /// (shared first): a tar.gz pair into exactly the whole archive, a cpio
+    /// pair into an initramfs the kernel unpacks.
+    pub split: bool,
+    pub out_dir: PathBuf,
+    /// Threads that compress (bounded further by the compressors).
+    pub threads: usize,
+}
+
+/// What one node's build wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub node_index: usize,
+    pub node_name: String,
+    /// The node's output: its archive, node half, or folder.
+    pub artifact: PathBuf,
+    pub manifest: PathBuf,
+    /// Every file written (a split build writes two), for SHA256SUMS.
+    pub outputs: Vec<OutputFile>,
+}
+
+/// Write node `plan` as `target` says, then its manifest.
+pub fn write_node(
+    plan: &Plan,
+    target: &Target,
+    shared: &SharedHalf,
+    cache: &Cache,
+    progress: &dyn Progress,
+) -> Result<Written> {
+    let (format, dir, threads) = (target.format, target.out_dir.as_path(), target.threads);
+    let node = plan.meta.node_index;
+    let (artifact, outputs) = match (format, target.split) {
+        (Format::Dir, _) => {
+            let dest = dir.join(format.whole(node));
+            dir::write_dir(plan, &dest)?;
+            (dest, vec![])
+        }
+        (Format::TarGz, false) => {
+            let dest = dir.join(format.whole(node));
+            let seg = tar_gz::segment(plan, cache, threads, progress)?;
+            let o = tar_gz::write_whole(plan, &seg, &dest)?;
+            (dest, vec![o])
+        }
+        (Format::CpioGz, false) => {
+            let dest = dir.join(format.whole(node));
+            let o = cpio::write_whole_gz(plan, cache, threads, &dest, progress)?;
+            (dest, vec![o])
+        }
+        (Format::Cpio, false) => {
+            let dest = dir.join(format.whole(node));
+            let (dest, o) = cpio::write_file(plan, Part::Whole, false, &dest)?;
+            (dest, vec![o])
+        }
+        (Format::TarGz, true) => {
+            // The shared part first: if its inputs are bad, nothing is written.
+            let seg = tar_gz::segment(plan, cache, threads, progress)?;
+            let half = dir.join(format.node_half(node));
+            let node_out = tar_gz::write_node_half(plan, &half)?;
+            let dest = dir.join(format.shared_half(&plan.meta.kubernetes_version, &plan.meta.arch));
+            let shared_out = shared.place(plan, cache, seg, &dest, 0o644, progress)?;
+            (half, vec![node_out, shared_out])
+        }
+        (Format::Cpio | Format::CpioGz, true) => {
+            let gzip = format == Format::CpioGz;
+            // The shared part first: if its inputs are bad, nothing is written.
+            let seg = cpio::shared_segment(plan, gzip, cache, threads, progress)?;
+            let half = dir.join(format.node_half(node));
+            let (half, node_out) = cpio::write_file(plan, Part::PerNode, gzip, &half)?;
+            let dest = dir.join(format.shared_half(&plan.meta.kubernetes_version, &plan.meta.arch));
+            let mode = cpio::part_mode(plan, Part::Shared);
+            let shared_out = shared.place(plan, cache, seg, &dest, mode, progress)?;
+            (half, vec![node_out, shared_out])
+        }
+    };
+    progress.event(Event::Wrote { path: &artifact });
+    let manifest = dir.join(format::manifest_name(node));
+    manifest::write(
+        &manifest,
+        plan,
+        &format.manifest_label(target.split),
+        outputs.clone(),
+    )?;
+    progress.event(Event::Wrote { path: &manifest });
+    Ok(Written {
+        node_index: node,
+        node_name: plan.meta.node_name.clone(),
+        artifact,
+        manifest,
+        outputs,
+    })
+}

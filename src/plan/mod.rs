@@ -15,26 +15,15 @@ use std::sync::Arc;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+pub mod assemble;
+#[cfg(test)]
+pub mod fixture;
+
 use crate::error::{Error, IoContext, Result};
 
-/// A lowercase hex sha256 digest.
-pub type Sha256Hex = String;
-
-pub fn sha256_hex(bytes: &[u8]) -> Sha256Hex {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// How much to trust an artifact's pin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Trust {
-    /// Pinned in this repository from the release changelog (a second source).
-    Changelog,
-    /// Taken from the publisher's checksum file next to the artifact (same source).
-    PublisherChecksum,
-    /// Pinned by the user in a local recipe or lock.
-    Local,
-}
+pub use crate::input::network::Network;
+pub use crate::input::recipe::Trust;
+use crate::util::digest::Sha256Hex;
 
 /// Where an entry's bytes came from, recorded in the build manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -201,6 +190,12 @@ pub struct Meta {
     pub inventory_sha256: Sha256Hex,
     /// Entry mtimes (seconds since the epoch): SOURCE_DATE_EPOCH or a fixed default.
     pub mtime: u64,
+    /// Enabled units in the layout's start order (dependencies first).
+    #[serde(skip)]
+    pub unit_order: Vec<String>,
+    /// The node's static network, if the inventory gives one.
+    #[serde(skip)]
+    pub network: Option<Network>,
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +305,8 @@ mod tests {
             node_name: "n".into(),
             inventory_sha256: String::new(),
             mtime: 0,
+            unit_order: Vec::new(),
+            network: None,
         }
     }
 

@@ -30,8 +30,8 @@ use sha2::{Digest, Sha256, Sha512};
 use tempfile::NamedTempFile;
 
 use crate::error::{Error, IoContext, Result};
+use crate::input::recipe::Trust;
 use crate::input::recipe::{Algorithm, Artifact, ArtifactKind, Recipe};
-use crate::plan::Trust;
 use crate::progress::{Event, Progress};
 use crate::util::stamp::Stamp;
 
@@ -214,6 +214,35 @@ impl Cache {
             }
         }
         Ok(Some(index))
+    }
+
+    /// Every artifact of `recipe` for `arch` with its verified index, or an
+    /// error (exit 3) that says how to bring what is missing.
+    pub fn resolve<'r>(
+        &self,
+        recipe: &'r Recipe,
+        arch: &str,
+    ) -> Result<Vec<(&'r Artifact, ArtifactIndex)>> {
+        let mut out = Vec::new();
+        for a in &recipe.artifacts {
+            let hex = a.digest_for(&recipe.name, arch)?;
+            let Some(index) = self.lookup(a.algorithm, hex)? else {
+                return Err(Error::missing(format!(
+                    "artifact {} ({}) of recipe {} is not in the cache {}.\n\
+                     On a connected machine: `imgbuild fetch` (or `--mirror URL` for an internal mirror laid out like https://dl.k8s.io).\n\
+                     Offline: download https://dl.k8s.io/{} elsewhere and run `imgbuild cache import {}`, \
+                     or carry a bundle made by `imgbuild airgap export` and run `imgbuild airgap import BUNDLE`",
+                    a.file_for(arch),
+                    a.pin_for(&recipe.name, arch)?,
+                    recipe.name,
+                    self.root.display(),
+                    a.url_path_for(arch),
+                    a.file_for(arch),
+                )));
+            };
+            out.push((a, index));
+        }
+        Ok(out)
     }
 
     /// Every index in the cache.

@@ -1,11 +1,66 @@
-//! SHA-256 whose state can be saved and resumed.
+//! SHA-256 helpers: of bytes, of a file, of what passes through a writer, and
+//! a SHA-256 whose state can be saved and resumed.
 //!
 //! Every node's tar.gz starts with the same cached bytes (the compressed
 //! binaries). Saving the hash state after those bytes lets a build hash only
 //! what it adds, instead of re-reading ~100 MB per node.
 
+use std::io::{self, Write};
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 use sha2::digest::generic_array::GenericArray;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result};
+
+/// A lowercase hex sha256 digest.
+pub type Sha256Hex = String;
+
+pub fn sha256_hex(bytes: &[u8]) -> Sha256Hex {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// sha256 and size of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<(Sha256Hex, u64)> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let mut h = HashingWriter::new(io::sink());
+    io::copy(&mut f, &mut h).map_err(|e| Error::io("cannot read", path, e))?;
+    let (_, sha, size) = h.finish();
+    Ok((sha, size))
+}
+
+/// Hashes what passes through, so a file's digest costs no second read; the
+/// hash state can be saved and resumed (see `digest`).
+pub struct HashingWriter<W> {
+    pub inner: W,
+    pub hasher: ResumableSha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        Self::resume(inner, ResumableSha256::new())
+    }
+    pub fn resume(inner: W, hasher: ResumableSha256) -> Self {
+        HashingWriter { inner, hasher }
+    }
+    /// The writer, the sha256 of everything hashed, and its length.
+    pub fn finish(self) -> (W, String, u64) {
+        let size = self.hasher.len();
+        (self.inner, self.hasher.finish_hex(), size)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 const H0: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,

@@ -2,4 +2,5 @@
 
 pub mod atomic;
 pub mod digest;
+pub mod parallel;
 pub mod stamp;

@@ -14,14 +14,16 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::codec::vfat::{self, VfatFile};
 use crate::error::{Error, Result};
-use crate::input::inventory::Controller;
 use crate::output::file::{self, SeekableAtomicFile};
-use crate::plan::{Entry, EntryKind, Plan, sha256_hex};
+use crate::output::manifest::{self, OutputFile};
+use crate::output::{Written, format};
+use crate::plan::{Entry, EntryKind, Network, Plan};
+use crate::progress::{Event, Progress};
+use crate::util::digest::{sha256_file, sha256_hex};
 
 /// The filesystem label cloud-init's NoCloud source looks for.
 pub const SEED_LABEL: &str = "cidata";
@@ -133,88 +135,10 @@ impl std::str::FromStr for Provider {
     }
 }
 
-/// A static address for the node's network-config (version 2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Network {
-    pub interface: String,
-    pub address: IpAddr,
-    pub prefix: u8,
-    pub gateway: IpAddr,
-    pub dns: Vec<IpAddr>,
-}
-
-impl Network {
-    /// The inventory's static network settings of a controller, when it gives
-    /// all of interface, prefix, gateway and dns; none of them means DHCP.
-    pub fn from_controller(c: &Controller) -> Result<Option<Network>> {
-        let given = [
-            c.interface.is_some(),
-            c.prefix.is_some(),
-            c.gateway.is_some(),
-            !c.dns.is_empty(),
-        ];
-        if given.iter().all(|g| !g) {
-            return Ok(None);
-        }
-        if !given.iter().all(|g| *g) {
-            return Err(Error::input(format!(
-                "controller {}: give all of interface, prefix, gateway and dns for a static network-config, or none of them",
-                c.name
-            )));
-        }
-        let ip = |what: &str, s: &str| -> Result<IpAddr> {
-            s.parse().map_err(|_| {
-                Error::input(format!(
-                    "controller {}: {what} {s:?} is not an IP address",
-                    c.name
-                ))
-            })
-        };
-        let address = ip("internal_ip", &c.internal_ip)?;
-        let gateway = ip("gateway", c.gateway.as_deref().unwrap_or_default())?;
-        let dns = c
-            .dns
-            .iter()
-            .map(|d| ip("dns", d))
-            .collect::<Result<Vec<_>>>()?;
-        let prefix = c.prefix.unwrap_or_default();
-        let max = if address.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return Err(Error::input(format!(
-                "controller {}: prefix {prefix} is larger than {max}",
-                c.name
-            )));
-        }
-        let interface = c.interface.clone().unwrap_or_default();
-        if interface.is_empty()
-            || interface.len() > 15
-            || !interface
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.:@".contains(ch))
-        {
-            return Err(Error::input(format!(
-                "controller {}: interface {interface:?} is not a Linux interface name",
-                c.name
-            )));
-        }
-        Ok(Some(Network {
-            interface,
-            address,
-            prefix,
-            gateway,
-            dns,
-        }))
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Options {
     pub binaries: Binaries,
     pub provider: Provider,
-    pub network: Option<Network>,
-    /// Units to enable and start first, in this order (the layout's enable
-    /// list); other enabled units follow in path order.
-    pub unit_order: Vec<String>,
 }
 
 /// The rendered files of one node.
@@ -503,7 +427,7 @@ pub fn render(plan: &Plan, opts: &Options) -> Result<CloudInit> {
     }
     y.push_str("- [\"systemctl\", \"daemon-reload\"]\n");
     units.sort_by_key(|u| {
-        opts.unit_order
+        meta.unit_order
             .iter()
             .position(|o| o == u)
             .unwrap_or(usize::MAX)
@@ -513,7 +437,7 @@ pub fn render(plan: &Plan, opts: &Options) -> Result<CloudInit> {
         let _ = writeln!(y, "- {}", flow(&["systemctl", "enable", "--now", u]));
     }
 
-    let network_config = opts.network.as_ref().map(network_config);
+    let network_config = meta.network.as_ref().map(network_config);
     let instance_id = format!(
         "iid-imgbuild-{}",
         &sha256_hex(
@@ -713,17 +637,74 @@ pub fn write_seed(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<()> 
     out.commit().map(drop)
 }
 
+/// `imgbuild cloud-init` for one node: `controller-N-cloud-init/` in
+/// `out_dir`, and the node's manifest listing every file of the folder.
+pub fn write_node(
+    plan: &Plan,
+    opts: &Options,
+    out_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<Written> {
+    let m = &plan.meta;
+    progress.event(Event::Step {
+        what: &format!(
+            "writing cloud-init for node {} ({}), binaries {}",
+            m.node_index,
+            m.node_name,
+            opts.binaries.name()
+        ),
+    });
+    let rendered = render(plan, opts)?;
+    if rendered.gzipped {
+        progress.event(Event::Notice {
+            message: &format!(
+                "user-data of node {} is {} bytes, over the {} limit of {} bytes: written gzipped ({} bytes)",
+                m.node_index,
+                rendered.user_data_text.len(),
+                opts.provider.name(),
+                opts.provider.limit().unwrap_or_default(),
+                rendered.user_data.len()
+            ),
+        });
+    }
+    let folder = format::cloud_init_dir(m.node_index);
+    let dest = out_dir.join(&folder);
+    write_folder(plan, &rendered, &dest)?;
+    progress.event(Event::Wrote { path: &dest });
+    let mut outputs = Vec::new();
+    for f in ["user-data", "meta-data", "network-config", "seed.img"] {
+        let p = dest.join(f);
+        if p.exists() {
+            let (sha256, size) = sha256_file(&p)?;
+            outputs.push(OutputFile {
+                name: format!("{folder}/{f}"),
+                sha256,
+                size,
+            });
+        }
+    }
+    let manifest = out_dir.join(format::manifest_name(m.node_index));
+    let label = format!("cloud-init (binaries {})", opts.binaries.name());
+    manifest::write(&manifest, plan, &label, outputs.clone())?;
+    progress.event(Event::Wrote { path: &manifest });
+    Ok(Written {
+        node_index: m.node_index,
+        node_name: m.node_name.clone(),
+        artifact: dest,
+        manifest,
+        outputs,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::cpio::tests::sample_plan;
+    use crate::plan::fixture::sample_plan;
 
     fn opts(binaries: Binaries) -> Options {
         Options {
             binaries,
             provider: Provider::Nocloud,
-            network: None,
-            unit_order: vec![],
         }
     }
 
@@ -792,12 +773,7 @@ mod tests {
             .iter_mut()
             .find(|e| e.path == "etc/systemd/system/kube-apiserver.service")
             .unwrap();
-        *e = crate::codec::cpio::tests::file(
-            &e.path,
-            0o644,
-            b"[Unit]\nDescription=changed\n",
-            false,
-        );
+        *e = crate::plan::fixture::file(&e.path, 0o644, b"[Unit]\nDescription=changed\n", false);
         let b = render(&changed, &opts(Binaries::Baked)).unwrap();
         assert_ne!(a.instance_id, b.instance_id);
         assert!(a.meta_data.contains("local-hostname: \"controller-1\""));
@@ -808,7 +784,7 @@ mod tests {
         let mut plan = sample_plan();
         // ~40 KB of compressible text: too big raw for AWS, fits gzipped.
         let text = "Environment=KUBE_FLAG=value-that-repeats\n".repeat(1000);
-        plan.entries.push(crate::codec::cpio::tests::file(
+        plan.entries.push(crate::plan::fixture::file(
             "etc/big.conf",
             0o644,
             text.as_bytes(),
@@ -827,7 +803,7 @@ mod tests {
         let noise: Vec<u8> = (0..40_000u32)
             .map(|i| sha256_hex(&i.to_le_bytes()).as_bytes()[0] ^ (i as u8))
             .collect();
-        let mut key = crate::codec::cpio::tests::file("etc/noise.key", 0o600, &noise, false);
+        let mut key = crate::plan::fixture::file("etc/noise.key", 0o600, &noise, false);
         key.secret = true;
         plan.entries.push(key);
         plan.finish().unwrap();
@@ -860,34 +836,19 @@ mod tests {
     }
 
     #[test]
-    fn network_needs_all_fields() {
-        let mut c = Controller {
-            name: "controller-1".into(),
-            internal_ip: "10.240.0.11".into(),
-            interface: None,
-            prefix: None,
-            gateway: None,
-            dns: vec![],
+    fn network_config_gives_address_route_and_dns() {
+        let n = Network {
+            interface: "eth0".into(),
+            address: "10.240.0.11".parse().unwrap(),
+            prefix: 24,
+            gateway: "10.240.0.1".parse().unwrap(),
+            dns: vec!["10.240.0.2".parse().unwrap()],
         };
-        assert_eq!(Network::from_controller(&c).unwrap(), None);
-        c.interface = Some("eth0".into());
-        assert!(
-            Network::from_controller(&c)
-                .unwrap_err()
-                .to_string()
-                .contains("all of")
-        );
-        c.prefix = Some(24);
-        c.gateway = Some("10.240.0.1".into());
-        c.dns = vec!["10.240.0.2".into(), "10.240.0.3".into()];
-        let n = Network::from_controller(&c).unwrap().unwrap();
         let text = network_config(&n);
         assert!(
             text.contains("- \"10.240.0.11/24\"") && text.contains("via: \"10.240.0.1\""),
             "{text}"
         );
-        c.prefix = Some(33);
-        assert!(Network::from_controller(&c).is_err());
     }
 
     /// cloud-init's own code reads the user-data and its write_files module
@@ -936,7 +897,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut plan = sample_plan();
         // A non-root file and a binary-looking per-node file exercise chown and b64.
-        let mut owned = crate::codec::cpio::tests::file(
+        let mut owned = crate::plan::fixture::file(
             "var/lib/kubernetes/etcd.conf",
             0o640,
             b"name: one\n",
@@ -945,7 +906,7 @@ mod tests {
         owned.uid = 1234;
         owned.gid = 4321;
         plan.entries.push(owned);
-        plan.entries.push(crate::codec::cpio::tests::file(
+        plan.entries.push(crate::plan::fixture::file(
             "etc/blob.bin",
             0o644,
             &[0, 1, 2, 255, b'\n'],
@@ -1138,11 +1099,11 @@ mod tests {
     #[test]
     fn folder_is_private_and_seed_lists_with_mtools() {
         use std::os::unix::fs::PermissionsExt as _;
-        let plan = sample_plan();
+        let mut plan = sample_plan();
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("controller-1-cloud-init");
-        let mut o = opts(Binaries::Seed);
-        o.network = Some(Network {
+        let o = opts(Binaries::Seed);
+        plan.meta.network = Some(Network {
             interface: "eth0".into(),
             address: "10.240.0.11".parse().unwrap(),
             prefix: 24,

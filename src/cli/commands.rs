@@ -1,0 +1,352 @@
+//! Each command: call the library, print what it returns.
+
+use std::path::PathBuf;
+
+use imgbuild::acquire::fetch::{self, Fetcher};
+use imgbuild::acquire::lock::{self, LockOptions};
+use imgbuild::input::Session;
+use imgbuild::input::inventory::Inventory;
+use imgbuild::input::lint::Severity;
+use imgbuild::input::recipe::{Recipe, Trust};
+use imgbuild::output::{Written, format};
+use imgbuild::store::cache::Cache;
+
+use crate::cli::args::{AirgapCommand, CacheCommand, Cli, Command, InspectArgs, PkiCommand};
+use crate::cli::report::Reporter;
+
+/// Run the parsed command; what it prints goes to stdout, progress to `reporter`.
+pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
+    let session = cli.global.session()?;
+    match &cli.command {
+        Command::Controller(args) => {
+            let opts = args.options()?;
+            // The build reads only the cache. When it finds an artifact missing
+            // (after its inventory and PKI checks), fetch what the recipe needs
+            // and build again, unless offline.
+            let written = match imgbuild::build::controller(&session, &opts, reporter) {
+                Err(e) if e.kind == imgbuild::Kind::Missing && !args.offline => {
+                    fetch::fetch_inventory(&session, &args.fetch.options(), reporter)?;
+                    imgbuild::build::controller(&session, &opts, reporter)?
+                }
+                other => other?,
+            };
+            print_shipped(&written);
+            Ok(())
+        }
+        Command::CloudInit(args) => {
+            for w in imgbuild::build::cloud_init(&session, &args.options()?, reporter)? {
+                println!("{}", w.artifact.display());
+            }
+            Ok(())
+        }
+        Command::Inspect(args) => inspect(args),
+        Command::Cache(CacheCommand::Import { files }) => {
+            let cache = Cache::open(&session.cache_dir)?;
+            let recipes = all_recipes(&session)?;
+            for f in files {
+                let index = cache.import(f, &recipes, reporter)?;
+                println!(
+                    "{} {} ({} members)",
+                    index.pin,
+                    index.file,
+                    index.members.len()
+                );
+            }
+            Ok(())
+        }
+        Command::Fetch(args) => {
+            let summary = fetch::fetch_inventory(&session, &args.options(), reporter)?;
+            for idx in summary.downloaded.iter().chain(&summary.present) {
+                println!("{}\t{}\t{}", idx.file, idx.pin, trust_name(idx.trust));
+            }
+            Ok(())
+        }
+        Command::Lock(args) => {
+            let cache = Cache::open(&session.cache_dir)?;
+            let arches = if args.arch.is_empty() {
+                vec![
+                    Inventory::load(&session.inventory)
+                        .map(|i| i.cluster.arch)
+                        .unwrap_or_else(|_| "amd64".into()),
+                ]
+            } else {
+                args.arch.clone()
+            };
+            let opts = LockOptions {
+                version: args.version.clone(),
+                arches,
+                out_dir: args.out.clone().unwrap_or_else(|| cache.locks_dir()),
+                force: args.force,
+            };
+            let fetcher = Fetcher::new(&cache, &args.fetch.options())?;
+            let locked = lock::lock(&fetcher, &session.assets, &opts, reporter)?;
+            for (bin, arch, pin) in &locked.digests {
+                println!("{bin}\t{arch}\t{pin}\tpublisher-checksum");
+            }
+            println!("{}", locked.path.display());
+            Ok(())
+        }
+        Command::Airgap(AirgapCommand::Export {
+            out,
+            offline,
+            fetch,
+        }) => {
+            let opts = fetch.options();
+            let exported = imgbuild::acquire::airgap::export(
+                &session,
+                out,
+                (!offline).then_some(&opts),
+                reporter,
+            )?;
+            println!(
+                "{}\t{} artifact(s)\t{} bytes\tsha256:{}",
+                exported.path.display(),
+                exported.artifacts,
+                exported.size,
+                exported.sha256
+            );
+            Ok(())
+        }
+        Command::Airgap(AirgapCommand::Import { bundle }) => {
+            let imported = imgbuild::acquire::airgap::import(&session, bundle, reporter)?;
+            for line in &imported.cached {
+                println!("{line}");
+            }
+            for lock in &imported.locks {
+                println!("installed {}", lock.display());
+            }
+            Ok(())
+        }
+        Command::Cache(CacheCommand::Verify) => {
+            let cache = Cache::open(&session.cache_dir)?;
+            let report = cache.verify(reporter)?;
+            for line in &report.dropped {
+                println!("removed {line}");
+            }
+            println!(
+                "{} file(s), {} bytes verified; {} removed",
+                report.checked,
+                report.bytes,
+                report.dropped.len()
+            );
+            if report.dropped.is_empty() {
+                Ok(())
+            } else {
+                let artifacts = report.dropped.len() - report.segments_dropped;
+                let what = match (artifacts, report.segments_dropped) {
+                    (0, n) => format!(
+                        "{n} damaged derived segment(s), now removed; the next build makes them again"
+                    ),
+                    (n, 0) => format!(
+                        "{n} corrupt or incomplete entr{}, now removed; fetch or import them again",
+                        if n == 1 { "y" } else { "ies" }
+                    ),
+                    (n, m) => format!(
+                        "{n} corrupt or incomplete entr{} (fetch or import them again) and {m} damaged derived segment(s) (the next build makes them again), now removed",
+                        if n == 1 { "y" } else { "ies" }
+                    ),
+                };
+                Err(imgbuild::Error::integrity(format!("the cache held {what}")))
+            }
+        }
+        Command::Cache(CacheCommand::Gc { unused }) => {
+            let cache = Cache::open(&session.cache_dir)?;
+            let report = if *unused {
+                let recipes = all_recipes(&session)?;
+                let pinned = |idx: &imgbuild::store::cache::ArtifactIndex| {
+                    imgbuild::store::cache::parse_pin(&idx.pin).is_some_and(|(alg, hex)| {
+                        recipes
+                            .iter()
+                            .any(|r| r.artifact_by_digest(alg, hex).is_some())
+                    })
+                };
+                cache.gc(Some(&pinned))?
+            } else {
+                cache.gc(None)?
+            };
+            for (path, _) in &report.removed {
+                println!("removed {path}");
+            }
+            let freed: u64 = report.removed.iter().map(|(_, s)| s).sum();
+            println!(
+                "{} file(s) removed, {freed} bytes freed",
+                report.removed.len()
+            );
+            Ok(())
+        }
+        Command::Pki(PkiCommand::Init(args)) => {
+            let inv = Inventory::load(&session.inventory)?;
+            let report = imgbuild::pki::init(&inv, &args.options(), reporter)?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Pki(PkiCommand::Check) => {
+            let inv = Inventory::load(&session.inventory)?;
+            let report = imgbuild::pki::check(&inv, std::time::SystemTime::now());
+            println!("{report}");
+            match report.fits_inventory() {
+                true => Ok(()),
+                false => Err(imgbuild::Error::input("the PKI does not fit the inventory")),
+            }
+        }
+        Command::Lint { node } => {
+            let findings = imgbuild::build::lint(&session, node)?;
+            let mut errors = 0;
+            for (node, f) in &findings {
+                let level = match f.severity {
+                    Severity::Error => {
+                        errors += 1;
+                        "error"
+                    }
+                    Severity::Warning => "warning",
+                    Severity::Notice => "note",
+                };
+                println!("{level}: node {node}: /{}: {}", f.file, f.message);
+            }
+            if errors > 0 {
+                return Err(imgbuild::Error::input(format!(
+                    "{errors} error(s): the configuration does not fit the inventory's Kubernetes version"
+                )));
+            }
+            if !cli.global.quiet {
+                eprintln!("lint: no errors ({} warning(s) or note(s))", findings.len());
+            }
+            Ok(())
+        }
+        Command::Recipes => {
+            for r in all_recipes(&session)? {
+                for a in &r.artifacts {
+                    let arches: Vec<_> = a.digests.keys().map(String::as_str).collect();
+                    println!(
+                        "{}\t{}\t{}\t{}\t{:?}\t{}\t{}",
+                        r.kubernetes_version,
+                        arches.join(","),
+                        a.file,
+                        a.algorithm.name(),
+                        a.trust,
+                        a.source,
+                        r.origin
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Cache(CacheCommand::Ls) => {
+            let cache = Cache::open(&session.cache_dir)?;
+            for idx in cache.list()? {
+                println!(
+                    "{}\t{}\t{}\t{} bytes",
+                    idx.file,
+                    idx.pin,
+                    trust_name(idx.trust),
+                    idx.size
+                );
+            }
+            let (n, bytes) = cache.segments_usage()?;
+            if n > 0 {
+                let message = format!(
+                    "also {n} derived segment(s) (compressed binaries reused by builds), {:.1} MB; `imgbuild cache gc --unused` removes them",
+                    bytes as f64 / 1e6
+                );
+                imgbuild::progress::Progress::event(
+                    reporter,
+                    imgbuild::progress::Event::Notice { message: &message },
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One line per entry; then, with --verify, every difference from the manifest.
+fn inspect(args: &InspectArgs) -> imgbuild::Result<()> {
+    use imgbuild::inspect;
+    let found = inspect::inspect(&args.artifacts)?;
+    for e in &found.entries {
+        let size = e.size.map_or("-".to_string(), |s| s.to_string());
+        let sha = e.sha256.as_deref().unwrap_or("-");
+        let extra = match (e.kind, &e.target) {
+            ("symlink", Some(t)) => format!(" -> {t}"),
+            (_, Some(src)) => format!(" (from {src})"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<7} {:04o} {}:{} {size:>10} {sha:<64} {}{extra}",
+            e.kind, e.mode, e.uid, e.gid, e.path
+        );
+    }
+    if !args.verify {
+        return Ok(());
+    }
+    let manifest_path = match &args.manifest {
+        Some(m) => m.clone(),
+        None => inspect::default_manifest(&args.artifacts).ok_or_else(|| {
+            imgbuild::Error::input(
+                "cannot tell which manifest to verify against: pass --manifest FILE",
+            )
+        })?,
+    };
+    let manifest = inspect::read_manifest(&manifest_path)?;
+    let problems = inspect::verify(&found, &manifest);
+    if problems.is_empty() {
+        eprintln!(
+            "verified: {} entries match {}",
+            found.entries.len(),
+            manifest_path.display()
+        );
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("differs: {p}");
+    }
+    Err(imgbuild::Error::integrity(format!(
+        "{} difference(s) from {}",
+        problems.len(),
+        manifest_path.display()
+    )))
+}
+
+fn all_recipes(session: &Session) -> imgbuild::Result<Vec<Recipe>> {
+    session
+        .assets
+        .recipe_names()?
+        .iter()
+        .map(|n| {
+            let version = n
+                .trim_start_matches("kubernetes-")
+                .trim_end_matches(".toml");
+            Recipe::load(&session.assets, version)
+        })
+        .collect()
+}
+
+fn trust_name(t: Trust) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Every file to ship, once: a split build's shared file first.
+fn print_shipped(written: &[Written]) {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for w in written {
+        let dir = w.artifact.parent().unwrap_or(std::path::Path::new(""));
+        let mut mine: Vec<_> = w.outputs.iter().map(|o| dir.join(&o.name)).collect();
+        if mine.is_empty() {
+            mine.push(w.artifact.clone());
+        }
+        for p in mine {
+            if !paths.contains(&p) {
+                paths.push(p);
+            }
+        }
+    }
+    paths.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| format::is_shared_half(&n.to_string_lossy()))
+    });
+    for p in paths {
+        println!("{}", p.display());
+    }
+}

@@ -1,0 +1,135 @@
+//! Parsed arguments turned into the library's options, validated before any
+//! file is read or any network is touched: everything that needs no file is
+//! checked here (format × split, thread count, mtime, binaries mode).
+
+use std::time::Duration;
+
+use imgbuild::Error;
+use imgbuild::acquire::fetch::FetchOptions;
+use imgbuild::build::{CloudInitOptions, ControllerOptions};
+use imgbuild::input::Session;
+use imgbuild::input::assets::Assets;
+use imgbuild::output::{Target, cloud_init};
+use imgbuild::store::cache::Cache;
+
+use crate::cli::args::{CloudInitArgs, ControllerArgs, FetchArgs, Global, PkiInitArgs};
+
+/// `SOURCE_DATE_EPOCH` (flag or environment), validated; 0 when unset.
+fn mtime(flag: Option<&str>) -> imgbuild::Result<u64> {
+    let (value, from) = match flag {
+        Some(v) => (v.to_string(), "--source-date-epoch"),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) if !v.is_empty() => (v, "the environment variable SOURCE_DATE_EPOCH"),
+            _ => return Ok(0),
+        },
+    };
+    value.trim().parse::<u64>().map_err(|_| {
+        Error::input(format!(
+            "{from} = {:?}: expected whole seconds since 1970-01-01 UTC (e.g. 1700000000); \
+             unset it for the default (0)",
+            imgbuild::error::clip(&value)
+        ))
+    })
+}
+
+/// Threads that compress and write: `IMGBUILD_THREADS`, or every core.
+fn threads() -> imgbuild::Result<usize> {
+    match std::env::var("IMGBUILD_THREADS") {
+        Ok(v) if !v.is_empty() => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "IMGBUILD_THREADS = {:?}: expected a number of threads from 1 to 1024 (unset it to use every core)",
+                    imgbuild::error::clip(&v)
+                ))
+            }),
+        _ => Ok(std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)),
+    }
+}
+
+impl Global {
+    pub fn session(&self) -> imgbuild::Result<Session> {
+        let cache_dir = self.cache.clone().unwrap_or_else(Cache::default_root);
+        Ok(Session {
+            inventory: self.inventory.clone(),
+            // Locks (`imgbuild lock`, `airgap import`) come after --recipes.
+            assets: Assets {
+                recipe_dirs: self
+                    .recipes
+                    .iter()
+                    .cloned()
+                    .chain([cache_dir.join("locks")])
+                    .collect(),
+                overlay_dir: self.overlays.clone(),
+            },
+            cache_dir,
+            mtime: mtime(self.source_date_epoch.as_deref())?,
+        })
+    }
+}
+
+impl PkiInitArgs {
+    pub fn options(&self) -> imgbuild::pki::InitOptions {
+        imgbuild::pki::InitOptions {
+            days: self.days,
+            ca_days: self.ca_days,
+            renew: self.renew,
+            force: self.force,
+        }
+    }
+}
+
+impl ControllerArgs {
+    pub fn options(&self) -> imgbuild::Result<ControllerOptions> {
+        if self.split && !self.format.splits() {
+            return Err(Error::input(format!(
+                "--split applies to archives (--format tar.gz, cpio or cpio.gz), not to --format {}",
+                self.format
+            )));
+        }
+        Ok(ControllerOptions {
+            nodes: self.node.clone(),
+            all: self.all,
+            target: Target {
+                format: self.format,
+                split: self.split,
+                out_dir: self.out.clone(),
+                threads: threads()?,
+            },
+        })
+    }
+}
+
+impl FetchArgs {
+    pub fn options(&self) -> FetchOptions {
+        FetchOptions {
+            mirror: self.mirror.clone().filter(|m| !m.is_empty()),
+            jobs: self.jobs,
+            ca_cert: self.ca_cert.clone(),
+            allow_http: self.allow_http,
+            connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
+            read_timeout: Duration::from_secs(self.read_timeout.max(1)),
+            tries: self.tries,
+            ..FetchOptions::default()
+        }
+    }
+}
+
+impl CloudInitArgs {
+    pub fn options(&self) -> imgbuild::Result<CloudInitOptions> {
+        Ok(CloudInitOptions {
+            nodes: self.node.clone(),
+            all: self.all,
+            cloud_init: cloud_init::Options {
+                binaries: self.binaries.parse()?,
+                provider: self.provider,
+            },
+            out_dir: self.out.clone(),
+        })
+    }
+}

@@ -1,0 +1,240 @@
+//! Inputs → one plan per node: the rendered overlay, the PKI files and the
+//! cached binaries, with the symlinks that enable units and every parent folder.
+//! No network here: artifacts come from the cache.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::input::Inputs;
+use crate::input::inventory::Inventory;
+use crate::input::lint::{self, Severity};
+use crate::input::network::Network;
+use crate::input::recipe::Recipe;
+use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan};
+use crate::progress::{Event, Progress};
+use crate::store::cache::Cache;
+use crate::util::digest::sha256_hex;
+
+/// Everything needed to plan any node of the inventory.
+pub struct Planner {
+    pub inputs: Inputs,
+    pki: Vec<Entry>,
+    binaries: Vec<Entry>,
+}
+
+impl Planner {
+    /// Read the PKI folder and resolve the recipe's artifacts in the cache.
+    pub fn new(inputs: Inputs, cache: &Cache) -> Result<Planner> {
+        let pki = read_pki(&inputs.inventory, &inputs.recipe)?;
+        let binaries = binaries(cache, &inputs.recipe, &inputs.inventory.cluster.arch)?;
+        Ok(Planner {
+            inputs,
+            pki,
+            binaries,
+        })
+    }
+
+    /// The plan for node `index` (1-based), after the version check: its
+    /// errors fail the build, its warnings and notices go to `progress`.
+    pub fn plan(&self, index: usize, mtime: u64, progress: &dyn Progress) -> Result<Plan> {
+        let inputs = &self.inputs;
+        let inv = &inputs.inventory;
+        let node = &inv.controllers[index - 1];
+        let rendered = inputs.render(index)?;
+        let findings = inputs.lint(&rendered)?;
+        lint::fail_on_errors(inputs.version, &findings).map_err(|e| {
+            e.context(format!(
+                "inventory {}, node {index} ({})",
+                inv.path.display(),
+                node.name
+            ))
+        })?;
+        for f in &findings {
+            let message = format!("/{}: {}", f.file, f.message);
+            match f.severity {
+                Severity::Warning => progress.event(Event::Warning { message: &message }),
+                _ => progress.event(Event::Notice { message: &message }),
+            }
+        }
+        let mut entries: Vec<Entry> = rendered
+            .into_iter()
+            .map(|r| {
+                let origin = Origin::Template {
+                    template: r.template,
+                };
+                file_entry(&r.path, r.mode, r.secret, r.text.into_bytes(), origin)
+            })
+            .collect();
+        entries.extend(self.pki.iter().cloned());
+        entries.extend(self.binaries.iter().cloned());
+        entries.extend(enablement(&inputs.recipe, &entries)?);
+        add_parents(&mut entries);
+        let mut plan = Plan {
+            meta: Meta {
+                imgbuild_version: env!("CARGO_PKG_VERSION").to_string(),
+                recipe: inputs.recipe.name.clone(),
+                kubernetes_version: inputs.recipe.kubernetes_version.clone(),
+                arch: inv.cluster.arch.clone(),
+                cluster: inv.cluster.name.clone(),
+                node_index: index,
+                node_name: node.name.clone(),
+                inventory_sha256: inv.sha256.clone(),
+                mtime,
+                unit_order: inputs.unit_order(),
+                network: Network::of(node)?,
+            },
+            entries,
+        };
+        plan.finish()?;
+        Ok(plan)
+    }
+}
+
+fn file_entry(path: &str, mode: u32, secret: bool, bytes: Vec<u8>, origin: Origin) -> Entry {
+    Entry {
+        path: path.to_string(),
+        mode: if secret { 0o600 } else { mode },
+        uid: 0,
+        gid: 0,
+        kind: EntryKind::File {
+            size: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+            content: Content::Inline(Arc::from(bytes)),
+        },
+        origin,
+        shared: false,
+        secret,
+    }
+}
+
+fn read_pki(inv: &Inventory, recipe: &Recipe) -> Result<Vec<Entry>> {
+    let dir = inv.pki_dir();
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for p in &recipe.layout_def.pki {
+        let path = dir.join(&p.file);
+        match std::fs::read(&path) {
+            Ok(bytes) => out.push(file_entry(
+                &p.path,
+                p.mode,
+                p.secret,
+                bytes,
+                Origin::Pki {
+                    file: p.file.clone(),
+                },
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(p.file.as_str()),
+            Err(e) => return Err(Error::io("cannot read PKI file", &path, e)),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::input(format!(
+            "PKI folder {} (cluster.pki_dir of {}) lacks {}; create them with `imgbuild pki init --inventory {}` or copy them there",
+            dir.display(),
+            inv.path.display(),
+            missing.join(", "),
+            inv.path.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// Every member every artifact of the recipe installs, from the cache.
+fn binaries(cache: &Cache, recipe: &Recipe, arch: &str) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for (a, index) in cache.resolve(recipe, arch)? {
+        let pin = a.pin_for(&recipe.name, arch)?;
+        for m in &a.members {
+            let blob = index.members.get(&m.path).ok_or_else(|| {
+                Error::integrity(format!(
+                    "the cache's index of {} lacks member {}; run `imgbuild cache verify` and import or fetch it again",
+                    a.file_for(arch),
+                    m.path
+                ))
+            })?;
+            out.push(Entry {
+                path: m.install.clone(),
+                mode: m.mode,
+                uid: 0,
+                gid: 0,
+                kind: EntryKind::File {
+                    size: blob.size,
+                    sha256: blob.sha256.clone(),
+                    content: Content::Blob(cache.blob_path(&blob.sha256)),
+                },
+                origin: Origin::Artifact {
+                    artifact: a.file_for(arch),
+                    member: m.path.clone(),
+                    pinned: pin.clone(),
+                    trust: a.trust,
+                    source: a.source.clone(),
+                },
+                shared: true,
+                secret: false,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `systemctl enable`, offline: `<target>.wants/<unit>` symlinks.
+fn enablement(recipe: &Recipe, files: &[Entry]) -> Result<Vec<Entry>> {
+    let layout = &recipe.layout_def;
+    let mut out = Vec::new();
+    for (target, units) in &layout.enable {
+        for unit in units {
+            let shipped = format!("etc/systemd/system/{unit}");
+            let dest = if files.iter().any(|e| e.path == shipped) {
+                format!("/{shipped}")
+            } else if let Some(p) = layout.unit_paths.get(unit) {
+                p.clone()
+            } else {
+                return Err(Error::input(format!(
+                    "layout {}: unit {unit} is enabled but neither shipped by the overlay nor listed in [unit_paths]",
+                    layout.overlay
+                )));
+            };
+            out.push(Entry {
+                path: format!("etc/systemd/system/{target}.wants/{unit}"),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+                kind: EntryKind::Symlink { target: dest },
+                origin: Origin::Generated {
+                    what: format!("systemctl enable {unit}"),
+                },
+                shared: false,
+                secret: false,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Every parent folder as an entry (0755, root), shared when a shared entry needs it.
+fn add_parents(entries: &mut Vec<Entry>) {
+    let mut dirs: BTreeMap<String, bool> = BTreeMap::new();
+    for e in entries.iter() {
+        let mut p = e.path.as_str();
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            let shared = dirs.entry(parent.to_string()).or_insert(false);
+            *shared |= e.shared;
+            p = parent;
+        }
+    }
+    for (path, shared) in dirs {
+        entries.push(Entry {
+            path,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            kind: EntryKind::Dir,
+            origin: Origin::Generated {
+                what: "parent folder".into(),
+            },
+            shared,
+            secret: false,
+        });
+    }
+}

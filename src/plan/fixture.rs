@@ -1,0 +1,100 @@
+//! Plans for unit tests: a small control-plane-like plan and entry makers.
+
+use std::sync::Arc;
+
+use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan};
+use crate::util::digest::sha256_hex;
+
+pub fn entry(path: &str, mode: u32, kind: EntryKind, shared: bool) -> Entry {
+    Entry {
+        path: path.into(),
+        mode,
+        uid: 0,
+        gid: 0,
+        kind,
+        origin: Origin::Generated {
+            what: "test".into(),
+        },
+        shared,
+        secret: false,
+    }
+}
+
+pub fn file(path: &str, mode: u32, bytes: &[u8], shared: bool) -> Entry {
+    entry(
+        path,
+        mode,
+        EntryKind::File {
+            size: bytes.len() as u64,
+            sha256: sha256_hex(bytes),
+            content: Content::Inline(Arc::from(bytes)),
+        },
+        shared,
+    )
+}
+
+pub fn dir(path: &str, mode: u32, shared: bool) -> Entry {
+    entry(path, mode, EntryKind::Dir, shared)
+}
+
+/// A small control-plane-like plan: binaries shared, configuration per node.
+pub fn sample_plan() -> Plan {
+    let mut key = file(
+        "var/lib/kubernetes/ca-key.pem",
+        0o600,
+        b"-----BEGIN KEY-----\nsecret\n",
+        false,
+    );
+    key.secret = true;
+    let mut entries = vec![
+        dir("etc", 0o755, false),
+        dir("etc/systemd", 0o755, false),
+        dir("etc/systemd/system", 0o755, false),
+        file(
+            "etc/systemd/system/kube-apiserver.service",
+            0o644,
+            b"[Unit]\nDescription=Kubernetes API Server\n\n[Service]\nExecStart=/usr/local/bin/kube-apiserver\n",
+            false,
+        ),
+        dir("etc/systemd/system/multi-user.target.wants", 0o755, false),
+        entry(
+            "etc/systemd/system/multi-user.target.wants/kube-apiserver.service",
+            0o777,
+            EntryKind::Symlink {
+                target: "/etc/systemd/system/kube-apiserver.service".into(),
+            },
+            false,
+        ),
+        dir("usr", 0o755, true),
+        dir("usr/local", 0o755, true),
+        dir("usr/local/bin", 0o755, true),
+        file("usr/local/bin/kube-apiserver", 0o755, &[0x7f, b'E', b'L', b'F', 1, 2, 3], true),
+        file("usr/local/bin/kubectl", 0o755, &vec![0xAB; 70_001], true),
+        dir("var", 0o755, false),
+        dir("var/lib", 0o755, false),
+        dir("var/lib/kubernetes", 0o700, false),
+        key,
+        file("var/lib/kubernetes/empty", 0o644, b"", false),
+        // Per-node file in a folder the binaries also need: the folder goes in both halves.
+        file("usr/local/node.conf", 0o644, b"per node\n", false),
+    ];
+    entries.reverse();
+    let mut plan = Plan {
+        meta: Meta {
+            imgbuild_version: "0".into(),
+            recipe: "test".into(),
+            kubernetes_version: "v1.36.0".into(),
+            arch: "amd64".into(),
+            cluster: "c".into(),
+            node_index: 1,
+            node_name: "controller-1".into(),
+            inventory_sha256: String::new(),
+            mtime: 1_700_000_000,
+            unit_order: Vec::new(),
+            network: None,
+        },
+        entries,
+    };
+    plan.finish().unwrap();
+    plan
+}
