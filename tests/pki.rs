@@ -1,11 +1,14 @@
 //! `imgbuild pki init|check` through the real binary, judged by real consumers:
 //! openssl (verify, x509, pkey, s_server) and kubectl.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
+use support::{Workspace, assert_no_secret, text};
+
 const KUBECTL: &str = "kubectl";
 
 const INVENTORY: &str = r#"
@@ -53,87 +56,33 @@ const KUBECONFIGS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
+/// A workspace with `inventory` and nothing else (no PKI, no release); every
+/// run names the inventory by its absolute path and is checked for secrets.
+fn workspace(inventory: &str) -> Workspace {
+    bare(inventory).guard_secrets().build()
 }
 
-impl Env {
-    fn new(inventory: &str) -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        std::fs::write(root.join("cluster.toml"), inventory).unwrap();
-        Env { _tmp: tmp, root }
-    }
-    fn pki(&self) -> PathBuf {
-        self.root.join("secrets/pki")
-    }
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .arg("--inventory")
-            .arg(self.root.join("cluster.toml"))
-            .arg("--cache")
-            .arg(self.root.join("cache"))
-            .current_dir(&self.root)
-            // Never reach for dl.k8s.io: a cache miss stays a cache miss.
-            .env("IMGBUILD_OFFLINE", "1")
-            .env("NO_PROXY", "*")
-            .stdin(Stdio::null());
-        c
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().unwrap();
-        // Whatever a command says, it never says a secret.
-        assert_no_secret(&self.pki(), &out);
-        out
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "imgbuild {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
+/// Run, require exit `code`, return all it printed (`pki check` reports on stdout).
+fn fails_saying(ws: &Workspace, args: &[&str], code: i32) -> String {
+    let out = ws.run(args);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(code), "{said}");
+    said
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// The bundled example's inventory, as [`workspace`] but without the secret
+/// check (which has always looked at `secrets/pki`, the test inventory's
+/// folder, and so never at this one's `pki`).
+fn example_workspace() -> Workspace {
+    bare(&std::fs::read_to_string(Path::new(support::REPO).join("cluster.toml")).unwrap()).build()
 }
 
-/// No line of base64 from any key, kubeconfig or encryption config in the output.
-fn assert_no_secret(pki: &Path, out: &Output) {
-    let said = text(out);
-    let Ok(entries) = std::fs::read_dir(pki) else {
-        return;
-    };
-    for e in entries {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let secret = name.ends_with("-key.pem")
-            || name.ends_with(".kubeconfig")
-            || name == "encryption-config.yaml";
-        if !secret || !path.is_file() {
-            continue;
-        }
-        let content = std::fs::read_to_string(&path).unwrap();
-        for token in content.split_whitespace().filter(|t| t.len() >= 24) {
-            if token.starts_with("-----") {
-                continue;
-            }
-            assert!(
-                !said.contains(token),
-                "output quotes secret data of {name}:\n{said}"
-            );
-        }
-    }
+fn bare(inventory: &str) -> support::Builder {
+    Workspace::builder("v1.10.2")
+        .inventory(inventory)
+        .no_pki()
+        .no_binaries()
+        .explicit_inventory()
 }
 
 fn tool(cmd: &str, args: &[&str], dir: &Path) -> Output {
@@ -170,75 +119,65 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (Vec<u8>, std::time::SystemTime)> {
         .collect()
 }
 
-fn pubkey_of_key(dir: &Path, key: &str) -> String {
-    tool_ok("openssl", &["pkey", "-in", key, "-pubout"], dir)
+/// `openssl x509 -text` of `cert` in `dir`.
+fn cert_text(dir: &Path, cert: &str) -> String {
+    tool_ok("openssl", &["x509", "-in", cert, "-noout", "-text"], dir)
 }
 
-fn pubkey_of_cert(dir: &Path, cert: &str) -> String {
-    tool_ok("openssl", &["x509", "-in", cert, "-noout", "-pubkey"], dir)
+/// openssl verifies `cert` in `dir` against the `ca.pem` beside it.
+fn verify(dir: &Path, cert: &str) -> String {
+    tool_ok("openssl", &["verify", "-CAfile", "ca.pem", cert], dir)
+}
+
+/// openssl finds the same public key in `key` and in `cert` (files in `dir`).
+fn assert_key_fits(dir: &Path, key: &str, cert: &str) {
+    assert_eq!(
+        tool_ok("openssl", &["pkey", "-in", key, "-pubout"], dir),
+        tool_ok("openssl", &["x509", "-in", cert, "-noout", "-pubkey"], dir),
+        "{key} does not fit {cert}"
+    );
 }
 
 #[test]
 fn init_output_satisfies_openssl_and_kubectl() {
     use std::os::unix::fs::PermissionsExt;
-    let env = Env::new(INVENTORY);
+    let env = workspace(INVENTORY);
     let stdout = env.ok(&["pki", "init", "--days", "100"]);
     assert!(stdout.contains("created  ca.pem"), "{stdout}");
-    let pki = env.pki();
+    let pki = env.pki_dir();
     let mode = |p: &Path| p.metadata().unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&pki), 0o700);
 
     for c in CERTS {
         let cert = format!("{c}.pem");
         let key = format!("{c}-key.pem");
-        let out = tool_ok("openssl", &["verify", "-CAfile", "ca.pem", &cert], &pki);
+        let out = verify(&pki, &cert);
         assert_eq!(out.trim(), format!("{cert}: OK"));
-        assert_eq!(
-            pubkey_of_key(&pki, &key),
-            pubkey_of_cert(&pki, &cert),
-            "{key}"
-        );
+        assert_key_fits(&pki, &key, &cert);
         assert_eq!(mode(&pki.join(&cert)), 0o644, "{cert}");
         assert_eq!(mode(&pki.join(&key)), 0o600, "{key}");
         // --days is what the certificate says.
-        let dates = tool_ok(
-            "openssl",
-            &[
-                "x509",
-                "-in",
-                &cert,
-                "-noout",
-                "-checkend",
-                &(99 * 86_400).to_string(),
-            ],
-            &pki,
-        );
+        let checkend = |days: u32| {
+            let secs = (days * 86_400).to_string();
+            tool(
+                "openssl",
+                &["x509", "-in", &cert, "-noout", "-checkend", &secs],
+                &pki,
+            )
+        };
+        let early = checkend(99);
+        let dates = String::from_utf8_lossy(&early.stdout);
+        assert!(early.status.success(), "{cert}: {}", text(&early));
         assert!(dates.contains("will not expire"), "{cert}: {dates}");
-        let late = tool(
-            "openssl",
-            &[
-                "x509",
-                "-in",
-                &cert,
-                "-noout",
-                "-checkend",
-                &(101 * 86_400).to_string(),
-            ],
-            &pki,
+        assert!(
+            !checkend(101).status.success(),
+            "{cert} outlives --days 100"
         );
-        assert!(!late.status.success(), "{cert} outlives --days 100");
     }
-    assert_eq!(
-        pubkey_of_key(&pki, "ca-key.pem"),
-        pubkey_of_cert(&pki, "ca.pem")
-    );
+    assert_key_fits(&pki, "ca-key.pem", "ca.pem");
     assert_eq!(mode(&pki.join("ca-key.pem")), 0o600);
 
-    let api = tool_ok(
-        "openssl",
-        &["x509", "-in", "kubernetes.pem", "-noout", "-text"],
-        &pki,
-    );
+    let api = cert_text(&pki, "kubernetes.pem");
     for san in [
         "IP Address:10.240.0.11",
         "IP Address:10.240.0.12",
@@ -258,11 +197,7 @@ fn init_output_satisfies_openssl_and_kubectl() {
         "{api}"
     );
     assert!(api.contains("TLS Web Server Authentication"), "{api}");
-    let ca = tool_ok(
-        "openssl",
-        &["x509", "-in", "ca.pem", "-noout", "-text"],
-        &pki,
-    );
+    let ca = cert_text(&pki, "ca.pem");
     assert!(ca.contains("CA:TRUE"), "{ca}");
 
     for (file, user, cn, o) in KUBECONFIGS {
@@ -315,15 +250,8 @@ fn init_output_satisfies_openssl_and_kubectl() {
         )
         .unwrap();
         std::fs::copy(pki.join("ca.pem"), tmp.path().join("ca.pem")).unwrap();
-        tool_ok(
-            "openssl",
-            &["verify", "-CAfile", "ca.pem", "c.pem"],
-            tmp.path(),
-        );
-        assert_eq!(
-            pubkey_of_key(tmp.path(), "k.pem"),
-            pubkey_of_cert(tmp.path(), "c.pem")
-        );
+        verify(tmp.path(), "c.pem");
+        assert_key_fits(tmp.path(), "k.pem", "c.pem");
         let subject = tool_ok(
             "openssl",
             &["x509", "-in", "c.pem", "-noout", "-subject"],
@@ -354,30 +282,28 @@ fn init_output_satisfies_openssl_and_kubectl() {
 
 #[test]
 fn second_init_changes_nothing() {
-    let env = Env::new(INVENTORY);
+    let env = workspace(INVENTORY);
     env.ok(&["pki", "init"]);
-    let before = snapshot(&env.pki());
+    let before = snapshot(&env.pki_dir());
     std::thread::sleep(std::time::Duration::from_millis(20));
     let stdout = env.ok(&["pki", "init"]);
     assert!(stdout.contains("nothing to do"), "{stdout}");
-    assert_eq!(before, snapshot(&env.pki()), "bytes or mtimes changed");
+    assert_eq!(before, snapshot(&env.pki_dir()), "bytes or mtimes changed");
 }
 
 #[test]
 fn added_controller_fails_check_until_renew() {
-    let env = Env::new(INVENTORY);
+    let env = workspace(INVENTORY);
     env.ok(&["pki", "init"]);
-    let pki = env.pki();
+    let pki = env.pki_dir();
     let before = snapshot(&pki);
 
     let grown = format!(
         "{INVENTORY}\n[[controllers]]\nname = \"controller-3\"\ninternal_ip = \"10.240.0.13\"\n"
     );
-    std::fs::write(env.root.join("cluster.toml"), grown).unwrap();
+    std::fs::write(env.path("cluster.toml"), grown).unwrap();
 
-    let out = env.run(&["pki", "check"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let said = text(&out);
+    let said = fails_saying(&env, &["pki", "check"], 2);
     assert!(
         said.contains("ERROR  kubernetes.pem: SANs do not cover 10.240.0.13"),
         "{said}"
@@ -385,19 +311,13 @@ fn added_controller_fails_check_until_renew() {
     assert!(said.contains("imgbuild pki init --renew"), "{said}");
 
     // A plain init adds nothing and says what to run.
-    let out = env.run(&["pki", "init"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("--renew"), "{}", text(&out));
+    let said = fails_saying(&env, &["pki", "init"], 2);
+    assert!(said.contains("--renew"), "{said}");
     assert_eq!(before, snapshot(&pki));
 
     // The build refuses it too, naming the command.
-    let out = env.run(&["controller", "--node", "1"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("imgbuild pki init --renew"),
-        "{}",
-        text(&out)
-    );
+    let said = fails_saying(&env, &["controller", "--node", "1"], 2);
+    assert!(said.contains("imgbuild pki init --renew"), "{said}");
 
     let stdout = env.ok(&["pki", "init", "--renew"]);
     assert!(stdout.contains("renewed  kubernetes.pem"), "{stdout}");
@@ -407,29 +327,18 @@ fn added_controller_fails_check_until_renew() {
             assert_eq!(bytes, &after[name].0, "{name} changed");
         }
     }
-    let api = tool_ok(
-        "openssl",
-        &["x509", "-in", "kubernetes.pem", "-noout", "-text"],
-        &pki,
-    );
+    let api = cert_text(&pki, "kubernetes.pem");
     assert!(api.contains("IP Address:10.240.0.13"), "{api}");
-    tool_ok(
-        "openssl",
-        &["verify", "-CAfile", "ca.pem", "kubernetes.pem"],
-        &pki,
-    );
-    assert_eq!(
-        pubkey_of_key(&pki, "kubernetes-key.pem"),
-        pubkey_of_cert(&pki, "kubernetes.pem")
-    );
+    verify(&pki, "kubernetes.pem");
+    assert_key_fits(&pki, "kubernetes-key.pem", "kubernetes.pem");
     env.ok(&["pki", "check"]);
 }
 
 #[test]
 fn force_says_what_it_replaced() {
-    let env = Env::new(INVENTORY);
+    let env = workspace(INVENTORY);
     env.ok(&["pki", "init"]);
-    let old_ca = std::fs::read(env.pki().join("ca.pem")).unwrap();
+    let old_ca = std::fs::read(env.pki_dir().join("ca.pem")).unwrap();
     let out = env.run(&["pki", "init", "--force"]);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
@@ -438,8 +347,8 @@ fn force_says_what_it_replaced() {
         said.contains("--force replaced ca.pem, ca-key.pem"),
         "{said}"
     );
-    assert_ne!(old_ca, std::fs::read(env.pki().join("ca.pem")).unwrap());
-    let backup = std::fs::read_dir(env.pki())
+    assert_ne!(old_ca, std::fs::read(env.pki_dir().join("ca.pem")).unwrap());
+    let backup = std::fs::read_dir(env.pki_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.is_dir())
@@ -449,9 +358,9 @@ fn force_says_what_it_replaced() {
 
 #[test]
 fn current_versions_get_encryption_configuration() {
-    let env = Env::new(&INVENTORY.replace("v1.10.2", "v1.34.7"));
+    let env = workspace(&INVENTORY.replace("v1.10.2", "v1.34.7"));
     env.ok(&["pki", "init"]);
-    let enc = std::fs::read_to_string(env.pki().join("encryption-config.yaml")).unwrap();
+    let enc = std::fs::read_to_string(env.pki_dir().join("encryption-config.yaml")).unwrap();
     assert!(
         enc.starts_with("kind: EncryptionConfiguration\napiVersion: apiserver.config.k8s.io/v1\n"),
         "{enc}"
@@ -463,9 +372,9 @@ fn current_versions_get_encryption_configuration() {
 /// kubeconfig's client certificate (it echoes the subject back).
 #[test]
 fn kubectl_and_openssl_complete_mutual_tls() {
-    let env = Env::new(INVENTORY);
+    let env = workspace(INVENTORY);
     env.ok(&["pki", "init"]);
-    let pki = env.pki();
+    let pki = env.pki_dir();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -540,15 +449,11 @@ fn kubectl_and_openssl_complete_mutual_tls() {
 
 #[test]
 fn bundled_example_gets_its_pki_on_first_build_others_do_not() {
-    let example =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/cluster.toml")).unwrap();
-    let env = Env::new(&example);
-    let pki = env.root.join("pki");
-    let out = env.run(&["controller", "--node", "1"]);
-    let said = text(&out);
+    let env = example_workspace();
+    let pki = env.path("pki");
     // No release artifacts in the empty cache: the build stops there (exit 3),
     // after the PKI step.
-    assert_eq!(out.status.code(), Some(3), "{said}");
+    let said = fails_saying(&env, &["controller", "--node", "1"], 3);
     assert!(said.contains("NEW PKI for the bundled example"), "{said}");
     assert!(said.contains(&pki.display().to_string()), "{said}");
     assert!(
@@ -563,15 +468,10 @@ fn bundled_example_gets_its_pki_on_first_build_others_do_not() {
     assert_eq!(before, snapshot(&pki));
 
     // Any other inventory without a PKI: no CA appears by itself.
-    let other = Env::new(INVENTORY);
-    let out = other.run(&["controller", "--node", "1"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("imgbuild pki init --inventory"),
-        "{}",
-        text(&out)
-    );
-    assert!(!other.pki().exists());
+    let other = workspace(INVENTORY);
+    let said = fails_saying(&other, &["controller", "--node", "1"], 2);
+    assert!(said.contains("imgbuild pki init --inventory"), "{said}");
+    assert!(!other.pki_dir().exists());
 }
 
 /// Two `pki init` at once make one PKI (the second waits for the folder's
@@ -579,28 +479,19 @@ fn bundled_example_gets_its_pki_on_first_build_others_do_not() {
 /// example at once: one generates, the other waits and uses that PKI.
 #[test]
 fn concurrent_inits_and_first_builds_make_one_pki() {
-    let spawn = |env: &Env, args: &[&str]| {
-        env.command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
     for _ in 0..3 {
-        let env = Env::new(INVENTORY);
-        let (a, b) = (spawn(&env, &["pki", "init"]), spawn(&env, &["pki", "init"]));
+        let env = workspace(INVENTORY);
+        let (a, b) = (env.spawn(&["pki", "init"]), env.spawn(&["pki", "init"]));
         for out in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
             assert!(out.status.success(), "{}", text(&out));
         }
         env.ok(&["pki", "check"]);
     }
-    let example =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/cluster.toml")).unwrap();
     for _ in 0..3 {
-        let env = Env::new(&example);
+        let env = example_workspace();
         let (a, b) = (
-            spawn(&env, &["controller", "--node", "1"]),
-            spawn(&env, &["controller", "--node", "2"]),
+            env.spawn(&["controller", "--node", "1"]),
+            env.spawn(&["controller", "--node", "2"]),
         );
         let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
         // Both pass the PKI step and stop at the empty cache (exit 3), not at
@@ -624,8 +515,8 @@ fn concurrent_inits_and_first_builds_make_one_pki() {
 #[test]
 fn foreign_rsa_ca_and_key_formats() {
     use std::os::unix::fs::PermissionsExt;
-    let env = Env::new(INVENTORY);
-    let pki = env.pki();
+    let env = workspace(INVENTORY);
+    let pki = env.pki_dir();
     std::fs::create_dir_all(&pki).unwrap();
     std::fs::set_permissions(&pki, std::fs::Permissions::from_mode(0o700)).unwrap();
     tool_ok(
@@ -679,17 +570,9 @@ fn foreign_rsa_ca_and_key_formats() {
         std::fs::read_to_string(pki.join("ca-key.pem")).unwrap()
     );
     for c in CERTS {
-        tool_ok(
-            "openssl",
-            &["verify", "-CAfile", "ca.pem", &format!("{c}.pem")],
-            &pki,
-        );
+        verify(&pki, &format!("{c}.pem"));
     }
-    let api = tool_ok(
-        "openssl",
-        &["x509", "-in", "kubernetes.pem", "-noout", "-text"],
-        &pki,
-    );
+    let api = cert_text(&pki, "kubernetes.pem");
     assert!(api.contains("sha256WithRSAEncryption"), "{api}");
 
     tool_ok(
@@ -719,12 +602,10 @@ fn foreign_rsa_ca_and_key_formats() {
         pki.join("kube-scheduler-key.pem"),
     )
     .unwrap();
-    let out = env.run(&["pki", "check"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = fails_saying(&env, &["pki", "check"], 2);
     assert!(
-        text(&out).contains("ERROR  kube-scheduler.pem: key kube-scheduler-key.pem does not match"),
-        "{}",
-        text(&out)
+        said.contains("ERROR  kube-scheduler.pem: key kube-scheduler-key.pem does not match"),
+        "{said}"
     );
     let stdout = env.ok(&["pki", "init", "--renew"]);
     assert!(stdout.contains("renewed  kube-scheduler.pem"), "{stdout}");
@@ -732,31 +613,21 @@ fn foreign_rsa_ca_and_key_formats() {
         stdout.contains("renewed  kube-scheduler.kubeconfig"),
         "{stdout}"
     );
-    assert_eq!(
-        pubkey_of_key(&pki, "kube-scheduler-key.pem"),
-        pubkey_of_cert(&pki, "kube-scheduler.pem")
-    );
+    assert_key_fits(&pki, "kube-scheduler-key.pem", "kube-scheduler.pem");
     env.ok(&["pki", "check"]);
 }
-
-mod support;
 
 /// A whole build with a real PKI: the keys travel into the overlay with mode
 /// 0600, and neither the manifest nor anything printed quotes them.
 #[test]
 fn build_carries_keys_but_never_prints_them() {
-    let ws = support::Workspace::new("v1.10.2");
+    let ws = Workspace::new("v1.10.2");
     let out = ws.run(&["controller", "--node", "1", "--format", "dir"]);
     assert!(out.status.success(), "{}", text(&out));
     let pki = ws.path("pki");
-    assert_no_secret(&pki, &out);
+    assert_no_secret(&pki, &text(&out));
     let manifest = std::fs::read(ws.path("out/controller-1.manifest.json")).unwrap();
-    let fake = Output {
-        status: out.status,
-        stdout: manifest,
-        stderr: Vec::new(),
-    };
-    assert_no_secret(&pki, &fake);
+    assert_no_secret(&pki, &String::from_utf8_lossy(&manifest));
     let tree = ws.path("out/controller-1/var/lib/kubernetes");
     for name in [
         "ca-key.pem",
@@ -775,9 +646,5 @@ fn build_carries_keys_but_never_prints_them() {
         assert_eq!(mode, 0o600, "{name}");
     }
     // The overlay's API server certificate verifies against its CA.
-    tool_ok(
-        "openssl",
-        &["verify", "-CAfile", "ca.pem", "kubernetes.pem"],
-        &tree,
-    );
+    verify(&tree, "kubernetes.pem");
 }
