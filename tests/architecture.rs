@@ -32,8 +32,8 @@ const RULES: &[(&str, Rule)] = &[
     ("input", Rule::Not(&["plan", "output"])),
     ("plan", Rule::Not(&["output"])),
     ("output", Rule::Not(&["input"])),
-    ("acquire", Rule::Not(&["plan", "output"])),
-    ("store", Rule::Not(&["plan", "output"])),
+    ("acquire", Rule::Not(&["plan", "output", "build"])),
+    ("store", Rule::Not(&["plan", "output", "build"])),
     ("codec", Rule::Only(&["error"])),
     ("util", Rule::Only(&["error"])),
 ];
