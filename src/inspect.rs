@@ -11,12 +11,12 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
-use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::codec::{cpio, vfat};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::output::cloud_init::base64_decode;
+use crate::output::manifest::{Manifest, ManifestEntry};
 
 /// One entry of an output, as found in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -566,37 +566,6 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<Inspected> {
 // ---------------------------------------------------------------------------
 // --verify
 
-#[derive(Debug, Deserialize)]
-pub struct ManifestFile {
-    pub node_index: Option<usize>,
-    pub node_name: Option<String>,
-    pub entries: Vec<ManifestEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ManifestEntry {
-    pub path: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub mode: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub sha256: Option<String>,
-    pub target: Option<String>,
-    #[serde(default)]
-    pub shared: bool,
-}
-
-pub fn read_manifest(path: &Path) -> Result<ManifestFile> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::io("cannot read manifest", path, e)
-            .context("pass --manifest FILE (the controller-<N>.manifest.json of the build)")
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::input(format!("manifest {}: {e}", path.display())))
-}
-
 /// The manifest beside an output: `controller-<N>.manifest.json` for
 /// `controller-<N>.tar.gz`, `controller-<N>-node.cpio.gz`, `controller-<N>-cloud-init/`, ...
 pub fn default_manifest(paths: &[PathBuf]) -> Option<PathBuf> {
@@ -617,7 +586,7 @@ pub fn default_manifest(paths: &[PathBuf]) -> Option<PathBuf> {
 }
 
 /// Every difference between the output and the manifest, as sentences.
-pub fn verify(found: &Inspected, manifest: &ManifestFile) -> Vec<String> {
+pub fn verify(found: &Inspected, manifest: &Manifest) -> Vec<String> {
     let mut problems = Vec::new();
     let mut by_path: BTreeMap<&str, &Listed> = BTreeMap::new();
     for e in &found.entries {
@@ -691,9 +660,8 @@ mod tests {
     use crate::plan::fixture::sample_plan;
     use crate::plan::{EntryKind, Plan};
 
-    fn manifest_of(plan: &Plan) -> ManifestFile {
-        let json = crate::output::manifest::render(plan, "test", vec![]);
-        serde_json::from_slice(&json).unwrap()
+    fn manifest_of(plan: &Plan) -> Manifest {
+        Manifest::new(plan, "test", vec![])
     }
 
     #[test]
