@@ -127,6 +127,24 @@ impl From<&Entry> for ManifestEntry {
     }
 }
 
+/// One entry of an output as a reader finds it (`imgbuild inspect`), to be
+/// compared with the [`ManifestEntry`] the build recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Absolute path in the rootfs (`/etc/...`), as in the manifest.
+    pub path: String,
+    /// "dir", "file" or "symlink".
+    pub kind: &'static str,
+    /// Permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `None` when the output does not carry it (a mirrored binary).
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+    pub target: Option<String>,
+}
+
 impl Manifest {
     /// The manifest of `plan` built as `format`, which wrote `outputs`.
     pub fn new(plan: &Plan, format: &str, outputs: Vec<OutputFile>) -> Self {
