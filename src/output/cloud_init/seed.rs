@@ -1,6 +1,7 @@
 //! The NoCloud seed volume: a vfat image labelled `cidata` with the same files
 //! as the cloud-init folder, plus the binaries in `seed` mode. Its bytes follow
-//! from the content alone (fixed volume id and timestamps).
+//! from the inputs alone: the volume id comes from the content, the timestamps
+//! from the plan's mtime.
 
 use std::path::Path;
 
