@@ -286,7 +286,7 @@ fn inspect(args: &InspectArgs) -> imgbuild::Result<()> {
             )
         })?,
     };
-    let manifest = inspect::read_manifest(&manifest_path)?;
+    let manifest = imgbuild::output::manifest::read(&manifest_path)?;
     let problems = inspect::verify(&found, &manifest);
     if problems.is_empty() {
         eprintln!(

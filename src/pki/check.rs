@@ -1,166 +1,23 @@
-//! `pki check`: per file, whether the PKI folder fits an inventory.
+//! `pki check`: per file, whether the PKI folder fits an inventory. The checks
+//! live here; what they find is a [`CheckReport`] (see `report`).
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::KeyPair;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use super::keys::{cert_der, key_kind, parse_private_key};
+use super::keys::{
+    cert_der, chains_to, first_attr, key_kind, missing_sans, parse_private_key, subject_cn,
+    with_cert,
+};
+use super::report::{CheckReport, Fix, Severity};
 use super::{
     CA_CERT, CA_KEY, ENCRYPTION_CONFIG, LEAVES, LOCAL_SERVER, Leaf, Role, San, WARN_DAYS,
     apiserver_sans, encryption, kubeconfig, legacy_encryption_config,
 };
-use crate::error::{Error, Result};
 use crate::input::inventory::Inventory;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Ok,
-    Warning,
-    Error,
-}
-
-/// What makes a finding go away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Fix {
-    /// `imgbuild pki init` adds the missing file.
-    Init,
-    /// `imgbuild pki init --renew` re-issues from the same CA, keeping keys.
-    Renew,
-    /// Only `imgbuild pki init --force` (a new CA: rebuild every node) helps,
-    /// or restoring the file from a backup.
-    Force,
-    /// Something for the user to do by hand (e.g. chmod); `detail` says what.
-    Manual,
-}
-
-#[derive(Debug, Clone)]
-pub struct Finding {
-    /// File name inside the PKI folder (or the folder itself).
-    pub file: String,
-    pub severity: Severity,
-    /// What was checked and what was found; never file content.
-    pub message: String,
-    pub fix: Option<Fix>,
-}
-
-#[derive(Debug, Clone)]
-pub struct CheckReport {
-    pub dir: PathBuf,
-    pub inventory: PathBuf,
-    pub findings: Vec<Finding>,
-    /// Days left per certificate (file, days), including those in kubeconfigs.
-    pub expiry_days: Vec<(String, i64)>,
-}
-
-impl CheckReport {
-    /// No error: the build may use this PKI for this inventory.
-    pub fn fits_inventory(&self) -> bool {
-        !self.findings.iter().any(|f| f.severity == Severity::Error)
-    }
-
-    pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
-        self.findings
-            .iter()
-            .filter(|f| f.severity == Severity::Warning)
-    }
-
-    /// The strongest fix the errors need.
-    pub fn needed_fix(&self) -> Option<Fix> {
-        self.findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-            .filter_map(|f| f.fix)
-            .max()
-    }
-
-    /// The command that repairs the errors, if one does.
-    pub fn fix_command(&self) -> Option<String> {
-        let inv = self.inventory.display();
-        match self.needed_fix()? {
-            Fix::Init => Some(format!("imgbuild pki init --inventory {inv}")),
-            Fix::Renew => Some(format!("imgbuild pki init --renew --inventory {inv}")),
-            Fix::Force => Some(format!(
-                "imgbuild pki init --force --inventory {inv} (a new CA: every node must then be rebuilt)"
-            )),
-            Fix::Manual => None,
-        }
-    }
-
-    /// An input error listing what does not fit and what to run, or None.
-    pub fn error(&self) -> Option<Error> {
-        if self.fits_inventory() {
-            return None;
-        }
-        let mut msg = format!(
-            "the PKI in {} does not fit the inventory {}:",
-            self.dir.display(),
-            self.inventory.display()
-        );
-        for f in self
-            .findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-        {
-            msg.push_str(&format!("\n  {}: {}", f.file, f.message));
-        }
-        if let Some(cmd) = self.fix_command() {
-            msg.push_str(&format!("\nrun: {cmd}"));
-        }
-        Some(Error::input(msg))
-    }
-
-    fn push(&mut self, file: &str, severity: Severity, message: String, fix: Option<Fix>) {
-        self.findings.push(Finding {
-            file: file.to_string(),
-            severity,
-            message,
-            fix,
-        });
-    }
-}
-
-impl fmt::Display for CheckReport {
-    /// One line per finding: `ok|WARN|ERROR  file: message`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "PKI folder {}", self.dir.display())?;
-        for finding in &self.findings {
-            let tag = match finding.severity {
-                Severity::Ok => "ok",
-                Severity::Warning => "WARN",
-                Severity::Error => "ERROR",
-            };
-            writeln!(f, "{tag:<6} {}: {}", finding.file, finding.message)?;
-        }
-        let errors = self
-            .findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-            .count();
-        let warnings = self.warnings().count();
-        if errors == 0 {
-            write!(
-                f,
-                "the PKI fits {} ({warnings} warning(s))",
-                self.inventory.display()
-            )?;
-        } else {
-            write!(
-                f,
-                "{errors} error(s), {warnings} warning(s): the PKI does not fit {}",
-                self.inventory.display()
-            )?;
-        }
-        if let Some(cmd) = self.fix_command() {
-            write!(f, "\nrun: {cmd}")?;
-        }
-        Ok(())
-    }
-}
 
 /// Check the PKI folder of `inv` as of `now`.
 pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
@@ -391,27 +248,6 @@ fn load_key(
     }
 }
 
-pub(crate) fn with_cert<T>(der: &[u8], f: impl FnOnce(&X509Certificate) -> T) -> Result<T, String> {
-    let (_, c) =
-        X509Certificate::from_der(der).map_err(|_| "is not a parseable X.509 certificate")?;
-    Ok(f(&c))
-}
-
-fn subject_cn(der: &[u8]) -> String {
-    with_cert(der, |c| first_attr(c.subject().iter_common_name()))
-        .ok()
-        .flatten()
-        .unwrap_or_default()
-}
-
-fn first_attr<'a>(
-    mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
-) -> Option<String> {
-    it.next()
-        .and_then(|a| a.as_str().ok())
-        .map(|s| s.to_string())
-}
-
 fn expiry(r: &mut CheckReport, file: &str, der: &[u8], now: i64, fix: Fix) {
     let Ok((nb, na)) = with_cert(der, |c| {
         (
@@ -481,18 +317,6 @@ fn key_matches(
             Some(fix),
         );
     }
-}
-
-/// Whether `der` was issued and signed by the CA certificate `ca_der`.
-pub(crate) fn chains_to(der: &[u8], ca_der: &[u8]) -> bool {
-    let Ok((_, ca)) = X509Certificate::from_der(ca_der) else {
-        return false;
-    };
-    with_cert(der, |c| {
-        c.issuer().as_raw() == ca.subject().as_raw()
-            && c.verify_signature(Some(ca.public_key())).is_ok()
-    })
-    .unwrap_or(false)
 }
 
 /// Subject, CA chain, SANs and expiry of a certificate in `file` (a .pem file or
@@ -576,35 +400,6 @@ fn check_leaf(
         }
     }
     expiry(r, file, der, now, Fix::Renew);
-}
-
-/// The required names a certificate lacks.
-pub(crate) fn missing_sans(der: &[u8], sans: &[(San, String)]) -> Vec<(San, String)> {
-    let present = with_cert(der, |c| {
-        let mut ips = Vec::new();
-        let mut dns = Vec::new();
-        if let Ok(Some(ext)) = c.subject_alternative_name() {
-            for name in &ext.value.general_names {
-                match name {
-                    GeneralName::IPAddress(b) => ips.push(b.to_vec()),
-                    GeneralName::DNSName(d) => dns.push(d.to_ascii_lowercase()),
-                    _ => {}
-                }
-            }
-        }
-        (ips, dns)
-    });
-    let Ok((ips, dns)) = present else {
-        return sans.to_vec();
-    };
-    sans.iter()
-        .filter(|(san, _)| match san {
-            San::Ip(std::net::IpAddr::V4(v4)) => !ips.iter().any(|b| b[..] == v4.octets()),
-            San::Ip(std::net::IpAddr::V6(v6)) => !ips.iter().any(|b| b[..] == v6.octets()),
-            San::Dns(d) => !dns.contains(&d.to_ascii_lowercase()),
-        })
-        .cloned()
-        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -12,8 +12,9 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use super::check::{CheckReport, Fix, Severity, check, with_cert};
-use super::keys::{cert_der, generate_key, key_kind, parse_private_key, random_serial};
+use super::check::check;
+use super::keys::{cert_der, generate_key, key_kind, parse_private_key, random_serial, with_cert};
+use super::report::{CheckReport, Fix, Severity};
 use super::{
     CA_CERT, CA_KEY, ENCRYPTION_CONFIG, LEAVES, LOCAL_SERVER, Leaf, Role, San, apiserver_sans,
     encryption, files, kubeconfig, legacy_encryption_config, write_atomic,

@@ -20,6 +20,7 @@ mod encryption;
 mod generate;
 mod keys;
 mod kubeconfig;
+mod report;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -28,8 +29,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::input::inventory::Inventory;
 use crate::progress::{Event, Progress};
 
-pub use check::{CheckReport, Finding, Fix, Severity, check};
+pub use check::check;
 pub use generate::{InitOptions, InitReport, init};
+pub use report::{CheckReport, Finding, Fix, Severity};
 
 /// Where the control plane's own components reach the API server: every
 /// kubeconfig on a controller points here, as in the seed.
