@@ -110,6 +110,15 @@ pub struct PkiInitArgs {
     /// then be rebuilt.
     #[arg(long)]
     pub force: bool,
+    /// Cipher of a new encryption config (default: secretbox from v1.13, aescbc
+    /// before). On an existing one that encrypts with another: the next step of
+    /// switching to this one, keeping every old key (docs/pki.md).
+    #[arg(long, value_name = "CIPHER", value_parser = ["secretbox", "aescbc"])]
+    pub encryption: Option<String>,
+    /// With --encryption, once that cipher encrypts: remove every other
+    /// provider (Secrets not rewritten since become unreadable).
+    #[arg(long, requires = "encryption")]
+    pub drop_old_keys: bool,
 }
 
 /// How downloads are made (fetch, controller, lock, airgap export).

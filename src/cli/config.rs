@@ -80,6 +80,9 @@ impl PkiInitArgs {
             ca_days: self.ca_days,
             renew: self.renew,
             force: self.force,
+            // clap admits only the two names.
+            encryption: self.encryption.as_deref().and_then(|c| c.parse().ok()),
+            drop_old_keys: self.drop_old_keys,
         }
     }
 }

@@ -8,11 +8,14 @@ use rcgen::KeyPair;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
+use super::encryption::{Cipher, Provider};
+use super::files::{self, ReadError};
 use super::keys::{
     cert_der, chains_to, first_attr, key_kind, missing_sans, parse_private_key, subject_cn,
     with_cert,
 };
-use super::report::{CheckReport, Fix, Severity};
+use super::profile::{self, Expect, Remedy};
+use super::report::{CheckReport, Fix, Severity, shown};
 use super::{
     CA_CERT, CA_KEY, ENCRYPTION_CONFIG, LEAVES, LOCAL_SERVER, Leaf, Role, San, WARN_DAYS,
     apiserver_sans, encryption, kubeconfig, legacy_encryption_config,
@@ -41,7 +44,9 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
         );
         return r;
     }
-    check_mode(&mut r, &dir, ".", 0o077, "chmod 700");
+    // The folder's mode only warns: `init` sets it, and the files' own modes
+    // are what keep the keys (errors below).
+    check_mode(&mut r, &dir, ".", Severity::Warning, "chmod 700");
 
     let sans = match apiserver_sans(inv) {
         Ok(s) => s,
@@ -82,7 +87,7 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
             Ok(problems) if problems.is_empty() => r.push(
                 CA_CERT,
                 Severity::Ok,
-                format!("parses, self-signed CA \"{}\"", subject_cn(ca_der)),
+                format!("parses, self-signed CA {}", shown(&subject_cn(ca_der))),
                 None,
             ),
             Ok(problems) => {
@@ -92,6 +97,7 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
             }
             Err(e) => r.push(CA_CERT, Severity::Error, e, Some(Fix::Force)),
         }
+        check_profile(&mut r, CA_CERT, ca_der, Expect::Ca, |_| Fix::Force, "");
         expiry(&mut r, CA_CERT, ca_der, now, Fix::Force);
         if let Some(key) = &ca_key {
             key_matches(&mut r, CA_CERT, CA_KEY, ca_der, key, Fix::Force);
@@ -107,7 +113,26 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
         let cert = load_cert(&mut r, &dir, &cert_file, Fix::Init, Fix::Renew);
         let key = load_key(&mut r, &dir, &key_file, key_fix, Fix::Renew);
         if let Some(der) = &cert {
-            check_leaf(&mut r, leaf, &cert_file, der, ca.as_deref(), &sans, now);
+            let new_pair = format!(
+                "; for a new key pair remove {key_file} and {cert_file}, then run `imgbuild pki init --renew`"
+            );
+            let profile: ProfileFix = (
+                |remedy| match remedy {
+                    Remedy::Reissue => Fix::Renew,
+                    Remedy::NewKey => Fix::Manual,
+                },
+                &new_pair,
+            );
+            check_leaf(
+                &mut r,
+                leaf,
+                &cert_file,
+                der,
+                ca.as_deref(),
+                &sans,
+                now,
+                profile,
+            );
             if let Some(key) = &key {
                 key_matches(&mut r, &cert_file, &key_file, der, key, Fix::Renew);
             }
@@ -141,27 +166,31 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
     r
 }
 
-/// Group/other permission bits in `forbidden` give a warning with the command.
-fn check_mode(r: &mut CheckReport, dir: &Path, name: &str, forbidden: u32, cmd: &str) {
-    use std::os::unix::fs::PermissionsExt;
+/// Any group or other permission bit on `name` gives a finding (an error for
+/// keys, kubeconfigs and the encryption config) with the command that fixes it.
+fn check_mode(r: &mut CheckReport, dir: &Path, name: &str, severity: Severity, cmd: &str) {
     let path = if name == "." {
         dir.to_path_buf()
     } else {
         dir.join(name)
     };
-    if let Ok(meta) = std::fs::metadata(&path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & forbidden != 0 {
-            r.push(
-                name,
-                Severity::Warning,
-                format!(
-                    "mode {mode:o} lets other users read it: {cmd} {}",
-                    path.display()
-                ),
-                Some(Fix::Manual),
-            );
-        }
+    if let Some(mode) = files::mode(&path)
+        && mode & 0o077 != 0
+    {
+        let what = if name == "." {
+            "it holds private keys"
+        } else {
+            "it holds secret keys"
+        };
+        r.push(
+            name,
+            severity,
+            format!(
+                "mode {mode:03o} lets other users read or change it ({what}): {cmd} {}",
+                path.display()
+            ),
+            Some(Fix::Manual),
+        );
     }
 }
 
@@ -173,20 +202,21 @@ fn read_text(
     missing: Fix,
     fix: Fix,
 ) -> Option<String> {
-    let path = dir.join(name);
-    match std::fs::read(&path) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(t) => Some(t),
-            Err(_) => {
-                r.push(name, Severity::Error, "is not text".into(), Some(fix));
-                None
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    match files::read_text(dir, name) {
+        Ok(t) => Some(t),
+        Err(ReadError::Missing) => {
             r.push(name, Severity::Error, "missing".into(), Some(missing));
             None
         }
-        Err(e) => {
+        Err(ReadError::Outside(m)) => {
+            r.push(name, Severity::Error, m, Some(Fix::Manual));
+            None
+        }
+        Err(ReadError::Refused(m)) => {
+            r.push(name, Severity::Error, m, Some(fix));
+            None
+        }
+        Err(ReadError::Io(e)) => {
             r.push(name, Severity::Error, format!("cannot read: {e}"), None);
             None
         }
@@ -230,7 +260,7 @@ fn load_key(
     fix: Fix,
 ) -> Option<KeyPair> {
     let text = read_text(r, dir, name, missing, fix)?;
-    check_mode(r, dir, name, 0o077, "chmod 600");
+    check_mode(r, dir, name, Severity::Error, "chmod 600");
     match parse_private_key(&text) {
         Ok(k) => {
             r.push(
@@ -319,8 +349,37 @@ fn key_matches(
     }
 }
 
-/// Subject, CA chain, SANs and expiry of a certificate in `file` (a .pem file or
-/// the client certificate inside a kubeconfig).
+/// How a file's profile problems are fixed: each remedy's fix, and what to add
+/// to the message of a problem that needs a new key.
+type ProfileFix<'a> = (fn(Remedy) -> Fix, &'a str);
+
+/// The profile's findings for the certificate in `file` (see `profile`).
+fn check_profile(
+    r: &mut CheckReport,
+    file: &str,
+    der: &[u8],
+    expect: Expect,
+    fix: impl Fn(Remedy) -> Fix,
+    new_key: &str,
+) {
+    let Ok((summary, problems)) = with_cert(der, |c| profile::inspect(c, expect)) else {
+        return;
+    };
+    if problems.is_empty() {
+        r.push(file, Severity::Ok, summary, None);
+    }
+    for p in problems {
+        let mut message = p.message;
+        if p.remedy == Remedy::NewKey {
+            message.push_str(new_key);
+        }
+        r.push(file, p.severity, message, Some(fix(p.remedy)));
+    }
+}
+
+/// Subject, CA chain, SANs, profile and expiry of a certificate in `file` (a
+/// .pem file or the client certificate inside a kubeconfig).
+#[allow(clippy::too_many_arguments)]
 fn check_leaf(
     r: &mut CheckReport,
     leaf: &Leaf,
@@ -329,6 +388,7 @@ fn check_leaf(
     ca_der: Option<&[u8]>,
     sans: &[(San, String)],
     now: i64,
+    (fix, new_key): ProfileFix,
 ) {
     let subject = with_cert(der, |c| {
         (
@@ -351,8 +411,8 @@ fn check_leaf(
                     Severity::Error,
                     format!(
                         "subject CN={} O={}, expected CN={} O={}",
-                        cn.unwrap_or_default(),
-                        o.unwrap_or_default(),
+                        shown(&cn.unwrap_or_default()),
+                        shown(&o.unwrap_or_default()),
                         leaf.common_name,
                         leaf.organization
                     ),
@@ -399,6 +459,7 @@ fn check_leaf(
             );
         }
     }
+    check_profile(r, file, der, Expect::Leaf(leaf.role), fix, new_key);
     expiry(r, file, der, now, Fix::Renew);
 }
 
@@ -416,7 +477,7 @@ fn check_kubeconfig(
     let Some(text) = read_text(r, dir, name, Fix::Init, Fix::Renew) else {
         return;
     };
-    check_mode(r, dir, name, 0o077, "chmod 600");
+    check_mode(r, dir, name, Severity::Error, "chmod 600");
     let kc = match kubeconfig::parse(&text) {
         Ok(k) => k,
         Err(e) => {
@@ -430,7 +491,7 @@ fn check_kubeconfig(
         r.push(
             name,
             Severity::Error,
-            format!("server is {}, expected {LOCAL_SERVER}", kc.server),
+            format!("server is {}, expected {LOCAL_SERVER}", shown(&kc.server)),
             Some(Fix::Renew),
         );
     }
@@ -438,7 +499,7 @@ fn check_kubeconfig(
         r.push(
             name,
             Severity::Warning,
-            format!("user is named {:?}, expected {user:?}", kc.user),
+            format!("user is named {}, expected {user:?}", shown(&kc.user)),
             Some(Fix::Renew),
         );
     }
@@ -447,8 +508,9 @@ fn check_kubeconfig(
             name,
             Severity::Warning,
             format!(
-                "cluster is named {:?}, the inventory's cluster.name is {:?}",
-                kc.cluster, inv.cluster.name
+                "cluster is named {}, the inventory's cluster.name is {:?}",
+                shown(&kc.cluster),
+                inv.cluster.name
             ),
             Some(Fix::Renew),
         );
@@ -487,7 +549,8 @@ fn check_kubeconfig(
         }
     };
     let where_ = format!("{name} (client certificate)");
-    check_leaf(r, leaf, &where_, &cert, ca_der, &[], now);
+    let renew: ProfileFix = (|_| Fix::Renew, "");
+    check_leaf(r, leaf, &where_, &cert, ca_der, &[], now, renew);
     match parse_private_key(&kc.key_pem) {
         Ok(key) => key_matches(r, &where_, "client-key-data", &cert, &key, Fix::Renew),
         Err(e) => r.push(
@@ -500,51 +563,75 @@ fn check_kubeconfig(
 }
 
 fn check_encryption(r: &mut CheckReport, dir: &Path, version: &str) {
-    let Some(text) = read_text(r, dir, ENCRYPTION_CONFIG, Fix::Init, Fix::Force) else {
+    const E: &str = ENCRYPTION_CONFIG;
+    let Some(text) = read_text(r, dir, E, Fix::Init, Fix::Manual) else {
         return;
     };
-    check_mode(r, dir, ENCRYPTION_CONFIG, 0o077, "chmod 600");
-    match encryption::parse(&text) {
-        Ok(p) => {
-            let want_legacy = legacy_encryption_config(version);
-            let fmt_name = |legacy: bool| {
-                if legacy {
-                    "EncryptionConfig v1"
-                } else {
-                    "EncryptionConfiguration apiserver.config.k8s.io/v1"
-                }
-            };
-            if p.legacy == want_legacy {
-                r.push(
-                    ENCRYPTION_CONFIG,
-                    Severity::Ok,
-                    format!(
-                        "{} with {} aescbc key(s) of 32 bytes, as {version} reads",
-                        fmt_name(p.legacy),
-                        p.keys.len()
-                    ),
-                    None,
-                );
-            } else {
-                r.push(
-                    ENCRYPTION_CONFIG,
-                    Severity::Error,
-                    format!(
-                        "is {}, but {version} reads {} (--renew rewrites it, keeping the keys)",
-                        fmt_name(p.legacy),
-                        fmt_name(want_legacy)
-                    ),
-                    Some(Fix::Renew),
-                );
-            }
+    check_mode(r, dir, E, Severity::Error, "chmod 600");
+    let p = match encryption::parse(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = format!(
+                "{e}; it is never overwritten (its keys decrypt the Secrets in etcd): restore it \
+                 from a backup, or, for a cluster with no Secrets to keep, remove it and run \
+                 `imgbuild pki init` for a new key"
+            );
+            r.push(E, Severity::Error, msg, Some(Fix::Manual));
+            return;
         }
-        Err(e) => r.push(
-            ENCRYPTION_CONFIG,
+    };
+    let want_legacy = legacy_encryption_config(version);
+    let fmt_name = |legacy: bool| {
+        if legacy {
+            "EncryptionConfig v1"
+        } else {
+            "EncryptionConfiguration apiserver.config.k8s.io/v1"
+        }
+    };
+    if p.legacy == want_legacy {
+        let msg = format!("{}, as {version} reads", fmt_name(p.legacy));
+        r.push(E, Severity::Ok, msg, None);
+    } else {
+        let msg = format!(
+            "is {}, but {version} reads {} (--renew rewrites it, keeping the keys)",
+            fmt_name(p.legacy),
+            fmt_name(want_legacy)
+        );
+        r.push(E, Severity::Error, msg, Some(Fix::Renew));
+    }
+    let steps = "in steps that keep every old key for reading (docs/pki.md, \"Changing the encryption provider\")";
+    let writer = &p.providers[0];
+    match writer {
+        Provider::Identity => r.push(
+            E,
             Severity::Error,
             format!(
-                "{e} (it is never overwritten but by --force: its key decrypts the Secrets in etcd)"
+                "lists identity first: Secrets are written to etcd unencrypted; make a cipher the \
+                 first provider: imgbuild pki init --encryption secretbox, {steps}"
             ),
-            Some(Fix::Force),
+            Some(Fix::Manual),
         ),
+        Provider::Cipher(Cipher::Aescbc, _) if !want_legacy => r.push(
+            E,
+            Severity::Warning,
+            format!(
+                "{writer} encrypts Secrets; upstream no longer recommends aescbc (CBC is open to \
+                 padding-oracle attacks): switch to secretbox with \
+                 imgbuild pki init --encryption secretbox, {steps}"
+            ),
+            Some(Fix::Manual),
+        ),
+        Provider::Cipher(..) => r.push(E, Severity::Ok, format!("{writer} encrypts Secrets"), None),
+        Provider::Other(name) => r.push(
+            E,
+            Severity::Warning,
+            format!("{name} encrypts Secrets; imgbuild does not check {name} providers"),
+            None,
+        ),
+    }
+    if p.providers.len() > 1 {
+        let rest: Vec<String> = p.providers[1..].iter().map(|p| p.to_string()).collect();
+        let msg = format!("also reads with {}", rest.join(", "));
+        r.push(E, Severity::Ok, msg, None);
     }
 }

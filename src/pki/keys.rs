@@ -14,11 +14,17 @@ use super::San;
 /// SEC1 ("EC PRIVATE KEY"). ring checks on loading that the private and the
 /// public halves belong together.
 pub(crate) fn parse_private_key(text: &str) -> Result<KeyPair, String> {
-    let blocks = pem::parse_many(text).map_err(|_| "not valid PEM".to_string())?;
+    let blocks = pem_blocks(text)?;
     let block = blocks
         .iter()
         .find(|b| b.tag().ends_with("PRIVATE KEY"))
-        .ok_or("holds no PEM private key block")?;
+        .ok_or_else(|| match blocks.first() {
+            Some(b) => format!(
+                "holds a {} block where a private key is expected",
+                tag_shown(b.tag())
+            ),
+            None => "holds no PEM private key block".into(),
+        })?;
     let der = block.contents();
     let pkcs8 = match block.tag() {
         "PRIVATE KEY" => der.to_vec(),
@@ -38,7 +44,12 @@ pub(crate) fn parse_private_key(text: &str) -> Result<KeyPair, String> {
         "ENCRYPTED PRIVATE KEY" => {
             return Err("is encrypted; imgbuild needs an unencrypted key".into());
         }
-        other => return Err(format!("holds a {other:?} block, not a supported key")),
+        other => {
+            return Err(format!(
+                "holds a {} block, not a supported key",
+                tag_shown(other)
+            ));
+        }
     };
     KeyPair::try_from(pkcs8.as_slice())
         .map_err(|_| "is not a usable RSA (2048 bits or more) or ECDSA P-256/P-384 key".into())
@@ -72,12 +83,36 @@ pub(crate) fn random_bytes(n: usize) -> Result<Vec<u8>, String> {
 
 /// The DER of the first CERTIFICATE block of a PEM text.
 pub(crate) fn cert_der(text: &str) -> Result<Vec<u8>, String> {
-    let blocks = pem::parse_many(text).map_err(|_| "not valid PEM".to_string())?;
+    let blocks = pem_blocks(text)?;
+    let first = blocks.first().map(|b| tag_shown(b.tag()));
     blocks
         .into_iter()
         .find(|b| b.tag() == "CERTIFICATE")
         .map(|b| b.into_contents())
-        .ok_or_else(|| "holds no PEM CERTIFICATE block".into())
+        .ok_or_else(|| match first {
+            Some(tag) => format!("holds a {tag} block where a certificate is expected"),
+            None => "holds no PEM CERTIFICATE block".into(),
+        })
+}
+
+/// Every PEM block of `text`; a BEGIN line without its END is an error of its
+/// own (a truncated file), which the PEM parser would pass over.
+fn pem_blocks(text: &str) -> Result<Vec<pem::Pem>, String> {
+    let blocks = pem::parse_many(text).map_err(|_| "is not valid PEM (damaged)".to_string())?;
+    if text.matches("-----BEGIN ").count() > blocks.len() {
+        return Err("is truncated: a PEM BEGIN line has no END line".into());
+    }
+    Ok(blocks)
+}
+
+/// A PEM tag for a message: only the characters a tag has, at most 40.
+fn tag_shown(tag: &str) -> String {
+    let clean: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_uppercase() || *c == ' ' || c.is_ascii_digit())
+        .take(40)
+        .collect();
+    format!("PEM {clean}")
 }
 
 /// Human name of a key's algorithm, for reports.

@@ -17,10 +17,13 @@
 
 mod check;
 mod encryption;
+mod files;
 mod generate;
 mod keys;
 mod kubeconfig;
+mod profile;
 mod report;
+mod yaml;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +33,7 @@ use crate::input::inventory::Inventory;
 use crate::progress::{Event, Progress};
 
 pub use check::check;
+pub use encryption::Cipher;
 pub use generate::{InitOptions, InitReport, init};
 pub use report::{CheckReport, Finding, Fix, Severity};
 

@@ -23,8 +23,33 @@ pub enum Fix {
     /// Only `imgbuild pki init --force` (a new CA: rebuild every node) helps,
     /// or restoring the file from a backup.
     Force,
-    /// Something for the user to do by hand (e.g. chmod); `detail` says what.
+    /// Something for the user to do by hand (e.g. chmod); the message says what.
     Manual,
+}
+
+impl Fix {
+    /// The command that makes the finding go away, when it is `pki init`'s.
+    pub fn command(self) -> Option<&'static str> {
+        match self {
+            Fix::Init => Some("imgbuild pki init"),
+            Fix::Renew => Some("imgbuild pki init --renew"),
+            Fix::Force => Some("imgbuild pki init --force"),
+            Fix::Manual => None,
+        }
+    }
+}
+
+/// A value read from a file, for a message: quoted with control characters
+/// escaped, and cut after 64 characters, so that a hostile file can neither
+/// flood the terminal nor write escape sequences to it.
+pub(crate) fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    let cut: String = value.chars().take(MAX).collect();
+    if cut.len() < value.len() {
+        format!("{cut:?}… ({} bytes)", value.len())
+    } else {
+        format!("{cut:?}")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -58,13 +83,19 @@ impl CheckReport {
             .filter(|f| f.severity == Severity::Warning)
     }
 
-    /// The strongest fix the errors need.
+    /// The strongest `pki init` fix the errors need; `Manual` only when no
+    /// error has one (the messages of manual fixes say what to do).
     pub fn needed_fix(&self) -> Option<Fix> {
-        self.findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-            .filter_map(|f| f.fix)
+        let fixes = || {
+            self.findings
+                .iter()
+                .filter(|f| f.severity == Severity::Error)
+                .filter_map(|f| f.fix)
+        };
+        fixes()
+            .filter(|f| *f != Fix::Manual)
             .max()
+            .or(fixes().max())
     }
 
     /// The command that repairs the errors, if one does.
@@ -95,7 +126,7 @@ impl CheckReport {
             .iter()
             .filter(|f| f.severity == Severity::Error)
         {
-            msg.push_str(&format!("\n  {}: {}", f.file, f.message));
+            msg.push_str(&format!("\n  {f}"));
         }
         if let Some(cmd) = self.fix_command() {
             msg.push_str(&format!("\nrun: {cmd}"));
@@ -119,6 +150,19 @@ impl CheckReport {
     }
 }
 
+impl fmt::Display for Finding {
+    /// `file: message`, and for a problem `pki init` fixes, `[fix: command]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file, self.message)?;
+        if self.severity != Severity::Ok
+            && let Some(cmd) = self.fix.and_then(Fix::command)
+        {
+            write!(f, " [fix: {cmd}]")?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for CheckReport {
     /// One line per finding: `ok|WARN|ERROR  file: message`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -129,7 +173,7 @@ impl fmt::Display for CheckReport {
                 Severity::Warning => "WARN",
                 Severity::Error => "ERROR",
             };
-            writeln!(f, "{tag:<6} {}: {}", finding.file, finding.message)?;
+            writeln!(f, "{tag:<6} {finding}")?;
         }
         let errors = self
             .findings
