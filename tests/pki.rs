@@ -461,6 +461,14 @@ fn bundled_example_gets_its_pki_on_first_build_others_do_not() {
         "{said}"
     );
     env.ok(&["pki", "check"]);
+    // The new shape: a CA for leaves only, secretbox for the example's version.
+    let ca = cert_text(&pki, "ca.pem");
+    assert!(ca.contains("CA:TRUE, pathlen:0"), "{ca}");
+    let enc = std::fs::read_to_string(pki.join("encryption-config.yaml")).unwrap();
+    assert!(
+        enc.contains("      - secretbox:\n"),
+        "new config is not secretbox"
+    );
     // The second build uses the same PKI and says nothing about a new one.
     let before = snapshot(&pki);
     let out = env.run(&["controller", "--node", "2"]);
@@ -647,4 +655,440 @@ fn build_carries_keys_but_never_prints_them() {
     }
     // The overlay's API server certificate verifies against its CA.
     verify(&tree, "kubernetes.pem");
+}
+
+/// The extension `name` of an `openssl x509 -text`: (its header line, its value line).
+fn extension(text: &str, name: &str) -> Option<(String, String)> {
+    let mut lines = text.lines();
+    let header = lines.find(|l| l.trim_start().starts_with(name))?;
+    let value = lines.next()?.trim().to_string();
+    Some((header.trim().to_string(), value))
+}
+
+/// What each certificate allows, as openssl reads it, and openssl using it:
+/// the API server certificate for TLS server and client, the clients for
+/// client only, and no chain through an intermediate made with the CA's key
+/// (pathlen:0).
+#[test]
+fn openssl_reads_each_certificate_for_what_it_is_used() {
+    let env = workspace(INVENTORY);
+    env.ok(&["pki", "init"]);
+    let pki = env.pki_dir();
+    let critical = |v: &str| (format!("X509v3 {v}: critical"));
+
+    let ca = cert_text(&pki, "ca.pem");
+    let bc = extension(&ca, "X509v3 Basic Constraints").unwrap();
+    assert_eq!(
+        bc,
+        (critical("Basic Constraints"), "CA:TRUE, pathlen:0".into())
+    );
+    let ku = extension(&ca, "X509v3 Key Usage").unwrap();
+    assert_eq!(
+        ku,
+        (critical("Key Usage"), "Certificate Sign, CRL Sign".into())
+    );
+
+    for (cert, eku) in [
+        (
+            "kubernetes.pem",
+            Some("TLS Web Client Authentication, TLS Web Server Authentication"),
+        ),
+        ("admin.pem", Some("TLS Web Client Authentication")),
+        (
+            "kube-controller-manager.pem",
+            Some("TLS Web Client Authentication"),
+        ),
+        ("kube-scheduler.pem", Some("TLS Web Client Authentication")),
+        // A key holder: no extended key usage at all.
+        ("service-account.pem", None),
+    ] {
+        let t = cert_text(&pki, cert);
+        let bc = extension(&t, "X509v3 Basic Constraints").unwrap();
+        assert_eq!(
+            bc,
+            (critical("Basic Constraints"), "CA:FALSE".into()),
+            "{cert}"
+        );
+        let ku = extension(&t, "X509v3 Key Usage").unwrap();
+        assert_eq!(
+            ku,
+            (critical("Key Usage"), "Digital Signature".into()),
+            "{cert}"
+        );
+        let found = extension(&t, "X509v3 Extended Key Usage").map(|(_, v)| v);
+        assert_eq!(found.as_deref(), eku, "{cert}:\n{t}");
+        assert!(
+            t.contains("Signature Algorithm: ecdsa-with-SHA256"),
+            "{cert}"
+        );
+    }
+
+    let purpose = |purpose: &str, cert: &str| {
+        tool(
+            "openssl",
+            &["verify", "-purpose", purpose, "-CAfile", "ca.pem", cert],
+            &pki,
+        )
+    };
+    assert!(purpose("sslserver", "kubernetes.pem").status.success());
+    for cert in ["kubernetes.pem", "admin.pem", "kube-scheduler.pem"] {
+        assert!(purpose("sslclient", cert).status.success(), "{cert}");
+    }
+    let refused = purpose("sslserver", "admin.pem");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("unsuitable certificate purpose"),
+        "{}",
+        text(&refused)
+    );
+
+    // An intermediate CA made with ca-key.pem, and a leaf below it: openssl
+    // refuses the chain (the CA allows no CA below it).
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    for f in ["ca.pem", "ca-key.pem"] {
+        std::fs::copy(pki.join(f), t.join(f)).unwrap();
+    }
+    std::fs::write(
+        t.join("ca.ext"),
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.join("leaf.ext"),
+        "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    for (name, ca, ca_key, ext) in [
+        ("inter", "ca.pem", "ca-key.pem", "ca.ext"),
+        ("leaf", "inter.pem", "inter-key.pem", "leaf.ext"),
+    ] {
+        let key = format!("{name}-key.pem");
+        let csr = format!("{name}.csr");
+        tool_ok(
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-subj",
+                &format!("/CN={name}"),
+                "-out",
+                &csr,
+            ],
+            t,
+        );
+        tool_ok(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                ca,
+                "-CAkey",
+                ca_key,
+                "-set_serial",
+                "9",
+                "-days",
+                "10",
+                "-sha256",
+                "-extfile",
+                ext,
+                "-out",
+                &format!("{name}.pem"),
+            ],
+            t,
+        );
+    }
+    let out = tool(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            "ca.pem",
+            "-untrusted",
+            "inter.pem",
+            "leaf.pem",
+        ],
+        t,
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("path length constraint exceeded"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The API server certificate's SANs for [`INVENTORY`], as openssl's config says them.
+const API_SANS: &str = "subjectAltName=IP:10.240.0.11,IP:10.240.0.12,IP:203.0.113.10,IP:10.32.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster,DNS:kubernetes.default.svc.cluster.local";
+
+/// openssl issues `cert` (in the PKI folder) for `key` from the folder's CA,
+/// with these extensions and this digest.
+fn openssl_issue(pki: &Path, cert: &str, key: &str, subject: &str, ext: &str, digest: &str) {
+    std::fs::write(pki.join("t.ext"), ext).unwrap();
+    tool_ok(
+        "openssl",
+        &[
+            "req", "-new", "-key", key, "-subj", subject, "-out", "t.csr",
+        ],
+        pki,
+    );
+    tool_ok(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "t.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-set_serial",
+            "7",
+            "-days",
+            "100",
+            digest,
+            "-extfile",
+            "t.ext",
+            "-out",
+            cert,
+        ],
+        pki,
+    );
+    for f in ["t.ext", "t.csr"] {
+        std::fs::remove_file(pki.join(f)).unwrap();
+    }
+}
+
+/// Certificates made by hand with openssl, each wrong in one way: `pki check`
+/// and the build refuse each, naming the file, the problem and the fix; for
+/// those a new certificate fixes, `pki init --renew` does.
+#[test]
+fn hand_made_bad_certificates_are_refused() {
+    let api = "/CN=kubernetes/O=Kubernetes";
+    let good = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n";
+    let cases: &[(&str, String, &str, &str)] = &[
+        (
+            "leaf marked CA",
+            format!("{}\n{API_SANS}\n", good.replace("CA:FALSE", "CA:TRUE")),
+            "-sha256",
+            "ERROR  kubernetes.pem: is marked as a CA (basicConstraints CA:TRUE); a leaf certificate must be CA:FALSE [fix: imgbuild pki init --renew]",
+        ),
+        (
+            "server certificate without serverAuth",
+            format!("{}\n{API_SANS}\n", good.replace("serverAuth,", "")),
+            "-sha256",
+            "ERROR  kubernetes.pem: has no extendedKeyUsage serverAuth: kube-apiserver serves TLS with it (--tls-cert-file) and clients refuse it [fix: imgbuild pki init --renew]",
+        ),
+        (
+            "API server certificate without clientAuth",
+            format!("{}\n{API_SANS}\n", good.replace(",clientAuth", "")),
+            "-sha256",
+            "ERROR  kubernetes.pem: has no extendedKeyUsage clientAuth: kube-apiserver also presents it to etcd",
+        ),
+        (
+            "SHA-1 signature",
+            format!("{good}\n{API_SANS}\n"),
+            "-sha1",
+            "ERROR  kubernetes.pem: is signed with ecdsa-with-SHA1 (SHA-1); signatures must use SHA-256 or stronger [fix: imgbuild pki init --renew]",
+        ),
+    ];
+    for (what, ext, digest, said) in cases {
+        let env = workspace(INVENTORY);
+        env.ok(&["pki", "init"]);
+        let pki = env.pki_dir();
+        openssl_issue(
+            &pki,
+            "kubernetes.pem",
+            "kubernetes-key.pem",
+            api,
+            ext,
+            digest,
+        );
+        verify(&pki, "kubernetes.pem"); // openssl itself takes it as issued by the CA
+        let out = fails_saying(&env, &["pki", "check"], 2);
+        assert!(out.contains(said), "{what}:\n{out}");
+        assert!(
+            out.contains("run: imgbuild pki init --renew"),
+            "{what}:\n{out}"
+        );
+        let out = fails_saying(&env, &["controller", "--node", "1"], 2);
+        assert!(
+            out.contains(said.trim_start_matches("ERROR  ")),
+            "{what} (build):\n{out}"
+        );
+        assert!(!env.path("out").exists(), "{what}: the build wrote out/");
+        env.ok(&["pki", "init", "--renew"]);
+        env.ok(&["pki", "check"]);
+    }
+
+    // A 1024-bit RSA key: refused in the key file and in the certificate.
+    let env = workspace(INVENTORY);
+    env.ok(&["pki", "init"]);
+    let pki = env.pki_dir();
+    tool_ok(
+        "openssl",
+        &["genrsa", "-out", "admin-key.pem", "1024"],
+        &pki,
+    );
+    tool_ok("chmod", &["600", "admin-key.pem"], &pki);
+    let client = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n";
+    openssl_issue(
+        &pki,
+        "admin.pem",
+        "admin-key.pem",
+        "/CN=admin/O=system:masters",
+        client,
+        "-sha256",
+    );
+    let out = fails_saying(&env, &["pki", "check"], 2);
+    assert!(
+        out.contains("ERROR  admin.pem: holds a 1024-bit RSA key; RSA keys need at least 2048 bits; for a new key pair remove admin-key.pem and admin.pem, then run `imgbuild pki init --renew`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ERROR  admin-key.pem: is not a usable RSA (2048 bits or more)"),
+        "{out}"
+    );
+    std::fs::remove_file(pki.join("admin.pem")).unwrap();
+    std::fs::remove_file(pki.join("admin-key.pem")).unwrap();
+    env.ok(&["pki", "init", "--renew"]);
+    env.ok(&["pki", "check"]);
+}
+
+/// A private key, a kubeconfig or the encryption config that others may read
+/// is an error for `pki check` and the build, naming the file and the chmod.
+#[test]
+fn readable_secrets_are_errors_naming_chmod() {
+    use std::os::unix::fs::PermissionsExt;
+    for (file, mode) in [
+        ("kubernetes-key.pem", 0o644),
+        ("admin.kubeconfig", 0o640),
+        ("encryption-config.yaml", 0o604),
+        ("ca-key.pem", 0o620),
+    ] {
+        let env = workspace(INVENTORY);
+        env.ok(&["pki", "init"]);
+        let path = env.pki_dir().join(file);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let want = format!(
+            "{file}: mode {mode:03o} lets other users read or change it (it holds secret keys): chmod 600 {}",
+            path.display()
+        );
+        let out = fails_saying(&env, &["pki", "check"], 2);
+        assert!(out.contains(&format!("ERROR  {want}")), "{out}");
+        let out = fails_saying(&env, &["controller", "--node", "1"], 2);
+        assert!(out.contains(&want), "{out}");
+        assert!(!env.path("out").exists());
+        tool_ok("chmod", &["600", &path.display().to_string()], env.dir());
+        env.ok(&["pki", "check"]);
+    }
+}
+
+/// The encryption config's cipher: aescbc for v1.10.2 (as the seed), secretbox
+/// from v1.13; `pki check` says which one encrypts; an aescbc config on a
+/// current version warns, and `--encryption secretbox` switches in steps that
+/// never lose a key; plain `pki init` never touches it.
+#[test]
+fn encryption_cipher_defaults_and_switch_in_steps() {
+    let enc = |env: &Workspace| {
+        std::fs::read_to_string(env.pki_dir().join("encryption-config.yaml")).unwrap()
+    };
+    let seed = workspace(INVENTORY);
+    seed.ok(&["pki", "init"]);
+    assert!(enc(&seed).contains("      - aescbc:\n"));
+    let out = seed.ok(&["pki", "check"]);
+    assert!(
+        out.contains("ok     encryption-config.yaml: aescbc (key1) encrypts Secrets"),
+        "{out}"
+    );
+    assert!(out.contains("(0 warning(s))"), "{out}");
+
+    let env = workspace(&INVENTORY.replace("v1.10.2", "v1.34.7"));
+    env.ok(&["pki", "init", "--encryption", "aescbc"]);
+    let aescbc = enc(&env);
+    let out = env.ok(&["pki", "check"]);
+    assert!(
+        out.contains("WARN   encryption-config.yaml: aescbc (key1) encrypts Secrets; upstream no longer recommends aescbc (CBC is open to padding-oracle attacks): switch to secretbox with imgbuild pki init --encryption secretbox"),
+        "{out}"
+    );
+    // Plain init and --renew leave it alone.
+    env.ok(&["pki", "init"]);
+    env.ok(&["pki", "init", "--renew"]);
+    assert_eq!(enc(&env), aescbc);
+    // --drop-old-keys before the new cipher encrypts: refused, nothing changed.
+    let said = fails_saying(
+        &env,
+        &[
+            "pki",
+            "init",
+            "--encryption",
+            "secretbox",
+            "--drop-old-keys",
+        ],
+        2,
+    );
+    assert!(said.contains("secretbox does not encrypt yet"), "{said}");
+    assert_eq!(enc(&env), aescbc);
+
+    // Step 1: a secretbox key that reads, second; aescbc still writes.
+    let out = env.run(&["pki", "init", "--encryption", "secretbox"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Step 1 of 3"), "{}", text(&out));
+    let step1 = enc(&env);
+    assert!(
+        step1.starts_with(aescbc.trim_end_matches("      - identity: {}\n")),
+        "the aescbc key moved:\n{step1}"
+    );
+    let check = env.ok(&["pki", "check"]);
+    assert!(
+        check.contains("also reads with secretbox (key2), identity"),
+        "{check}"
+    );
+    // Step 2: secretbox first; the aescbc key still reads.
+    let out = env.run(&["pki", "init", "--encryption", "secretbox"]);
+    assert!(text(&out).contains("Step 2 of 3"), "{}", text(&out));
+    assert!(
+        text(&out).contains("kubectl get secrets --all-namespaces -o json | kubectl replace -f -")
+    );
+    let check = env.ok(&["pki", "check"]);
+    assert!(
+        check.contains("ok     encryption-config.yaml: secretbox (key2) encrypts Secrets"),
+        "{check}"
+    );
+    assert!(
+        check.contains("also reads with aescbc (key1), identity"),
+        "{check}"
+    );
+    assert!(check.contains("(0 warning(s))"), "{check}");
+    let aescbc_secret = aescbc.lines().find(|l| l.contains("secret:")).unwrap();
+    assert!(enc(&env).contains(aescbc_secret), "the aescbc key was lost");
+    // Again: nothing to do.
+    let step2 = enc(&env);
+    env.ok(&["pki", "init", "--encryption", "secretbox"]);
+    assert_eq!(enc(&env), step2);
+    // Step 3: only secretbox.
+    env.ok(&[
+        "pki",
+        "init",
+        "--encryption",
+        "secretbox",
+        "--drop-old-keys",
+    ]);
+    assert!(!enc(&env).contains("aescbc") && !enc(&env).contains("identity"));
+    let check = env.ok(&["pki", "check"]);
+    assert!(!check.contains("also reads"), "{check}");
+    // clap: --drop-old-keys alone names what it needs.
+    let said = fails_saying(&env, &["pki", "init", "--drop-old-keys"], 2);
+    assert!(said.contains("--encryption"), "{said}");
 }
