@@ -674,7 +674,7 @@ fn openssl_reads_each_certificate_for_what_it_is_used() {
     let env = workspace(INVENTORY);
     env.ok(&["pki", "init"]);
     let pki = env.pki_dir();
-    let critical = |v: &str| (format!("X509v3 {v}: critical"));
+    let critical = |v: &str| format!("X509v3 {v}: critical");
 
     let ca = cert_text(&pki, "ca.pem");
     let bc = extension(&ca, "X509v3 Basic Constraints").unwrap();

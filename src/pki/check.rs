@@ -8,7 +8,6 @@ use rcgen::KeyPair;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use super::encryption::{Cipher, Provider};
 use super::files::{self, ReadError};
 use super::keys::{
     cert_der, chains_to, first_attr, key_kind, missing_sans, parse_private_key, subject_cn,
@@ -18,7 +17,7 @@ use super::profile::{self, Expect, Remedy};
 use super::report::{CheckReport, Fix, Severity, shown};
 use super::{
     CA_CERT, CA_KEY, ENCRYPTION_CONFIG, LEAVES, LOCAL_SERVER, Leaf, Role, San, WARN_DAYS,
-    apiserver_sans, encryption, kubeconfig, legacy_encryption_config,
+    apiserver_sans, encryption, kubeconfig,
 };
 use crate::input::inventory::Inventory;
 
@@ -563,75 +562,9 @@ fn check_kubeconfig(
 }
 
 fn check_encryption(r: &mut CheckReport, dir: &Path, version: &str) {
-    const E: &str = ENCRYPTION_CONFIG;
-    let Some(text) = read_text(r, dir, E, Fix::Init, Fix::Manual) else {
+    let Some(text) = read_text(r, dir, ENCRYPTION_CONFIG, Fix::Init, Fix::Manual) else {
         return;
     };
-    check_mode(r, dir, E, Severity::Error, "chmod 600");
-    let p = match encryption::parse(&text) {
-        Ok(p) => p,
-        Err(e) => {
-            let msg = format!(
-                "{e}; it is never overwritten (its keys decrypt the Secrets in etcd): restore it \
-                 from a backup, or, for a cluster with no Secrets to keep, remove it and run \
-                 `imgbuild pki init` for a new key"
-            );
-            r.push(E, Severity::Error, msg, Some(Fix::Manual));
-            return;
-        }
-    };
-    let want_legacy = legacy_encryption_config(version);
-    let fmt_name = |legacy: bool| {
-        if legacy {
-            "EncryptionConfig v1"
-        } else {
-            "EncryptionConfiguration apiserver.config.k8s.io/v1"
-        }
-    };
-    if p.legacy == want_legacy {
-        let msg = format!("{}, as {version} reads", fmt_name(p.legacy));
-        r.push(E, Severity::Ok, msg, None);
-    } else {
-        let msg = format!(
-            "is {}, but {version} reads {} (--renew rewrites it, keeping the keys)",
-            fmt_name(p.legacy),
-            fmt_name(want_legacy)
-        );
-        r.push(E, Severity::Error, msg, Some(Fix::Renew));
-    }
-    let steps = "in steps that keep every old key for reading (docs/pki.md, \"Changing the encryption provider\")";
-    let writer = &p.providers[0];
-    match writer {
-        Provider::Identity => r.push(
-            E,
-            Severity::Error,
-            format!(
-                "lists identity first: Secrets are written to etcd unencrypted; make a cipher the \
-                 first provider: imgbuild pki init --encryption secretbox, {steps}"
-            ),
-            Some(Fix::Manual),
-        ),
-        Provider::Cipher(Cipher::Aescbc, _) if !want_legacy => r.push(
-            E,
-            Severity::Warning,
-            format!(
-                "{writer} encrypts Secrets; upstream no longer recommends aescbc (CBC is open to \
-                 padding-oracle attacks): switch to secretbox with \
-                 imgbuild pki init --encryption secretbox, {steps}"
-            ),
-            Some(Fix::Manual),
-        ),
-        Provider::Cipher(..) => r.push(E, Severity::Ok, format!("{writer} encrypts Secrets"), None),
-        Provider::Other(name) => r.push(
-            E,
-            Severity::Warning,
-            format!("{name} encrypts Secrets; imgbuild does not check {name} providers"),
-            None,
-        ),
-    }
-    if p.providers.len() > 1 {
-        let rest: Vec<String> = p.providers[1..].iter().map(|p| p.to_string()).collect();
-        let msg = format!("also reads with {}", rest.join(", "));
-        r.push(E, Severity::Ok, msg, None);
-    }
+    check_mode(r, dir, ENCRYPTION_CONFIG, Severity::Error, "chmod 600");
+    encryption::check(r, &text, version);
 }

@@ -24,7 +24,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use yaml_rust2::Yaml;
 
-use super::report::shown;
+use super::ENCRYPTION_CONFIG;
+use super::report::{CheckReport, Fix, Severity, shown};
 
 /// The ciphers imgbuild writes keys for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +306,79 @@ pub(crate) fn switch_to(
     let key = new_key(&name)?;
     providers.insert(1.min(providers.len()), Provider::Cipher(to, vec![key]));
     Ok(Step::Added(name))
+}
+
+/// `pki check`'s findings on the config's text: its format for `version`,
+/// which provider encrypts (an error for identity, a warning for aescbc on a
+/// version that reads secretbox's format) and which others still read.
+pub(crate) fn check(r: &mut CheckReport, text: &str, version: &str) {
+    const E: &str = ENCRYPTION_CONFIG;
+    let p = match parse(text) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = format!(
+                "{e}; it is never overwritten (its keys decrypt the Secrets in etcd): restore it \
+                 from a backup, or, for a cluster with no Secrets to keep, remove it and run \
+                 `imgbuild pki init` for a new key"
+            );
+            r.push(E, Severity::Error, msg, Some(Fix::Manual));
+            return;
+        }
+    };
+    let want_legacy = super::legacy_encryption_config(version);
+    let fmt_name = |legacy: bool| {
+        if legacy {
+            "EncryptionConfig v1"
+        } else {
+            "EncryptionConfiguration apiserver.config.k8s.io/v1"
+        }
+    };
+    if p.legacy == want_legacy {
+        let msg = format!("{}, as {version} reads", fmt_name(p.legacy));
+        r.push(E, Severity::Ok, msg, None);
+    } else {
+        let msg = format!(
+            "is {}, but {version} reads {} (--renew rewrites it, keeping the keys)",
+            fmt_name(p.legacy),
+            fmt_name(want_legacy)
+        );
+        r.push(E, Severity::Error, msg, Some(Fix::Renew));
+    }
+    let steps = "in steps that keep every old key for reading (docs/pki.md, \"Changing the encryption provider\")";
+    let writer = &p.providers[0];
+    match writer {
+        Provider::Identity => r.push(
+            E,
+            Severity::Error,
+            format!(
+                "lists identity first: Secrets are written to etcd unencrypted; make a cipher the \
+                 first provider: imgbuild pki init --encryption secretbox, {steps}"
+            ),
+            Some(Fix::Manual),
+        ),
+        Provider::Cipher(Cipher::Aescbc, _) if !want_legacy => r.push(
+            E,
+            Severity::Warning,
+            format!(
+                "{writer} encrypts Secrets; upstream no longer recommends aescbc (CBC is open to \
+                 padding-oracle attacks): switch to secretbox with \
+                 imgbuild pki init --encryption secretbox, {steps}"
+            ),
+            Some(Fix::Manual),
+        ),
+        Provider::Cipher(..) => r.push(E, Severity::Ok, format!("{writer} encrypts Secrets"), None),
+        Provider::Other(name) => r.push(
+            E,
+            Severity::Warning,
+            format!("{name} encrypts Secrets; imgbuild does not check {name} providers"),
+            None,
+        ),
+    }
+    if p.providers.len() > 1 {
+        let rest: Vec<String> = p.providers[1..].iter().map(|p| p.to_string()).collect();
+        let msg = format!("also reads with {}", rest.join(", "));
+        r.push(E, Severity::Ok, msg, None);
+    }
 }
 
 #[cfg(test)]
