@@ -276,7 +276,7 @@ fn aws_user_data_of_the_example_is_small_and_names_the_payload() {
 
 /// The boot script, run for real with dash and with busybox sh: the server is
 /// down at first and comes up 2 s later (the script waits for it); the
-/// download carries the header file's header; the binaries come from the
+/// download carries the header file's header as it is; the binaries come from the
 /// mirror, verified; the tree it installs equals `--format dir` exactly (the
 /// binaries included); the units are enabled and started in the layout's
 /// order; and running it again (the next boot) does nothing.
@@ -285,7 +285,9 @@ fn boot_script_waits_for_the_server_and_installs_the_folder_output() {
     let ws = Workspace::new("v1.36.0");
     let (want, _) = folder_output(&ws, 1);
     let units = units_started_by_runcmd(&ws);
-    fs::write(ws.path("headers.txt"), "Authorization: Bearer t0ken\n").unwrap();
+    // Quotes and dollars reach the server as they are: nothing is spliced into shell text.
+    let header = "Authorization: Bearer t0k'en$HOME\"`x`";
+    fs::write(ws.path("headers.txt"), format!("{header}\n")).unwrap();
     for shell in [Shell::Dash, Shell::Busybox] {
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
@@ -346,10 +348,7 @@ fn boot_script_waits_for_the_server_and_installs_the_folder_output() {
         let payload_requests = mirror.requests("nodes/controller-1.tar.gz");
         assert_eq!(payload_requests.len(), 1);
         assert!(
-            payload_requests[0]
-                .headers
-                .iter()
-                .any(|h| h == "Authorization: Bearer t0ken"),
+            payload_requests[0].headers.iter().any(|h| h == header),
             "{shell:?}: {:?}",
             payload_requests[0].headers
         );
