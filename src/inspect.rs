@@ -5,6 +5,12 @@
 //! user-data is read by the parser beside its emitter (`output::cloud_init::yaml`),
 //! which knows the YAML subset imgbuild writes; a user-data edited by hand may
 //! be refused.
+//!
+//! A `--payload-url` build is checked as a chain: the payload
+//! (`controller-N-payload.tar.gz`) holds the node's own entries; the small
+//! user-data names the payload's sha256, which must be the one the manifest
+//! lists for the payload (and, when the payload lies beside the cloud-init
+//! folder, the payload's own).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -16,8 +22,9 @@ use flate2::read::MultiGzDecoder;
 use crate::codec::{cpio, vfat};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::output::cloud_init::{SEED_MOUNT, yaml};
+use crate::output::format;
 use crate::output::manifest::{Listed, Manifest, ManifestEntry};
-use crate::util::digest::HashingWriter;
+use crate::util::digest::{HashingWriter, sha256_file};
 
 /// What kind of output was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +43,22 @@ pub struct Inspected {
     pub carries_binaries: bool,
     /// Facts worth showing (format of each file, seed label, binaries mode).
     pub notes: Vec<String>,
+    /// A payload, or a user-data that fetches one (`--payload-url`).
+    pub payload: Option<PayloadLink>,
+}
+
+/// What `--verify` checks of a payload build beyond the entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadLink {
+    /// Who names the digest: the user-data, or the payload file itself.
+    pub what: String,
+    /// The sha256 the user-data requires, or the payload file's own.
+    pub sha256: String,
+    /// Where the user-data fetches the payload from (none for a payload file).
+    pub url: Option<String>,
+    /// The payload file whose entries are in `entries`, and its sha256; none
+    /// when it was not found (the node's own entries are then not listed).
+    pub read: Option<(PathBuf, String)>,
 }
 
 fn read_err(path: &Path) -> impl Fn(io::Error) -> Error + '_ {
@@ -65,6 +88,19 @@ pub fn inspect(paths: &[PathBuf]) -> Result<Inspected> {
     }
     if paths.len() == 1 && kinds[0] == Sniffed::Vfat {
         return inspect_seed(first);
+    }
+    let name = first.file_name().unwrap_or_default().to_string_lossy();
+    if paths.len() == 1 && kinds[0] == Sniffed::GzTar && format::is_payload(&name) {
+        let mut out = inspect_tar(first)?;
+        let (sha256, _) = sha256_file(first)?;
+        out.carries_binaries = false;
+        out.payload = Some(PayloadLink {
+            what: first.display().to_string(),
+            sha256: sha256.clone(),
+            url: None,
+            read: Some((first.clone(), sha256)),
+        });
+        return Ok(out);
     }
     if kinds.iter().all(|k| *k == Sniffed::GzTar) {
         // One archive, or the halves of a split one (the shared half has no
@@ -121,6 +157,7 @@ pub fn inspect(paths: &[PathBuf]) -> Result<Inspected> {
         entries,
         carries_binaries: true,
         notes,
+        payload: None,
     })
 }
 
@@ -252,6 +289,7 @@ fn inspect_tar(path: &Path) -> Result<Inspected> {
         entries,
         carries_binaries: true,
         notes: vec![format!("{}: tar.gz", path.display())],
+        payload: None,
     })
 }
 
@@ -275,6 +313,12 @@ fn read_user_data(bytes: Vec<u8>, what: &str) -> Result<Inspected> {
             "{what}: cloud-config, binaries {}",
             parsed.binaries
         )],
+        payload: parsed.payload.map(|f| PayloadLink {
+            what: what.to_string(),
+            sha256: f.sha256,
+            url: Some(f.url),
+            read: None,
+        }),
     })
 }
 
@@ -285,6 +329,7 @@ fn inspect_cloud_init_dir(dir: &Path) -> Result<Inspected> {
             .context(format!("{} is not a cloud-init folder", dir.display()))
     })?;
     let mut out = read_user_data(bytes, &ud.display().to_string())?;
+    read_payload_beside(dir, &mut out)?;
     let seed = dir.join("seed.img");
     if seed.exists() {
         // Sizes of seed-carried binaries come from the seed volume.
@@ -294,6 +339,37 @@ fn inspect_cloud_init_dir(dir: &Path) -> Result<Inspected> {
         fill_seed_sizes(&mut out, &files);
     }
     Ok(out)
+}
+
+/// A payload user-data's folder: the node's entries come from the payload
+/// beside the folder (`controller-N-payload.tar.gz`), when it is there.
+fn read_payload_beside(dir: &Path, out: &mut Inspected) -> Result<()> {
+    let Some(link) = &mut out.payload else {
+        return Ok(());
+    };
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let Some(node) = format::node_of(&name) else {
+        return Ok(());
+    };
+    let path = dir
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format::payload_name(node));
+    if !path.exists() {
+        out.notes.push(format!(
+            "{} not found: the node's own entries are not listed",
+            path.display()
+        ));
+        return Ok(());
+    }
+    let (sha256, _) = sha256_file(&path)?;
+    link.read = Some((path.clone(), sha256));
+    let payload = inspect_tar(&path)?;
+    out.entries.extend(payload.entries);
+    out.entries
+        .sort_by(|a, b| crate::plan::path_order(&a.path, &b.path));
+    out.notes.extend(payload.notes);
+    Ok(())
 }
 
 fn inspect_seed(image: &Path) -> Result<Inspected> {
@@ -331,6 +407,34 @@ fn fill_seed_sizes(out: &mut Inspected, files: &[vfat::VfatEntry]) {
 // ---------------------------------------------------------------------------
 // --verify
 
+/// The payload's digest: the manifest's payload output, the user-data and the
+/// payload file read must all name the same.
+fn verify_payload_link(link: &PayloadLink, manifest: &Manifest) -> Vec<String> {
+    let mut problems = Vec::new();
+    let name = format::payload_name(manifest.meta.node_index);
+    match manifest.outputs.iter().find(|o| o.file.name == name) {
+        Some(o) if o.file.sha256 != link.sha256 => problems.push(format!(
+            "{}: the payload's sha256 is {}, the manifest's {name} has {}",
+            link.what, link.sha256, o.file.sha256
+        )),
+        Some(_) => {}
+        None => problems.push(format!(
+            "{}: the manifest lists no {name} (imgbuild cloud-init --payload-url writes it)",
+            link.what
+        )),
+    }
+    if let Some((path, sha256)) = &link.read
+        && *sha256 != link.sha256
+    {
+        problems.push(format!(
+            "{}: sha256 is {sha256}, the user-data requires {}",
+            path.display(),
+            link.sha256
+        ));
+    }
+    problems
+}
+
 /// The manifest beside an output: `controller-<N>.manifest.json` for
 /// `controller-<N>.tar.gz`, `controller-<N>-node.cpio.gz`, `controller-<N>-cloud-init/`, ...
 pub fn default_manifest(paths: &[PathBuf]) -> Option<PathBuf> {
@@ -362,12 +466,20 @@ pub fn verify(found: &Inspected, manifest: &Manifest) -> Vec<String> {
             }
         }
     }
+    if let Some(link) = &found.payload {
+        problems.extend(verify_payload_link(link, manifest));
+    }
     let expected: Vec<&ManifestEntry> = manifest
         .entries
         .iter()
-        .filter(|m| {
+        .filter(|m| match (&found.payload, m.shared) {
+            // A payload, and the binaries the user-data installs (mirror, seed).
+            (Some(_), true) => found.carries_binaries,
+            // The node's own entries, when the payload was read.
+            (Some(link), false) => link.read.is_some(),
             // cloud-init with baked binaries carries only the node's part.
-            found.artifact != Artifact::CloudInit || found.carries_binaries || !m.shared
+            (None, true) => found.artifact != Artifact::CloudInit || found.carries_binaries,
+            (None, false) => true,
         })
         .collect();
     for m in &expected {
@@ -501,6 +613,7 @@ mod tests {
             let opts = Options {
                 binaries: binaries.clone(),
                 provider: Provider::Nocloud,
+                payload: None,
             };
             let r = cloud_init::render(&plan, &opts).unwrap();
             let dest = dir
@@ -528,6 +641,7 @@ mod tests {
         let opts = Options {
             binaries: Binaries::Seed,
             provider: Provider::Nocloud,
+            payload: None,
         };
         let r = cloud_init::render(&bad, &opts).unwrap();
         let dest = dir.path().join("bad");

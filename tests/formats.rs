@@ -265,15 +265,6 @@ fn inode(p: &Path) -> u64 {
     std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap())
 }
 
-fn add_network(ws: &Workspace) {
-    let inv = fs::read_to_string(ws.path("cluster.toml")).unwrap();
-    let inv = inv.replace(
-        "internal_ip = \"10.240.0.11\"\n",
-        "internal_ip = \"10.240.0.11\"\ninterface = \"ens3\"\nprefix = 24\ngateway = \"10.240.0.1\"\ndns = [\"10.240.0.2\", \"10.240.0.3\"]\n",
-    );
-    fs::write(ws.path("cluster.toml"), inv).unwrap();
-}
-
 /// cloud-init's own code reads the user-data (gzipped or not) and its write_files
 /// module writes the files under a temporary root: path → [mode, owner, sha256, size].
 fn decode_write_files(user_data: &Path) -> BTreeMap<String, serde_json::Value> {
@@ -287,27 +278,10 @@ fn decode_write_files(user_data: &Path) -> BTreeMap<String, serde_json::Value> {
     serde_json::from_value(doc["files"].clone()).unwrap()
 }
 
-fn schema_ok(user_data: &Path) {
-    let out = Command::new("cloud-init")
-        .args(["schema", "--config-file"])
-        .arg(user_data)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("Valid cloud-config"),
-        "{text}"
-    );
-}
-
 #[test]
 fn cloud_init_folder_for_every_binaries_mode() {
     let ws = Workspace::new("v1.10.2");
-    add_network(&ws);
+    support::add_static_network(&ws);
     for mode in ["baked", "mirror=http://127.0.0.1:9/k8s", "seed"] {
         ws.ok(&["cloud-init", "--node", "1", "--binaries", mode]);
         let dir = ws.path("out/controller-1-cloud-init");
@@ -326,7 +300,7 @@ fn cloud_init_folder_for_every_binaries_mode() {
             assert_eq!(mode_of(&dir.join(n)), 0o600, "{mode}: {n}");
         }
         let ud = dir.join("user-data");
-        schema_ok(&ud);
+        support::cloud_init_schema_ok(&ud);
         let m = manifest(&ws, 1);
         let files = decode_write_files(&ud);
         let want: Vec<&serde_json::Value> = m["entries"]
@@ -449,7 +423,7 @@ fn provider_budgets_gzip_or_fail_with_sizes() {
             .unwrap();
         let plain = ws.path("user-data.plain");
         fs::write(&plain, text).unwrap();
-        schema_ok(&plain);
+        support::cloud_init_schema_ok(&plain);
     }
     ws.ok(&["inspect", "--verify", "out/controller-1-cloud-init"]);
 

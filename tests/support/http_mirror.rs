@@ -36,6 +36,8 @@ pub enum Fault {
 pub struct Request {
     pub path: String,
     pub range: Option<String>,
+    /// Every header line as received, without the line end.
+    pub headers: Vec<String>,
 }
 
 #[derive(Default)]
@@ -54,9 +56,15 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn start() -> Mirror {
+        Mirror::start_at("127.0.0.1:0")
+    }
+
+    /// A mirror on `addr`, e.g. a port the test reserved earlier and left
+    /// closed until now (a server that is down at first).
+    pub fn start_at(addr: &str) -> Mirror {
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
-        let addr = listen(move |conn| {
+        let addr = listen(addr, move |conn| {
             let _ = serve(conn, &st);
         });
         Mirror { addr, state }
@@ -97,8 +105,8 @@ impl Mirror {
 
 /// Accept connections on a fresh port of 127.0.0.1, each handled on a thread
 /// of its own, for as long as the test runs.
-fn listen(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+fn listen(addr: &str, handle: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let listener = TcpListener::bind(addr).unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = Arc::new(handle);
     thread::spawn(move || {
@@ -117,11 +125,13 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     reader.read_line(&mut line)?;
     let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let mut range = None;
+    let mut headers = Vec::new();
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
             break;
         }
+        headers.push(h.trim_end().to_string());
         if let Some((k, v)) = h.split_once(':')
             && k.trim().eq_ignore_ascii_case("range")
         {
@@ -134,6 +144,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         st.log.push(Request {
             path: path.clone(),
             range: range.clone(),
+            headers,
         });
         let fault = st
             .queued
@@ -270,7 +281,7 @@ impl FakeProxy {
     pub fn start() -> FakeProxy {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        let addr = listen(move |conn| {
+        let addr = listen("127.0.0.1:0", move |conn| {
             let mut reader = BufReader::new(conn.try_clone().unwrap());
             let mut line = String::new();
             let _ = reader.read_line(&mut line);
@@ -311,7 +322,7 @@ impl TlsFront {
                 .with_single_cert(vec![leaf.der().clone()], key)
                 .unwrap(),
         );
-        let addr = listen(move |tcp| {
+        let addr = listen("127.0.0.1:0", move |tcp| {
             let _ = forward(&config, tcp, backend);
         });
         TlsFront {

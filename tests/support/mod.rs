@@ -97,6 +97,31 @@ pub fn wrapped(prefix: &[&str], cmd: &Command) -> Command {
     c
 }
 
+/// Give controller-1 of the workspace's example inventory a static network
+/// (ens3, 10.240.0.11/24 via 10.240.0.1, two DNS servers).
+pub fn add_static_network(ws: &Workspace) {
+    let inv = fs::read_to_string(ws.path("cluster.toml")).unwrap();
+    let inv = inv.replace(
+        "internal_ip = \"10.240.0.11\"\n",
+        "internal_ip = \"10.240.0.11\"\ninterface = \"ens3\"\nprefix = 24\ngateway = \"10.240.0.1\"\ndns = [\"10.240.0.2\", \"10.240.0.3\"]\n",
+    );
+    fs::write(ws.path("cluster.toml"), inv).unwrap();
+}
+
+/// `cloud-init schema` accepts the (plain YAML) user-data.
+pub fn cloud_init_schema_ok(user_data: &Path) {
+    let out = Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(user_data)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(
+        out.status.success() && said.contains("Valid cloud-config"),
+        "{said}"
+    );
+}
+
 pub fn sha256_file(p: &Path) -> String {
     sha256_bytes(&fs::read(p).unwrap())
 }

@@ -8,8 +8,11 @@
 //! `inspect`), the seed volume in `seed`.
 //!
 //! Binaries (hundreds of MB) cannot ride in user-data; `Binaries` decides how
-//! they reach the node.
+//! they reach the node. With `--payload-url` (`payload`) the node's own files
+//! do not either: they go in `controller-N-payload.tar.gz`, and the user-data
+//! is a small boot script that fetches and verifies it.
 
+pub mod payload;
 pub mod seed;
 pub mod yaml;
 
@@ -138,6 +141,15 @@ impl std::str::FromStr for Provider {
 pub struct Options {
     pub binaries: Binaries,
     pub provider: Provider,
+    /// `--payload-url`: the node's files in a payload the user-data fetches.
+    pub payload: Option<payload::Payload>,
+}
+
+/// A node's payload: its bytes and where the user-data fetches it from.
+#[derive(Debug, Clone)]
+pub struct PayloadFile {
+    pub bytes: Vec<u8>,
+    pub fetch: payload::Fetch,
 }
 
 /// The rendered files of one node.
@@ -153,12 +165,28 @@ pub struct CloudInit {
     pub instance_id: String,
     /// Binaries to put on the seed volume (`seed` mode): file name and entry.
     pub seed_files: Vec<(String, Entry)>,
+    /// With `--payload-url`: the payload the user-data fetches.
+    pub payload: Option<PayloadFile>,
 }
 
 /// Render user-data, meta-data and network-config for `plan`.
 pub fn render(plan: &Plan, opts: &Options) -> Result<CloudInit> {
     let meta = &plan.meta;
-    let (y, seed_files) = yaml::user_data(plan, opts)?;
+    let (y, seed_files, payload) = match &opts.payload {
+        None => {
+            let (y, seed_files) = yaml::user_data(plan, opts)?;
+            (y, seed_files, None)
+        }
+        Some(p) => {
+            let bytes = payload::payload_bytes(plan)?;
+            let fetch = payload::Fetch {
+                url: p.url_for(meta.node_index, &meta.node_name),
+                sha256: sha256_hex(&bytes),
+            };
+            let (y, seed_files) = payload::user_data(plan, opts, &p.headers, &fetch)?;
+            (y, seed_files, Some(PayloadFile { bytes, fetch }))
+        }
+    };
     let network_config = meta.network.as_ref().map(yaml::network_config);
     let instance_id = format!(
         "iid-imgbuild-{}",
@@ -172,7 +200,10 @@ pub fn render(plan: &Plan, opts: &Options) -> Result<CloudInit> {
         )[..20]
     );
     let meta_data = yaml::meta_data(&instance_id, &meta.node_name);
-    let (user_data, gzipped) = fit_budget(&y, opts.provider, meta)?;
+    let (user_data, gzipped) = match &opts.payload {
+        None => fit_budget(&y, opts.provider, meta)?,
+        Some(p) => (fit_raw(&y, opts.provider, meta, p)?, false),
+    };
     Ok(CloudInit {
         user_data_text: y,
         user_data,
@@ -181,7 +212,30 @@ pub fn render(plan: &Plan, opts: &Options) -> Result<CloudInit> {
         network_config,
         instance_id,
         seed_files,
+        payload,
     })
+}
+
+/// A payload user-data as it is (it is small, and stays readable), or an
+/// error with both sizes.
+fn fit_raw(text: &str, provider: Provider, meta: &Meta, p: &payload::Payload) -> Result<Vec<u8>> {
+    match provider.limit() {
+        Some(limit) if text.len() > limit => {
+            let headers: usize = p.headers.iter().map(|h| h.len() + 1).sum();
+            let of_which = match headers {
+                0 => String::new(),
+                n => format!(" (of which {n} bytes of headers from --payload-header-file)"),
+            };
+            Err(Error::input(format!(
+                "user-data for node {} ({}) is {} bytes{of_which}; the {} limit is {limit} bytes",
+                meta.node_index,
+                meta.node_name,
+                text.len(),
+                provider.name()
+            )))
+        }
+        _ => Ok(text.as_bytes().to_vec()),
+    }
 }
 
 /// Raw when it fits the provider's limit, else gzipped; else an error with both sizes.
@@ -271,15 +325,30 @@ pub fn write_node(
     progress: &dyn Progress,
 ) -> Result<Written> {
     let m = &plan.meta;
+    let mode = match opts.payload {
+        Some(_) => format!("binaries {}, payload", opts.binaries.name()),
+        None => format!("binaries {}", opts.binaries.name()),
+    };
     progress.event(Event::Step {
         what: &format!(
-            "writing cloud-init for node {} ({}), binaries {}",
-            m.node_index,
-            m.node_name,
-            opts.binaries.name()
+            "writing cloud-init for node {} ({}), {mode}",
+            m.node_index, m.node_name
         ),
     });
     let rendered = render(plan, opts)?;
+    let mut outputs = Vec::new();
+    if let Some(p) = &rendered.payload {
+        // The payload first: a user-data never names a digest no file has.
+        let name = format::payload_name(m.node_index);
+        let path = out_dir.join(&name);
+        crate::util::atomic::write(&path, &p.bytes, 0o600)?;
+        progress.event(Event::Wrote { path: &path });
+        outputs.push(OutputFile {
+            name,
+            sha256: p.fetch.sha256.clone(),
+            size: p.bytes.len() as u64,
+        });
+    }
     if rendered.gzipped {
         progress.event(Event::Notice {
             message: &format!(
@@ -296,7 +365,6 @@ pub fn write_node(
     let dest = out_dir.join(&folder);
     write_folder(plan, &rendered, &dest)?;
     progress.event(Event::Wrote { path: &dest });
-    let mut outputs = Vec::new();
     for f in ["user-data", "meta-data", "network-config", "seed.img"] {
         let p = dest.join(f);
         if p.exists() {
@@ -309,7 +377,7 @@ pub fn write_node(
         }
     }
     let manifest = out_dir.join(format::manifest_name(m.node_index));
-    let label = format!("cloud-init (binaries {})", opts.binaries.name());
+    let label = format!("cloud-init ({mode})");
     manifest::write(&manifest, plan, &label, outputs.clone())?;
     progress.event(Event::Wrote { path: &manifest });
     Ok(Written {
@@ -332,6 +400,7 @@ mod tests {
         Options {
             binaries,
             provider: Provider::Nocloud,
+            payload: None,
         }
     }
 
@@ -455,13 +524,17 @@ mod tests {
     /// writes the files under a temporary root (tests/tools/cloud_init_write_files.py);
     /// returns {"files": {path: [mode, owner, sha256, size]}, "runcmd", "bootcmd"}.
     fn decode_with_cloud_init(user_data: &Path) -> serde_json::Value {
-        let root = tempfile::tempdir().unwrap();
+        write_files_with_cloud_init(user_data, tempfile::tempdir().unwrap().path())
+    }
+
+    /// [`decode_with_cloud_init`], the files written under `root`.
+    pub(super) fn write_files_with_cloud_init(user_data: &Path, root: &Path) -> serde_json::Value {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/cloud_init_write_files.py");
         let out = std::process::Command::new("/usr/bin/python3")
             .arg(script)
             .arg(user_data)
-            .arg(root.path())
+            .arg(root)
             .output()
             .expect(
                 "Debian's python3 with cloud-init must be installed (apt-get install cloud-init)",
@@ -474,7 +547,7 @@ mod tests {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    fn cloud_init_schema(user_data: &Path) {
+    pub(super) fn cloud_init_schema(user_data: &Path) {
         // `cloud-init schema` reads plain YAML: check the uncompressed text.
         let out = std::process::Command::new("cloud-init")
             .args(["schema", "--config-file"])

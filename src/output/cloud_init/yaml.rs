@@ -31,6 +31,9 @@ pub struct UserData {
     pub carries_binaries: bool,
     /// The binaries mode named in its header comment (`baked` when none is).
     pub binaries: String,
+    /// A `--payload-url` user-data: where its boot step fetches the node's
+    /// files and the sha256 they must have.
+    pub payload: Option<super::payload::Fetch>,
 }
 
 /// A YAML double-quoted scalar (JSON string syntax is a subset of it).
@@ -74,11 +77,11 @@ fn literal_block(bytes: &[u8], indent: &str) -> Option<String> {
     Some(out)
 }
 
-fn owner_spec(e: &Entry) -> String {
+pub(super) fn owner_spec(e: &Entry) -> String {
     format!("{}:{}", e.uid, e.gid)
 }
 
-fn mode_str(mode: u32) -> String {
+pub(super) fn mode_str(mode: u32) -> String {
     format!("{mode:04o}")
 }
 
@@ -106,25 +109,130 @@ fi"#;
 
 const FETCH_SEED: &str = r#"cp "$src" "$tmp" || { rm -f "$tmp"; echo "imgbuild: cannot copy $src from the seed volume" >&2; exit 1; }"#;
 
-/// The `#cloud-config` text for `plan`, and the binaries the seed volume
-/// must carry (`seed` mode: file name and entry).
-pub(super) fn user_data(plan: &Plan, opts: &Options) -> Result<(String, Vec<(String, Entry)>)> {
-    let binaries_on_node = opts.binaries != Binaries::Baked;
-    let wanted = |e: &Entry| !e.shared || binaries_on_node;
-    let meta = &plan.meta;
+/// The verify-then-install script of a binaries mode that installs (mirror or seed).
+pub(super) fn install_script(binaries: &Binaries) -> String {
+    match binaries {
+        Binaries::Mirror(_) => INSTALL_SCRIPT.replace("FETCH", FETCH_MIRROR),
+        _ => INSTALL_SCRIPT.replace("FETCH", FETCH_SEED),
+    }
+}
 
-    let mut y = String::new();
-    y.push_str("#cloud-config\n");
-    let _ = writeln!(
-        y,
-        "# imgbuild {} | recipe {} | cluster {} | node {} ({}) | binaries {}",
+/// Mount the seed volume read-only where `seed` mode copies the binaries from.
+pub(super) fn seed_mount() -> String {
+    format!("mkdir -p {SEED_MOUNT} && mount -o ro LABEL={SEED_LABEL} {SEED_MOUNT}")
+}
+
+/// What [`binary_sources`] returns: each binary with where it comes from, and
+/// the seed volume's files.
+pub(super) type Sources<'a> = (Vec<(String, &'a Entry)>, Vec<(String, Entry)>);
+
+/// Binaries the node installs at boot, each with where it comes from (a mirror
+/// URL, or its path on the seed volume), and the files the seed volume must
+/// carry (`seed` mode: file name and entry). None with `baked`.
+pub(super) fn binary_sources<'a>(plan: &'a Plan, binaries: &Binaries) -> Result<Sources<'a>> {
+    let meta = &plan.meta;
+    let mut sources = Vec::new();
+    let mut seed_files: Vec<(String, Entry)> = Vec::new();
+    if *binaries == Binaries::Baked {
+        return Ok((sources, seed_files));
+    }
+    for b in plan
+        .shared()
+        .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+    {
+        let name = b.path.rsplit('/').next().unwrap_or(&b.path);
+        let src = match binaries {
+            Binaries::Mirror(url) => {
+                format!(
+                    "{url}/{}/bin/linux/{}/{name}",
+                    meta.kubernetes_version, meta.arch
+                )
+            }
+            _ => {
+                if let Some((_, other)) = seed_files.iter().find(|(n, _)| n == name) {
+                    return Err(Error::input(format!(
+                        "/{} and /{} have the same file name; --binaries seed keeps binaries in the root of the seed volume",
+                        other.path, b.path
+                    )));
+                }
+                seed_files.push((name.to_string(), b.clone()));
+                format!("{SEED_MOUNT}/{name}")
+            }
+        };
+        sources.push((src, b));
+    }
+    Ok((sources, seed_files))
+}
+
+/// The units the node enables and starts, in the layout's start order: those
+/// enabled by a symlink the user-data (or payload) creates.
+pub(super) fn units_to_start(plan: &Plan, binaries_on_node: bool) -> Vec<String> {
+    let mut units: Vec<String> = plan
+        .entries
+        .iter()
+        .filter(|e| !e.shared || binaries_on_node)
+        .filter(|e| matches!(e.kind, EntryKind::Symlink { .. }))
+        .filter_map(|e| enabled_unit(&e.path).map(str::to_string))
+        .collect();
+    units.sort_by_key(|u| {
+        plan.meta
+            .unit_order
+            .iter()
+            .position(|o| o == u)
+            .unwrap_or(usize::MAX)
+    });
+    units.dedup();
+    units
+}
+
+/// One `write_files` item owned by root (numeric owners are set in runcmd):
+/// text as a literal block when that round-trips exactly, else base64.
+pub(super) fn write_files_item(y: &mut String, path: &str, mode: u32, bytes: &[u8], secret: bool) {
+    let _ = writeln!(y, "- path: {}", q(path));
+    // write_files resolves owners by name; numeric owners are set in runcmd.
+    let _ = writeln!(y, "  owner: {}", q("root:root"));
+    let _ = writeln!(y, "  permissions: {}", q(&mode_str(mode)));
+    let block = if secret {
+        None
+    } else {
+        literal_block(bytes, "    ")
+    };
+    match block {
+        _ if bytes.is_empty() => {
+            let _ = writeln!(y, "  content: \"\"");
+        }
+        Some(b) => {
+            let _ = write!(y, "  content: {b}");
+        }
+        None => {
+            let _ = writeln!(y, "  encoding: \"b64\"");
+            let b64 = BASE64.encode(bytes);
+            let _ = writeln!(y, "  content: {}", q(&b64));
+        }
+    }
+}
+
+/// The header comment: what the user-data was made from.
+pub(super) fn header(plan: &Plan, binaries: &Binaries, more: &str) -> String {
+    let meta = &plan.meta;
+    format!(
+        "#cloud-config\n# imgbuild {} | recipe {} | cluster {} | node {} ({}) | binaries {}{more}\n",
         meta.imgbuild_version,
         meta.recipe,
         meta.cluster,
         meta.node_index,
         meta.node_name,
-        opts.binaries.name()
-    );
+        binaries.name()
+    )
+}
+
+/// The `#cloud-config` text for `plan`, and the binaries the seed volume
+/// must carry (`seed` mode: file name and entry).
+pub(super) fn user_data(plan: &Plan, opts: &Options) -> Result<(String, Vec<(String, Entry)>)> {
+    let binaries_on_node = opts.binaries != Binaries::Baked;
+    let wanted = |e: &Entry| !e.shared || binaries_on_node;
+
+    let mut y = header(plan, &opts.binaries, "");
 
     // Folders first (bootcmd runs before write_files), with their modes and owners.
     let dirs: Vec<&Entry> = plan
@@ -157,73 +265,24 @@ pub(super) fn user_data(plan: &Plan, opts: &Options) -> Result<(String, Vec<(Str
     for f in &files {
         let bytes = read_all(f)?;
         let path = format!("/{}", f.path);
-        let _ = writeln!(y, "- path: {}", q(&path));
-        // write_files resolves owners by name; numeric owners are set in runcmd.
-        let _ = writeln!(y, "  owner: {}", q("root:root"));
+        write_files_item(&mut y, &path, f.mode, &bytes, f.secret);
         if f.uid != 0 || f.gid != 0 {
-            chowns.push((owner_spec(f), path.clone()));
-        }
-        let _ = writeln!(y, "  permissions: {}", q(&mode_str(f.mode)));
-        let block = if f.secret {
-            None
-        } else {
-            literal_block(&bytes, "    ")
-        };
-        match block {
-            _ if bytes.is_empty() => {
-                let _ = writeln!(y, "  content: \"\"");
-            }
-            Some(b) => {
-                let _ = write!(y, "  content: {b}");
-            }
-            None => {
-                let _ = writeln!(y, "  encoding: \"b64\"");
-                let b64 = BASE64.encode(&bytes);
-                let _ = writeln!(y, "  content: {}", q(&b64));
-            }
+            chowns.push((owner_spec(f), path));
         }
     }
 
     y.push_str("runcmd:\n");
     // runcmd is one /bin/sh script: stop at the first failure, before any unit starts.
     y.push_str("- \"set -e\"\n");
-    let mut seed_files: Vec<(String, Entry)> = Vec::new();
-    if binaries_on_node {
-        let bins: Vec<&Entry> = plan
-            .shared()
-            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-            .collect();
-        let script = match &opts.binaries {
-            Binaries::Mirror(_) => INSTALL_SCRIPT.replace("FETCH", FETCH_MIRROR),
-            _ => INSTALL_SCRIPT.replace("FETCH", FETCH_SEED),
-        };
-        if opts.binaries == Binaries::Seed && !bins.is_empty() {
-            let mount =
-                format!("mkdir -p {SEED_MOUNT} && mount -o ro LABEL={SEED_LABEL} {SEED_MOUNT}");
-            let _ = writeln!(y, "- {}", flow(&["sh", "-c", &mount]));
+    let (sources, seed_files) = binary_sources(plan, &opts.binaries)?;
+    if !sources.is_empty() {
+        let script = install_script(&opts.binaries);
+        if opts.binaries == Binaries::Seed {
+            let _ = writeln!(y, "- {}", flow(&["sh", "-c", &seed_mount()]));
         }
-        for b in &bins {
+        for (src, b) in &sources {
             let EntryKind::File { sha256, .. } = &b.kind else {
                 unreachable!()
-            };
-            let name = b.path.rsplit('/').next().unwrap_or(&b.path);
-            let src = match &opts.binaries {
-                Binaries::Mirror(url) => {
-                    format!(
-                        "{url}/{}/bin/linux/{}/{name}",
-                        meta.kubernetes_version, meta.arch
-                    )
-                }
-                _ => {
-                    if let Some((_, other)) = seed_files.iter().find(|(n, _)| n == name) {
-                        return Err(Error::input(format!(
-                            "/{} and /{} have the same file name; --binaries seed keeps binaries in the root of the seed volume",
-                            other.path, b.path
-                        )));
-                    }
-                    seed_files.push((name.to_string(), (*b).clone()));
-                    format!("{SEED_MOUNT}/{name}")
-                }
             };
             let dest = format!("/{}", b.path);
             let _ = writeln!(
@@ -234,7 +293,7 @@ pub(super) fn user_data(plan: &Plan, opts: &Options) -> Result<(String, Vec<(Str
                     "-c",
                     &script,
                     "imgbuild-install",
-                    &src,
+                    src,
                     sha256,
                     &dest,
                     &mode_str(b.mode),
@@ -242,32 +301,21 @@ pub(super) fn user_data(plan: &Plan, opts: &Options) -> Result<(String, Vec<(Str
                 ])
             );
         }
-        if opts.binaries == Binaries::Seed && !bins.is_empty() {
+        if opts.binaries == Binaries::Seed {
             let _ = writeln!(y, "- {}", flow(&["umount", SEED_MOUNT]));
         }
     }
     for (owner, path) in &chowns {
         let _ = writeln!(y, "- {}", flow(&["chown", owner, path]));
     }
-    let mut units: Vec<String> = Vec::new();
     for e in plan.entries.iter().filter(|e| wanted(e)) {
         if let EntryKind::Symlink { target } = &e.kind {
             let path = format!("/{}", e.path);
             let _ = writeln!(y, "- {}", flow(&["ln", "-sfnT", target, &path]));
-            if let Some(unit) = enabled_unit(&e.path) {
-                units.push(unit.to_string());
-            }
         }
     }
     y.push_str("- [\"systemctl\", \"daemon-reload\"]\n");
-    units.sort_by_key(|u| {
-        meta.unit_order
-            .iter()
-            .position(|o| o == u)
-            .unwrap_or(usize::MAX)
-    });
-    units.dedup();
-    for u in &units {
+    for u in &units_to_start(plan, binaries_on_node) {
         let _ = writeln!(y, "- {}", flow(&["systemctl", "enable", "--now", u]));
     }
     Ok((y, seed_files))
@@ -366,6 +414,7 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
     let mut files: Vec<BTreeMap<&str, String>> = Vec::new();
     let mut chowns: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     let mut carries = false;
+    let mut payload = None;
     let mut mode_name = String::from("baked");
     let mut i = 0;
     while i < lines.len() {
@@ -373,7 +422,7 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
         i += 1;
         if line.starts_with('#') || line.is_empty() {
             if let Some((_, m)) = line.split_once("| binaries ") {
-                mode_name = m.trim().to_string();
+                mode_name = m.split(" | ").next().unwrap_or(m).trim().to_string();
             }
             continue;
         }
@@ -525,6 +574,16 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
                 )));
             }
         };
+        if path == super::payload::SCRIPT_PATH {
+            // The boot script of --payload-url: not a file of the node's tree.
+            let script = String::from_utf8(bytes)
+                .map_err(|_| Error::input(format!("{what}: {path}: not UTF-8")))?;
+            let (fetch, installs) = super::payload::read_script(&script, what)?;
+            carries |= installs.iter().any(|e| e.kind == "file");
+            entries.extend(installs);
+            payload = Some(fetch);
+            continue;
+        }
         let (uid, gid) = match chowns.get(path) {
             Some(o) => *o,
             None if f.get("owner").map(String::as_str) == Some("root:root") => (0, 0),
@@ -554,6 +613,7 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
         entries,
         carries_binaries: carries,
         binaries: mode_name,
+        payload,
     })
 }
 
@@ -589,6 +649,7 @@ mod tests {
         let opts = Options {
             binaries: Binaries::Baked,
             provider: Provider::Nocloud,
+            payload: None,
         };
         let r = render(&plan, &opts).unwrap();
         let found = parse_user_data(r.user_data_text.as_bytes(), "user-data").unwrap();
