@@ -5,6 +5,7 @@
 use crate::error::Result;
 use crate::input::inventory::Inventory;
 use crate::input::lint::Finding;
+use crate::input::profile::DEFAULT_OS;
 use crate::input::{Inputs, Session, select_nodes};
 use crate::output::segment::SharedHalf;
 use crate::output::{self, Target, Written, cloud_init, sums};
@@ -20,6 +21,8 @@ pub struct ControllerOptions {
     pub nodes: Vec<String>,
     pub all: bool,
     pub target: Target,
+    /// The layout's OS profile (`--os`).
+    pub os: String,
 }
 
 /// `imgbuild cloud-init`.
@@ -33,11 +36,14 @@ pub struct CloudInitOptions {
 }
 
 /// The inventory, read first so that a wrong node is refused before the PKI,
-/// the recipe, the cache or the network are touched; then everything else.
+/// the recipe, the cache or the network are touched; then the recipe, its
+/// layout and the OS profile `os` (a profile the layout lacks is refused
+/// before the PKI, the cache or the network too); then everything else.
 fn load(
     session: &Session,
     nodes: &[String],
     all: bool,
+    os: &str,
     progress: &dyn Progress,
 ) -> Result<(Planner, Vec<usize>, Cache)> {
     progress.event(Event::Step {
@@ -45,8 +51,8 @@ fn load(
     });
     let inventory = Inventory::load(&session.inventory)?;
     let indices = select_nodes(&inventory, nodes, all)?;
-    crate::pki::ensure_for_build(&inventory, progress)?;
-    let inputs = Inputs::load(session, inventory)?;
+    let inputs = Inputs::load(session, inventory, os)?;
+    crate::pki::ensure_for_build(&inputs.inventory, progress)?;
     let cache = Cache::open(&session.cache_dir)?;
     Ok((Planner::new(inputs, &cache)?, indices, cache))
 }
@@ -57,7 +63,7 @@ pub fn controller(
     opts: &ControllerOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Written>> {
-    let (planner, indices, cache) = load(session, &opts.nodes, opts.all, progress)?;
+    let (planner, indices, cache) = load(session, &opts.nodes, opts.all, &opts.os, progress)?;
     let target = &opts.target;
     if !target.split && target.format.splits() && indices.len() >= 10 {
         progress.event(Event::Notice {
@@ -102,7 +108,7 @@ pub fn cloud_init(
     opts: &CloudInitOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Written>> {
-    let (planner, indices, _) = load(session, &opts.nodes, opts.all, progress)?;
+    let (planner, indices, _) = load(session, &opts.nodes, opts.all, DEFAULT_OS, progress)?;
     atomic::ensure_dir(&opts.out_dir)?;
     indices
         .iter()
@@ -113,15 +119,21 @@ pub fn cloud_init(
         .collect()
 }
 
-/// `imgbuild lint`: findings for the selected nodes (all when none is named).
-pub fn lint(session: &Session, nodes: &[String]) -> Result<Vec<(usize, Finding)>> {
+/// `imgbuild lint`: findings for the selected nodes (all when none is named),
+/// built for the OS profile `os`.
+pub fn lint(session: &Session, nodes: &[String], os: &str) -> Result<Vec<(usize, Finding)>> {
     let inventory = Inventory::load(&session.inventory)?;
     let indices = select_nodes(&inventory, nodes, nodes.is_empty())?;
-    let inputs = Inputs::load(session, inventory)?;
+    let inputs = Inputs::load(session, inventory, os)?;
     let mut out = Vec::new();
     for index in indices {
         let rendered = inputs.render(index)?;
-        out.extend(inputs.lint(&rendered)?.into_iter().map(|f| (index, f)));
+        out.extend(
+            inputs
+                .lint(index, &rendered)?
+                .into_iter()
+                .map(|f| (index, f)),
+        );
     }
     Ok(out)
 }

@@ -81,6 +81,9 @@ pub enum Command {
         /// Nodes to check (default: all).
         #[arg(long, value_name = "N|NAME")]
         node: Vec<String>,
+        /// OS profile of the layout (debian, flatcar, fcos): says what it leaves out.
+        #[arg(long, default_value = "debian", value_name = "NAME")]
+        os: String,
     },
     /// List the Kubernetes versions and arches there are recipes for, and where each pin came from.
     Recipes,
@@ -203,6 +206,10 @@ pub struct ControllerArgs {
     /// are the whole tar.gz byte for byte, or the initramfs.
     #[arg(long)]
     pub split: bool,
+    /// OS profile of the layout: debian, or flatcar / fcos (binaries in /opt/bin,
+    /// no nginx health-check proxy).
+    #[arg(long, default_value = "debian", value_name = "NAME")]
+    pub os: String,
 }
 
 #[derive(Debug, Args)]

@@ -189,8 +189,9 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
                 false => Err(imgbuild::Error::input("the PKI does not fit the inventory")),
             }
         }
-        Command::Lint { node } => {
-            let findings = imgbuild::build::lint(&session, node)?;
+        Command::Lint { node, os } => {
+            let os = crate::cli::config::os_name(os)?;
+            let findings = imgbuild::build::lint(&session, node, &os)?;
             let mut errors = 0;
             for (node, f) in &findings {
                 let level = match f.severity {

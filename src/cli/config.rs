@@ -14,6 +14,24 @@ use imgbuild::store::cache::Cache;
 
 use crate::cli::args::{CloudInitArgs, ControllerArgs, FetchArgs, Global, PkiInitArgs};
 
+/// `--os NAME`: a profile of the layout, which says whether it exists once it
+/// is read; here only that it is a plain name.
+pub fn os_name(name: &str) -> imgbuild::Result<String> {
+    let plain = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if plain {
+        Ok(name.to_string())
+    } else {
+        Err(Error::input(format!(
+            "--os {:?}: expected the name of an OS profile of the layout (debian, flatcar, fcos)",
+            imgbuild::error::clip(name)
+        )))
+    }
+}
+
 /// `SOURCE_DATE_EPOCH` (flag or environment), validated; 0 when unset.
 fn mtime(flag: Option<&str>) -> imgbuild::Result<u64> {
     let (value, from) = match flag {
@@ -101,6 +119,7 @@ impl ControllerArgs {
                 out_dir: self.out.clone(),
                 threads: threads()?,
             },
+            os: os_name(&self.os)?,
         })
     }
 }

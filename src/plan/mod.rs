@@ -196,6 +196,13 @@ pub struct Meta {
     /// The node's static network, if the inventory gives one.
     #[serde(skip)]
     pub network: Option<Network>,
+    /// The OS profile the node is for (`--os`).
+    #[serde(skip)]
+    pub os: String,
+    /// Folders the OS already has (relative paths): outputs that only add to
+    /// a running system (Ignition) leave them to it.
+    #[serde(skip)]
+    pub system_dirs: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +314,8 @@ mod tests {
             mtime: 0,
             unit_order: Vec::new(),
             network: None,
+            os: "debian".into(),
+            system_dirs: Vec::new(),
         }
     }
 
