@@ -8,7 +8,7 @@ use crate::input::lint::Finding;
 use crate::input::profile::DEFAULT_OS;
 use crate::input::{Inputs, Session, select_nodes};
 use crate::output::segment::SharedHalf;
-use crate::output::{self, Target, Written, cloud_init, sums};
+use crate::output::{self, Target, Written, cloud_init, ignition, sums};
 use crate::plan::assemble::Planner;
 use crate::progress::{Event, Progress};
 use crate::store::cache::Cache;
@@ -32,6 +32,18 @@ pub struct CloudInitOptions {
     pub nodes: Vec<String>,
     pub all: bool,
     pub cloud_init: cloud_init::Options,
+    pub out_dir: std::path::PathBuf,
+}
+
+/// `imgbuild ignition`.
+#[derive(Debug, Clone)]
+pub struct IgnitionOptions {
+    /// Node selectors (1-based index or name); empty with `all`.
+    pub nodes: Vec<String>,
+    pub all: bool,
+    pub ignition: ignition::Options,
+    /// The layout's OS profile (`--os`).
+    pub os: String,
     pub out_dir: std::path::PathBuf,
 }
 
@@ -108,14 +120,53 @@ pub fn cloud_init(
     opts: &CloudInitOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Written>> {
-    let (planner, indices, _) = load(session, &opts.nodes, opts.all, DEFAULT_OS, progress)?;
-    atomic::ensure_dir(&opts.out_dir)?;
+    let out_dir = &opts.out_dir;
+    each_node(
+        session,
+        &opts.nodes,
+        opts.all,
+        DEFAULT_OS,
+        out_dir,
+        progress,
+        |plan| cloud_init::write_node(plan, &opts.cloud_init, out_dir, progress),
+    )
+}
+
+/// `imgbuild ignition`: `controller-N.ign` and the manifest of every selected
+/// node, and their lines in SHA256SUMS.
+pub fn ignition(
+    session: &Session,
+    opts: &IgnitionOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<Written>> {
+    let out_dir = &opts.out_dir;
+    each_node(
+        session,
+        &opts.nodes,
+        opts.all,
+        &opts.os,
+        out_dir,
+        progress,
+        |plan| ignition::write_node(plan, &opts.ignition, out_dir, progress),
+    )
+}
+
+/// Load for the selected nodes and OS profile, then plan each node in turn
+/// and hand the plan to `write`, which writes into `out_dir`.
+fn each_node(
+    session: &Session,
+    nodes: &[String],
+    all: bool,
+    os: &str,
+    out_dir: &std::path::Path,
+    progress: &dyn Progress,
+    write: impl Fn(&crate::plan::Plan) -> Result<Written>,
+) -> Result<Vec<Written>> {
+    let (planner, indices, _) = load(session, nodes, all, os, progress)?;
+    atomic::ensure_dir(out_dir)?;
     indices
         .iter()
-        .map(|&index| {
-            let plan = planner.plan(index, session.mtime, progress)?;
-            cloud_init::write_node(&plan, &opts.cloud_init, &opts.out_dir, progress)
-        })
+        .map(|&index| write(&planner.plan(index, session.mtime, progress)?))
         .collect()
 }
 

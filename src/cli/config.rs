@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use imgbuild::Error;
 use imgbuild::acquire::fetch::FetchOptions;
-use imgbuild::build::{CloudInitOptions, ControllerOptions};
+use imgbuild::build::{CloudInitOptions, ControllerOptions, IgnitionOptions};
 use imgbuild::input::Session;
 use imgbuild::input::assets::Assets;
-use imgbuild::output::{Target, cloud_init};
+use imgbuild::output::{Target, cloud_init, ignition};
 use imgbuild::store::cache::Cache;
 
-use crate::cli::args::{CloudInitArgs, ControllerArgs, FetchArgs, Global, PkiInitArgs};
+use crate::cli::args::{
+    CloudInitArgs, ControllerArgs, FetchArgs, Global, IgnitionArgs, PkiInitArgs,
+};
 
 /// `--os NAME`: a profile of the layout, which says whether it exists once it
 /// is read; here only that it is a plain name.
@@ -148,6 +150,25 @@ impl CloudInitArgs {
                 binaries: self.binaries.parse()?,
                 provider: self.provider,
             },
+            out_dir: self.out.clone(),
+        })
+    }
+}
+
+impl IgnitionArgs {
+    pub fn options(&self) -> imgbuild::Result<IgnitionOptions> {
+        let binaries = match &self.binaries {
+            Some(b) => b.parse()?,
+            None => ignition::Binaries::Mirror(ignition::DEFAULT_MIRROR.to_string()),
+        };
+        Ok(IgnitionOptions {
+            nodes: self.node.clone(),
+            all: self.all,
+            ignition: ignition::Options {
+                spec: self.spec.parse()?,
+                binaries,
+            },
+            os: os_name(&self.os)?,
             out_dir: self.out.clone(),
         })
     }

@@ -100,6 +100,11 @@ pub fn cloud_init_dir(node: usize) -> String {
     format!("{}-cloud-init", node_stem(node))
 }
 
+/// `controller-N.ign`: the Ignition config `imgbuild ignition` writes.
+pub fn ignition_name(node: usize) -> String {
+    format!("{}.ign", node_stem(node))
+}
+
 /// The checksum file of an output folder.
 pub const SUMS: &str = "SHA256SUMS";
 
@@ -128,6 +133,7 @@ mod tests {
         assert_eq!(node_of(&Format::Cpio.node_half(3)), Some(3));
         assert_eq!(node_of(&manifest_name(7)), Some(7));
         assert_eq!(node_of(&cloud_init_dir(2)), Some(2));
+        assert_eq!(node_of(&ignition_name(4)), Some(4));
         let shared = Format::CpioGz.shared_half("v1.36.0", "amd64");
         assert_eq!(shared, "controller-shared-v1.36.0-amd64.cpio.gz");
         assert!(is_shared_half(&shared) && node_of(&shared).is_none());
