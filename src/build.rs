@@ -5,9 +5,10 @@
 use crate::error::Result;
 use crate::input::inventory::Inventory;
 use crate::input::lint::Finding;
+use crate::input::profile::DEFAULT_OS;
 use crate::input::{Inputs, Session, select_nodes};
 use crate::output::segment::SharedHalf;
-use crate::output::{self, Target, Written, cloud_init, sums};
+use crate::output::{self, Target, Written, cloud_init, ignition, sums};
 use crate::plan::assemble::Planner;
 use crate::progress::{Event, Progress};
 use crate::store::cache::Cache;
@@ -20,6 +21,8 @@ pub struct ControllerOptions {
     pub nodes: Vec<String>,
     pub all: bool,
     pub target: Target,
+    /// The layout's OS profile (`--os`).
+    pub os: String,
 }
 
 /// `imgbuild cloud-init`.
@@ -32,12 +35,27 @@ pub struct CloudInitOptions {
     pub out_dir: std::path::PathBuf,
 }
 
+/// `imgbuild ignition`.
+#[derive(Debug, Clone)]
+pub struct IgnitionOptions {
+    /// Node selectors (1-based index or name); empty with `all`.
+    pub nodes: Vec<String>,
+    pub all: bool,
+    pub ignition: ignition::Options,
+    /// The layout's OS profile (`--os`).
+    pub os: String,
+    pub out_dir: std::path::PathBuf,
+}
+
 /// The inventory, read first so that a wrong node is refused before the PKI,
-/// the recipe, the cache or the network are touched; then everything else.
+/// the recipe, the cache or the network are touched; then the recipe, its
+/// layout and the OS profile `os` (a profile the layout lacks is refused
+/// before the PKI, the cache or the network too); then everything else.
 fn load(
     session: &Session,
     nodes: &[String],
     all: bool,
+    os: &str,
     progress: &dyn Progress,
 ) -> Result<(Planner, Vec<usize>, Cache)> {
     progress.event(Event::Step {
@@ -45,8 +63,8 @@ fn load(
     });
     let inventory = Inventory::load(&session.inventory)?;
     let indices = select_nodes(&inventory, nodes, all)?;
-    crate::pki::ensure_for_build(&inventory, progress)?;
-    let inputs = Inputs::load(session, inventory)?;
+    let inputs = Inputs::load(session, inventory, os)?;
+    crate::pki::ensure_for_build(&inputs.inventory, progress)?;
     let cache = Cache::open(&session.cache_dir)?;
     Ok((Planner::new(inputs, &cache)?, indices, cache))
 }
@@ -57,7 +75,7 @@ pub fn controller(
     opts: &ControllerOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Written>> {
-    let (planner, indices, cache) = load(session, &opts.nodes, opts.all, progress)?;
+    let (planner, indices, cache) = load(session, &opts.nodes, opts.all, &opts.os, progress)?;
     let target = &opts.target;
     if !target.split && target.format.splits() && indices.len() >= 10 {
         progress.event(Event::Notice {
@@ -102,26 +120,71 @@ pub fn cloud_init(
     opts: &CloudInitOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Written>> {
-    let (planner, indices, _) = load(session, &opts.nodes, opts.all, progress)?;
-    atomic::ensure_dir(&opts.out_dir)?;
+    let out_dir = &opts.out_dir;
+    each_node(
+        session,
+        &opts.nodes,
+        opts.all,
+        DEFAULT_OS,
+        out_dir,
+        progress,
+        |plan| cloud_init::write_node(plan, &opts.cloud_init, out_dir, progress),
+    )
+}
+
+/// `imgbuild ignition`: `controller-N.ign` and the manifest of every selected
+/// node, and their lines in SHA256SUMS.
+pub fn ignition(
+    session: &Session,
+    opts: &IgnitionOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<Written>> {
+    let out_dir = &opts.out_dir;
+    each_node(
+        session,
+        &opts.nodes,
+        opts.all,
+        &opts.os,
+        out_dir,
+        progress,
+        |plan| ignition::write_node(plan, &opts.ignition, out_dir, progress),
+    )
+}
+
+/// Load for the selected nodes and OS profile, then plan each node in turn
+/// and hand the plan to `write`, which writes into `out_dir`.
+fn each_node(
+    session: &Session,
+    nodes: &[String],
+    all: bool,
+    os: &str,
+    out_dir: &std::path::Path,
+    progress: &dyn Progress,
+    write: impl Fn(&crate::plan::Plan) -> Result<Written>,
+) -> Result<Vec<Written>> {
+    let (planner, indices, _) = load(session, nodes, all, os, progress)?;
+    atomic::ensure_dir(out_dir)?;
     indices
         .iter()
-        .map(|&index| {
-            let plan = planner.plan(index, session.mtime, progress)?;
-            cloud_init::write_node(&plan, &opts.cloud_init, &opts.out_dir, progress)
-        })
+        .map(|&index| write(&planner.plan(index, session.mtime, progress)?))
         .collect()
 }
 
-/// `imgbuild lint`: findings for the selected nodes (all when none is named).
-pub fn lint(session: &Session, nodes: &[String]) -> Result<Vec<(usize, Finding)>> {
+/// `imgbuild lint`: findings for the selected nodes (all when none is named),
+/// built for the OS profile `os`.
+pub fn lint(session: &Session, nodes: &[String], os: &str) -> Result<Vec<(usize, Finding)>> {
     let inventory = Inventory::load(&session.inventory)?;
     let indices = select_nodes(&inventory, nodes, nodes.is_empty())?;
-    let inputs = Inputs::load(session, inventory)?;
+    let inputs = Inputs::load(session, inventory, os)?;
     let mut out = Vec::new();
     for index in indices {
         let rendered = inputs.render(index)?;
-        out.extend(inputs.lint(&rendered)?.into_iter().map(|f| (index, f)));
+        out.extend(
+            inputs
+                .lint(index, &rendered)?
+                .into_iter()
+                .map(|f| (index, f)),
+        );
     }
     Ok(out)
 }

@@ -1,10 +1,11 @@
 //! `imgbuild inspect`: list what an output holds, and check it against the build
 //! manifest. Reads tar.gz, cpio, cpio.gz, a split pair (tar.gz, or cpio files
-//! read as one stream, as the kernel does), a cloud-init folder and a seed image.
+//! read as one stream, as the kernel does), a cloud-init folder, a seed image
+//! and an Ignition config.
 //!
 //! user-data is read by the parser beside its emitter (`output::cloud_init::yaml`),
 //! which knows the YAML subset imgbuild writes; a user-data edited by hand may
-//! be refused.
+//! be refused. The same holds for Ignition configs (`output::ignition::read`).
 //!
 //! A `--payload-url` build is checked as a chain: the payload
 //! (`controller-N-payload.tar.gz`) holds the node's own entries; the small
@@ -12,7 +13,7 @@
 //! lists for the payload (and, when the payload lies beside the cloud-init
 //! folder, the payload's own).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use crate::codec::{cpio, vfat};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::output::cloud_init::{SEED_MOUNT, yaml};
 use crate::output::format;
+use crate::output::ignition::{self, config::wants_link};
 use crate::output::manifest::{Listed, Manifest, ManifestEntry};
 use crate::util::digest::{HashingWriter, sha256_file};
 
@@ -32,6 +34,7 @@ pub enum Artifact {
     TarGz,
     Cpio,
     CloudInit,
+    Ignition,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +46,11 @@ pub struct Inspected {
     pub carries_binaries: bool,
     /// Facts worth showing (format of each file, seed label, binaries mode).
     pub notes: Vec<String>,
+    /// Ignition: folders the config does not list but makes (parents of what
+    /// it lists); the manifest may or may not hold them.
+    pub implied: BTreeSet<String>,
+    /// Ignition: units enabled (by preset, not by `.wants` symlinks).
+    pub enabled: Vec<String>,
     /// A payload, or a user-data that fetches one (`--payload-url`).
     pub payload: Option<PayloadLink>,
 }
@@ -88,6 +96,9 @@ pub fn inspect(paths: &[PathBuf]) -> Result<Inspected> {
     }
     if paths.len() == 1 && kinds[0] == Sniffed::Vfat {
         return inspect_seed(first);
+    }
+    if paths.len() == 1 && kinds[0] == Sniffed::Ignition {
+        return inspect_ignition(first);
     }
     let name = first.file_name().unwrap_or_default().to_string_lossy();
     if paths.len() == 1 && kinds[0] == Sniffed::GzTar && format::is_payload(&name) {
@@ -158,6 +169,8 @@ pub fn inspect(paths: &[PathBuf]) -> Result<Inspected> {
         carries_binaries: true,
         notes,
         payload: None,
+        implied: BTreeSet::new(),
+        enabled: Vec::new(),
     })
 }
 
@@ -167,6 +180,7 @@ enum Sniffed {
     GzCpio,
     Cpio,
     Vfat,
+    Ignition,
 }
 
 impl Sniffed {
@@ -176,6 +190,7 @@ impl Sniffed {
             Sniffed::GzCpio => "cpio.gz",
             Sniffed::Cpio => "cpio",
             Sniffed::Vfat => "vfat image",
+            Sniffed::Ignition => "Ignition config",
         }
     }
 }
@@ -207,6 +222,9 @@ fn sniff(path: &Path) -> Result<Sniffed> {
     if head.starts_with(b"070701") {
         return Ok(Sniffed::Cpio);
     }
+    if head.trim_ascii_start().starts_with(b"{") {
+        return Ok(Sniffed::Ignition);
+    }
     if head.len() == 512
         && head[510..512] == [0x55, 0xaa]
         && (head[54..57] == *b"FAT" || head[82..87] == *b"FAT32")
@@ -214,7 +232,7 @@ fn sniff(path: &Path) -> Result<Sniffed> {
         return Ok(Sniffed::Vfat);
     }
     Err(Error::input(format!(
-        "{}: not an imgbuild output (expected tar.gz, cpio, cpio.gz, a seed image or a cloud-init folder)",
+        "{}: not an imgbuild output (expected tar.gz, cpio, cpio.gz, a seed image, a cloud-init folder or an Ignition config)",
         path.display()
     )))
 }
@@ -290,6 +308,23 @@ fn inspect_tar(path: &Path) -> Result<Inspected> {
         carries_binaries: true,
         notes: vec![format!("{}: tar.gz", path.display())],
         payload: None,
+        implied: BTreeSet::new(),
+        enabled: Vec::new(),
+    })
+}
+
+fn inspect_ignition(path: &Path) -> Result<Inspected> {
+    let bytes = std::fs::read(path).with_path("cannot read", path)?;
+    let what = path.display().to_string();
+    let read = ignition::read::parse(&bytes, &what)?;
+    Ok(Inspected {
+        artifact: Artifact::Ignition,
+        entries: read.entries,
+        carries_binaries: read.carries_binaries,
+        notes: vec![format!("{what}: Ignition config, spec {}", read.version)],
+        payload: None,
+        implied: read.implied,
+        enabled: read.enabled,
     })
 }
 
@@ -319,6 +354,8 @@ fn read_user_data(bytes: Vec<u8>, what: &str) -> Result<Inspected> {
             url: Some(f.url),
             read: None,
         }),
+        implied: BTreeSet::new(),
+        enabled: Vec::new(),
     })
 }
 
@@ -477,12 +514,31 @@ pub fn verify(found: &Inspected, manifest: &Manifest) -> Vec<String> {
             (Some(_), true) => found.carries_binaries,
             // The node's own entries, when the payload was read.
             (Some(link), false) => link.read.is_some(),
-            // cloud-init with baked binaries carries only the node's part.
-            (None, true) => found.artifact != Artifact::CloudInit || found.carries_binaries,
+            // cloud-init and Ignition with baked binaries carry only the node's part.
+            (None, true) => {
+                !matches!(found.artifact, Artifact::CloudInit | Artifact::Ignition)
+                    || found.carries_binaries
+            }
             (None, false) => true,
         })
         .collect();
+    let mut enabled: BTreeSet<&str> = found.enabled.iter().map(String::as_str).collect();
     for m in &expected {
+        if found.artifact == Artifact::Ignition {
+            // Ignition enables by preset: a `.wants` symlink of the manifest
+            // is a unit the config enables, and its folder is not made.
+            let rel = m.path.trim_start_matches('/');
+            if let Some((_, unit)) = wants_link(rel).filter(|_| m.kind == "symlink") {
+                if !enabled.remove(unit) {
+                    problems.push(format!("{}: {unit} is not enabled in the config", m.path));
+                }
+                continue;
+            }
+            if m.kind == "dir" && rel.ends_with(".wants") && !by_path.contains_key(m.path.as_str())
+            {
+                continue;
+            }
+        }
         let Some(f) = by_path.remove(m.path.as_str()) else {
             problems.push(format!(
                 "{}: in the manifest, missing from the output",
@@ -523,8 +579,13 @@ pub fn verify(found: &Inspected, manifest: &Manifest) -> Vec<String> {
             );
         }
     }
-    for extra in by_path.keys() {
+    for extra in by_path.keys().filter(|p| !found.implied.contains(**p)) {
         problems.push(format!("{extra}: in the output, not in the manifest"));
+    }
+    for unit in enabled {
+        problems.push(format!(
+            "{unit}: enabled in the config, not in the manifest"
+        ));
     }
     problems
 }

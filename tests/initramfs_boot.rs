@@ -141,6 +141,8 @@ fn overlay_plan(work: &Path) -> Plan {
             mtime: 1_700_000_000,
             unit_order: Vec::new(),
             network: None,
+            os: "debian".into(),
+            system_dirs: Vec::new(),
         },
         entries,
     };

@@ -66,6 +66,9 @@ pub enum Command {
     /// Build a controller's cloud-init (out/controller-N-cloud-init/: user-data,
     /// meta-data, network-config, NoCloud seed.img) and its manifest.
     CloudInit(CloudInitArgs),
+    /// Build a controller's Ignition config (out/controller-N.ign) for Flatcar or
+    /// Fedora CoreOS, its manifest and its line in SHA256SUMS.
+    Ignition(IgnitionArgs),
     /// List the entries of an output; with --verify, check them against the manifest.
     Inspect(InspectArgs),
     /// Manage the local artifact cache.
@@ -81,6 +84,9 @@ pub enum Command {
         /// Nodes to check (default: all).
         #[arg(long, value_name = "N|NAME")]
         node: Vec<String>,
+        /// OS profile of the layout (debian, flatcar, fcos): says what it leaves out.
+        #[arg(long, default_value = "debian", value_name = "NAME")]
+        os: String,
     },
     /// List the Kubernetes versions and arches there are recipes for, and where each pin came from.
     Recipes,
@@ -212,6 +218,39 @@ pub struct ControllerArgs {
     /// are the whole tar.gz byte for byte, or the initramfs.
     #[arg(long)]
     pub split: bool,
+    /// OS profile of the layout: debian, or flatcar / fcos (binaries in /opt/bin,
+    /// no nginx health-check proxy).
+    #[arg(long, default_value = "debian", value_name = "NAME")]
+    pub os: String,
+}
+
+#[derive(Debug, Args)]
+pub struct IgnitionArgs {
+    /// Node to build: 1-based index or controller name (repeatable).
+    #[arg(long, value_name = "N|NAME", required_unless_present = "all")]
+    pub node: Vec<String>,
+    /// Build every controller of the inventory.
+    #[arg(long, conflicts_with = "node")]
+    pub all: bool,
+    /// Ignition config spec version (3.3.0, read by every Ignition from 2.11 on).
+    #[arg(long, default_value = "3.3.0", value_name = "VERSION")]
+    pub spec: String,
+    /// How binaries reach the node: mirror=URL (Ignition downloads
+    /// URL/VERSION/bin/linux/ARCH/NAME and writes it only if its sha256 is the
+    /// pinned one) or baked (already in the image) [default: mirror=https://dl.k8s.io].
+    #[arg(long, value_name = "mirror=URL|baked")]
+    pub binaries: Option<String>,
+    /// OS profile of the layout: flatcar, fcos (or debian).
+    #[arg(long, default_value = "flatcar", value_name = "NAME")]
+    pub os: String,
+    /// Output folder.
+    #[arg(long, default_value = "out", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Never download: a missing artifact is an error that says how to bring it.
+    #[arg(long, env = "IMGBUILD_OFFLINE", value_parser = clap::builder::BoolishValueParser::new(), default_missing_value = "true", num_args = 0, default_value = "false")]
+    pub offline: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,9 @@ use imgbuild::output::cloud_init::payload::Payload;
 use imgbuild::output::{Written, format};
 use imgbuild::store::cache::Cache;
 
-use crate::cli::args::{AirgapCommand, CacheCommand, Cli, Command, InspectArgs, PkiCommand};
+use crate::cli::args::{
+    AirgapCommand, CacheCommand, Cli, Command, FetchArgs, InspectArgs, PkiCommand,
+};
 use crate::cli::report::Reporter;
 
 /// Run the parsed command; what it prints goes to stdout, progress to `reporter`.
@@ -22,16 +24,9 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
     match &cli.command {
         Command::Controller(args) => {
             let opts = args.options()?;
-            // The build reads only the cache. When it finds an artifact missing
-            // (after its inventory and PKI checks), fetch what the recipe needs
-            // and build again, unless offline.
-            let written = match imgbuild::build::controller(&session, &opts, reporter) {
-                Err(e) if e.kind == imgbuild::Kind::Missing && !args.offline => {
-                    fetch::fetch_inventory(&session, &args.fetch.options(), reporter)?;
-                    imgbuild::build::controller(&session, &opts, reporter)?
-                }
-                other => other?,
-            };
+            let written = fetching(&session, args.offline, &args.fetch, reporter, || {
+                imgbuild::build::controller(&session, &opts, reporter)
+            })?;
             print_shipped(&written);
             Ok(())
         }
@@ -42,6 +37,17 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
                     None => println!("{}", w.artifact.display()),
                     Some(p) => print_payload_build(&w, p, opts.cloud_init.provider),
                 }
+            }
+            Ok(())
+        }
+        Command::Ignition(args) => {
+            let opts = args.options()?;
+            // The binaries' pinned digests come from the cache, as their bytes do for `controller`.
+            let written = fetching(&session, args.offline, &args.fetch, reporter, || {
+                imgbuild::build::ignition(&session, &opts, reporter)
+            })?;
+            for w in written {
+                println!("{}", w.artifact.display());
             }
             Ok(())
         }
@@ -195,8 +201,9 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
                 false => Err(imgbuild::Error::input("the PKI does not fit the inventory")),
             }
         }
-        Command::Lint { node } => {
-            let findings = imgbuild::build::lint(&session, node)?;
+        Command::Lint { node, os } => {
+            let os = crate::cli::config::os_name(os)?;
+            let findings = imgbuild::build::lint(&session, node, &os)?;
             let mut errors = 0;
             for (node, f) in &findings {
                 let level = match f.severity {
@@ -264,6 +271,25 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
     }
 }
 
+/// Run `build`, which reads only the cache. When it finds an artifact missing
+/// (after its inventory and PKI checks), fetch what the recipe needs and build
+/// again, unless offline.
+fn fetching<T>(
+    session: &Session,
+    offline: bool,
+    fetch_args: &FetchArgs,
+    reporter: &Reporter,
+    build: impl Fn() -> imgbuild::Result<T>,
+) -> imgbuild::Result<T> {
+    match build() {
+        Err(e) if e.kind == imgbuild::Kind::Missing && !offline => {
+            fetch::fetch_inventory(session, &fetch_args.options(), reporter)?;
+            build()
+        }
+        other => other,
+    }
+}
+
 /// One line per entry; then, with --verify, every difference from the manifest.
 fn inspect(args: &InspectArgs) -> imgbuild::Result<()> {
     use imgbuild::inspect;
@@ -288,6 +314,10 @@ fn inspect(args: &InspectArgs) -> imgbuild::Result<()> {
             "{:<7} {:04o} {}:{} {size:>10} {sha:<64} {}{extra}",
             e.kind, e.mode, e.uid, e.gid, e.path
         );
+    }
+    // Ignition: the units its preset enables.
+    for unit in &found.enabled {
+        println!("enabled {unit}");
     }
     if !args.verify {
         return Ok(());

@@ -6,14 +6,34 @@ use std::time::Duration;
 
 use imgbuild::Error;
 use imgbuild::acquire::fetch::FetchOptions;
-use imgbuild::build::{CloudInitOptions, ControllerOptions};
+use imgbuild::build::{CloudInitOptions, ControllerOptions, IgnitionOptions};
 use imgbuild::input::Session;
 use imgbuild::input::assets::Assets;
 use imgbuild::output::cloud_init::payload::{self, Payload};
-use imgbuild::output::{Target, cloud_init};
+use imgbuild::output::{Target, cloud_init, ignition};
 use imgbuild::store::cache::Cache;
 
-use crate::cli::args::{CloudInitArgs, ControllerArgs, FetchArgs, Global, PkiInitArgs};
+use crate::cli::args::{
+    CloudInitArgs, ControllerArgs, FetchArgs, Global, IgnitionArgs, PkiInitArgs,
+};
+
+/// `--os NAME`: a profile of the layout, which says whether it exists once it
+/// is read; here only that it is a plain name.
+pub fn os_name(name: &str) -> imgbuild::Result<String> {
+    let plain = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if plain {
+        Ok(name.to_string())
+    } else {
+        Err(Error::input(format!(
+            "--os {:?}: expected the name of an OS profile of the layout (debian, flatcar, fcos)",
+            imgbuild::error::clip(name)
+        )))
+    }
+}
 
 /// `SOURCE_DATE_EPOCH` (flag or environment), validated; 0 when unset.
 fn mtime(flag: Option<&str>) -> imgbuild::Result<u64> {
@@ -105,6 +125,7 @@ impl ControllerArgs {
                 out_dir: self.out.clone(),
                 threads: threads()?,
             },
+            os: os_name(&self.os)?,
         })
     }
 }
@@ -160,5 +181,24 @@ impl CloudInitArgs {
             )));
         }
         Ok(Some(p))
+    }
+}
+
+impl IgnitionArgs {
+    pub fn options(&self) -> imgbuild::Result<IgnitionOptions> {
+        let binaries = match &self.binaries {
+            Some(b) => b.parse()?,
+            None => ignition::Binaries::Mirror(ignition::DEFAULT_MIRROR.to_string()),
+        };
+        Ok(IgnitionOptions {
+            nodes: self.node.clone(),
+            all: self.all,
+            ignition: ignition::Options {
+                spec: self.spec.parse()?,
+                binaries,
+            },
+            os: os_name(&self.os)?,
+            out_dir: self.out.clone(),
+        })
     }
 }

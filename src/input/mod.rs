@@ -8,6 +8,7 @@ pub mod inventory;
 pub mod lint;
 pub mod network;
 pub mod overlay;
+pub mod profile;
 pub mod recipe;
 pub mod render;
 pub mod unit;
@@ -17,8 +18,9 @@ use std::path::PathBuf;
 use crate::error::Result;
 use assets::Assets;
 use inventory::Inventory;
-use lint::{Finding, FlagTable};
+use lint::{Finding, FlagTable, Severity};
 use overlay::{Overlay, Rendered};
+use profile::Profile;
 use recipe::{Recipe, Version};
 
 /// Where things are, shared by every command.
@@ -41,12 +43,14 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// Load the recipe, overlay and flag table for an inventory already read.
-    pub fn load(session: &Session, inventory: Inventory) -> Result<Inputs> {
+    /// Load the recipe, overlay and flag table for an inventory already read,
+    /// for the layout's OS profile `os`.
+    pub fn load(session: &Session, inventory: Inventory, os: &str) -> Result<Inputs> {
         let version = Version::parse(&inventory.cluster.kubernetes_version)
             .expect("validated by the inventory");
         let recipe = Recipe::load(&session.assets, &inventory.cluster.kubernetes_version)?;
-        let overlay = Overlay::load(&session.assets, &recipe)?;
+        let profile = Profile::resolve(&recipe.layout_def, &recipe.layout, os)?;
+        let overlay = Overlay::load(&session.assets, &recipe, profile)?;
         let flags = FlagTable::load(&session.assets)?;
         Ok(Inputs {
             inventory,
@@ -62,18 +66,44 @@ impl Inputs {
         self.overlay.render(&self.inventory, index, self.version)
     }
 
-    /// Node `index`'s rendered files checked against the flag table.
-    pub fn lint(&self, rendered: &[Rendered]) -> Result<Vec<Finding>> {
-        lint::check_rendered(&self.inventory, &self.flags, self.version, rendered)
+    /// The OS profile the build is for.
+    pub fn profile(&self) -> &Profile {
+        self.overlay.profile()
     }
 
-    /// The layout's enabled units in start order (dependencies first).
+    /// Node `index`'s rendered files checked against the flag table, and a
+    /// note for every part the OS profile leaves out saying what to do instead.
+    pub fn lint(&self, index: usize, rendered: &[Rendered]) -> Result<Vec<Finding>> {
+        let mut findings =
+            lint::check_rendered(&self.inventory, &self.flags, self.version, rendered)?;
+        for l in self
+            .overlay
+            .left_out(&self.inventory, index, self.version)?
+        {
+            findings.push(Finding {
+                severity: Severity::Notice,
+                file: l.file,
+                message: format!(
+                    "left out on {} ([parts.{}]): {}; {}",
+                    self.profile().name,
+                    l.part,
+                    l.what,
+                    l.instead
+                ),
+            });
+        }
+        Ok(findings)
+    }
+
+    /// The layout's enabled units in start order (dependencies first), less
+    /// those the OS profile leaves out.
     pub fn unit_order(&self) -> Vec<String> {
         self.recipe
             .layout_def
             .enable
             .values()
             .flatten()
+            .filter(|u| self.profile().keeps_unit(u))
             .cloned()
             .collect()
     }

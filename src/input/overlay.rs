@@ -1,8 +1,10 @@
-//! The overlay: the layout's templates, parsed once and rendered per node.
+//! The overlay: the layout's templates, parsed once and rendered per node,
+//! for one OS profile (which moves some paths and leaves some parts out).
 
 use crate::error::{Error, Result};
 use crate::input::assets::Assets;
 use crate::input::inventory::Inventory;
+use crate::input::profile::Profile;
 use crate::input::recipe::{Recipe, Version};
 use crate::input::render::{Context, Renderer};
 
@@ -18,6 +20,17 @@ pub struct Rendered {
     pub text: String,
 }
 
+/// A part of the layout the profile leaves out, and what to do instead
+/// (rendered for a node).
+#[derive(Debug, Clone)]
+pub struct LeftOut {
+    pub part: String,
+    pub what: String,
+    /// The part's first file (rootfs path, relative), which findings name.
+    pub file: String,
+    pub instead: String,
+}
+
 struct Template {
     name: String,
     path: String,
@@ -29,15 +42,25 @@ struct Template {
 pub struct Overlay {
     templates: Vec<Template>,
     renderer: Renderer,
+    profile: Profile,
+}
+
+/// The template name of a left-out part's `instead` text.
+fn instead_name(part: &str) -> String {
+    format!("[parts.{part}].instead")
 }
 
 impl Overlay {
-    /// The templates the recipe's layout names, parsed.
-    pub fn load(assets: &Assets, recipe: &Recipe) -> Result<Overlay> {
+    /// The templates the recipe's layout names for `profile`, parsed.
+    pub fn load(assets: &Assets, recipe: &Recipe, profile: Profile) -> Result<Overlay> {
         let layout = &recipe.layout_def;
         let mut templates = Vec::new();
         let mut sources = Vec::new();
-        for f in &layout.files {
+        for f in layout
+            .files
+            .iter()
+            .filter(|f| profile.keeps_file(&f.template))
+        {
             let asset = assets
                 .overlay_file(&layout.overlay, &f.template)?
                 .ok_or_else(|| {
@@ -49,21 +72,30 @@ impl Overlay {
             sources.push((f.template.clone(), asset.text, asset.origin.clone()));
             templates.push(Template {
                 name: f.template.clone(),
-                path: f.path.clone().unwrap_or_else(|| f.template.clone()),
+                path: profile.relocate(f.path.as_deref().unwrap_or(&f.template)),
                 mode: f.mode,
                 secret: f.secret,
                 origin: asset.origin,
             });
         }
+        for (name, part) in &profile.left_out {
+            let origin = format!("layout {} [parts.{name}] instead", layout.overlay);
+            sources.push((instead_name(name), part.instead.clone(), origin));
+        }
         Ok(Overlay {
             templates,
             renderer: Renderer::new(&sources)?,
+            profile,
         })
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
     }
 
     /// Every template rendered for node `index` (1-based), in layout order.
     pub fn render(&self, inv: &Inventory, index: usize, version: Version) -> Result<Vec<Rendered>> {
-        let ctx = Context::new(inv, index, version);
+        let ctx = Context::new(inv, index, version, &self.profile.vars);
         self.templates
             .iter()
             .map(|t| {
@@ -73,6 +105,29 @@ impl Overlay {
                     mode: t.mode,
                     secret: t.secret,
                     text: self.renderer.render(&t.name, &t.origin, &ctx)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The parts the profile leaves out, with what to do instead for node `index`.
+    pub fn left_out(
+        &self,
+        inv: &Inventory,
+        index: usize,
+        version: Version,
+    ) -> Result<Vec<LeftOut>> {
+        let ctx = Context::new(inv, index, version, &self.profile.vars);
+        self.profile
+            .left_out
+            .iter()
+            .map(|(name, part)| {
+                let origin = format!("[parts.{name}].instead");
+                Ok(LeftOut {
+                    part: name.clone(),
+                    what: part.what.clone(),
+                    file: part.files.first().cloned().unwrap_or_default(),
+                    instead: self.renderer.render(&instead_name(name), &origin, &ctx)?,
                 })
             })
             .collect()

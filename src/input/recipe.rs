@@ -118,6 +118,16 @@ pub struct Layout {
     /// Units enabled but not shipped by the overlay: where the distribution installs them.
     #[serde(default)]
     pub unit_paths: BTreeMap<String, String>,
+    /// The OS profile the paths of this layout and of the recipes are written
+    /// for (see `input::profile`).
+    #[serde(default)]
+    pub base_os: Option<String>,
+    /// OS profiles (`--os NAME`), by name.
+    #[serde(default)]
+    pub os: BTreeMap<String, crate::input::profile::OsProfile>,
+    /// Parts of the node a profile may leave out, by name.
+    #[serde(default)]
+    pub parts: BTreeMap<String, crate::input::profile::Part>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

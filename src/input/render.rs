@@ -18,6 +18,8 @@ pub struct Context<'a> {
     pub etcd_servers: Vec<String>,
     pub k8s: K8sCtx,
     pub extra_args: BTreeMap<&'static str, &'a BTreeMap<String, String>>,
+    /// The OS profile: `name` and its folders (`bin_dir`, ...).
+    pub os: &'a BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,7 +50,12 @@ pub struct K8sCtx {
 }
 
 impl<'a> Context<'a> {
-    pub fn new(inv: &'a Inventory, index: usize, version: Version) -> Context<'a> {
+    pub fn new(
+        inv: &'a Inventory,
+        index: usize,
+        version: Version,
+        os: &'a BTreeMap<String, String>,
+    ) -> Context<'a> {
         let node = &inv.controllers[index - 1];
         let c = &inv.cluster;
         Context {
@@ -78,6 +85,7 @@ impl<'a> Context<'a> {
                 .iter()
                 .map(|c| (c.section, c.extra_args(inv)))
                 .collect(),
+            os,
         }
     }
 }
@@ -142,7 +150,8 @@ internal_ip = "10.0.0.1"
 "#,
         )
         .unwrap();
-        let ctx = Context::new(&inv, 1, Version::parse("v1.10.2").unwrap());
+        let os = BTreeMap::new();
+        let ctx = Context::new(&inv, 1, Version::parse("v1.10.2").unwrap(), &os);
         let err = r.render("t", "overlays/x/t", &ctx).unwrap_err().to_string();
         assert!(
             err.contains("overlays/x/t") && err.contains("nope"),

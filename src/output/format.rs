@@ -113,6 +113,11 @@ pub fn is_payload(file_name: &str) -> bool {
     node_of(file_name).is_some_and(|n| file_name == payload_name(n))
 }
 
+/// `controller-N.ign`: the Ignition config `imgbuild ignition` writes.
+pub fn ignition_name(node: usize) -> String {
+    format!("{}.ign", node_stem(node))
+}
+
 /// The checksum file of an output folder.
 pub const SUMS: &str = "SHA256SUMS";
 
@@ -144,6 +149,7 @@ mod tests {
         assert_eq!(payload_name(4), "controller-4-payload.tar.gz");
         assert!(is_payload("controller-4-payload.tar.gz"));
         assert!(!is_payload("controller-4-node.tar.gz") && !is_payload("x-payload.tar.gz"));
+        assert_eq!(node_of(&ignition_name(4)), Some(4));
         let shared = Format::CpioGz.shared_half("v1.36.0", "amd64");
         assert_eq!(shared, "controller-shared-v1.36.0-amd64.cpio.gz");
         assert!(is_shared_half(&shared) && node_of(&shared).is_none());

@@ -1,12 +1,13 @@
-//! Output formats: each is a writer over a `Plan`, plus what every output
-//! shares: names (`format`), the manifest, SHA256SUMS, and the cached shared
-//! part of archives (`segment`).
+//! Output formats: each is a writer over a `Plan` (archives, a folder,
+//! cloud-init, Ignition), plus what every output shares: names (`format`), the
+//! manifest, SHA256SUMS, and the cached shared part of archives (`segment`).
 
 pub mod cloud_init;
 pub mod cpio;
 pub mod dir;
 pub mod file;
 pub mod format;
+pub mod ignition;
 pub mod manifest;
 pub mod segment;
 pub mod sums;

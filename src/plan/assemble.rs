@@ -10,6 +10,7 @@ use crate::input::Inputs;
 use crate::input::inventory::Inventory;
 use crate::input::lint::{self, Severity};
 use crate::input::network::Network;
+use crate::input::profile::Profile;
 use crate::input::recipe::Recipe;
 use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan};
 use crate::progress::{Event, Progress};
@@ -26,8 +27,14 @@ pub struct Planner {
 impl Planner {
     /// Read the PKI folder and resolve the recipe's artifacts in the cache.
     pub fn new(inputs: Inputs, cache: &Cache) -> Result<Planner> {
-        let pki = read_pki(&inputs.inventory, &inputs.recipe)?;
-        let binaries = binaries(cache, &inputs.recipe, &inputs.inventory.cluster.arch)?;
+        let profile = inputs.profile();
+        let pki = read_pki(&inputs.inventory, &inputs.recipe, profile)?;
+        let binaries = binaries(
+            cache,
+            &inputs.recipe,
+            &inputs.inventory.cluster.arch,
+            profile,
+        )?;
         Ok(Planner {
             inputs,
             pki,
@@ -42,7 +49,7 @@ impl Planner {
         let inv = &inputs.inventory;
         let node = &inv.controllers[index - 1];
         let rendered = inputs.render(index)?;
-        let findings = inputs.lint(&rendered)?;
+        let findings = inputs.lint(index, &rendered)?;
         lint::fail_on_errors(inputs.version, &findings).map_err(|e| {
             e.context(format!(
                 "inventory {}, node {index} ({})",
@@ -68,7 +75,7 @@ impl Planner {
             .collect();
         entries.extend(self.pki.iter().cloned());
         entries.extend(self.binaries.iter().cloned());
-        entries.extend(enablement(&inputs.recipe, &entries)?);
+        entries.extend(enablement(&inputs.recipe, inputs.profile(), &entries)?);
         add_parents(&mut entries);
         let mut plan = Plan {
             meta: Meta {
@@ -82,6 +89,8 @@ impl Planner {
                 inventory_sha256: inv.sha256.clone(),
                 mtime,
                 unit_order: inputs.unit_order(),
+                os: inputs.profile().name.clone(),
+                system_dirs: inputs.profile().system_dirs.clone(),
                 network: Network::of(node)?,
             },
             entries,
@@ -108,7 +117,7 @@ fn file_entry(path: &str, mode: u32, secret: bool, bytes: Vec<u8>, origin: Origi
     }
 }
 
-fn read_pki(inv: &Inventory, recipe: &Recipe) -> Result<Vec<Entry>> {
+fn read_pki(inv: &Inventory, recipe: &Recipe, profile: &Profile) -> Result<Vec<Entry>> {
     let dir = inv.pki_dir();
     let mut out = Vec::new();
     let mut missing = Vec::new();
@@ -116,7 +125,7 @@ fn read_pki(inv: &Inventory, recipe: &Recipe) -> Result<Vec<Entry>> {
         let path = dir.join(&p.file);
         match std::fs::read(&path) {
             Ok(bytes) => out.push(file_entry(
-                &p.path,
+                &profile.relocate(&p.path),
                 p.mode,
                 p.secret,
                 bytes,
@@ -140,8 +149,9 @@ fn read_pki(inv: &Inventory, recipe: &Recipe) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// Every member every artifact of the recipe installs, from the cache.
-fn binaries(cache: &Cache, recipe: &Recipe, arch: &str) -> Result<Vec<Entry>> {
+/// Every member every artifact of the recipe installs, from the cache, where
+/// the OS profile puts it.
+fn binaries(cache: &Cache, recipe: &Recipe, arch: &str, profile: &Profile) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     for (a, index) in cache.resolve(recipe, arch)? {
         let pin = a.pin_for(&recipe.name, arch)?;
@@ -154,7 +164,7 @@ fn binaries(cache: &Cache, recipe: &Recipe, arch: &str) -> Result<Vec<Entry>> {
                 ))
             })?;
             out.push(Entry {
-                path: m.install.clone(),
+                path: profile.relocate(&m.install),
                 mode: m.mode,
                 uid: 0,
                 gid: 0,
@@ -178,12 +188,13 @@ fn binaries(cache: &Cache, recipe: &Recipe, arch: &str) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// `systemctl enable`, offline: `<target>.wants/<unit>` symlinks.
-fn enablement(recipe: &Recipe, files: &[Entry]) -> Result<Vec<Entry>> {
+/// `systemctl enable`, offline: `<target>.wants/<unit>` symlinks, for the
+/// units the OS profile keeps.
+fn enablement(recipe: &Recipe, profile: &Profile, files: &[Entry]) -> Result<Vec<Entry>> {
     let layout = &recipe.layout_def;
     let mut out = Vec::new();
     for (target, units) in &layout.enable {
-        for unit in units {
+        for unit in units.iter().filter(|u| profile.keeps_unit(u)) {
             let shipped = format!("etc/systemd/system/{unit}");
             let dest = if files.iter().any(|e| e.path == shipped) {
                 format!("/{shipped}")

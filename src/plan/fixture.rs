@@ -92,6 +92,8 @@ pub fn sample_plan() -> Plan {
             mtime: 1_700_000_000,
             unit_order: Vec::new(),
             network: None,
+            os: "debian".into(),
+            system_dirs: Vec::new(),
         },
         entries,
     };

@@ -129,6 +129,30 @@ impl Entry {
             _ => Err(Error::input(format!("{} is not a file", self.path))),
         }
     }
+
+    /// The file's bytes, read whole through [`Entry::open`] (so checked the same way).
+    pub fn read_bytes(&self) -> Result<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(self.size() as usize);
+        self.open()?.read_to_end(&mut bytes).map_err(|err| {
+            let kind = match err.kind() {
+                io::ErrorKind::InvalidData => crate::Kind::Integrity,
+                _ => crate::Kind::Io,
+            };
+            Error::new(
+                kind,
+                format!("cannot read the bytes of /{}: {err}", self.path),
+            )
+        })?;
+        if bytes.len() as u64 != self.size() {
+            return Err(Error::integrity(format!(
+                "/{}: its content is {} bytes, the plan records {}",
+                self.path,
+                bytes.len(),
+                self.size()
+            )));
+        }
+        Ok(bytes)
+    }
 }
 
 /// Hashes what passes through and fails at EOF if the bytes are not the pinned ones.
@@ -196,6 +220,13 @@ pub struct Meta {
     /// The node's static network, if the inventory gives one.
     #[serde(skip)]
     pub network: Option<Network>,
+    /// The OS profile the node is for (`--os`).
+    #[serde(skip)]
+    pub os: String,
+    /// Folders the OS already has (relative paths): outputs that only add to
+    /// a running system (Ignition) leave them to it.
+    #[serde(skip)]
+    pub system_dirs: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +338,8 @@ mod tests {
             mtime: 0,
             unit_order: Vec::new(),
             network: None,
+            os: "debian".into(),
+            system_dirs: Vec::new(),
         }
     }
 
