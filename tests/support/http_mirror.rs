@@ -89,6 +89,16 @@ impl Mirror {
         self.state.lock().unwrap().log.clone()
     }
 
+    /// An HTTPS front for this mirror ([`TlsFront`]) with its CA written to
+    /// `dir/mirror-ca.pem`: the URL to pass as `--mirror` and the file for
+    /// `--ca-cert`.
+    pub fn tls(&self, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+        let front = TlsFront::start(self.addr);
+        let ca = dir.join("mirror-ca.pem");
+        std::fs::write(&ca, &front.ca_pem).unwrap();
+        (front.url(), ca)
+    }
+
     /// Requests for `path`.
     pub fn requests(&self, path: &str) -> Vec<Request> {
         self.log().into_iter().filter(|r| r.path == path).collect()
