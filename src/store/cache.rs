@@ -340,8 +340,8 @@ impl Cache {
                 known.into_iter().collect::<Vec<_>>().join(", ")
             )));
         }
-        let file = File::open(path).with_path("cannot read", path)?;
-        let meta = file.metadata().with_path("cannot stat", path)?;
+        // Looked at before it is opened: opening a FIFO would wait for a writer.
+        let meta = fs::metadata(path).with_path("cannot read", path)?;
         if !meta.is_file() {
             return Err(Error::input(format!(
                 "{}: not a regular file",
@@ -351,6 +351,7 @@ impl Cache {
         if meta.len() > self.limits.artifact {
             return Err(self.limits.too_large(&path.display().to_string()));
         }
+        let file = File::open(path).with_path("cannot read", path)?;
         let index = self.ingest(
             io::BufReader::with_capacity(1 << 20, file),
             &path.display().to_string(),
