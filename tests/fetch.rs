@@ -698,7 +698,10 @@ fn lock_then_fetch_then_build_records_publisher_checksum_trust() {
     let mirror = Mirror::start();
     serve_release(&mirror, NEW, "amd64");
     let url = mirror.url();
-    let stdout = ws.ok(&["lock", "--version", NEW, "--mirror", &url, "--allow-http"]);
+    // Pins are read over TLS (`lock` refuses plain http).
+    let (tls, ca) = mirror.tls(ws.dir());
+    let ca = ca.to_str().unwrap();
+    let stdout = ws.ok(&["lock", "--version", NEW, "--mirror", &tls, "--ca-cert", ca]);
     assert!(stdout.contains("kubectl\tamd64\tsha256:"), "{stdout}");
     assert!(
         stdout.contains("kube-apiserver\tamd64\tsha512:"),
@@ -723,7 +726,17 @@ fn lock_then_fetch_then_build_records_publisher_checksum_trust() {
     );
     let ws2 = bare(NEW);
     let url2 = mirror2.url();
-    ws2.ok(&["lock", "--version", NEW, "--mirror", &url2, "--allow-http"]);
+    let (tls2, ca2) = mirror2.tls(ws2.dir());
+    let ca2 = ca2.to_str().unwrap();
+    ws2.ok(&[
+        "lock",
+        "--version",
+        NEW,
+        "--mirror",
+        &tls2,
+        "--ca-cert",
+        ca2,
+    ]);
     let stderr = ws2.fails(&["fetch", "--mirror", &url2, "--allow-http"], 4);
     assert!(
         stderr.contains("kube-scheduler") && stderr.contains("digest mismatch"),
@@ -738,7 +751,8 @@ fn lock_refuses_to_shadow_a_changelog_pin_and_needs_checksum_files() {
     let ws = bare(VERSION);
     fs::remove_dir_all(ws.path("recipes")).unwrap(); // the built-in recipe counts
     let mirror = Mirror::start();
-    let url = mirror.url();
+    let (url, ca) = mirror.tls(ws.dir());
+    let ca = ca.to_str().unwrap();
     let stderr = ws.fails(
         &[
             "lock",
@@ -746,7 +760,8 @@ fn lock_refuses_to_shadow_a_changelog_pin_and_needs_checksum_files() {
             VERSION,
             "--mirror",
             &url,
-            "--allow-http",
+            "--ca-cert",
+            ca,
         ],
         2,
     );
@@ -761,7 +776,8 @@ fn lock_refuses_to_shadow_a_changelog_pin_and_needs_checksum_files() {
             "v1.11.0",
             "--mirror",
             &url,
-            "--allow-http",
+            "--ca-cert",
+            ca,
         ],
         3,
     );
@@ -775,7 +791,9 @@ fn airgap_carries_a_lock() {
     let mirror = Mirror::start();
     serve_release(&mirror, NEW, "amd64");
     let url = mirror.url();
-    ws.ok(&["lock", "--version", NEW, "--mirror", &url, "--allow-http"]);
+    let (tls, ca) = mirror.tls(ws.dir());
+    let ca = ca.to_str().unwrap();
+    ws.ok(&["lock", "--version", NEW, "--mirror", &tls, "--ca-cert", ca]);
     ws.ok(&[
         "airgap",
         "export",

@@ -22,6 +22,13 @@
 //! it does not know is installed into `<cache>/locks/` after its artifacts
 //! verified, but only if it is a lock (`publisher-checksum` or `local` trust): a
 //! bundle cannot introduce pins that claim to come from a release changelog.
+//!
+//! Layouts decide which files go where in the image, with which modes: a
+//! layout this machine lacks is taken from a bundle only with
+//! `--allow-layouts` (one it has is used as it is here; a differing copy in
+//! the bundle is reported and ignored), and any layout, wherever it comes
+//! from, is checked when it is loaded (`Layout::check`: PKI files from the
+//! fixed set, no path that leaves its folder).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -31,14 +38,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::acquire::fetch::{FetchOptions, Fetcher, jobs_for};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, clip};
 use crate::input::Session;
 use crate::input::assets::Assets;
 use crate::input::inventory::Inventory;
 use crate::input::recipe::Trust;
-use crate::input::recipe::{Algorithm, Recipe};
+use crate::input::recipe::{Algorithm, Recipe, Version, is_plain};
 use crate::progress::{Event, Progress};
 use crate::store::cache::{Cache, Candidate, parse_pin};
+use crate::store::ingest::Limits;
 use crate::util::atomic::{self, AtomicFile};
 use crate::util::digest::HashingWriter;
 use crate::util::digest::sha256_hex;
@@ -47,6 +55,13 @@ pub const FORMAT: &str = "imgbuild-airgap-bundle/1";
 const MANIFEST: &str = "manifest.json";
 /// Largest text file (manifest, recipe, layout) accepted from a bundle.
 const TEXT_LIMIT: u64 = 1 << 20;
+
+/// How `airgap import` treats what a bundle brings besides artifacts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportOptions {
+    /// Install layouts this machine lacks from the bundle.
+    pub allow_layouts: bool,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,15 +278,20 @@ fn read_text(entry: &mut impl Read, path: &str, bundle: &Path) -> Result<String>
         .read_to_end(&mut bytes)
         .with_path("cannot read", bundle)?;
     if bytes.len() as u64 > TEXT_LIMIT {
-        return Err(refuse(bundle, path, "too large for a text file"));
+        return Err(refuse(
+            bundle,
+            path,
+            "larger than the 1 MiB limit for a text file (manifest, recipe or layout)",
+        ));
     }
     String::from_utf8(bytes).map_err(|_| refuse(bundle, path, "not UTF-8 text"))
 }
 
 fn refuse(bundle: &Path, path: &str, why: &str) -> Error {
     Error::integrity(format!(
-        "bundle {}: refused: entry {path:?}: {why}. Nothing was imported",
-        bundle.display()
+        "bundle {}: refused: entry {:?}: {why}. Nothing was imported",
+        bundle.display(),
+        clip(path)
     ))
 }
 
@@ -283,8 +303,9 @@ struct Scanned {
     artifacts: BTreeMap<String, (Algorithm, String, u64)>,
 }
 
-fn scan(bundle: &Path) -> Result<Scanned> {
+fn scan(bundle: &Path, limits: Limits) -> Result<Scanned> {
     let file = File::open(bundle).with_path("cannot read", bundle)?;
+    let length = file.metadata().with_path("cannot stat", bundle)?.len();
     let mut archive = tar::Archive::new(io::BufReader::new(file));
     let mut manifest: Option<BundleManifest> = None;
     let mut recipes = BTreeMap::new();
@@ -318,6 +339,14 @@ fn scan(bundle: &Path) -> Result<Scanned> {
             ));
         }
         let slot = classify(&raw).map_err(|why| refuse(bundle, &shown, &why))?;
+        // Seeking over data does not notice a file cut short: check the end.
+        if entry.raw_file_position().saturating_add(entry.size()) > length {
+            return Err(refuse(
+                bundle,
+                &shown,
+                "the bundle ends inside it (truncated in transfer?)",
+            ));
+        }
         if !seen.insert(shown.clone()) {
             return Err(refuse(bundle, &shown, "appears twice"));
         }
@@ -349,6 +378,11 @@ fn scan(bundle: &Path) -> Result<Scanned> {
                 layouts.insert(name, read_text(&mut entry, &shown, bundle)?);
             }
             Slot::Artifact(alg, hex) => {
+                if entry.size() > limits.artifact {
+                    return Err(
+                        limits.too_large(&format!("bundle {}: entry {shown}", bundle.display()))
+                    );
+                }
                 artifacts.insert(shown, (alg, hex, entry.size()));
             }
         }
@@ -359,7 +393,40 @@ fn scan(bundle: &Path) -> Result<Scanned> {
             bundle.display()
         )));
     };
-    // Every file is listed with its digest, and every listed file is there.
+    // Names in the manifest follow the rules of names in the bundle.
+    for path in manifest
+        .artifacts
+        .iter()
+        .map(|a| &a.path)
+        .chain(manifest.files.iter().map(|f| &f.path))
+    {
+        if let Err(why) = classify(path.as_bytes()) {
+            return Err(refuse(
+                bundle,
+                path,
+                &format!("manifest.json lists it: {why}"),
+            ));
+        }
+    }
+    if Version::parse(&manifest.kubernetes_version).is_none() || !is_plain(&manifest.arch) {
+        return Err(refuse(
+            bundle,
+            MANIFEST,
+            "its kubernetes_version or arch is not a version or an arch name",
+        ));
+    }
+    // Every file is listed once with its digest, and every listed file is there.
+    let mut once = BTreeSet::new();
+    for path in manifest
+        .artifacts
+        .iter()
+        .map(|a| &a.path)
+        .chain(manifest.files.iter().map(|f| &f.path))
+    {
+        if !once.insert(path) {
+            return Err(refuse(bundle, path, "listed twice in manifest.json"));
+        }
+    }
     let listed: BTreeMap<&str, &BundleArtifact> = manifest
         .artifacts
         .iter()
@@ -436,9 +503,14 @@ fn scan(bundle: &Path) -> Result<Scanned> {
 }
 
 /// `imgbuild airgap import`: see the module docs.
-pub fn import(session: &Session, bundle: &Path, progress: &dyn Progress) -> Result<Imported> {
-    let scanned = scan(bundle)?;
+pub fn import(
+    session: &Session,
+    bundle: &Path,
+    opts: ImportOptions,
+    progress: &dyn Progress,
+) -> Result<Imported> {
     let cache = Cache::open(&session.cache_dir)?;
+    let scanned = scan(bundle, cache.limits())?;
 
     // Layouts the bundle brings that this machine lacks, for parsing its locks.
     let staging = tempfile::tempdir()
@@ -446,7 +518,25 @@ pub fn import(session: &Session, bundle: &Path, progress: &dyn Progress) -> Resu
     let mut new_layouts = Vec::new();
     for (name, text) in &scanned.layouts {
         let rel = format!("layouts/{name}.toml");
-        if session.assets.recipe_file(&rel)?.is_none() {
+        if let Some(local) = session.assets.recipe_file(&rel)? {
+            if &local.text != text {
+                progress.event(Event::Warning {
+                    message: &format!(
+                        "the bundle's layout {name} differs from {}; {} is used",
+                        local.origin, local.origin
+                    ),
+                });
+            }
+        } else {
+            if !opts.allow_layouts {
+                return Err(refuse(
+                    bundle,
+                    &format!("recipes/{rel}"),
+                    "a layout this machine does not have; a layout decides which files go where in \
+                     the image, with which modes: pass --allow-layouts to take it from the bundle if you \
+                     trust whoever made it",
+                ));
+            }
             let path = staging.path().join(&rel);
             std::fs::create_dir_all(path.parent().unwrap()).with_path("cannot create", &path)?;
             std::fs::write(&path, text).with_path("cannot write", &path)?;

@@ -27,6 +27,9 @@ use crate::store::cache::{ArtifactIndex, Cache, Candidate};
 /// Where release files are published (the seed's storage.googleapis.com host is legacy).
 pub const DEFAULT_BASE: &str = "https://dl.k8s.io";
 
+/// Largest checksum file read by `lock`.
+const TEXT_LIMIT: u64 = 64 * 1024;
+
 /// What to tell a user whose download failed for good.
 pub const OFFLINE_HINT: &str = "Without network access: run `imgbuild airgap export` on a connected machine and \
      `imgbuild airgap import BUNDLE` here, or `imgbuild cache import FILE` for files downloaded elsewhere; \
@@ -41,7 +44,8 @@ pub struct FetchOptions {
     pub jobs: usize,
     /// Extra CA certificates (PEM) to trust, e.g. an internal mirror's.
     pub ca_cert: Option<PathBuf>,
-    /// Allow plain http:// (digests are checked either way).
+    /// Allow plain http:// for downloads (checked against their pins either
+    /// way); never for reading pins (`lock`, see [`Fetcher::for_pins`]).
     pub allow_http: bool,
     pub connect_timeout: Duration,
     /// Longest wait for response headers or for the next bytes of a body.
@@ -69,8 +73,12 @@ impl Default for FetchOptions {
 
 #[derive(Debug, Clone)]
 enum Base {
-    /// http(s) URL without a trailing slash.
-    Http(String),
+    /// http(s) URL without a trailing slash, as given (credentials included),
+    /// and as shown (credentials replaced by `***`).
+    Http {
+        url: String,
+        shown: String,
+    },
     File(PathBuf),
 }
 
@@ -140,14 +148,46 @@ impl<'a> Fetcher<'a> {
         Ok(Fetcher { cache, base, opts })
     }
 
-    /// The URL (or path) a file under the base has.
+    /// This fetcher for reading pins (`lock`): only over TLS or from a folder.
+    /// A checksum file read over plain http could be anyone's, and so would be
+    /// the pins written from it; redirects to http are refused too, whatever
+    /// `--allow-http` says.
+    pub fn for_pins(&self) -> Result<Fetcher<'a>> {
+        if let Base::Http { url, shown } = &self.base
+            && url.starts_with("http://")
+        {
+            return Err(Error::input(format!(
+                "--mirror {shown}: `lock` reads pins, and pins read over plain http:// could be anyone's \
+                 (--allow-http is for downloads, which are checked against pins). Use https:// \
+                 (--ca-cert FILE for an internal CA) or file:///DIR"
+            )));
+        }
+        let mut opts = self.opts.clone();
+        opts.allow_http = false;
+        Ok(Fetcher {
+            cache: self.cache,
+            base: self.base.clone(),
+            opts,
+        })
+    }
+
+    /// The URL (or path) a file under the base has, as shown and recorded
+    /// (credentials in the base replaced by `***`).
     pub fn url(&self, url_path: &str) -> String {
         match &self.base {
-            Base::Http(b) => format!("{b}/{}", url_path.trim_start_matches('/')),
+            Base::Http { shown, .. } => format!("{shown}/{}", url_path.trim_start_matches('/')),
             Base::File(dir) => dir
                 .join(url_path.trim_start_matches('/'))
                 .display()
                 .to_string(),
+        }
+    }
+
+    /// The URL requested for a file under an http(s) base (credentials kept).
+    fn request_url(&self, url_path: &str) -> String {
+        match &self.base {
+            Base::Http { url, .. } => format!("{url}/{}", url_path.trim_start_matches('/')),
+            Base::File(_) => self.url(url_path),
         }
     }
 
@@ -284,11 +324,11 @@ impl<'a> Fetcher<'a> {
                 };
                 self.cache.ingest(reader, &url, &candidates)?
             }
-            Base::Http(_) => {
+            Base::Http { .. } => {
                 if client.is_none() {
                     *client = Some(http::client(&self.opts)?);
                 }
-                let url = self.url(&url_path);
+                let url = self.request_url(&url_path);
                 let mut stream = Stream::new(
                     client.as_ref().unwrap(),
                     &url,
@@ -296,8 +336,12 @@ impl<'a> Fetcher<'a> {
                     &self.opts,
                     progress,
                     OFFLINE_HINT,
-                );
-                match self.cache.ingest(&mut stream, &url, &candidates) {
+                )
+                .limit(self.cache.limits());
+                match self
+                    .cache
+                    .ingest(&mut stream, &self.url(&url_path), &candidates)
+                {
                     Ok(index) => index,
                     // The reader's own account of a failed transfer beats the
                     // I/O error ingest saw.
@@ -315,14 +359,13 @@ impl<'a> Fetcher<'a> {
     /// A small text file under the base (a checksum file), or None if the
     /// server says it does not exist (404, 410). Retries like any download.
     pub fn get_text(&self, url_path: &str, progress: &dyn Progress) -> Result<Option<String>> {
-        const LIMIT: u64 = 64 * 1024;
         let bytes = match &self.base {
             Base::File(dir) => {
                 let path = Self::file_path(dir, url_path)?;
                 match File::open(&path) {
                     Ok(f) => {
                         let mut v = Vec::new();
-                        f.take(LIMIT)
+                        f.take(TEXT_LIMIT + 1)
                             .read_to_end(&mut v)
                             .with_path("cannot read", &path)?;
                         v
@@ -331,9 +374,9 @@ impl<'a> Fetcher<'a> {
                     Err(e) => return Err(Error::io("cannot read", &path, e)),
                 }
             }
-            Base::Http(_) => {
+            Base::Http { .. } => {
                 let client = http::client(&self.opts)?;
-                let url = self.url(url_path);
+                let url = self.request_url(url_path);
                 let name = url_path.rsplit('/').next().unwrap_or(url_path).to_string();
                 let retries_only = RetriesOnly(progress);
                 let mut stream = Stream::new(
@@ -345,20 +388,27 @@ impl<'a> Fetcher<'a> {
                     "check the version and --mirror",
                 );
                 let mut v = Vec::new();
-                match (&mut stream).take(LIMIT).read_to_end(&mut v) {
+                match (&mut stream).take(TEXT_LIMIT + 1).read_to_end(&mut v) {
                     Ok(_) => v,
                     Err(e) => {
                         if matches!(stream.status.map(|s| s.as_u16()), Some(404 | 410)) {
                             return Ok(None);
                         }
-                        return Err(stream
-                            .failure
-                            .take()
-                            .unwrap_or_else(|| Error::network(format!("{url}: {e}"))));
+                        return Err(stream.failure.take().unwrap_or_else(|| {
+                            Error::network(format!("{}: {e}", self.url(url_path)))
+                        }));
                     }
                 }
             }
         };
+        if bytes.len() as u64 > TEXT_LIMIT {
+            return Err(Error::integrity(format!(
+                "{}: larger than the {} KiB limit for a checksum file (one holds a digest and a \
+                 file name): refused",
+                self.url(url_path),
+                TEXT_LIMIT >> 10
+            )));
+        }
         String::from_utf8(bytes)
             .map(Some)
             .map_err(|_| Error::integrity(format!("{}: not text", self.url(url_path))))
@@ -366,7 +416,7 @@ impl<'a> Fetcher<'a> {
 
     pub fn base_description(&self) -> String {
         match &self.base {
-            Base::Http(b) => b.clone(),
+            Base::Http { shown, .. } => shown.clone(),
             Base::File(d) => format!("file://{}", d.display()),
         }
     }
@@ -391,29 +441,58 @@ pub fn fetch_inventory(
     fetcher.fetch(&jobs_for(&recipe, &inventory.cluster.arch), progress)
 }
 
+/// `url` with its user name and password (if any) replaced by `***`: what
+/// is shown in messages and recorded in locks, manifests and bundles. A query
+/// (which may hold a token too) is replaced the same way.
+pub fn redact(url: &str) -> String {
+    let (head, query) = match url.split_once(['?', '#']) {
+        Some((head, _)) => (head, "?***"),
+        None => (url, ""),
+    };
+    let Some((scheme, rest)) = head.split_once("://") else {
+        return format!("{head}{query}");
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}{query}", &rest[at + 1..]),
+        None => format!("{head}{query}"),
+    }
+}
+
 fn parse_base(raw: &str, allow_http: bool) -> Result<Base> {
     let trimmed = raw.trim_end_matches('/');
+    let shown = redact(trimmed);
     if let Some(rest) = raw.strip_prefix("file://") {
         if !rest.starts_with('/') {
             return Err(Error::input(format!(
-                "--mirror {raw}: a file:// URL needs an absolute path (file:///srv/mirror)"
+                "--mirror {shown}: a file:// URL needs an absolute path (file:///srv/mirror)"
             )));
         }
         return Ok(Base::File(PathBuf::from(rest)));
     }
     if let Some((scheme, _)) = raw.split_once("://") {
         let url = reqwest::Url::parse(raw)
-            .map_err(|e| Error::input(format!("--mirror {raw}: not a URL ({e})")))?;
+            .map_err(|e| Error::input(format!("--mirror {shown}: not a URL ({e})")))?;
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(Error::input(format!(
+                "--mirror {shown}: a download base cannot carry a query or a fragment \
+                 (file paths are appended to it)"
+            )));
+        }
+        let base = Base::Http {
+            url: trimmed.to_string(),
+            shown: shown.clone(),
+        };
         return match scheme {
-            "https" => Ok(Base::Http(trimmed.to_string())),
-            "http" if allow_http => Ok(Base::Http(trimmed.to_string())),
+            "https" => Ok(base),
+            "http" if allow_http => Ok(base),
             "http" => Err(Error::input(format!(
-                "--mirror {url}: plain http:// is refused (anyone on the path could change or \
+                "--mirror {shown}: plain http:// is refused (anyone on the path could change or \
                  watch what you download); use https://, or pass --allow-http for a trusted \
-                 internal network (digests are checked either way)"
+                 internal network (downloads are checked against their pins either way)"
             ))),
             other => Err(Error::input(format!(
-                "--mirror {raw}: unsupported scheme {other}:// (use https://, http:// with --allow-http, or file://)"
+                "--mirror {shown}: unsupported scheme {other}:// (use https://, http:// with --allow-http, or file://)"
             ))),
         };
     }
@@ -423,7 +502,7 @@ fn parse_base(raw: &str, allow_http: bool) -> Result<Base> {
         return Ok(Base::File(abs));
     }
     Err(Error::input(format!(
-        "--mirror {raw}: neither a URL (https://, file://) nor an existing folder"
+        "--mirror {shown}: neither a URL (https://, file://) nor an existing folder"
     )))
 }
 

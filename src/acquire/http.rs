@@ -30,9 +30,10 @@ use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use reqwest::header;
 
-use super::fetch::FetchOptions;
+use super::fetch::{FetchOptions, redact};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{Event, Progress};
+use crate::store::ingest::Limits;
 
 /// How often (in bytes) a download reports its progress.
 pub(super) const REPORT_EVERY: u64 = 256 * 1024;
@@ -54,7 +55,7 @@ pub(super) fn client(opts: &FetchOptions) -> Result<Client> {
             "https" => attempt.follow(),
             "http" if allow_http => attempt.follow(),
             "http" => {
-                let to = attempt.url().to_string();
+                let to = redact(attempt.url().as_str());
                 attempt.error(format!(
                     "redirect to plain http refused ({to}); pass --allow-http to allow it"
                 ))
@@ -98,7 +99,12 @@ enum Failure {
 /// Range request) behind the reader's back; see the module docs.
 pub(super) struct Stream<'a> {
     client: &'a Client,
+    /// What is requested (credentials included) ...
     url: &'a str,
+    /// ... and what is shown (credentials replaced by `***`).
+    shown: String,
+    /// The cap on what the server may announce.
+    limit: Option<Limits>,
     name: &'a str,
     opts: &'a FetchOptions,
     progress: &'a dyn Progress,
@@ -137,6 +143,8 @@ impl<'a> Stream<'a> {
         Stream {
             client,
             url,
+            shown: redact(url),
+            limit: None,
             name,
             opts,
             progress,
@@ -157,10 +165,26 @@ impl<'a> Stream<'a> {
         }
     }
 
+    /// Refuse a body the server announces larger than `limits` allow.
+    pub(super) fn limit(mut self, limits: Limits) -> Self {
+        self.limit = Some(limits);
+        self
+    }
+
+    /// `text` with the requested URL's credentials replaced by `***`.
+    fn scrub(&self, text: &str) -> String {
+        match userinfo(self.url) {
+            Some(secret) => text.replace(self.url, &self.shown).replace(secret, "***"),
+            None => text.to_string(),
+        }
+    }
+
     fn give_up(&self, reason: &str) -> Error {
         Error::network(format!(
-            "cannot download {}: {reason}.\n{}",
-            self.url, self.hint
+            "cannot download {}: {}.\n{}",
+            self.shown,
+            self.scrub(reason),
+            self.hint
         ))
     }
 
@@ -235,9 +259,10 @@ impl<'a> Stream<'a> {
             if status == StatusCode::PARTIAL_CONTENT && ranged {
                 match content_range(&resp) {
                     Some((start, total)) if start == self.done => {
+                        self.check_announced(total)?;
                         self.total = total.or(self.total);
                         self.progress.event(Event::DownloadStart {
-                            url: self.url,
+                            url: &self.shown,
                             name: self.name,
                             total: self.total,
                             resumed_from: self.done,
@@ -246,7 +271,16 @@ impl<'a> Stream<'a> {
                         return Ok(());
                     }
                     _ => {
-                        // Not the range asked for: take the whole file and skip.
+                        // Not the range asked for: never appended. Take the
+                        // whole file and skip what was received.
+                        self.progress.event(Event::Notice {
+                            message: &format!(
+                                "{}: asked for bytes {}-, the server sent {}; downloading again from the start",
+                                self.name,
+                                self.done,
+                                content_range_text(&resp)
+                            ),
+                        });
                         self.no_range = true;
                         continue;
                     }
@@ -254,6 +288,7 @@ impl<'a> Stream<'a> {
             }
             if status == StatusCode::OK {
                 self.total = resp.content_length();
+                self.check_announced(self.total)?;
                 if self.done > 0 {
                     // The server ignored the range (or the file changed): read it
                     // again from the start, dropping what the consumer has seen.
@@ -270,7 +305,7 @@ impl<'a> Stream<'a> {
                 if !self.started {
                     self.started = true;
                     self.progress.event(Event::DownloadStart {
-                        url: self.url,
+                        url: &self.shown,
                         name: self.name,
                         total: self.total,
                         resumed_from: 0,
@@ -296,11 +331,29 @@ impl<'a> Stream<'a> {
                 416 => " (the file is shorter than what was already received)",
                 _ => "",
             };
+            if status == StatusCode::PARTIAL_CONTENT {
+                return Err(Error::network(format!(
+                    "cannot download {}: the server answered 206 Partial Content ({}) to a request \
+                     for the whole file",
+                    self.shown,
+                    content_range_text(&resp)
+                )));
+            }
             // The network works: the offline hint would mislead.
             return Err(Error::network(format!(
                 "cannot download {}: {reason}{hint}",
-                self.url
+                self.shown
             )));
+        }
+    }
+
+    /// A body announced larger than the cap is refused before it is read.
+    fn check_announced(&self, total: Option<u64>) -> Result<()> {
+        match (total, self.limit) {
+            (Some(t), Some(limits)) if t > limits.artifact => {
+                Err(limits.too_large(&format!("{} (the server announces {t} bytes)", self.shown)))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -367,6 +420,24 @@ impl Read for Stream<'_> {
             }
         }
     }
+}
+
+/// The `Content-Range` header as the server sent it, for messages.
+fn content_range_text(resp: &Response) -> String {
+    match resp.headers().get(header::CONTENT_RANGE) {
+        Some(v) => format!(
+            "Content-Range: {}",
+            crate::error::clip(&String::from_utf8_lossy(v.as_bytes()))
+        ),
+        None => "no Content-Range".to_string(),
+    }
+}
+
+/// The `user:password` of a URL, if it has one.
+fn userinfo(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    rest[..host_end].rfind('@').map(|at| &rest[..at])
 }
 
 /// `Content-Range: bytes START-END/TOTAL` → (START, TOTAL).

@@ -55,6 +55,8 @@ pub fn lock(
     progress: &dyn Progress,
 ) -> Result<Locked> {
     let version = &opts.version;
+    // Before anything else: pins come over TLS or from a folder, never plain http.
+    let fetcher = &fetcher.for_pins()?;
     if Version::parse(version).is_none() {
         return Err(Error::input(format!(
             "--version {version}: expected vMAJOR.MINOR.PATCH, e.g. v1.33.0"

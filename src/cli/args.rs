@@ -140,7 +140,8 @@ pub struct FetchArgs {
     /// Also trust this CA (PEM), e.g. an internal mirror's.
     #[arg(long, env = "IMGBUILD_CA_CERT", value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
-    /// Allow plain http:// (digests are checked either way).
+    /// Allow plain http:// for downloads, which are checked against pinned
+    /// digests. Never for `lock`: pins read over plain http could be anyone's.
     #[arg(long)]
     pub allow_http: bool,
     /// Seconds to wait for a connection.
@@ -189,6 +190,10 @@ pub enum AirgapCommand {
     Import {
         #[arg(value_name = "BUNDLE")]
         bundle: PathBuf,
+        /// Also install layouts this machine lacks from the bundle (a layout
+        /// decides which files go where in the image); refused otherwise.
+        #[arg(long)]
+        allow_layouts: bool,
     },
 }
 

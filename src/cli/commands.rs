@@ -119,8 +119,14 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
             );
             Ok(())
         }
-        Command::Airgap(AirgapCommand::Import { bundle }) => {
-            let imported = imgbuild::acquire::airgap::import(&session, bundle, reporter)?;
+        Command::Airgap(AirgapCommand::Import {
+            bundle,
+            allow_layouts,
+        }) => {
+            let opts = imgbuild::acquire::airgap::ImportOptions {
+                allow_layouts: *allow_layouts,
+            };
+            let imported = imgbuild::acquire::airgap::import(&session, bundle, opts, reporter)?;
             for line in &imported.cached {
                 println!("{line}");
             }

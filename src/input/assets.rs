@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use include_dir::{Dir, include_dir};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, clip};
+use crate::input::recipe::is_rel_path;
 
 static BUILTIN_RECIPES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/recipes");
 static BUILTIN_OVERLAYS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/overlays");
@@ -29,6 +30,7 @@ pub struct Asset {
 
 impl Assets {
     pub fn recipe_file(&self, rel: &str) -> Result<Option<Asset>> {
+        inside("recipe", rel)?;
         for dir in &self.recipe_dirs {
             if let Some(a) = read_opt(&dir.join(rel))? {
                 return Ok(Some(a));
@@ -38,6 +40,8 @@ impl Assets {
     }
 
     pub fn overlay_file(&self, overlay: &str, rel: &str) -> Result<Option<Asset>> {
+        inside("overlay", overlay)?;
+        inside("overlay", rel)?;
         let rel = format!("{overlay}/{rel}");
         if let Some(dir) = &self.overlay_dir
             && let Some(a) = read_opt(&dir.join(&rel))?
@@ -107,6 +111,18 @@ impl Assets {
         }
         Ok(names.into_iter().collect())
     }
+}
+
+/// Refuse a name that would leave the folders searched (`..`, an absolute
+/// path): recipes and layouts name files relative to them.
+fn inside(what: &str, rel: &str) -> Result<()> {
+    if is_rel_path(rel) {
+        return Ok(());
+    }
+    Err(Error::input(format!(
+        "{what} file {:?}: refused, not a relative path inside the {what} folders",
+        clip(rel)
+    )))
 }
 
 fn is_recipe_name(name: &str) -> bool {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, clip};
 use crate::input::assets::Assets;
 
 /// How much to trust an artifact's pin.
@@ -182,6 +182,106 @@ impl Artifact {
     }
 }
 
+impl Layout {
+    /// Every path a layout names stays inside what it is relative to, PKI
+    /// files come from the fixed set `pki init` creates (names, never paths),
+    /// and `secret` follows the file: keys, kubeconfigs and the encryption
+    /// config are secret (so 0600) whatever the layout says. Applies to every
+    /// layout, built-in, from `--recipes`, from a lock or from a bundle.
+    pub fn check(&mut self) -> Result<()> {
+        if !is_plain(&self.overlay) {
+            return Err(Error::input(format!(
+                "overlay = {:?}: expected the name of a folder of overlays/ (no `/`, no leading `.`)",
+                clip(&self.overlay)
+            )));
+        }
+        let path = |table: &str, what: &str, value: &str| {
+            Error::input(format!(
+                "[[{table}]] {what} = {:?}: expected a relative path without empty, `.` or `..` parts",
+                clip(value)
+            ))
+        };
+        for f in &self.files {
+            if !is_rel_path(&f.template) {
+                return Err(path("files", "template", &f.template));
+            }
+            if let Some(p) = &f.path
+                && !is_rel_path(p)
+            {
+                return Err(path("files", "path", p));
+            }
+            check_mode(f.mode)
+                .map_err(|e| e.context(format!("[[files]] {}", clip(&f.template))))?;
+        }
+        let known = crate::pki::files();
+        for p in &mut self.pki {
+            let Some(file) = known.iter().find(|k| k.name == p.file) else {
+                let names: Vec<&str> = known.iter().map(|k| k.name.as_str()).collect();
+                return Err(Error::input(format!(
+                    "[[pki]] file = {:?}: not a PKI file; a layout names one of the files `imgbuild pki init` \
+                     creates in pki_dir ({}), never a path",
+                    clip(&p.file),
+                    names.join(", ")
+                )));
+            };
+            if !is_rel_path(&p.path) {
+                return Err(path("pki", "path", &p.path));
+            }
+            check_mode(p.mode).map_err(|e| e.context(format!("[[pki]] {}", p.file)))?;
+            p.secret = file.secret;
+        }
+        for (target, units) in &self.enable {
+            for name in std::iter::once(target).chain(units) {
+                if !is_plain(name) {
+                    return Err(Error::input(format!(
+                        "[enable]: {:?} is not a unit name",
+                        clip(name)
+                    )));
+                }
+            }
+        }
+        for (unit, target) in &self.unit_paths {
+            let rel = target.strip_prefix('/').unwrap_or("");
+            if !is_plain(unit) || !is_rel_path(rel) {
+                return Err(Error::input(format!(
+                    "[unit_paths] {:?} = {:?}: expected a unit name and an absolute path without `..`",
+                    clip(unit),
+                    clip(target)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name for one path component: letters, digits, `.`, `_`, `-`, `@`, `:`,
+/// not starting with `.`.
+pub fn is_plain(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b':'))
+}
+
+/// A relative `/`-separated path without empty, `.` or `..` parts, backslashes
+/// or control characters.
+pub fn is_rel_path(p: &str) -> bool {
+    !p.is_empty()
+        && !p.starts_with('/')
+        && !p.chars().any(|c| c.is_control() || c == '\\')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// Permission bits only: no setuid, setgid or sticky bit from a recipe or layout.
+fn check_mode(mode: u32) -> Result<()> {
+    if mode & !0o777 != 0 {
+        return Err(Error::input(format!(
+            "mode = 0o{mode:o}: expected permission bits only (at most 0o777)"
+        )));
+    }
+    Ok(())
+}
+
 /// The recipe file name for a Kubernetes version.
 pub fn file_name(version: &str) -> String {
     format!("kubernetes-{version}.toml")
@@ -231,6 +331,10 @@ impl Recipe {
                 e.to_string().trim_end()
             ))
         })?;
+        recipe
+            .layout_def
+            .check()
+            .map_err(|e| e.context(format!("layout {}", layout.origin)))?;
         Ok(recipe)
     }
 
@@ -238,8 +342,71 @@ impl Recipe {
         if self.artifacts.is_empty() {
             return Err(Error::input("no [[artifacts]]"));
         }
+        if !is_plain(&self.layout) {
+            return Err(Error::input(format!(
+                "layout = {:?}: expected the name of a file in layouts/ (no `/`, no leading `.`)",
+                clip(&self.layout)
+            )));
+        }
+        if !self.name.is_empty()
+            && Some(self.name.as_str())
+                != Version::parse(&self.kubernetes_version)
+                    .map(|v| file_name(&v.to_string()))
+                    .as_deref()
+        {
+            return Err(Error::input(format!(
+                "kubernetes_version = {:?} is not the version its file name {} gives",
+                clip(&self.kubernetes_version),
+                self.name
+            )));
+        }
         for a in &self.artifacts {
+            let field = |what: &str, value: &str| {
+                Error::input(format!(
+                    "artifact {} {what} = {:?}: {}",
+                    clip(&a.name),
+                    clip(value),
+                    if what == "file" {
+                        "expected a file name (no `/`)"
+                    } else {
+                        "expected a relative path without empty, `.` or `..` parts"
+                    }
+                ))
+            };
+            if !is_plain(&a.file.replace("{arch}", "arch")) {
+                return Err(field("file", &a.file));
+            }
+            let url = a.url_path.replace("{arch}", "arch");
+            if !is_rel_path(&url) || url.contains(['?', '#', '%']) {
+                return Err(field("url_path", &a.url_path));
+            }
+            for m in &a.members {
+                if !is_rel_path(&m.path) {
+                    return Err(field("members.path", &m.path));
+                }
+                if !is_rel_path(&m.install) {
+                    return Err(field("members.install", &m.install));
+                }
+                check_mode(m.mode).map_err(|e| {
+                    e.context(format!(
+                        "artifact {} member {}",
+                        clip(&a.name),
+                        clip(&m.path)
+                    ))
+                })?;
+            }
             for (arch, digest) in &a.digests {
+                if arch.is_empty()
+                    || !arch
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                {
+                    return Err(Error::input(format!(
+                        "artifact {} digests: {:?} is not an arch name (e.g. amd64)",
+                        clip(&a.name),
+                        clip(arch)
+                    )));
+                }
                 let ok = digest.len() == a.algorithm.hex_len()
                     && digest
                         .bytes()

@@ -117,13 +117,27 @@ fn file_entry(path: &str, mode: u32, secret: bool, bytes: Vec<u8>, origin: Origi
     }
 }
 
+/// Largest PKI file read (certificates, keys and kubeconfigs are a few KiB).
+const PKI_FILE_LIMIT: u64 = 1 << 20;
+
+/// The PKI files the layout names, read from `pki_dir`. The layout names them
+/// from the fixed set `pki init` creates (checked when it is loaded), so no
+/// name leaves the folder; and each must be a regular file in it: a symbolic
+/// link is refused (it could bring any file the builder can read into the
+/// image), as is anything but a regular file or a file over 1 MiB.
 fn read_pki(inv: &Inventory, recipe: &Recipe, profile: &Profile) -> Result<Vec<Entry>> {
     let dir = inv.pki_dir();
     let mut out = Vec::new();
     let mut missing = Vec::new();
     for p in &recipe.layout_def.pki {
+        if !crate::pki::files().iter().any(|f| f.name == p.file) {
+            return Err(Error::input(format!(
+                "layout: [[pki]] file {:?} is not a PKI file",
+                crate::error::clip(&p.file)
+            )));
+        }
         let path = dir.join(&p.file);
-        match std::fs::read(&path) {
+        match read_regular(&path) {
             Ok(bytes) => out.push(file_entry(
                 &profile.relocate(&p.path),
                 p.mode,
@@ -134,6 +148,12 @@ fn read_pki(inv: &Inventory, recipe: &Recipe, profile: &Profile) -> Result<Vec<E
                 },
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(p.file.as_str()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                return Err(Error::input(format!(
+                    "PKI file {}: {e}: refused; put the file itself in the PKI folder",
+                    path.display()
+                )));
+            }
             Err(e) => return Err(Error::io("cannot read PKI file", &path, e)),
         }
     }
@@ -147,6 +167,37 @@ fn read_pki(inv: &Inventory, recipe: &Recipe, profile: &Profile) -> Result<Vec<E
         )));
     }
     Ok(out)
+}
+
+/// The bytes of the regular file at `path`, not following a symbolic link;
+/// InvalidInput (saying why) for a link, anything else than a regular file,
+/// or a file over [`PKI_FILE_LIMIT`].
+fn read_regular(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error as IoError, ErrorKind, Read};
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: &str| IoError::new(ErrorKind::InvalidInput, why.to_string());
+    let before = std::fs::symlink_metadata(path)?;
+    if before.file_type().is_symlink() {
+        return Err(refuse("a symlink"));
+    }
+    if !before.file_type().is_file() {
+        return Err(refuse("not a regular file"));
+    }
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    // The name still leads to the file we looked at (not swapped for a link).
+    if (meta.dev(), meta.ino()) != (before.dev(), before.ino()) || !meta.is_file() {
+        return Err(refuse("changed while it was read"));
+    }
+    if meta.len() > PKI_FILE_LIMIT {
+        return Err(refuse("larger than 1 MiB, not a PKI file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(PKI_FILE_LIMIT + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > PKI_FILE_LIMIT {
+        return Err(refuse("larger than 1 MiB, not a PKI file"));
+    }
+    Ok(bytes)
 }
 
 /// Every member every artifact of the recipe installs, from the cache, where

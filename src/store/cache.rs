@@ -26,26 +26,33 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha512};
 use tempfile::NamedTempFile;
 
+use super::ingest::{Limits, write_hashed};
+use super::ledger::Ledger;
 use crate::error::{Error, IoContext, Result};
 use crate::input::recipe::Trust;
 use crate::input::recipe::{Algorithm, Artifact, ArtifactKind, Recipe};
 use crate::progress::{Event, Progress};
-use crate::util::digest::HashingWriter;
+use crate::util::digest::sha256_hex;
 
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    limits: Limits,
+    /// What this user verified here, kept outside the cache (see `ledger`).
+    pub(super) ledger: Ledger,
 }
 
-/// What a verified artifact holds, as recorded in `index/`.
+/// What a verified artifact holds, as recorded in `index/`. Nothing in it is
+/// trusted as read: see `index.rs` for what is checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ArtifactIndex {
     pub artifact: String,
     pub file: String,
@@ -53,11 +60,15 @@ pub struct ArtifactIndex {
     pub pin: String,
     pub trust: Trust,
     pub size: u64,
+    /// Tarball or single file (absent in indexes written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ArtifactKind>,
     /// Member path → its blob.
     pub members: BTreeMap<String, BlobRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BlobRef {
     pub sha256: String,
     pub size: u64,
@@ -91,38 +102,6 @@ impl Hasher {
     }
 }
 
-/// Passes bytes through while hashing them and keeping a copy.
-struct Tee<R, W> {
-    inner: R,
-    copy: W,
-    hashers: Vec<(Algorithm, Hasher)>,
-    bytes: u64,
-}
-
-impl<R: Read, W: Write> Read for Tee<R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        for (_, h) in &mut self.hashers {
-            h.update(&buf[..n]);
-        }
-        self.copy.write_all(&buf[..n])?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-}
-
-/// Writes a stream to a temp file, hashing it (sha256) on the way.
-fn write_hashed(
-    tmp: NamedTempFile,
-    mut src: impl Read,
-) -> io::Result<(NamedTempFile, String, u64)> {
-    let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp));
-    io::copy(&mut src, &mut out)?;
-    let (out, sha256, size) = out.finish();
-    let tmp = out.into_inner().map_err(|e| e.into_error())?;
-    Ok((tmp, sha256, size))
-}
-
 impl Cache {
     /// Open (creating if needed) the cache at `root`.
     pub fn open(root: &Path) -> Result<Cache> {
@@ -141,7 +120,14 @@ impl Cache {
         }
         Ok(Cache {
             root: root.to_path_buf(),
+            limits: Limits::from_env()?,
+            ledger: Ledger::for_cache(root),
         })
+    }
+
+    /// The caps on what enters the cache.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// `$XDG_CACHE_HOME/imgbuild`, else `~/.cache/imgbuild`.
@@ -167,7 +153,7 @@ impl Cache {
         self.root.join("artifacts").join(algorithm.name()).join(hex)
     }
 
-    fn index_path(&self, algorithm: Algorithm, hex: &str) -> PathBuf {
+    pub(super) fn index_path(&self, algorithm: Algorithm, hex: &str) -> PathBuf {
         self.root
             .join("index")
             .join(format!("{}-{hex}.json", algorithm.name()))
@@ -187,27 +173,12 @@ impl Cache {
             .with_path("cannot create a temporary file in", &dir)
     }
 
-    /// The index of a verified artifact, if it and all its members are present.
+    /// The index of a verified artifact, if it, the kept original and all its
+    /// members are present. The index is checked as it is read (well-formed,
+    /// its pin `algorithm:hex`, digests that are digests): an index that fails
+    /// is an error naming what is wrong, not a miss.
     pub fn lookup(&self, algorithm: Algorithm, hex: &str) -> Result<Option<ArtifactIndex>> {
-        let path = self.index_path(algorithm, hex);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("cannot read", &path, e)),
-        };
-        let index: ArtifactIndex = serde_json::from_str(&text).map_err(|e| {
-            Error::integrity(format!(
-                "cache index {} is damaged ({e}); run `imgbuild cache verify`",
-                path.display()
-            ))
-        })?;
-        for blob in index.members.values() {
-            match fs::metadata(self.blob_path(&blob.sha256)) {
-                Ok(m) if m.len() == blob.size => {}
-                _ => return Ok(None),
-            }
-        }
-        Ok(Some(index))
+        Ok(self.read_index(algorithm, hex)?.map(|(index, _)| index))
     }
 
     /// Every artifact of `recipe` for `arch` with its verified index, or an
@@ -219,8 +190,7 @@ impl Cache {
     ) -> Result<Vec<(&'r Artifact, ArtifactIndex)>> {
         let mut out = Vec::new();
         for a in &recipe.artifacts {
-            let hex = a.digest_for(&recipe.name, arch)?;
-            let Some(index) = self.lookup(a.algorithm, hex)? else {
+            let Some(index) = self.verified_index(recipe, a, arch)? else {
                 return Err(Error::missing(format!(
                     "artifact {} ({}) of recipe {} is not in the cache {}.\n\
                      On a connected machine: `imgbuild fetch` (or `--mirror URL` for an internal mirror laid out like https://dl.k8s.io).\n\
@@ -246,8 +216,16 @@ impl Cache {
         for ent in fs::read_dir(&dir).with_path("cannot list", &dir)? {
             let path = ent.with_path("cannot list", &dir)?.path();
             if path.extension().is_some_and(|e| e == "json") {
-                let text = fs::read_to_string(&path).with_path("cannot read", &path)?;
-                if let Ok(idx) = serde_json::from_str(&text) {
+                let pin = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| s.split_once('-'))
+                    .and_then(|(alg, hex)| {
+                        parse_pin(&format!("{alg}:{hex}")).map(|(a, _)| (a, hex.to_string()))
+                    });
+                if let Some((alg, hex)) = pin
+                    && let Ok(Some((idx, _))) = self.read_index(alg, &hex)
+                {
                     out.push(idx);
                 }
             }
@@ -256,148 +234,8 @@ impl Cache {
         Ok(out)
     }
 
-    /// Verify `src` against the pin of one of `candidates` (artifacts sharing a file
-    /// name, e.g. the same tarball name pinned by several versions) while taking
-    /// its members, in one pass. Nothing enters the cache unless a digest matches.
-    pub fn ingest(
-        &self,
-        src: impl Read,
-        label: &str,
-        candidates: &[Candidate<'_>],
-    ) -> Result<ArtifactIndex> {
-        let first = candidates.first().expect("ingest needs a candidate");
-        let kind = first.artifact.kind;
-        let _shared = self.lock(false)?;
-        let original = self.temp_file()?;
-        let original_path = original.path().to_path_buf();
-        let mut tee = Tee {
-            inner: src,
-            copy: BufWriter::with_capacity(1 << 20, original),
-            hashers: Vec::new(),
-            bytes: 0,
-        };
-        let mut algorithms: Vec<Algorithm> =
-            candidates.iter().map(|c| c.artifact.algorithm).collect();
-        if kind == ArtifactKind::File {
-            // A single file is its own member, and members are named by sha256.
-            algorithms.push(Algorithm::Sha256);
-        }
-        for alg in algorithms {
-            if !tee.hashers.iter().any(|(a, _)| *a == alg) {
-                tee.hashers.push((alg, Hasher::new(alg)));
-            }
-        }
-        let wanted: BTreeSet<&str> = candidates
-            .iter()
-            .filter(|c| c.artifact.kind == ArtifactKind::Tarball)
-            .flat_map(|c| c.artifact.members.iter().map(|m| m.path.as_str()))
-            .collect();
-        let mut taken: BTreeMap<String, (NamedTempFile, String, u64)> = BTreeMap::new();
-        let extracted: io::Result<()> = match kind {
-            ArtifactKind::Tarball => self.take_members(&mut tee, &wanted, &mut taken),
-            // The file is its own member: the copy the tee keeps becomes the blob.
-            ArtifactKind::File => Ok(()),
-        };
-        // Hash to the end whatever happened, so a wrong file is reported as one.
-        let drained = io::copy(&mut tee, &mut io::sink());
-        let Tee {
-            copy,
-            hashers,
-            bytes,
-            ..
-        } = tee;
-        drained.with_path("cannot read", Path::new(label))?;
-        let actual: Vec<(Algorithm, String)> = hashers
-            .into_iter()
-            .map(|(a, h)| (a, h.finish_hex()))
-            .collect();
-        let digest_of = |alg: Algorithm| &actual.iter().find(|(a, _)| *a == alg).expect("hashed").1;
-        let Some(matched) = candidates.iter().find(|c| {
-            c.artifact
-                .digests
-                .get(c.arch)
-                .is_some_and(|pin| pin == digest_of(c.artifact.algorithm))
-        }) else {
-            let expected: Vec<String> = candidates
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{}:{} ({} {})",
-                        c.artifact.algorithm.name(),
-                        c.artifact
-                            .digests
-                            .get(c.arch)
-                            .map(String::as_str)
-                            .unwrap_or("?"),
-                        c.recipe.name,
-                        c.arch
-                    )
-                })
-                .collect();
-            let got: Vec<String> = actual
-                .iter()
-                .map(|(a, h)| format!("{}:{h}", a.name()))
-                .collect();
-            return Err(Error::integrity(format!(
-                "{label}: digest mismatch for {}: expected {}, got {}. Nothing was stored: \
-                 this is not the pinned release artifact (a truncated or altered download?)",
-                first.artifact.file_for(first.arch),
-                expected.join(" or "),
-                got.join(", ")
-            )));
-        };
-        let (recipe, artifact, arch) = (matched.recipe, matched.artifact, matched.arch);
-        let expected = artifact.digests[arch].clone();
-        if let Err(e) = extracted {
-            return Err(Error::integrity(format!(
-                "{label}: digest matches but reading it as a tarball failed: {e}"
-            )));
-        }
-        let original = copy
-            .into_inner()
-            .map_err(|e| Error::io("cannot write", &original_path, e.into_error()))?;
-        if kind == ArtifactKind::File {
-            // One pass: the original already is the member, and its sha256 was
-            // computed on the way in. It becomes the blob by a hard link below.
-            let dest = self.artifact_path(artifact.algorithm, &expected);
-            self.persist(original, &dest)?;
-            let sha256 = digest_of(Algorithm::Sha256).clone();
-            self.link_blob(&dest, &sha256)?;
-            let member = &artifact.members[0];
-            let members = BTreeMap::from([(
-                member.path.clone(),
-                BlobRef {
-                    sha256,
-                    size: bytes,
-                },
-            )]);
-            return self.write_index(artifact, arch, &expected, bytes, members);
-        }
-        let missing: Vec<_> = artifact
-            .members
-            .iter()
-            .filter(|m| !taken.contains_key(&m.path))
-            .map(|m| m.path.as_str())
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::integrity(format!(
-                "{label}: matches its pin but lacks member(s) {}: recipe {} names the wrong paths",
-                missing.join(", "),
-                recipe.name
-            )));
-        }
-        let mut members = BTreeMap::new();
-        for m in &artifact.members {
-            let (tmp, sha256, size) = taken.remove(&m.path).expect("checked above");
-            self.persist(tmp, &self.blob_path(&sha256))?;
-            members.insert(m.path.clone(), BlobRef { sha256, size });
-        }
-        self.persist(original, &self.artifact_path(artifact.algorithm, &expected))?;
-        self.write_index(artifact, arch, &expected, bytes, members)
-    }
-
     /// Record a verified artifact; written last, so its presence means complete.
-    fn write_index(
+    pub(super) fn write_index(
         &self,
         artifact: &Artifact,
         arch: &str,
@@ -411,18 +249,22 @@ impl Cache {
             pin: format!("{}:{expected}", artifact.algorithm.name()),
             trust: artifact.trust,
             size,
+            kind: Some(artifact.kind),
             members,
         };
         let mut tmp = self.temp_file()?;
         let json = serde_json::to_vec_pretty(&index).expect("index serializes");
         tmp.write_all(&json).with_path("cannot write", tmp.path())?;
         self.persist(tmp, &self.index_path(artifact.algorithm, expected))?;
+        // The members were just taken from the verified artifact.
+        self.ledger
+            .put(&index_key(artifact.algorithm, expected), &sha256_hex(&json));
         Ok(index)
     }
 
     /// Make the verified artifact at `src` also the blob `sha256` (a hard link:
     /// same bytes, no copy; a copy where links are not possible).
-    fn link_blob(&self, src: &Path, sha256: &str) -> Result<()> {
+    pub(super) fn link_blob(&self, src: &Path, sha256: &str) -> Result<()> {
         let dest = self.blob_path(sha256);
         if dest.exists() {
             return Ok(()); // same name, same bytes
@@ -442,36 +284,6 @@ impl Cache {
     /// Folder of recipe locks, searched as a recipe folder.
     pub fn locks_dir(&self) -> PathBuf {
         self.root.join("locks")
-    }
-
-    fn take_members<R: Read>(
-        &self,
-        src: &mut R,
-        wanted: &BTreeSet<&str>,
-        taken: &mut BTreeMap<String, (NamedTempFile, String, u64)>,
-    ) -> io::Result<()> {
-        let mut gz = flate2::read::GzDecoder::new(src);
-        {
-            let mut archive = tar::Archive::new(&mut gz);
-            for entry in archive.entries()? {
-                let entry = entry?;
-                if !entry.header().entry_type().is_file() {
-                    continue;
-                }
-                let path = entry.path()?.to_string_lossy().into_owned();
-                let path = path.trim_start_matches("./");
-                if wanted.contains(path) && !taken.contains_key(path) {
-                    let path = path.to_string();
-                    let tmp = self
-                        .temp_file()
-                        .map_err(|e| io::Error::other(e.to_string()))?;
-                    taken.insert(path, write_hashed(tmp, entry)?);
-                }
-            }
-        }
-        // The tar reader stops at the end-of-archive blocks; read the rest of the gzip stream.
-        io::copy(&mut gz, &mut io::sink())?;
-        Ok(())
     }
 
     /// Move a verified temp file into place, read-only. An existing file of the same
@@ -528,6 +340,17 @@ impl Cache {
                 known.into_iter().collect::<Vec<_>>().join(", ")
             )));
         }
+        // Looked at before it is opened: opening a FIFO would wait for a writer.
+        let meta = fs::metadata(path).with_path("cannot read", path)?;
+        if !meta.is_file() {
+            return Err(Error::input(format!(
+                "{}: not a regular file",
+                path.display()
+            )));
+        }
+        if meta.len() > self.limits.artifact {
+            return Err(self.limits.too_large(&path.display().to_string()));
+        }
         let file = File::open(path).with_path("cannot read", path)?;
         let index = self.ingest(
             io::BufReader::with_capacity(1 << 20, file),
@@ -575,5 +398,17 @@ pub fn parse_pin(pin: &str) -> Option<(Algorithm, &str)> {
         "sha512" => Algorithm::Sha512,
         _ => return None,
     };
-    (hex.len() == alg.hex_len() && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some((alg, hex))
+    is_hex(hex, alg.hex_len()).then_some((alg, hex))
+}
+
+/// `len` lowercase hex digits.
+pub fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The ledger's name for the index of `algorithm:hex`.
+pub(super) fn index_key(algorithm: Algorithm, hex: &str) -> String {
+    format!("index-{}-{hex}", algorithm.name())
 }

@@ -8,11 +8,13 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::cache::{ArtifactIndex, Cache, hash_file, parse_pin};
+use super::cache::{ArtifactIndex, Cache, hash_file, index_key, parse_pin};
+use super::index::{differs, kind_of};
 use super::segments::Segment;
 use crate::error::{Error, IoContext, Result};
 use crate::input::recipe::Algorithm;
 use crate::progress::{Event, Progress};
+use crate::util::digest::sha256_hex;
 
 /// What `cache verify` found.
 #[derive(Debug, Default)]
@@ -115,30 +117,66 @@ impl Cache {
             }
         }
         self.verify_segments(&mut report, progress)?;
+        // Indexes last: their files were checked above.
         for path in self.files_in("index")? {
             let rel = self.rel(&path);
-            let index: Option<ArtifactIndex> = fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok());
-            let Some(index) = index else {
+            if let Some(problem) = self.verify_index(&path) {
                 self.remove(&path)?;
-                report.dropped.push(format!("{rel}: unreadable index"));
-                continue;
-            };
-            let complete = self.index_files(&index).is_some_and(|files| {
-                files.iter().all(|(p, size)| {
-                    fs::metadata(p).is_ok_and(|m| size.is_none_or(|s| m.len() == s))
-                })
-            });
-            if !complete {
-                self.remove(&path)?;
-                report.dropped.push(format!(
-                    "{rel}: {} ({}) lost a file; fetch or import it again",
-                    index.file, index.pin
-                ));
+                report.dropped.push(format!("{rel}: {problem}"));
             }
+            progress.event(Event::Step {
+                what: &format!("verified {rel}"),
+            });
         }
         Ok(report)
+    }
+
+    /// What is wrong with the index at `path`, if anything: unreadable, not
+    /// well-formed or not the index its name says, a file lost, or members
+    /// that are not what the kept original (re-hashed against the pin the
+    /// name gives) holds. A sound index is recorded in this user's ledger.
+    fn verify_index(&self, path: &Path) -> Option<String> {
+        let name = path.file_name()?.to_string_lossy().into_owned();
+        let pin = name
+            .strip_suffix(".json")
+            .and_then(|stem| stem.split_once('-'))
+            .and_then(|(alg, hex)| {
+                parse_pin(&format!("{alg}:{hex}")).map(|(a, h)| (a, h.to_string()))
+            });
+        let Some((alg, hex)) = pin else {
+            return Some("not an index name (<algorithm>-<hex>.json)".into());
+        };
+        let (index, bytes) = match self.read_index(alg, &hex) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                let what = fs::read(path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<ArtifactIndex>(&b).ok())
+                    .map(|i| format!("{} ({})", i.file, i.pin))
+                    .unwrap_or_else(|| format!("{}:{hex}", alg.name()));
+                return Some(format!("{what} lost a file; fetch or import it again"));
+            }
+            Err(e) => {
+                return Some(
+                    e.message()
+                        .split(". Run `imgbuild cache verify`")
+                        .next()?
+                        .to_string(),
+                );
+            }
+        };
+        let derived = match self.derive_members(alg, &hex, kind_of(&index), &index) {
+            Ok(d) => d,
+            Err(e) => return Some(e.message().to_string()),
+        };
+        if let Some(why) = differs(&index, &derived) {
+            return Some(format!(
+                "{} ({}) does not hold what its index says: {why}",
+                index.file, index.pin
+            ));
+        }
+        self.ledger.put(&index_key(alg, &hex), &sha256_hex(&bytes));
+        None
     }
 
     /// The files an index stands for: the artifact and its member blobs (with sizes).

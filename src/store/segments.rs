@@ -63,6 +63,11 @@ impl Cache {
             self.drop_segment(key);
             return Ok(None);
         };
+        // The record is in the cache, which others may write: only a segment
+        // this user made (or verified) is used; any other is made again.
+        if self.ledger.get(&ledger_key(key)).as_deref() != Some(seg.sha256.as_str()) {
+            return Ok(None);
+        }
         let path = self.segment_path(key);
         let Some(stamp) = Stamp::of(&path).with_path("cannot stat", &path)? else {
             self.drop_segment(key);
@@ -101,6 +106,7 @@ impl Cache {
         seg.stamp = Stamp::of(&path).with_path("cannot stat", &path)?;
         seg.placed.clear();
         self.write_segment_record(key, &seg)?;
+        self.ledger.put(&ledger_key(key), &seg.sha256);
         Ok((path, seg))
     }
 
@@ -164,6 +170,11 @@ impl Cache {
         let _ = fs::remove_file(self.segment_path(&format!("{key}.json")));
         let _ = fs::remove_file(self.segment_path(key));
     }
+}
+
+/// The ledger's name for segment `key`.
+fn ledger_key(key: &str) -> String {
+    format!("segment-{key}")
 }
 
 /// Copy a cached segment to `out` at its current offset, in the kernel

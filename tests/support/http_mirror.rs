@@ -30,6 +30,13 @@ pub enum Fault {
     IgnoreRange,
     /// Wait before answering normally (to make downloads overlap).
     Delay(Duration),
+    /// A chunked body that never ends (until the client goes, or 60 s).
+    Endless,
+    /// 206 with `Content-Range` starting at this byte, whatever was asked.
+    Partial(usize),
+    /// Headers with the full length, `n` body bytes, a TCP reset; then the
+    /// file is replaced by these bytes (it changed upstream).
+    ResetAndReplace(usize, Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +45,7 @@ pub struct Request {
     pub range: Option<String>,
     /// Every header line as received, without the line end.
     pub headers: Vec<String>,
+    pub if_range: Option<String>,
 }
 
 #[derive(Default)]
@@ -97,6 +105,16 @@ impl Mirror {
         self.state.lock().unwrap().log.clone()
     }
 
+    /// An HTTPS front for this mirror ([`TlsFront`]) with its CA written to
+    /// `dir/mirror-ca.pem`: the URL to pass as `--mirror` and the file for
+    /// `--ca-cert`.
+    pub fn tls(&self, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+        let front = TlsFront::start(self.addr);
+        let ca = dir.join("mirror-ca.pem");
+        std::fs::write(&ca, &front.ca_pem).unwrap();
+        (front.url(), ca)
+    }
+
     /// Requests for `path`.
     pub fn requests(&self, path: &str) -> Vec<Request> {
         self.log().into_iter().filter(|r| r.path == path).collect()
@@ -126,16 +144,19 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let mut range = None;
     let mut headers = Vec::new();
+    let mut if_range = None;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
             break;
         }
         headers.push(h.trim_end().to_string());
-        if let Some((k, v)) = h.split_once(':')
-            && k.trim().eq_ignore_ascii_case("range")
-        {
-            range = Some(v.trim().to_string());
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("range") {
+                range = Some(v.trim().to_string());
+            } else if k.trim().eq_ignore_ascii_case("if-range") {
+                if_range = Some(v.trim().to_string());
+            }
         }
     }
     let path = target.trim_start_matches('/').to_string();
@@ -145,6 +166,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             path: path.clone(),
             range: range.clone(),
             headers,
+            if_range: if_range.clone(),
         });
         let fault = st
             .queued
@@ -178,6 +200,19 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         }
         Some(Fault::IgnoreRange) => ignore_range = true,
         Some(Fault::Delay(d)) => thread::sleep(*d),
+        Some(Fault::Endless) => {
+            out.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            )?;
+            let chunk = vec![b'x'; 64 * 1024];
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(60) {
+                out.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+                out.write_all(&chunk)?;
+                out.write_all(b"\r\n")?;
+            }
+            return Ok(());
+        }
         _ => {}
     }
     let Some(body) = body else {
@@ -186,16 +221,25 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         );
     };
     let len = body.len();
+    let etag = format!("\"{}\"", &super::sha256_bytes(&body)[..16]);
+    // If-Range with another validator: the file changed, send all of it.
+    let ignore_range = ignore_range || if_range.as_ref().is_some_and(|v| *v != etag);
     let start = range
         .as_deref()
         .filter(|_| !ignore_range)
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|s| s.parse::<usize>().ok());
-    let etag = format!(
-        "\"{:x}\"",
-        len * 31 + body.first().copied().unwrap_or(0) as usize
-    );
+    if let Some(Fault::Partial(s)) = fault {
+        let s = s.min(len.saturating_sub(1));
+        let head = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {s}-{}/{len}\r\nETag: {etag}\r\nConnection: close\r\n\r\n",
+            len - s,
+            len - 1
+        );
+        out.write_all(head.as_bytes())?;
+        return out.write_all(&body[s..]);
+    }
     let (head, slice) = match start {
         Some(s) if s < len => (
             format!(
@@ -223,6 +267,14 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     };
     out.write_all(head.as_bytes())?;
     match fault {
+        Some(Fault::ResetAndReplace(n, new)) => {
+            out.write_all(&slice[..n.min(slice.len())])?;
+            out.flush()?;
+            state.lock().unwrap().files.insert(path, new);
+            thread::sleep(Duration::from_millis(300));
+            reset(&out);
+            Ok(())
+        }
         Some(Fault::Reset(n)) => {
             out.write_all(&slice[..n.min(slice.len())])?;
             out.flush()?;

@@ -292,6 +292,8 @@ impl Workspace {
         c.env("IMGBUILD_CACHE", self.path(cache))
             .env("IMGBUILD_RECIPES", self.path("recipes"))
             .env("XDG_CACHE_HOME", self.path("xdg-cache"))
+            // The ledger of what this user verified (outside the cache).
+            .env("XDG_STATE_HOME", self.path("xdg-state"))
             .env("NO_PROXY", "*")
             .env("no_proxy", "*");
         if self.offline {
