@@ -16,13 +16,14 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::codec::gz::gzip_bytes;
 use crate::codec::vfat::{self, VfatFile};
 use crate::error::{Error, Result};
-use crate::output::file::{self, SeekableAtomicFile};
 use crate::output::manifest::{self, OutputFile};
 use crate::output::{Written, format};
 use crate::plan::{Entry, EntryKind, Network, Plan};
 use crate::progress::{Event, Progress};
+use crate::util::atomic::{AtomicFile, ensure_dir_mode};
 use crate::util::digest::{sha256_file, sha256_hex};
 
 /// The filesystem label cloud-init's NoCloud source looks for.
@@ -531,7 +532,7 @@ fn fit_budget(text: &str, provider: Provider, meta: &crate::plan::Meta) -> Resul
     if text.len() <= limit {
         return Ok((text.as_bytes().to_vec(), false));
     }
-    let gz = file::gzip_bytes(text.as_bytes());
+    let gz = gzip_bytes(text.as_bytes());
     if gz.len() <= limit {
         return Ok((gz, true));
     }
@@ -565,7 +566,7 @@ pub fn write_folder(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<Pa
         .suffix(".tmp")
         .tempdir_in(&parent)
         .map_err(|e| crate::util::atomic::writable_hint(&parent, e))?;
-    file::ensure_dir_mode(tmp.path(), 0o700)?;
+    ensure_dir_mode(tmp.path(), 0o700)?;
     let put = |file: &str, bytes: &[u8]| -> Result<()> {
         crate::util::atomic::write(&tmp.path().join(file), bytes, 0o600).map(drop)
     };
@@ -625,16 +626,17 @@ pub fn write_seed(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<()> 
     let volume_id =
         u32::from_str_radix(&rendered.instance_id[rendered.instance_id.len() - 8..], 16)
             .expect("instance id ends in hex");
-    let mut out = SeekableAtomicFile::create(dest, 0o600)?;
+    let mut out = AtomicFile::create(dest, 0o600)?;
     vfat::write_vfat(
-        out.file(),
+        out.file_mut()
+            .map_err(|e| Error::io("cannot write", dest, e))?,
         dest,
         SEED_LABEL,
         volume_id,
         plan.meta.mtime,
         &files,
     )?;
-    out.commit().map(drop)
+    out.commit_synced().map(drop)
 }
 
 /// `imgbuild cloud-init` for one node: `controller-N-cloud-init/` in
