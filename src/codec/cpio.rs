@@ -24,6 +24,9 @@ use crate::codec::{copy_exact, sha256_of};
 use crate::error::{Error, Kind, Result};
 
 const MAGIC: &[u8; 6] = b"070701";
+/// How a file's data goes to the output: 256 KiB pieces (the bytes of a
+/// cpio.gz member depend on it; see `codec::copy_exact`).
+const DATA_PIECE: usize = 256 * 1024;
 const HEADER_LEN: usize = 110;
 const TRAILER: &str = "TRAILER!!!";
 
@@ -119,7 +122,7 @@ impl<W: Write> CpioWriter<W> {
         data: &mut dyn Read,
     ) -> Result<()> {
         self.header(name, S_IFREG | perm, uid, gid, 1, size)?;
-        copy_exact(data, &mut self.out, size, name)?;
+        copy_exact(data, &mut self.out, size, name, DATA_PIECE)?;
         self.end_data(size)
     }
 
@@ -328,6 +331,7 @@ pub fn read_members(mut r: impl Read) -> Result<Vec<Member>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::tests::Writes;
 
     const FIELDS: [&str; 13] = [
         "c_ino",
@@ -406,6 +410,17 @@ mod tests {
             (&b"000081A4"[..], &b"000081a4"[..])
         );
         assert!(a.eq_ignore_ascii_case(&b), "only the case differs");
+    }
+
+    /// A gzip encoder's bytes depend on how its input is cut: data goes in
+    /// the 256 KiB pieces it always has.
+    #[test]
+    fn data_goes_out_in_256_kib_pieces() {
+        let mut w = CpioWriter::new(Writes(Vec::new()), 0, 1).unwrap();
+        w.file("ab", 0o644, 0, 0, 600_001, &mut &vec![1; 600_001][..])
+            .unwrap();
+        // Header, name, NUL, padding to 116, data, padding.
+        assert_eq!(w.out.0, [110, 2, 1, 3, 262_144, 262_144, 75_713, 3]);
     }
 
     /// The crate's reader reads our archives with the fields ours reports.

@@ -29,23 +29,25 @@ impl Deflate {
     pub fn member_into(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         let deflate = &mut self.0;
         out.clear();
+        // zlib-rs compresses differently when the output buffer runs out
+        // (measured: a 1 MiB chunk of a Go binary came out 2 bytes shorter
+        // when the buffer ended at 512 KiB), so reused buffers of other sizes
+        // gave other bytes. With room for the worst case it never runs out,
+        // and the member is the same whatever buffer it goes into.
+        out.reserve(HEADER.len() + bound(data.len()) + 8);
         out.extend_from_slice(&HEADER);
         deflate.reset();
         let mut crc = Crc::new();
         crc.update(data);
-        let mut input = data;
-        loop {
-            if out.capacity() - out.len() < 1024 {
-                out.reserve(out.capacity().max(64 << 10));
-            }
-            let before = deflate.total_in();
-            let status = deflate
-                .compress_vec(input, out, FlushCompress::Finish)
-                .map_err(io::Error::other)?;
-            input = &input[(deflate.total_in() - before) as usize..];
-            if status == Status::StreamEnd {
-                break;
-            }
+        // One call, which must finish: a second would mean the buffer ran out.
+        let status = deflate
+            .compress_vec(data, out, FlushCompress::Finish)
+            .map_err(io::Error::other)?;
+        if status != Status::StreamEnd || deflate.total_in() != data.len() as u64 {
+            return Err(io::Error::other(format!(
+                "deflate did not finish {} bytes within its bound",
+                data.len()
+            )));
         }
         out.extend_from_slice(&crc.sum().to_le_bytes());
         out.extend_from_slice(&crc.amount().to_le_bytes());
@@ -53,9 +55,14 @@ impl Deflate {
     }
 }
 
+/// More than deflate can make of `n` bytes (zlib-ng's bound, generously).
+fn bound(n: usize) -> usize {
+    n + (n >> 3) + (n >> 6) + 64
+}
+
 /// One complete gzip member holding `data`: fixed header (mtime 0, no name, OS unknown).
 pub fn member(data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(data.len() / 3 + 64);
+    let mut out = Vec::new();
     Deflate::default().member_into(data, &mut out)?;
     Ok(out)
 }
@@ -84,6 +91,20 @@ pub(crate) mod tests {
     pub(crate) fn sample(n: usize) -> Vec<u8> {
         (0..n)
             .map(|i| ((i * 7919) % 251) as u8 ^ (i / 1000) as u8)
+            .collect()
+    }
+
+    /// `n` random nibbles: about 54% after deflate, and sensitive to where
+    /// zlib-rs's output buffer runs out.
+    pub(crate) fn nibbles(n: usize) -> Vec<u8> {
+        let mut x: u64 = 0x1234_5678;
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 33) as u8 & 15
+            })
             .collect()
     }
 
@@ -121,6 +142,22 @@ pub(crate) mod tests {
         for data in [sample(1000), noise.clone(), sample(1000)] {
             deflate.member_into(&data, &mut out).unwrap();
             assert_eq!(out, member(&data).unwrap());
+        }
+    }
+
+    /// zlib-rs's bytes depend on where its output buffer runs out (these
+    /// random nibbles came out different with buffers of 64, 128, 224 and 416
+    /// KiB): a member must not, or reused buffers make it depend on the thread
+    /// count.
+    #[test]
+    fn a_member_does_not_depend_on_its_buffer() {
+        let nibbles = nibbles(1 << 20);
+        let expected = member(&nibbles).unwrap();
+        let mut deflate = Deflate::default();
+        for cap in [0, 64 << 10, 128 << 10, 224 << 10, 416 << 10, 4 << 20] {
+            let mut out = Vec::with_capacity(cap);
+            deflate.member_into(&nibbles, &mut out).unwrap();
+            assert!(out == expected, "with a buffer of {cap} bytes");
         }
     }
 

@@ -106,6 +106,11 @@ impl Member {
     }
 }
 
+/// How a file's data goes to the output of `append`: 8 KiB pieces, what
+/// `io::copy` used before (the bytes of a gzip stream depend on it; see
+/// `codec::copy_exact`).
+const DATA_PIECE: usize = 8 * 1024;
+
 /// Padding after `size` bytes of data.
 fn pad(size: u64) -> usize {
     ((512 - size % 512) % 512) as usize
@@ -118,7 +123,7 @@ pub fn append<W: Write>(out: &mut W, mut member: Member) -> Result<()> {
     out.write_all(member.header.as_bytes()).map_err(werr)?;
     let size = member.size();
     if let Some(src) = member.data.as_mut() {
-        copy_exact(src, out, size, path)?;
+        copy_exact(src, out, size, path, DATA_PIECE)?;
         out.write_all(&[0u8; 512][..pad(size)]).map_err(werr)?;
     }
     Ok(())
@@ -235,6 +240,7 @@ impl<I: Iterator<Item = Result<Member>>> Read for TarStream<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::tests::Writes;
 
     fn head(path: &str, size: u64) -> Head<'_> {
         Head {
@@ -321,6 +327,15 @@ mod tests {
         };
         let m = Member::new(&link, 0, || panic!("a symlink has no data to open")).unwrap();
         assert_eq!(m.header.link_name().unwrap().unwrap().to_str(), Some("/x"));
+    }
+
+    /// A gzip encoder's bytes depend on how its input is cut: data goes in
+    /// the 8 KiB pieces it always has.
+    #[test]
+    fn data_goes_out_in_8_kib_pieces() {
+        let mut w = Writes(Vec::new());
+        append(&mut w, member("a", 20_000, &[1; 20_000])).unwrap();
+        assert_eq!(w.0, [512, 8192, 8192, 3616, 480]);
     }
 
     #[test]

@@ -155,7 +155,7 @@ pub fn write_vfat(
         let root = fs.root_dir();
         for f in files {
             let mut file = root.create_file(&f.path).map_err(fat_err(dest))?;
-            copy_exact(&mut *(f.open)()?, &mut file, f.size, &f.path)?;
+            copy_exact(&mut *(f.open)()?, &mut file, f.size, &f.path, 1 << 20)?;
             file.flush().map_err(fat_err(dest))?;
         }
     }

@@ -29,7 +29,7 @@ pub fn write_dir(plan: &Plan, dest: &Path) -> Result<()> {
             EntryKind::Dir => fs::create_dir(&p).with_path("cannot create", &p)?,
             EntryKind::File { size, .. } => {
                 let mut f = File::create(&p).with_path("cannot create", &p)?;
-                copy_exact(&mut *e.open()?, &mut f, *size, &e.path)?;
+                copy_exact(&mut *e.open()?, &mut f, *size, &e.path, 256 * 1024)?;
             }
             EntryKind::Symlink { target } => {
                 std::os::unix::fs::symlink(target, &p).with_path("cannot create", &p)?
