@@ -2,8 +2,15 @@
 //! manifest. Reads tar.gz, cpio, cpio.gz, a split pair (tar.gz, or cpio files
 //! read as one stream, as the kernel does), a cloud-init folder and a seed image.
 //!
-//! user-data is read with a parser for the YAML subset imgbuild writes (see
-//! `write::cloud_init`); a user-data edited by hand may be refused.
+//! user-data is read by the parser beside its emitter (`output::cloud_init::yaml`),
+//! which knows the YAML subset imgbuild writes; a user-data edited by hand may
+//! be refused.
+//!
+//! A `--payload-url` build is checked as a chain: the payload
+//! (`controller-N-payload.tar.gz`) holds the node's own entries; the small
+//! user-data names the payload's sha256, which must be the one the manifest
+//! lists for the payload (and, when the payload lies beside the cloud-init
+//! folder, the payload's own).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -11,29 +18,13 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
-use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use crate::codec::{cpio, vfat};
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::output::cloud_init::base64_decode;
-
-/// One entry of an output, as found in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
-    /// Absolute path in the rootfs (`/etc/...`), as in the manifest.
-    pub path: String,
-    /// "dir", "file" or "symlink".
-    pub kind: &'static str,
-    /// Permission bits.
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// `None` when the output does not carry it (a mirrored binary).
-    pub size: Option<u64>,
-    pub sha256: Option<String>,
-    pub target: Option<String>,
-}
+use crate::output::cloud_init::{SEED_MOUNT, yaml};
+use crate::output::format;
+use crate::output::manifest::{Listed, Manifest, ManifestEntry};
+use crate::util::digest::{HashingWriter, sha256_file};
 
 /// What kind of output was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +43,22 @@ pub struct Inspected {
     pub carries_binaries: bool,
     /// Facts worth showing (format of each file, seed label, binaries mode).
     pub notes: Vec<String>,
+    /// A payload, or a user-data that fetches one (`--payload-url`).
+    pub payload: Option<PayloadLink>,
+}
+
+/// What `--verify` checks of a payload build beyond the entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadLink {
+    /// Who names the digest: the user-data, or the payload file itself.
+    pub what: String,
+    /// The sha256 the user-data requires, or the payload file's own.
+    pub sha256: String,
+    /// Where the user-data fetches the payload from (none for a payload file).
+    pub url: Option<String>,
+    /// The payload file whose entries are in `entries`, and its sha256; none
+    /// when it was not found (the node's own entries are then not listed).
+    pub read: Option<(PathBuf, String)>,
 }
 
 fn read_err(path: &Path) -> impl Fn(io::Error) -> Error + '_ {
@@ -81,6 +88,19 @@ pub fn inspect(paths: &[PathBuf]) -> Result<Inspected> {
     }
     if paths.len() == 1 && kinds[0] == Sniffed::Vfat {
         return inspect_seed(first);
+    }
+    let name = first.file_name().unwrap_or_default().to_string_lossy();
+    if paths.len() == 1 && kinds[0] == Sniffed::GzTar && format::is_payload(&name) {
+        let mut out = inspect_tar(first)?;
+        let (sha256, _) = sha256_file(first)?;
+        out.carries_binaries = false;
+        out.payload = Some(PayloadLink {
+            what: first.display().to_string(),
+            sha256: sha256.clone(),
+            url: None,
+            read: Some((first.clone(), sha256)),
+        });
+        return Ok(out);
     }
     if kinds.iter().all(|k| *k == Sniffed::GzTar) {
         // One archive, or the halves of a split one (the shared half has no
@@ -137,6 +157,7 @@ pub fn inspect(paths: &[PathBuf]) -> Result<Inspected> {
         entries,
         carries_binaries: true,
         notes,
+        payload: None,
     })
 }
 
@@ -240,9 +261,10 @@ fn inspect_tar(path: &Path) -> Result<Inspected> {
                 ("symlink", 0, None, t)
             }
             tar::EntryType::Regular => {
-                let mut hasher = Sha256::new();
-                let n = io::copy(&mut e, &mut HashSink(&mut hasher)).map_err(read_err(path))?;
-                ("file", n, Some(hex::encode(hasher.finalize())), None)
+                let mut hasher = HashingWriter::new(io::sink());
+                io::copy(&mut e, &mut hasher).map_err(read_err(path))?;
+                let (_, sha256, n) = hasher.finish();
+                ("file", n, Some(sha256), None)
             }
             other => {
                 return Err(Error::input(format!(
@@ -267,30 +289,37 @@ fn inspect_tar(path: &Path) -> Result<Inspected> {
         entries,
         carries_binaries: true,
         notes: vec![format!("{}: tar.gz", path.display())],
+        payload: None,
     })
 }
 
-struct HashSink<'a>(&'a mut Sha256);
-
-impl io::Write for HashSink<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn maybe_gunzip(bytes: Vec<u8>, what: &str) -> Result<Vec<u8>> {
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Ok(bytes);
-    }
-    let mut out = Vec::new();
-    MultiGzDecoder::new(&bytes[..])
-        .read_to_end(&mut out)
-        .map_err(|e| Error::input(format!("{what}: bad gzip: {e}")))?;
-    Ok(out)
+/// A user-data file's bytes (gzipped or not), read back into entries.
+fn read_user_data(bytes: Vec<u8>, what: &str) -> Result<Inspected> {
+    let text = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        MultiGzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .map_err(|e| Error::input(format!("{what}: bad gzip: {e}")))?;
+        out
+    } else {
+        bytes
+    };
+    let parsed = yaml::parse_user_data(&text, what)?;
+    Ok(Inspected {
+        artifact: Artifact::CloudInit,
+        entries: parsed.entries,
+        carries_binaries: parsed.carries_binaries,
+        notes: vec![format!(
+            "{what}: cloud-config, binaries {}",
+            parsed.binaries
+        )],
+        payload: parsed.payload.map(|f| PayloadLink {
+            what: what.to_string(),
+            sha256: f.sha256,
+            url: Some(f.url),
+            read: None,
+        }),
+    })
 }
 
 fn inspect_cloud_init_dir(dir: &Path) -> Result<Inspected> {
@@ -299,8 +328,8 @@ fn inspect_cloud_init_dir(dir: &Path) -> Result<Inspected> {
         Error::io("cannot read", &ud, e)
             .context(format!("{} is not a cloud-init folder", dir.display()))
     })?;
-    let text = maybe_gunzip(bytes, &ud.display().to_string())?;
-    let mut out = parse_user_data(&text, &ud.display().to_string())?;
+    let mut out = read_user_data(bytes, &ud.display().to_string())?;
+    read_payload_beside(dir, &mut out)?;
     let seed = dir.join("seed.img");
     if seed.exists() {
         // Sizes of seed-carried binaries come from the seed volume.
@@ -312,12 +341,42 @@ fn inspect_cloud_init_dir(dir: &Path) -> Result<Inspected> {
     Ok(out)
 }
 
+/// A payload user-data's folder: the node's entries come from the payload
+/// beside the folder (`controller-N-payload.tar.gz`), when it is there.
+fn read_payload_beside(dir: &Path, out: &mut Inspected) -> Result<()> {
+    let Some(link) = &mut out.payload else {
+        return Ok(());
+    };
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let Some(node) = format::node_of(&name) else {
+        return Ok(());
+    };
+    let path = dir
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format::payload_name(node));
+    if !path.exists() {
+        out.notes.push(format!(
+            "{} not found: the node's own entries are not listed",
+            path.display()
+        ));
+        return Ok(());
+    }
+    let (sha256, _) = sha256_file(&path)?;
+    link.read = Some((path.clone(), sha256));
+    let payload = inspect_tar(&path)?;
+    out.entries.extend(payload.entries);
+    out.entries
+        .sort_by(|a, b| crate::plan::path_order(&a.path, &b.path));
+    out.notes.extend(payload.notes);
+    Ok(())
+}
+
 fn inspect_seed(image: &Path) -> Result<Inspected> {
     let (label, files) = vfat::read_vfat(image)?;
     let ud = vfat::read_vfat_file(image, "user-data")?
         .ok_or_else(|| Error::input(format!("{}: no user-data on this volume", image.display())))?;
-    let text = maybe_gunzip(ud, &format!("{}::user-data", image.display()))?;
-    let mut out = parse_user_data(&text, &format!("{}::user-data", image.display()))?;
+    let mut out = read_user_data(ud, &format!("{}::user-data", image.display()))?;
     out.notes
         .push(format!("{}: vfat, label {label}", image.display()));
     fill_seed_sizes(&mut out, &files);
@@ -331,8 +390,7 @@ fn fill_seed_sizes(out: &mut Inspected, files: &[vfat::VfatEntry]) {
         let Some(name) = e.target.take() else {
             continue;
         };
-        let Some(f) = name.strip_prefix(&format!("{}/", crate::output::cloud_init::SEED_MOUNT))
-        else {
+        let Some(f) = name.strip_prefix(&format!("{SEED_MOUNT}/")) else {
             e.target = Some(name);
             continue;
         };
@@ -346,255 +404,35 @@ fn fill_seed_sizes(out: &mut Inspected, files: &[vfat::VfatEntry]) {
     }
 }
 
-/// A scalar of our YAML subset: a JSON string.
-fn scalar(v: &str, what: &str) -> Result<String> {
-    serde_json::from_str::<String>(v.trim()).map_err(|_| {
-        Error::input(format!(
-            "{what}: {v:?} is not a quoted string (was the user-data edited?)"
-        ))
-    })
-}
-
-fn parse_mode(s: &str, what: &str) -> Result<u32> {
-    u32::from_str_radix(s, 8)
-        .map_err(|_| Error::input(format!("{what}: permissions {s:?} are not octal")))
-}
-
-/// Read the user-data imgbuild writes back into entries.
-pub fn parse_user_data(text: &[u8], what: &str) -> Result<Inspected> {
-    let text = std::str::from_utf8(text).map_err(|_| Error::input(format!("{what}: not UTF-8")))?;
-    if !text.starts_with("#cloud-config\n") {
-        return Err(Error::input(format!(
-            "{what}: does not start with #cloud-config"
-        )));
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    let mut section = "";
-    let mut entries: Vec<Listed> = Vec::new();
-    let mut files: Vec<BTreeMap<&str, String>> = Vec::new();
-    let mut chowns: BTreeMap<String, (u32, u32)> = BTreeMap::new();
-    let mut carries = false;
-    let mut mode_name = String::from("baked");
-    let mut i = 0;
-    while i < lines.len() {
-        let line = lines[i];
-        i += 1;
-        if line.starts_with('#') || line.is_empty() {
-            if let Some((_, m)) = line.split_once("| binaries ") {
-                mode_name = m.trim().to_string();
-            }
-            continue;
-        }
-        if !line.starts_with(['-', ' ']) {
-            section = line
-                .strip_suffix(':')
-                .ok_or_else(|| Error::input(format!("{what}: line {i}: unexpected {line:?}")))?;
-            continue;
-        }
-        let bad = |why: &str| Error::input(format!("{what}: line {i}: {why}: {line:?}"));
-        match section {
-            "bootcmd" | "runcmd" => {
-                let item = line
-                    .strip_prefix("- ")
-                    .ok_or_else(|| bad("expected a list item"))?;
-                let argv: Vec<String> = match serde_json::from_str::<serde_json::Value>(item) {
-                    Ok(serde_json::Value::Array(a)) => a
-                        .into_iter()
-                        .map(|v| {
-                            v.as_str()
-                                .map(String::from)
-                                .ok_or_else(|| bad("non-string argument"))
-                        })
-                        .collect::<Result<_>>()?,
-                    Ok(serde_json::Value::String(_)) => continue,
-                    _ => return Err(bad("expected a JSON-style list")),
-                };
-                let a: Vec<&str> = argv.iter().map(String::as_str).collect();
-                match a.as_slice() {
-                    ["install", "-d", "-m", mode, "-o", uid, "-g", gid, path] => {
-                        entries.push(Listed {
-                            path: path.to_string(),
-                            kind: "dir",
-                            mode: parse_mode(mode, what)?,
-                            uid: uid.parse().map_err(|_| bad("bad uid"))?,
-                            gid: gid.parse().map_err(|_| bad("bad gid"))?,
-                            size: Some(0),
-                            sha256: None,
-                            target: None,
-                        })
-                    }
-                    ["ln", "-sfnT", target, path] => entries.push(Listed {
-                        path: path.to_string(),
-                        kind: "symlink",
-                        mode: 0o777,
-                        uid: 0,
-                        gid: 0,
-                        size: Some(0),
-                        sha256: None,
-                        target: Some(target.to_string()),
-                    }),
-                    ["chown", owner, path] => {
-                        let (u, g) = owner.split_once(':').ok_or_else(|| bad("bad owner"))?;
-                        chowns.insert(
-                            path.to_string(),
-                            (
-                                u.parse().map_err(|_| bad("bad uid"))?,
-                                g.parse().map_err(|_| bad("bad gid"))?,
-                            ),
-                        );
-                    }
-                    [
-                        "sh",
-                        "-c",
-                        _,
-                        "imgbuild-install",
-                        src,
-                        sha,
-                        dest,
-                        mode,
-                        owner,
-                    ] => {
-                        carries = true;
-                        let (u, g) = owner.split_once(':').ok_or_else(|| bad("bad owner"))?;
-                        entries.push(Listed {
-                            path: dest.to_string(),
-                            kind: "file",
-                            mode: parse_mode(mode, what)?,
-                            uid: u.parse().map_err(|_| bad("bad uid"))?,
-                            gid: g.parse().map_err(|_| bad("bad gid"))?,
-                            size: None,
-                            sha256: Some(sha.to_string()),
-                            // Where it comes from, until a seed volume says more.
-                            target: Some(src.to_string()),
-                        });
-                    }
-                    _ => {}
-                }
-            }
-            "write_files" => {
-                let (rest, new) = match line.strip_prefix("- ") {
-                    Some(r) => (r, true),
-                    None => (
-                        line.strip_prefix("  ")
-                            .ok_or_else(|| bad("bad indentation"))?,
-                        false,
-                    ),
-                };
-                if new {
-                    files.push(BTreeMap::new());
-                }
-                let cur = files
-                    .last_mut()
-                    .ok_or_else(|| bad("field outside a list item"))?;
-                let (key, value) = rest
-                    .split_once(": ")
-                    .ok_or_else(|| bad("expected key: value"))?;
-                let key = match key {
-                    "path" => "path",
-                    "owner" => "owner",
-                    "permissions" => "permissions",
-                    "encoding" => "encoding",
-                    "content" => "content",
-                    _ => return Err(bad("unknown write_files field")),
-                };
-                if key == "content" && value == "|" {
-                    let mut block = Vec::new();
-                    while i < lines.len() && (lines[i].is_empty() || lines[i].starts_with("    ")) {
-                        block.push(lines[i].get(4..).unwrap_or(""));
-                        i += 1;
-                    }
-                    while block.last() == Some(&"") {
-                        block.pop();
-                    }
-                    cur.insert("content", format!("{}\n", block.join("\n")));
-                    cur.insert("literal", String::new());
-                } else {
-                    cur.insert(key, scalar(value, what)?);
-                }
-            }
-            _ => return Err(bad("unknown section")),
-        }
-    }
-    for f in &files {
-        let path = f
-            .get("path")
-            .ok_or_else(|| Error::input(format!("{what}: a write_files item has no path")))?;
-        let content = f.get("content").cloned().unwrap_or_default();
-        let bytes = match f.get("encoding").map(String::as_str) {
-            None => content.into_bytes(),
-            Some("b64") => base64_decode(&content)
-                .ok_or_else(|| Error::input(format!("{what}: {path}: content is not base64")))?,
-            Some(other) => {
-                return Err(Error::input(format!(
-                    "{what}: {path}: encoding {other} is not one imgbuild writes"
-                )));
-            }
-        };
-        let (uid, gid) = match chowns.get(path) {
-            Some(o) => *o,
-            None if f.get("owner").map(String::as_str) == Some("root:root") => (0, 0),
-            None => {
-                return Err(Error::input(format!(
-                    "{what}: {path}: owner must be root:root"
-                )));
-            }
-        };
-        let mode = parse_mode(
-            f.get("permissions").map(String::as_str).unwrap_or("0644"),
-            what,
-        )?;
-        entries.push(Listed {
-            path: path.clone(),
-            kind: "file",
-            mode,
-            uid,
-            gid,
-            size: Some(bytes.len() as u64),
-            sha256: Some(hex::encode(Sha256::digest(&bytes))),
-            target: None,
-        });
-    }
-    entries.sort_by(|a, b| crate::plan::path_order(&a.path, &b.path));
-    Ok(Inspected {
-        artifact: Artifact::CloudInit,
-        entries,
-        carries_binaries: carries,
-        notes: vec![format!("{what}: cloud-config, binaries {mode_name}")],
-    })
-}
-
 // ---------------------------------------------------------------------------
 // --verify
 
-#[derive(Debug, Deserialize)]
-pub struct ManifestFile {
-    pub node_index: Option<usize>,
-    pub node_name: Option<String>,
-    pub entries: Vec<ManifestEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ManifestEntry {
-    pub path: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub mode: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub sha256: Option<String>,
-    pub target: Option<String>,
-    #[serde(default)]
-    pub shared: bool,
-}
-
-pub fn read_manifest(path: &Path) -> Result<ManifestFile> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::io("cannot read manifest", path, e)
-            .context("pass --manifest FILE (the controller-<N>.manifest.json of the build)")
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::input(format!("manifest {}: {e}", path.display())))
+/// The payload's digest: the manifest's payload output, the user-data and the
+/// payload file read must all name the same.
+fn verify_payload_link(link: &PayloadLink, manifest: &Manifest) -> Vec<String> {
+    let mut problems = Vec::new();
+    let name = format::payload_name(manifest.meta.node_index);
+    match manifest.outputs.iter().find(|o| o.file.name == name) {
+        Some(o) if o.file.sha256 != link.sha256 => problems.push(format!(
+            "{}: the payload's sha256 is {}, the manifest's {name} has {}",
+            link.what, link.sha256, o.file.sha256
+        )),
+        Some(_) => {}
+        None => problems.push(format!(
+            "{}: the manifest lists no {name} (imgbuild cloud-init --payload-url writes it)",
+            link.what
+        )),
+    }
+    if let Some((path, sha256)) = &link.read
+        && *sha256 != link.sha256
+    {
+        problems.push(format!(
+            "{}: sha256 is {sha256}, the user-data requires {}",
+            path.display(),
+            link.sha256
+        ));
+    }
+    problems
 }
 
 /// The manifest beside an output: `controller-<N>.manifest.json` for
@@ -617,7 +455,7 @@ pub fn default_manifest(paths: &[PathBuf]) -> Option<PathBuf> {
 }
 
 /// Every difference between the output and the manifest, as sentences.
-pub fn verify(found: &Inspected, manifest: &ManifestFile) -> Vec<String> {
+pub fn verify(found: &Inspected, manifest: &Manifest) -> Vec<String> {
     let mut problems = Vec::new();
     let mut by_path: BTreeMap<&str, &Listed> = BTreeMap::new();
     for e in &found.entries {
@@ -628,12 +466,20 @@ pub fn verify(found: &Inspected, manifest: &ManifestFile) -> Vec<String> {
             }
         }
     }
+    if let Some(link) = &found.payload {
+        problems.extend(verify_payload_link(link, manifest));
+    }
     let expected: Vec<&ManifestEntry> = manifest
         .entries
         .iter()
-        .filter(|m| {
+        .filter(|m| match (&found.payload, m.shared) {
+            // A payload, and the binaries the user-data installs (mirror, seed).
+            (Some(_), true) => found.carries_binaries,
+            // The node's own entries, when the payload was read.
+            (Some(link), false) => link.read.is_some(),
             // cloud-init with baked binaries carries only the node's part.
-            found.artifact != Artifact::CloudInit || found.carries_binaries || !m.shared
+            (None, true) => found.artifact != Artifact::CloudInit || found.carries_binaries,
+            (None, false) => true,
         })
         .collect();
     for m in &expected {
@@ -688,12 +534,11 @@ mod tests {
     use super::*;
     use crate::output::cloud_init::{self, Binaries, Options, Provider};
     use crate::output::cpio::{self as cpio_out, Part};
+    use crate::plan::Plan;
     use crate::plan::fixture::sample_plan;
-    use crate::plan::{EntryKind, Plan};
 
-    fn manifest_of(plan: &Plan) -> ManifestFile {
-        let json = crate::output::manifest::render(plan, "test", vec![]);
-        serde_json::from_slice(&json).unwrap()
+    fn manifest_of(plan: &Plan) -> Manifest {
+        Manifest::new(plan, "test", vec![])
     }
 
     #[test]
@@ -768,6 +613,7 @@ mod tests {
             let opts = Options {
                 binaries: binaries.clone(),
                 provider: Provider::Nocloud,
+                payload: None,
             };
             let r = cloud_init::render(&plan, &opts).unwrap();
             let dest = dir
@@ -795,6 +641,7 @@ mod tests {
         let opts = Options {
             binaries: Binaries::Seed,
             provider: Provider::Nocloud,
+            payload: None,
         };
         let r = cloud_init::render(&bad, &opts).unwrap();
         let dest = dir.path().join("bad");
@@ -812,24 +659,6 @@ mod tests {
                 .any(|p| p.starts_with("/usr/local/bin/kubectl: sha256")),
             "{problems:?}"
         );
-    }
-
-    #[test]
-    fn parsed_user_data_matches_the_plan_exactly() {
-        let plan = sample_plan();
-        let opts = Options {
-            binaries: Binaries::Baked,
-            provider: Provider::Nocloud,
-        };
-        let r = cloud_init::render(&plan, &opts).unwrap();
-        let found = parse_user_data(r.user_data_text.as_bytes(), "user-data").unwrap();
-        let files: Vec<_> = found.entries.iter().filter(|e| e.kind == "file").collect();
-        let want: Vec<_> = plan
-            .per_node()
-            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-            .collect();
-        assert_eq!(files.len(), want.len());
-        assert!(parse_user_data(b"#cloud-config\nwrite_files:\n- path: /x\n", "u").is_err());
     }
 
     #[test]

@@ -350,12 +350,12 @@ fn build_overlay(
         ));
         return PathBuf::from(prebuilt);
     }
-    let ws = support::Workspace::bare(version, "amd64");
     // The PKI is imgbuild's own (`imgbuild pki init`, made by the workspace): the
     // API server stand-in serves its kubernetes.pem, the one-shot's kubectl uses
-    // its admin.kubeconfig.
-    ws.add_tarball(&standin_binaries(version, kubectl));
-    ws.ok(&["cache", "import", "kubernetes-server-linux-amd64.tar.gz"]);
+    // its admin.kubeconfig. The stand-ins are imported into the cache.
+    let ws = support::Workspace::builder(version)
+        .binary_contents(standin_binaries(version, kubectl))
+        .build();
     let out = work.join("out");
     // `tar.gz-split`: the --split pair (shared binaries, then the node's files).
     let split = format == "tar.gz-split";

@@ -9,18 +9,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{Workspace, sh, sha256_file};
+use support::{Workspace, sh, sha256_file, untar, wrapped};
 
 fn build_and_extract(ws: &Workspace, node: &str) -> PathBuf {
     ws.ok(&["controller", "--node", node]);
     let root = ws.path(&format!("root-{node}"));
     fs::create_dir_all(&root).unwrap();
     let archive = ws.path(&format!("out/controller-{node}.tar.gz"));
-    sh(Command::new("tar")
-        .arg("-xzf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&root));
+    untar(&archive, &root);
     root
 }
 
@@ -173,11 +169,7 @@ fn gnu_tar_lists_modes_owners_types_and_links() {
     // And it extracts, with the content the manifest records.
     let root = ws.path("x");
     fs::create_dir(&root).unwrap();
-    sh(Command::new("tar")
-        .arg("-xzf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&root));
+    untar(&archive, &root);
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(ws.path("out/controller-1.manifest.json")).unwrap())
             .unwrap();
@@ -212,11 +204,7 @@ fn systemd_root(ws: &Workspace, node: &str) -> PathBuf {
         .arg(root.join("usr/lib/")));
     std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
     let archive = ws.path(&format!("out/controller-{node}.tar.gz"));
-    sh(Command::new("tar")
-        .arg("-xzf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&root));
+    untar(&archive, &root);
     // setsebool exists only where SELinux does (the unit has ConditionSecurity=selinux),
     // but verify checks every ExecStart path regardless of conditions.
     fs::create_dir_all(root.join("usr/sbin")).unwrap();
@@ -320,60 +308,57 @@ fn builds_are_byte_identical_across_folders_times_umasks_and_mtimes() {
     let a = Workspace::new("v1.10.2");
     a.ok(&["controller", "--node", "1"]);
     // A second workspace with the same inputs, other mtimes, another umask and cwd.
-    let b = tempfile::tempdir().unwrap();
+    let b = Workspace::builder("v1.10.2")
+        .no_pki()
+        .no_binaries()
+        .explicit_inventory()
+        .build();
     for f in [
         "cluster.toml",
         "pki",
         "recipes",
         "kubernetes-server-linux-amd64.tar.gz",
     ] {
-        sh(Command::new("cp").arg("-r").arg(a.path(f)).arg(b.path()));
+        sh(Command::new("cp").arg("-r").arg(a.path(f)).arg(b.dir()));
     }
     sh(Command::new("touch")
         .args(["-d", "2031-02-03 04:05"])
-        .arg(b.path().join("pki/ca.pem"))
-        .arg(b.path().join("cluster.toml")));
+        .arg(b.path("pki/ca.pem"))
+        .arg(b.path("cluster.toml")));
     sh(Command::new("chmod")
         .arg("0640")
-        .arg(b.path().join("pki/kubernetes.pem")));
-    let run_b = |args: &str| {
-        sh(Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "umask 077; cd / && exec {} --inventory {}/cluster.toml {args}",
-                support::BIN,
-                b.path().display()
-            ))
-            .env("IMGBUILD_CACHE", b.path().join("cache"))
-            .env("IMGBUILD_RECIPES", b.path().join("recipes"))
-            .env("TZ", "Asia/Tokyo")
-            .env("IMGBUILD_OFFLINE", "1")
-            .env_remove("SOURCE_DATE_EPOCH"))
+        .arg(b.path("pki/kubernetes.pem")));
+    let run_b = |args: &[&str]| {
+        let mut imgbuild = b.cmd();
+        imgbuild.args(args).env("TZ", "Asia/Tokyo");
+        sh(&mut wrapped(
+            &["sh", "-c", "umask 077; cd / && exec \"$0\" \"$@\""],
+            &imgbuild,
+        ))
     };
-    run_b(&format!(
-        "cache import {}/kubernetes-server-linux-amd64.tar.gz",
-        b.path().display()
-    ));
-    run_b(&format!(
-        "controller --node 1 --out {}/elsewhere",
-        b.path().display()
-    ));
+    let tarball = b.path("kubernetes-server-linux-amd64.tar.gz");
+    run_b(&["cache", "import", &tarball.display().to_string()]);
+    let elsewhere = b.path("elsewhere");
+    run_b(&[
+        "controller",
+        "--node",
+        "1",
+        "--out",
+        &elsewhere.display().to_string(),
+    ]);
     assert_eq!(
         sha256_file(&a.path("out/controller-1.tar.gz")),
-        sha256_file(&b.path().join("elsewhere/controller-1.tar.gz"))
+        sha256_file(&b.path("elsewhere/controller-1.tar.gz"))
     );
     assert_eq!(
         fs::read(a.path("out/controller-1.manifest.json")).unwrap(),
-        fs::read(b.path().join("elsewhere/controller-1.manifest.json")).unwrap()
+        fs::read(b.path("elsewhere/controller-1.manifest.json")).unwrap()
     );
     // SOURCE_DATE_EPOCH sets the mtimes, and so changes the bytes.
-    let out = a
-        .cmd()
-        .args(["controller", "--node", "1", "--out", "sde"])
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    a.ok_with_env(
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+        &["controller", "--node", "1", "--out", "sde"],
+    );
     let listing = sh(Command::new("tar")
         .args(["--full-time", "-tvzf"])
         .arg(a.path("sde/controller-1.tar.gz"))
@@ -438,11 +423,7 @@ fn all_nodes_and_dir_format() {
     let root = ws.path("x");
     fs::create_dir(&root).unwrap();
     ws.ok(&["controller", "--node", "3"]);
-    sh(Command::new("tar")
-        .arg("-xzf")
-        .arg(ws.path("out/controller-3.tar.gz"))
-        .arg("-C")
-        .arg(&root));
+    untar(&ws.path("out/controller-3.tar.gz"), &root);
     let diff = Command::new("diff")
         .arg("-r")
         .arg("--no-dereference")
@@ -503,14 +484,16 @@ fn formats_of_one_node_share_its_manifest() {
         serde_json::from_slice(&fs::read(ws.path("out/controller-1.manifest.json")).unwrap())
             .unwrap()
     };
+    let names = |m: &serde_json::Value| -> Vec<String> {
+        m["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect()
+    };
     let m = read();
-    let names: Vec<&str> = m["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["controller-1.cpio.gz", "controller-1.tar.gz"]);
+    assert_eq!(names(&m), ["controller-1.cpio.gz", "controller-1.tar.gz"]);
     for o in m["outputs"].as_array().unwrap() {
         assert_eq!(
             o["sha256"].as_str().unwrap(),
@@ -522,12 +505,5 @@ fn formats_of_one_node_share_its_manifest() {
         + "\n[scheduler.extra_args]\nkube-api-qps = \"100\"\n";
     fs::write(ws.path("cluster.toml"), inv).unwrap();
     ws.ok(&["controller", "--node", "1"]);
-    let m = read();
-    let names: Vec<&str> = m["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["controller-1.tar.gz"]);
+    assert_eq!(names(&read()), ["controller-1.tar.gz"]);
 }

@@ -121,7 +121,10 @@ fn missing_pki_file_is_named() {
 
 #[test]
 fn cache_miss_says_how_to_import() {
-    let ws = Workspace::not_imported("v1.10.2", "amd64", 1000);
+    let ws = Workspace::builder("v1.10.2")
+        .binaries(1000)
+        .not_imported()
+        .build();
     expect_error(
         &ws,
         "1",
@@ -138,7 +141,10 @@ fn cache_miss_says_how_to_import() {
 
 #[test]
 fn import_of_a_file_that_does_not_match_its_pin_stores_nothing() {
-    let ws = Workspace::not_imported("v1.10.2", "amd64", 1000);
+    let ws = Workspace::builder("v1.10.2")
+        .binaries(1000)
+        .not_imported()
+        .build();
     // Same name, other bytes.
     let mut altered = fs::read(ws.path("kubernetes-server-linux-amd64.tar.gz")).unwrap();
     let n = altered.len();

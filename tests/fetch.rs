@@ -4,189 +4,52 @@
 //! base (https://dl.k8s.io) run inside a network namespace of their own
 //! (`unshare -n`), where only a private loopback exists.
 
-#[path = "support/http_mirror.rs"]
-mod http_mirror;
 mod support;
 
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use http_mirror::{FakeProxy, Fault, Mirror, TlsFront};
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha512};
 
-use support::{BIN, BINARIES};
+use support::http_mirror::{FakeProxy, Fault, Mirror, TlsFront};
+use support::{
+    BINARIES, Workspace, sha256_bytes as sha256, stand_in, stand_in_tarball, text, wrapped,
+};
 
 const VERSION: &str = "v1.10.2";
 const TARBALL: &str = "v1.10.2/kubernetes-server-linux-amd64.tar.gz";
 
 // ---------------------------------------------------------------- helpers
 
-fn stand_in(name: &str, size: usize) -> Vec<u8> {
-    support::stand_in(name, size)
-}
-
-/// A gzipped tar shaped like `kubernetes-server-linux-<arch>.tar.gz`, with
-/// stand-ins whose bytes depend on `seed`.
-fn server_tarball(seed: &str, size: usize) -> Vec<u8> {
-    let bins: Vec<(&str, Vec<u8>)> = BINARIES
-        .iter()
-        .map(|n| (*n, stand_in(&format!("{seed}{n}"), size)))
-        .collect();
-    support::server_tarball(&bins)
-}
-
-fn sha256(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
-struct Ws {
-    tmp: tempfile::TempDir,
-}
-
-impl Ws {
-    /// Inventory (the bundled example at `version`), its PKI (`imgbuild pki
-    /// init`), an empty cache, and a recipes folder.
-    fn new(version: &str) -> Ws {
-        let tmp = tempfile::tempdir().unwrap();
-        let inventory = tmp.path().join("cluster.toml");
-        fs::write(&inventory, support::example_inventory(version, "amd64")).unwrap();
-        let out = Command::new(BIN)
-            .args(["pki", "init", "--inventory"])
-            .arg(&inventory)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        fs::create_dir_all(tmp.path().join("recipes")).unwrap();
-        Ws { tmp }
-    }
-
-    /// The test recipe: the shipped recipe of `VERSION` pinning `tarball` instead.
-    fn pin(&self, tarball: &[u8]) {
-        fs::write(
-            self.path(&format!("recipes/kubernetes-{VERSION}.toml")),
-            support::test_recipe(VERSION, "amd64", tarball),
-        )
-        .unwrap();
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.tmp.path().join(rel)
-    }
-
-    fn cmd_with_cache(&self, cache: &str) -> Command {
-        let mut c = Command::new(BIN);
-        c.current_dir(self.tmp.path())
-            .env("IMGBUILD_CACHE", self.path(cache))
-            .env("IMGBUILD_RECIPES", self.path("recipes"))
-            .env("NO_PROXY", "*")
-            .env("no_proxy", "*");
-        for v in [
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-            "IMGBUILD_OFFLINE",
-            "IMGBUILD_MIRROR",
-            "IMGBUILD_CA_CERT",
-            "SOURCE_DATE_EPOCH",
-        ] {
-            c.env_remove(v);
-        }
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd_with_cache("cache").args(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "imgbuild {args:?} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    /// Run, require exit `code`, return stderr.
-    fn fails(&self, args: &[&str], code: i32) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "imgbuild {args:?}: expected exit {code}; stderr:\n{stderr}"
-        );
-        stderr
-    }
-
-    /// Files under `<cache>/<sub>`.
-    fn cache_files(&self, sub: &str) -> Vec<String> {
-        let mut out: Vec<String> = fs::read_dir(self.path("cache").join(sub))
-            .map(|rd| {
-                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        out
-    }
-
-    /// Nothing unverified (and, when `empty`, nothing at all) in the cache.
-    fn assert_cache_clean(&self, empty: bool) {
-        assert_eq!(
-            self.cache_files("tmp"),
-            Vec::<String>::new(),
-            "tmp/ not empty"
-        );
-        if empty {
-            for sub in [
-                "index",
-                "blobs/sha256",
-                "artifacts/sha256",
-                "artifacts/sha512",
-            ] {
-                assert_eq!(
-                    self.cache_files(sub),
-                    Vec::<String>::new(),
-                    "{sub} not empty"
-                );
-            }
-        }
-    }
-}
-
-/// A workspace pinning a stand-in tarball, and a mirror serving it.
-fn setup(size: usize) -> (Ws, Mirror, Vec<u8>) {
-    let ws = Ws::new(VERSION);
-    let tarball = server_tarball("", size);
-    ws.pin(&tarball);
-    let mirror = Mirror::start();
-    mirror.put(TARBALL, tarball.clone());
+/// A workspace pinning a stand-in tarball (not in the cache), online, and a
+/// mirror serving the tarball.
+fn setup(size: usize) -> (Workspace, Mirror, Vec<u8>) {
+    let ws = Workspace::builder(VERSION)
+        .binaries(size)
+        .not_imported()
+        .online()
+        .mirror()
+        .build();
+    let (mirror, tarball) = (ws.mirror().clone(), ws.tarball().to_vec());
     (ws, mirror, tarball)
 }
 
-fn fetch_args(mirror: &Mirror) -> Vec<String> {
-    vec![
+/// An online workspace with nothing but an inventory and its PKI.
+fn bare(version: &str) -> Workspace {
+    Workspace::builder(version).no_binaries().online().build()
+}
+
+/// `fetch` from `mirror` over plain http, with `extra` arguments.
+fn fetch_args(mirror: &Mirror, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
         "fetch".into(),
         "--mirror".into(),
         mirror.url(),
         "--allow-http".into(),
-    ]
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
 }
 
 /// Run the named test again inside a new network namespace (lo up, nothing
@@ -212,11 +75,7 @@ fn in_netns(test: &str) -> bool {
         .env("IMGBUILD_TEST_NETNS", "1")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = text(&out);
     assert!(
         out.status.success(),
         "{test} in a network namespace failed:\n{text}"
@@ -233,7 +92,7 @@ fn in_netns(test: &str) -> bool {
 #[test]
 fn fetch_downloads_verifies_and_build_uses_it() {
     let (ws, mirror, tarball) = setup(64 * 1024);
-    let stderr = ws.ok(&strs(&fetch_args(&mirror)));
+    let stderr = ws.ok_stderr(&fetch_args(&mirror, &[]));
     // Not a terminal: one line per finished artifact.
     assert!(
         stderr.contains("downloaded kubernetes-server-linux-amd64.tar.gz"),
@@ -246,7 +105,7 @@ fn fetch_downloads_verifies_and_build_uses_it() {
     let ls = String::from_utf8(ws.run(&["cache", "ls"]).stdout).unwrap();
     assert!(ls.contains("kubernetes-server-linux-amd64.tar.gz"), "{ls}");
     // A second fetch finds it in the cache and makes no request.
-    ws.ok(&strs(&fetch_args(&mirror)));
+    ws.ok(&fetch_args(&mirror, &[]));
     assert_eq!(mirror.requests(TARBALL).len(), 1);
     // The build reads the cache only.
     ws.ok(&["controller", "--node", "1", "--offline"]);
@@ -258,9 +117,8 @@ fn fetch_downloads_verifies_and_build_uses_it() {
 #[test]
 fn quiet_fetch_prints_nothing() {
     let (ws, mirror, _) = setup(16 * 1024);
-    let mut args = fetch_args(&mirror);
-    args.push("--quiet".into());
-    let stderr = ws.ok(&strs(&args));
+    let args = fetch_args(&mirror, &["--quiet"]);
+    let stderr = ws.ok_stderr(&args);
     assert_eq!(stderr, "");
 }
 
@@ -307,7 +165,7 @@ fn not_found_is_final() {
     let (ws, mirror, _) = setup(16 * 1024);
     mirror.put(TARBALL, Vec::new());
     let mirror2 = Mirror::start(); // serves nothing
-    let stderr = ws.fails(&strs(&fetch_args(&mirror2)), 5);
+    let stderr = ws.fails(&fetch_args(&mirror2, &[]), 5);
     assert!(stderr.contains("404"), "{stderr}");
     assert!(
         stderr.contains(&format!("{}/{TARBALL}", mirror2.url())),
@@ -321,7 +179,7 @@ fn not_found_is_final() {
 fn server_error_then_success() {
     let (ws, mirror, _) = setup(16 * 1024);
     mirror.fault(TARBALL, Fault::Status(500, vec![]));
-    let stderr = ws.ok(&strs(&fetch_args(&mirror)));
+    let stderr = ws.ok_stderr(&fetch_args(&mirror, &[]));
     assert!(
         stderr.contains("retrying") && stderr.contains("500"),
         "{stderr}"
@@ -335,9 +193,8 @@ fn server_error_then_success() {
 fn server_errors_until_the_last_try() {
     let (ws, mirror, _) = setup(16 * 1024);
     mirror.sticky(TARBALL, Fault::Status(503, vec![]));
-    let mut args = fetch_args(&mirror);
-    args.extend(["--tries".into(), "3".into()]);
-    let stderr = ws.fails(&strs(&args), 5);
+    let args = fetch_args(&mirror, &["--tries", "3"]);
+    let stderr = ws.fails(&args, 5);
     assert!(
         stderr.contains("503") && stderr.contains("3 tries"),
         "{stderr}"
@@ -355,7 +212,7 @@ fn too_many_requests_honours_retry_after() {
         Fault::Status(429, vec![("Retry-After", "2".into())]),
     );
     let t = Instant::now();
-    let stderr = ws.ok(&strs(&fetch_args(&mirror)));
+    let stderr = ws.ok_stderr(&fetch_args(&mirror, &[]));
     assert!(
         t.elapsed() >= Duration::from_secs(2),
         "waited {:?}",
@@ -374,7 +231,7 @@ fn connection_reset_mid_body_resumes_with_a_range_request() {
     let (ws, mirror, tarball) = setup(512 * 1024);
     let half = tarball.len() / 2;
     mirror.fault(TARBALL, Fault::Reset(half));
-    let stderr = ws.ok(&strs(&fetch_args(&mirror)));
+    let stderr = ws.ok_stderr(&fetch_args(&mirror, &[]));
     let reqs = mirror.requests(TARBALL);
     assert_eq!(reqs.len(), 2, "{reqs:?}");
     let range = reqs[1].range.clone().expect("second request is ranged");
@@ -393,7 +250,7 @@ fn connection_reset_mid_body_resumes_with_a_range_request() {
 fn truncated_body_resumes() {
     let (ws, mirror, tarball) = setup(512 * 1024);
     mirror.fault(TARBALL, Fault::Truncate(tarball.len() / 3));
-    ws.ok(&strs(&fetch_args(&mirror)));
+    ws.ok(&fetch_args(&mirror, &[]));
     let reqs = mirror.requests(TARBALL);
     assert_eq!(reqs.len(), 2);
     assert!(reqs[1].range.is_some(), "{reqs:?}");
@@ -406,7 +263,7 @@ fn server_without_range_support_restarts_in_the_same_pass() {
     let (ws, mirror, tarball) = setup(512 * 1024);
     mirror.fault(TARBALL, Fault::Truncate(tarball.len() / 3));
     mirror.fault(TARBALL, Fault::IgnoreRange);
-    let stderr = ws.ok(&strs(&fetch_args(&mirror)));
+    let stderr = ws.ok_stderr(&fetch_args(&mirror, &[]));
     assert!(stderr.contains("does not resume"), "{stderr}");
     ws.assert_cache_clean(false);
     assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
@@ -416,7 +273,7 @@ fn server_without_range_support_restarts_in_the_same_pass() {
 fn truncated_body_of_unknown_length_is_a_digest_mismatch() {
     let (ws, mirror, tarball) = setup(256 * 1024);
     mirror.fault(TARBALL, Fault::TruncateUnsized(tarball.len() / 2));
-    let stderr = ws.fails(&strs(&fetch_args(&mirror)), 4);
+    let stderr = ws.fails(&fetch_args(&mirror, &[]), 4);
     assert!(stderr.contains("digest mismatch"), "{stderr}");
     assert!(stderr.contains("Nothing was stored"), "{stderr}");
     ws.assert_cache_clean(true);
@@ -425,9 +282,9 @@ fn truncated_body_of_unknown_length_is_a_digest_mismatch() {
 #[test]
 fn wrong_digest_stores_nothing() {
     let (ws, mirror, tarball) = setup(64 * 1024);
-    let other = server_tarball("tampered-", 64 * 1024);
+    let other = stand_in_tarball("tampered-", 64 * 1024);
     mirror.put(TARBALL, other.clone());
-    let stderr = ws.fails(&strs(&fetch_args(&mirror)), 4);
+    let stderr = ws.fails(&fetch_args(&mirror, &[]), 4);
     assert!(
         stderr.contains(&format!("expected sha256:{}", sha256(&tarball))),
         "{stderr}"
@@ -445,10 +302,9 @@ fn server_slower_than_the_read_timeout() {
     // Headers, then nothing: no progress, so the tries run out. (A server that
     // trickles bytes makes progress, and progress resets the tries.)
     mirror.sticky(TARBALL, Fault::Stall(0, Duration::from_secs(5)));
-    let mut args = fetch_args(&mirror);
-    args.extend(["--read-timeout", "1", "--tries", "2"].map(String::from));
+    let args = fetch_args(&mirror, &["--read-timeout", "1", "--tries", "2"]);
     let t = Instant::now();
-    let stderr = ws.fails(&strs(&args), 5);
+    let stderr = ws.fails(&args, 5);
     assert!(
         t.elapsed() < Duration::from_secs(15),
         "took {:?}",
@@ -463,9 +319,8 @@ fn server_slower_than_the_read_timeout() {
 fn a_stall_once_is_survived() {
     let (ws, mirror, _) = setup(256 * 1024);
     mirror.fault(TARBALL, Fault::Stall(1000, Duration::from_secs(20)));
-    let mut args = fetch_args(&mirror);
-    args.extend(["--read-timeout", "1"].map(String::from));
-    ws.ok(&strs(&args));
+    let args = fetch_args(&mirror, &["--read-timeout", "1"]);
+    ws.ok(&args);
     let reqs = mirror.requests(TARBALL);
     assert_eq!(reqs[1].range.as_deref(), Some("bytes=1000-"));
     ws.assert_cache_clean(false);
@@ -482,7 +337,7 @@ fn redirect_on_the_same_server() {
         TARBALL,
         Fault::Redirect("moved/kubernetes-server-linux-amd64.tar.gz".into()),
     );
-    ws.ok(&strs(&fetch_args(&mirror)));
+    ws.ok(&fetch_args(&mirror, &[]));
     assert_eq!(
         mirror
             .requests("moved/kubernetes-server-linux-amd64.tar.gz")
@@ -497,16 +352,8 @@ fn redirect_on_the_same_server() {
 fn two_processes_fetching_at_once_download_once() {
     let (ws, mirror, tarball) = setup(256 * 1024);
     mirror.fault(TARBALL, Fault::Delay(Duration::from_millis(800)));
-    let args = fetch_args(&mirror);
-    let spawn = || {
-        ws.cmd_with_cache("cache")
-            .args(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (a, b) = (spawn(), spawn());
+    let args = fetch_args(&mirror, &[]);
+    let (a, b) = (ws.spawn(&args), ws.spawn(&args));
     for child in [a, b] {
         let out = child.wait_with_output().unwrap();
         assert!(
@@ -536,8 +383,8 @@ fn https_mirror_needs_its_ca_and_refuses_a_downgrade() {
     ws.ok(&["fetch", "--mirror", &url, "--ca-cert", "mirror-ca.pem"]);
     assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
     // A redirect from https to plain http is refused without --allow-http.
-    let ws2 = Ws::new(VERSION);
-    ws2.pin(&tarball);
+    let (ws2, _, _) = setup(64 * 1024);
+    assert_eq!(ws2.tarball(), tarball, "the same pin");
     fs::write(ws2.path("mirror-ca.pem"), &tls.ca_pem).unwrap();
     mirror.fault(
         TARBALL,
@@ -558,7 +405,7 @@ fn offline_cache_miss_names_the_artifact_and_the_command() {
     let (ws, mirror, _) = setup(16 * 1024);
     let url = mirror.url();
     for env in [false, true] {
-        let mut c = ws.cmd_with_cache("cache");
+        let mut c = ws.cmd();
         c.args([
             "controller",
             "--node",
@@ -655,22 +502,13 @@ fn https_proxy_is_honoured() {
 
 // ---------------------------------------------------------------- air-gap
 
-fn build_bytes(ws: &Ws, cache: &str, netns: bool) -> Vec<u8> {
+fn build_bytes(ws: &Workspace, cache: &str, netns: bool) -> Vec<u8> {
     let _ = fs::remove_dir_all(ws.path("out"));
     let mut c = ws.cmd_with_cache(cache);
     c.args(["controller", "--node", "1", "--offline"]);
     let out = if netns {
         // The build must not need the network: run it where there is none.
-        let mut u = Command::new("unshare");
-        u.arg("-n").arg(c.get_program()).args(c.get_args());
-        u.current_dir(ws.tmp.path());
-        for (k, v) in c.get_envs() {
-            match v {
-                Some(v) => u.env(k, v),
-                None => u.env_remove(k),
-            };
-        }
-        u.output().unwrap()
+        wrapped(&["unshare", "-n"], &c).output().unwrap()
     } else {
         c.output().unwrap()
     };
@@ -680,6 +518,14 @@ fn build_bytes(ws: &Ws, cache: &str, netns: bool) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     fs::read(ws.path("out/controller-1.tar.gz")).unwrap()
+}
+
+/// `airgap import <bundle>` into another cache of the workspace.
+fn airgap_import(ws: &Workspace, cache: &str, bundle: &str) -> std::process::Output {
+    ws.cmd_with_cache(cache)
+        .args(["airgap", "import", bundle])
+        .output()
+        .unwrap()
 }
 
 fn unshare_works() -> bool {
@@ -692,7 +538,7 @@ fn unshare_works() -> bool {
 #[test]
 fn airgap_round_trip_builds_the_same_bytes_without_network() {
     let (ws, mirror, _) = setup(128 * 1024);
-    ws.ok(&strs(&fetch_args(&mirror)));
+    ws.ok(&fetch_args(&mirror, &[]));
     let fetched = build_bytes(&ws, "cache", false);
     let stdout = String::from_utf8(
         ws.run(&["airgap", "export", "-o", "bundle.tar", "--offline"])
@@ -701,11 +547,7 @@ fn airgap_round_trip_builds_the_same_bytes_without_network() {
     .unwrap();
     assert!(stdout.contains("1 artifact(s)"), "{stdout}");
     // The other side: a fresh cache, no network.
-    let out = ws
-        .cmd_with_cache("cache2")
-        .args(["airgap", "import", "bundle.tar"])
-        .output()
-        .unwrap();
+    let out = airgap_import(&ws, "cache2", "bundle.tar");
     assert!(
         out.status.success(),
         "{}",
@@ -742,7 +584,7 @@ fn raw_entry(
 #[test]
 fn airgap_import_refuses_hostile_bundles() {
     let (ws, mirror, tarball) = setup(32 * 1024);
-    ws.ok(&strs(&fetch_args(&mirror)));
+    ws.ok(&fetch_args(&mirror, &[]));
     ws.ok(&["airgap", "export", "-o", "good.tar", "--offline"]);
     // Take the good bundle apart.
     let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
@@ -783,11 +625,7 @@ fn airgap_import_refuses_hostile_bundles() {
         // nothing may be written.
         raw_entry(&mut t, name, kind, data, link);
         fs::write(ws.path("bad.tar"), t.into_inner().unwrap()).unwrap();
-        let out = ws
-            .cmd_with_cache("cache3")
-            .args(["airgap", "import", "bad.tar"])
-            .output()
-            .unwrap();
+        let out = airgap_import(&ws, "cache3", "bad.tar");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(4), "{why}: {stderr}");
         assert!(
@@ -815,11 +653,7 @@ fn airgap_import_refuses_hostile_bundles() {
         raw_entry(&mut t, n.as_bytes(), tar::EntryType::Regular, &d, None);
     }
     fs::write(ws.path("bad.tar"), t.into_inner().unwrap()).unwrap();
-    let out = ws
-        .cmd_with_cache("cache3")
-        .args(["airgap", "import", "bad.tar"])
-        .output()
-        .unwrap();
+    let out = airgap_import(&ws, "cache3", "bad.tar");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("digest mismatch"), "{stderr}");
@@ -860,17 +694,11 @@ fn serve_release(mirror: &Mirror, version: &str, arch: &str) -> Vec<(String, Vec
 
 #[test]
 fn lock_then_fetch_then_build_records_publisher_checksum_trust() {
-    let ws = Ws::new(NEW);
+    let ws = bare(NEW);
     let mirror = Mirror::start();
     serve_release(&mirror, NEW, "amd64");
     let url = mirror.url();
-    let out = ws.run(&["lock", "--version", NEW, "--mirror", &url, "--allow-http"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ws.ok(&["lock", "--version", NEW, "--mirror", &url, "--allow-http"]);
     assert!(stdout.contains("kubectl\tamd64\tsha256:"), "{stdout}");
     assert!(
         stdout.contains("kube-apiserver\tamd64\tsha512:"),
@@ -893,7 +721,7 @@ fn lock_then_fetch_then_build_records_publisher_checksum_trust() {
         &format!("{NEW}/bin/linux/amd64/kube-scheduler"),
         b"not it".to_vec(),
     );
-    let ws2 = Ws::new(NEW);
+    let ws2 = bare(NEW);
     let url2 = mirror2.url();
     ws2.ok(&["lock", "--version", NEW, "--mirror", &url2, "--allow-http"]);
     let stderr = ws2.fails(&["fetch", "--mirror", &url2, "--allow-http"], 4);
@@ -907,7 +735,7 @@ fn lock_then_fetch_then_build_records_publisher_checksum_trust() {
 
 #[test]
 fn lock_refuses_to_shadow_a_changelog_pin_and_needs_checksum_files() {
-    let ws = Ws::new(VERSION);
+    let ws = bare(VERSION);
     fs::remove_dir_all(ws.path("recipes")).unwrap(); // the built-in recipe counts
     let mirror = Mirror::start();
     let url = mirror.url();
@@ -943,7 +771,7 @@ fn lock_refuses_to_shadow_a_changelog_pin_and_needs_checksum_files() {
 
 #[test]
 fn airgap_carries_a_lock() {
-    let ws = Ws::new(NEW);
+    let ws = bare(NEW);
     let mirror = Mirror::start();
     serve_release(&mirror, NEW, "amd64");
     let url = mirror.url();
@@ -957,11 +785,7 @@ fn airgap_carries_a_lock() {
         &url,
         "--allow-http",
     ]);
-    let out = ws
-        .cmd_with_cache("cache2")
-        .args(["airgap", "import", "b.tar"])
-        .output()
-        .unwrap();
+    let out = airgap_import(&ws, "cache2", "b.tar");
     assert!(
         out.status.success(),
         "{}",
@@ -978,7 +802,7 @@ fn airgap_carries_a_lock() {
 #[test]
 fn cache_verify_drops_what_is_corrupt_and_gc_cleans_up() {
     let (ws, mirror, _) = setup(64 * 1024);
-    ws.ok(&strs(&fetch_args(&mirror)));
+    ws.ok(&fetch_args(&mirror, &[]));
     ws.ok(&["cache", "verify"]);
     // Leftovers of a killed process and an orphan blob.
     // (gc leaves temp files touched within the hour: a build may be writing them.)
@@ -1020,7 +844,7 @@ fn cache_verify_drops_what_is_corrupt_and_gc_cleans_up() {
     assert!(ws.cache_files("index").is_empty());
     ws.fails(&["controller", "--node", "1", "--offline"], 3);
     // Fetching again repairs it.
-    ws.ok(&strs(&fetch_args(&mirror)));
+    ws.ok(&fetch_args(&mirror, &[]));
     ws.ok(&["cache", "verify"]);
     ws.ok(&["controller", "--node", "1", "--offline"]);
 }

@@ -95,34 +95,17 @@ fn cpio_gz_lists_with_gnu_cpio_verifies_and_is_reproducible() {
             assert_eq!(f.last().unwrap(), e["target"].as_str().unwrap(), "{path}");
         }
     }
-    let out = ws.run(&["inspect", "--verify", "out/controller-1.cpio.gz"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed = String::from_utf8_lossy(&out.stdout);
+    let listed = ws.ok(&["inspect", "--verify", "out/controller-1.cpio.gz"]);
     assert_eq!(listed.lines().count(), entries.len());
     // Never the bytes of a key: only digests.
     assert!(!listed.contains("PRIVATE KEY"));
 
     // Same inputs, another umask and time: same bytes. Another epoch: other bytes.
     let first = fs::read(&archive).unwrap();
-    let again = ws
-        .cmd()
-        .args(["controller", "--node", "1", "--format", "cpio.gz"])
-        .env("SOURCE_DATE_EPOCH", "0")
-        .output()
-        .unwrap();
-    assert!(again.status.success());
+    let args = ["controller", "--node", "1", "--format", "cpio.gz"];
+    ws.ok_with_env(&[("SOURCE_DATE_EPOCH", "0")], &args);
     assert_eq!(fs::read(&archive).unwrap(), first);
-    let other = ws
-        .cmd()
-        .args(["controller", "--node", "1", "--format", "cpio.gz"])
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .output()
-        .unwrap();
-    assert!(other.status.success());
+    ws.ok_with_env(&[("SOURCE_DATE_EPOCH", "1700000000")], &args);
     assert_ne!(fs::read(&archive).unwrap(), first);
 }
 
@@ -186,17 +169,12 @@ fn split_writes_one_shared_archive_and_verifies_as_a_pair() {
     );
     for n in 1..=3 {
         let node = format!("out/controller-{n}-node.cpio");
-        let out = ws.run(&[
+        ws.ok(&[
             "inspect",
             "--verify",
             "out/controller-shared-v1.10.2-amd64.cpio",
             &node,
         ]);
-        assert!(
-            out.status.success(),
-            "node {n}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         // Alone, the per-node half lacks the binaries: verify says so.
         let err = ws.fails(&["inspect", "--verify", &node], 4);
         assert!(
@@ -251,16 +229,12 @@ fn split_needs_an_archive_format() {
 fn split_cpio_shared_archive_comes_from_the_cache() {
     let ws = Workspace::new("v1.36.0");
     let args = ["controller", "--all", "--format", "cpio.gz", "--split"];
-    let first = ws.run(&args);
-    assert!(first.status.success());
-    let err = String::from_utf8_lossy(&first.stderr);
+    let err = ws.ok_stderr(&args);
     assert!(err.contains("compressing the binaries"), "{err}");
     let shared = ws.path("out/controller-shared-v1.36.0-amd64.cpio.gz");
     let (digest, ino) = (sha256_file(&shared), inode(&shared));
 
-    let again = ws.run(&args);
-    assert!(again.status.success());
-    let err = String::from_utf8_lossy(&again.stderr);
+    let err = ws.ok_stderr(&args);
     assert!(!err.contains("compressing the binaries"), "{err}");
     assert!(err.contains("unchanged since the last build"), "{err}");
     assert_eq!(inode(&shared), ino, "the shared file was not rewritten");
@@ -291,15 +265,6 @@ fn inode(p: &Path) -> u64 {
     std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap())
 }
 
-fn add_network(ws: &Workspace) {
-    let inv = fs::read_to_string(ws.path("cluster.toml")).unwrap();
-    let inv = inv.replace(
-        "internal_ip = \"10.240.0.11\"\n",
-        "internal_ip = \"10.240.0.11\"\ninterface = \"ens3\"\nprefix = 24\ngateway = \"10.240.0.1\"\ndns = [\"10.240.0.2\", \"10.240.0.3\"]\n",
-    );
-    fs::write(ws.path("cluster.toml"), inv).unwrap();
-}
-
 /// cloud-init's own code reads the user-data (gzipped or not) and its write_files
 /// module writes the files under a temporary root: path → [mode, owner, sha256, size].
 fn decode_write_files(user_data: &Path) -> BTreeMap<String, serde_json::Value> {
@@ -313,27 +278,10 @@ fn decode_write_files(user_data: &Path) -> BTreeMap<String, serde_json::Value> {
     serde_json::from_value(doc["files"].clone()).unwrap()
 }
 
-fn schema_ok(user_data: &Path) {
-    let out = Command::new("cloud-init")
-        .args(["schema", "--config-file"])
-        .arg(user_data)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("Valid cloud-config"),
-        "{text}"
-    );
-}
-
 #[test]
 fn cloud_init_folder_for_every_binaries_mode() {
     let ws = Workspace::new("v1.10.2");
-    add_network(&ws);
+    support::add_static_network(&ws);
     for mode in ["baked", "mirror=http://127.0.0.1:9/k8s", "seed"] {
         ws.ok(&["cloud-init", "--node", "1", "--binaries", mode]);
         let dir = ws.path("out/controller-1-cloud-init");
@@ -352,7 +300,7 @@ fn cloud_init_folder_for_every_binaries_mode() {
             assert_eq!(mode_of(&dir.join(n)), 0o600, "{mode}: {n}");
         }
         let ud = dir.join("user-data");
-        schema_ok(&ud);
+        support::cloud_init_schema_ok(&ud);
         let m = manifest(&ws, 1);
         let files = decode_write_files(&ud);
         let want: Vec<&serde_json::Value> = m["entries"]
@@ -475,14 +423,9 @@ fn provider_budgets_gzip_or_fail_with_sizes() {
             .unwrap();
         let plain = ws.path("user-data.plain");
         fs::write(&plain, text).unwrap();
-        schema_ok(&plain);
+        support::cloud_init_schema_ok(&plain);
     }
-    let out = ws.run(&["inspect", "--verify", "out/controller-1-cloud-init"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ws.ok(&["inspect", "--verify", "out/controller-1-cloud-init"]);
 
     // 40 KB of key material cannot fit AWS's 16 KB even gzipped.
     // (hex of sha256 chains: text, as a kubeconfig must be, but incompressible past 2:1)
@@ -511,12 +454,7 @@ fn provider_budgets_gzip_or_fail_with_sizes() {
 fn inspect_finds_tampering_and_bad_inputs() {
     let ws = Workspace::new("v1.10.2");
     ws.ok(&["controller", "--node", "1"]);
-    let out = ws.run(&["inspect", "--verify", "out/controller-1.tar.gz"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ws.ok(&["inspect", "--verify", "out/controller-1.tar.gz"]);
     // Rebuild with another config, keep the old manifest: verify fails (exit 4).
     let old_manifest = fs::read(ws.path("out/controller-1.manifest.json")).unwrap();
     let inv = fs::read_to_string(ws.path("cluster.toml")).unwrap();
@@ -556,7 +494,7 @@ fn gzip_members(path: &Path) -> Vec<Vec<u8>> {
 #[test]
 fn cpio_gz_members_end_at_entries_and_decompress_to_the_plain_archive() {
     // 1 MiB stand-ins: each binary is a member of its own.
-    let ws = Workspace::with_binaries("v1.36.0", "amd64", 1 << 20);
+    let ws = Workspace::builder("v1.36.0").binaries(1 << 20).build();
     ws.ok(&[
         "controller",
         "--node",
@@ -576,9 +514,8 @@ fn cpio_gz_members_end_at_entries_and_decompress_to_the_plain_archive() {
         "--out",
         "plain",
     ]);
-    let cold = ws.run(&["controller", "--node", "2", "--format", "cpio.gz"]);
-    assert!(cold.status.success());
-    assert!(String::from_utf8_lossy(&cold.stderr).contains("compressing the binaries"));
+    let cold = ws.ok_stderr(&["controller", "--node", "2", "--format", "cpio.gz"]);
+    assert!(cold.contains("compressing the binaries"));
     ws.ok(&[
         "controller",
         "--node",
@@ -616,7 +553,7 @@ fn cpio_gz_members_end_at_entries_and_decompress_to_the_plain_archive() {
 
     // Warm: nothing large is compressed and the bytes are the cold ones.
     let first = sha256_file(&ws.path("out/controller-2.cpio.gz"));
-    let warm = ws.run(&[
+    let warm = ws.ok_stderr(&[
         "controller",
         "--node",
         "2",
@@ -625,8 +562,7 @@ fn cpio_gz_members_end_at_entries_and_decompress_to_the_plain_archive() {
         "--out",
         "warm",
     ]);
-    assert!(warm.status.success());
-    assert!(!String::from_utf8_lossy(&warm.stderr).contains("compressing the binaries"));
+    assert!(!warm.contains("compressing the binaries"));
     assert_eq!(sha256_file(&ws.path("warm/controller-2.cpio.gz")), first);
     assert_eq!(mode_of(&ws.path("warm/controller-2.cpio.gz")), 0o600);
     let sums = fs::read_to_string(ws.path("warm/SHA256SUMS")).unwrap();

@@ -322,7 +322,9 @@ fn kernel_unpacks_split_initramfs_to_the_plan() {
 /// and what the booted system sees matches the build manifest.
 #[test]
 fn booted_split_initramfs_matches_the_manifest() {
-    let ws = support::Workspace::with_binaries("v1.10.2", "amd64", 1 << 20);
+    let ws = support::Workspace::builder("v1.10.2")
+        .binaries(1 << 20)
+        .build();
     ws.ok(&[
         "controller",
         "--node",

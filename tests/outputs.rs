@@ -53,18 +53,7 @@ fn listing(ws: &Workspace) -> String {
         let mut args: Vec<&str> = args.to_vec();
         let dest = format!("out-{folder}");
         args.extend(["--out", &dest]);
-        ws.cmd()
-            .env("SOURCE_DATE_EPOCH", "1600000000")
-            .args(&args)
-            .output()
-            .map(|o| {
-                assert!(
-                    o.status.success(),
-                    "{args:?}: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap();
+        ws.ok_with_env(&[("SOURCE_DATE_EPOCH", "1600000000")], &args);
         let root = ws.path(&dest);
         for f in files_under(&root) {
             let p = root.join(&f);
@@ -84,7 +73,7 @@ fn listing(ws: &Workspace) -> String {
 }
 
 fn check(version: &str) {
-    let ws = Workspace::fixed_pki(version);
+    let ws = Workspace::builder(version).fixed_pki().build();
     let ours = listing(&ws);
     let pinned = Path::new(REPO)
         .join("tests/fixtures/output-digests")

@@ -1,11 +1,14 @@
 //! `imgbuild pki init|check` through the real binary, judged by real consumers:
 //! openssl (verify, x509, pkey, s_server) and kubectl.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
+use support::{Workspace, assert_no_secret, text};
+
 const KUBECTL: &str = "kubectl";
 
 const INVENTORY: &str = r#"
@@ -53,87 +56,33 @@ const KUBECONFIGS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
+/// A workspace with `inventory` and nothing else (no PKI, no release); every
+/// run names the inventory by its absolute path and is checked for secrets.
+fn workspace(inventory: &str) -> Workspace {
+    bare(inventory).guard_secrets().build()
 }
 
-impl Env {
-    fn new(inventory: &str) -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        std::fs::write(root.join("cluster.toml"), inventory).unwrap();
-        Env { _tmp: tmp, root }
-    }
-    fn pki(&self) -> PathBuf {
-        self.root.join("secrets/pki")
-    }
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .arg("--inventory")
-            .arg(self.root.join("cluster.toml"))
-            .arg("--cache")
-            .arg(self.root.join("cache"))
-            .current_dir(&self.root)
-            // Never reach for dl.k8s.io: a cache miss stays a cache miss.
-            .env("IMGBUILD_OFFLINE", "1")
-            .env("NO_PROXY", "*")
-            .stdin(Stdio::null());
-        c
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().unwrap();
-        // Whatever a command says, it never says a secret.
-        assert_no_secret(&self.pki(), &out);
-        out
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "imgbuild {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
+/// Run, require exit `code`, return all it printed (`pki check` reports on stdout).
+fn fails_saying(ws: &Workspace, args: &[&str], code: i32) -> String {
+    let out = ws.run(args);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(code), "{said}");
+    said
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// The bundled example's inventory, as [`workspace`] but without the secret
+/// check (which has always looked at `secrets/pki`, the test inventory's
+/// folder, and so never at this one's `pki`).
+fn example_workspace() -> Workspace {
+    bare(&std::fs::read_to_string(Path::new(support::REPO).join("cluster.toml")).unwrap()).build()
 }
 
-/// No line of base64 from any key, kubeconfig or encryption config in the output.
-fn assert_no_secret(pki: &Path, out: &Output) {
-    let said = text(out);
-    let Ok(entries) = std::fs::read_dir(pki) else {
-        return;
-    };
-    for e in entries {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let secret = name.ends_with("-key.pem")
-            || name.ends_with(".kubeconfig")
-            || name == "encryption-config.yaml";
-        if !secret || !path.is_file() {
-            continue;
-        }
-        let content = std::fs::read_to_string(&path).unwrap();
-        for token in content.split_whitespace().filter(|t| t.len() >= 24) {
-            if token.starts_with("-----") {
-                continue;
-            }
-            assert!(
-                !said.contains(token),
-                "output quotes secret data of {name}:\n{said}"
-            );
-        }
-    }
+fn bare(inventory: &str) -> support::Builder {
+    Workspace::builder("v1.10.2")
+        .inventory(inventory)
+        .no_pki()
+        .no_binaries()
+        .explicit_inventory()
 }
 
 fn tool(cmd: &str, args: &[&str], dir: &Path) -> Output {
@@ -170,75 +119,65 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (Vec<u8>, std::time::SystemTime)> {
         .collect()
 }
 
-fn pubkey_of_key(dir: &Path, key: &str) -> String {
-    tool_ok("openssl", &["pkey", "-in", key, "-pubout"], dir)
+/// `openssl x509 -text` of `cert` in `dir`.
+fn cert_text(dir: &Path, cert: &str) -> String {
+    tool_ok("openssl", &["x509", "-in", cert, "-noout", "-text"], dir)
 }
 
-fn pubkey_of_cert(dir: &Path, cert: &str) -> String {
-    tool_ok("openssl", &["x509", "-in", cert, "-noout", "-pubkey"], dir)
+/// openssl verifies `cert` in `dir` against the `ca.pem` beside it.
+fn verify(dir: &Path, cert: &str) -> String {
+    tool_ok("openssl", &["verify", "-CAfile", "ca.pem", cert], dir)
+}
+
+/// openssl finds the same public key in `key` and in `cert` (files in `dir`).
+fn assert_key_fits(dir: &Path, key: &str, cert: &str) {
+    assert_eq!(
+        tool_ok("openssl", &["pkey", "-in", key, "-pubout"], dir),
+        tool_ok("openssl", &["x509", "-in", cert, "-noout", "-pubkey"], dir),
+        "{key} does not fit {cert}"
+    );
 }
 
 #[test]
 fn init_output_satisfies_openssl_and_kubectl() {
     use std::os::unix::fs::PermissionsExt;
-    let env = Env::new(INVENTORY);
+    let env = workspace(INVENTORY);
     let stdout = env.ok(&["pki", "init", "--days", "100"]);
     assert!(stdout.contains("created  ca.pem"), "{stdout}");
-    let pki = env.pki();
+    let pki = env.pki_dir();
     let mode = |p: &Path| p.metadata().unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&pki), 0o700);
 
     for c in CERTS {
         let cert = format!("{c}.pem");
         let key = format!("{c}-key.pem");
-        let out = tool_ok("openssl", &["verify", "-CAfile", "ca.pem", &cert], &pki);
+        let out = verify(&pki, &cert);
         assert_eq!(out.trim(), format!("{cert}: OK"));
-        assert_eq!(
-            pubkey_of_key(&pki, &key),
-            pubkey_of_cert(&pki, &cert),
-            "{key}"
-        );
+        assert_key_fits(&pki, &key, &cert);
         assert_eq!(mode(&pki.join(&cert)), 0o644, "{cert}");
         assert_eq!(mode(&pki.join(&key)), 0o600, "{key}");
         // --days is what the certificate says.
-        let dates = tool_ok(
-            "openssl",
-            &[
-                "x509",
-                "-in",
-                &cert,
-                "-noout",
-                "-checkend",
-                &(99 * 86_400).to_string(),
-            ],
-            &pki,
-        );
+        let checkend = |days: u32| {
+            let secs = (days * 86_400).to_string();
+            tool(
+                "openssl",
+                &["x509", "-in", &cert, "-noout", "-checkend", &secs],
+                &pki,
+            )
+        };
+        let early = checkend(99);
+        let dates = String::from_utf8_lossy(&early.stdout);
+        assert!(early.status.success(), "{cert}: {}", text(&early));
         assert!(dates.contains("will not expire"), "{cert}: {dates}");
-        let late = tool(
-            "openssl",
-            &[
-                "x509",
-                "-in",
-                &cert,
-                "-noout",
-                "-checkend",
-                &(101 * 86_400).to_string(),
-            ],
-            &pki,
+        assert!(
+            !checkend(101).status.success(),
+            "{cert} outlives --days 100"
         );
-        assert!(!late.status.success(), "{cert} outlives --days 100");
     }
-    assert_eq!(
-        pubkey_of_key(&pki, "ca-key.pem"),
-        pubkey_of_cert(&pki, "ca.pem")
-    );
+    assert_key_fits(&pki, "ca-key.pem", "ca.pem");
     assert_eq!(mode(&pki.join("ca-key.pem")), 0o600);
 
-    let api = tool_ok(
-        "openssl",
-        &["x509", "-in", "kubernetes.pem", "-noout", "-text"],
-        &pki,
-    );
+    let api = cert_text(&pki, "kubernetes.pem");
     for san in [
         "IP Address:10.240.0.11",
         "IP Address:10.240.0.12",
@@ -258,11 +197,7 @@ fn init_output_satisfies_openssl_and_kubectl() {
         "{api}"
     );
     assert!(api.contains("TLS Web Server Authentication"), "{api}");
-    let ca = tool_ok(
-        "openssl",
-        &["x509", "-in", "ca.pem", "-noout", "-text"],
-        &pki,
-    );
+    let ca = cert_text(&pki, "ca.pem");
     assert!(ca.contains("CA:TRUE"), "{ca}");
 
     for (file, user, cn, o) in KUBECONFIGS {
@@ -315,15 +250,8 @@ fn init_output_satisfies_openssl_and_kubectl() {
         )
         .unwrap();
         std::fs::copy(pki.join("ca.pem"), tmp.path().join("ca.pem")).unwrap();
-        tool_ok(
-            "openssl",
-            &["verify", "-CAfile", "ca.pem", "c.pem"],
-            tmp.path(),
-        );
-        assert_eq!(
-            pubkey_of_key(tmp.path(), "k.pem"),
-            pubkey_of_cert(tmp.path(), "c.pem")
-        );
+        verify(tmp.path(), "c.pem");
+        assert_key_fits(tmp.path(), "k.pem", "c.pem");
         let subject = tool_ok(
             "openssl",
             &["x509", "-in", "c.pem", "-noout", "-subject"],
@@ -354,30 +282,28 @@ fn init_output_satisfies_openssl_and_kubectl() {
 
 #[test]
 fn second_init_changes_nothing() {
-    let env = Env::new(INVENTORY);
+    let env = workspace(INVENTORY);
     env.ok(&["pki", "init"]);
-    let before = snapshot(&env.pki());
+    let before = snapshot(&env.pki_dir());
     std::thread::sleep(std::time::Duration::from_millis(20));
     let stdout = env.ok(&["pki", "init"]);
     assert!(stdout.contains("nothing to do"), "{stdout}");
-    assert_eq!(before, snapshot(&env.pki()), "bytes or mtimes changed");
+    assert_eq!(before, snapshot(&env.pki_dir()), "bytes or mtimes changed");
 }
 
 #[test]
 fn added_controller_fails_check_until_renew() {
-    let env = Env::new(INVENTORY);
+    let env = workspace(INVENTORY);
     env.ok(&["pki", "init"]);
-    let pki = env.pki();
+    let pki = env.pki_dir();
     let before = snapshot(&pki);
 
     let grown = format!(
         "{INVENTORY}\n[[controllers]]\nname = \"controller-3\"\ninternal_ip = \"10.240.0.13\"\n"
     );
-    std::fs::write(env.root.join("cluster.toml"), grown).unwrap();
+    std::fs::write(env.path("cluster.toml"), grown).unwrap();
 
-    let out = env.run(&["pki", "check"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let said = text(&out);
+    let said = fails_saying(&env, &["pki", "check"], 2);
     assert!(
         said.contains("ERROR  kubernetes.pem: SANs do not cover 10.240.0.13"),
         "{said}"
@@ -385,19 +311,13 @@ fn added_controller_fails_check_until_renew() {
     assert!(said.contains("imgbuild pki init --renew"), "{said}");
 
     // A plain init adds nothing and says what to run.
-    let out = env.run(&["pki", "init"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("--renew"), "{}", text(&out));
+    let said = fails_saying(&env, &["pki", "init"], 2);
+    assert!(said.contains("--renew"), "{said}");
     assert_eq!(before, snapshot(&pki));
 
     // The build refuses it too, naming the command.
-    let out = env.run(&["controller", "--node", "1"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("imgbuild pki init --renew"),
-        "{}",
-        text(&out)
-    );
+    let said = fails_saying(&env, &["controller", "--node", "1"], 2);
+    assert!(said.contains("imgbuild pki init --renew"), "{said}");
 
     let stdout = env.ok(&["pki", "init", "--renew"]);
     assert!(stdout.contains("renewed  kubernetes.pem"), "{stdout}");
@@ -407,29 +327,18 @@ fn added_controller_fails_check_until_renew() {
             assert_eq!(bytes, &after[name].0, "{name} changed");
         }
     }
-    let api = tool_ok(
-        "openssl",
-        &["x509", "-in", "kubernetes.pem", "-noout", "-text"],
-        &pki,
-    );
+    let api = cert_text(&pki, "kubernetes.pem");
     assert!(api.contains("IP Address:10.240.0.13"), "{api}");
-    tool_ok(
-        "openssl",
-        &["verify", "-CAfile", "ca.pem", "kubernetes.pem"],
-        &pki,
-    );
-    assert_eq!(
-        pubkey_of_key(&pki, "kubernetes-key.pem"),
-        pubkey_of_cert(&pki, "kubernetes.pem")
-    );
+    verify(&pki, "kubernetes.pem");
+    assert_key_fits(&pki, "kubernetes-key.pem", "kubernetes.pem");
     env.ok(&["pki", "check"]);
 }
 
 #[test]
 fn force_says_what_it_replaced() {
-    let env = Env::new(INVENTORY);
+    let env = workspace(INVENTORY);
     env.ok(&["pki", "init"]);
-    let old_ca = std::fs::read(env.pki().join("ca.pem")).unwrap();
+    let old_ca = std::fs::read(env.pki_dir().join("ca.pem")).unwrap();
     let out = env.run(&["pki", "init", "--force"]);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
@@ -438,8 +347,8 @@ fn force_says_what_it_replaced() {
         said.contains("--force replaced ca.pem, ca-key.pem"),
         "{said}"
     );
-    assert_ne!(old_ca, std::fs::read(env.pki().join("ca.pem")).unwrap());
-    let backup = std::fs::read_dir(env.pki())
+    assert_ne!(old_ca, std::fs::read(env.pki_dir().join("ca.pem")).unwrap());
+    let backup = std::fs::read_dir(env.pki_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.is_dir())
@@ -449,9 +358,9 @@ fn force_says_what_it_replaced() {
 
 #[test]
 fn current_versions_get_encryption_configuration() {
-    let env = Env::new(&INVENTORY.replace("v1.10.2", "v1.34.7"));
+    let env = workspace(&INVENTORY.replace("v1.10.2", "v1.34.7"));
     env.ok(&["pki", "init"]);
-    let enc = std::fs::read_to_string(env.pki().join("encryption-config.yaml")).unwrap();
+    let enc = std::fs::read_to_string(env.pki_dir().join("encryption-config.yaml")).unwrap();
     assert!(
         enc.starts_with("kind: EncryptionConfiguration\napiVersion: apiserver.config.k8s.io/v1\n"),
         "{enc}"
@@ -463,9 +372,9 @@ fn current_versions_get_encryption_configuration() {
 /// kubeconfig's client certificate (it echoes the subject back).
 #[test]
 fn kubectl_and_openssl_complete_mutual_tls() {
-    let env = Env::new(INVENTORY);
+    let env = workspace(INVENTORY);
     env.ok(&["pki", "init"]);
-    let pki = env.pki();
+    let pki = env.pki_dir();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -540,15 +449,11 @@ fn kubectl_and_openssl_complete_mutual_tls() {
 
 #[test]
 fn bundled_example_gets_its_pki_on_first_build_others_do_not() {
-    let example =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/cluster.toml")).unwrap();
-    let env = Env::new(&example);
-    let pki = env.root.join("pki");
-    let out = env.run(&["controller", "--node", "1"]);
-    let said = text(&out);
+    let env = example_workspace();
+    let pki = env.path("pki");
     // No release artifacts in the empty cache: the build stops there (exit 3),
     // after the PKI step.
-    assert_eq!(out.status.code(), Some(3), "{said}");
+    let said = fails_saying(&env, &["controller", "--node", "1"], 3);
     assert!(said.contains("NEW PKI for the bundled example"), "{said}");
     assert!(said.contains(&pki.display().to_string()), "{said}");
     assert!(
@@ -556,6 +461,14 @@ fn bundled_example_gets_its_pki_on_first_build_others_do_not() {
         "{said}"
     );
     env.ok(&["pki", "check"]);
+    // The new shape: a CA for leaves only, secretbox for the example's version.
+    let ca = cert_text(&pki, "ca.pem");
+    assert!(ca.contains("CA:TRUE, pathlen:0"), "{ca}");
+    let enc = std::fs::read_to_string(pki.join("encryption-config.yaml")).unwrap();
+    assert!(
+        enc.contains("      - secretbox:\n"),
+        "new config is not secretbox"
+    );
     // The second build uses the same PKI and says nothing about a new one.
     let before = snapshot(&pki);
     let out = env.run(&["controller", "--node", "2"]);
@@ -563,15 +476,10 @@ fn bundled_example_gets_its_pki_on_first_build_others_do_not() {
     assert_eq!(before, snapshot(&pki));
 
     // Any other inventory without a PKI: no CA appears by itself.
-    let other = Env::new(INVENTORY);
-    let out = other.run(&["controller", "--node", "1"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("imgbuild pki init --inventory"),
-        "{}",
-        text(&out)
-    );
-    assert!(!other.pki().exists());
+    let other = workspace(INVENTORY);
+    let said = fails_saying(&other, &["controller", "--node", "1"], 2);
+    assert!(said.contains("imgbuild pki init --inventory"), "{said}");
+    assert!(!other.pki_dir().exists());
 }
 
 /// Two `pki init` at once make one PKI (the second waits for the folder's
@@ -579,28 +487,19 @@ fn bundled_example_gets_its_pki_on_first_build_others_do_not() {
 /// example at once: one generates, the other waits and uses that PKI.
 #[test]
 fn concurrent_inits_and_first_builds_make_one_pki() {
-    let spawn = |env: &Env, args: &[&str]| {
-        env.command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
     for _ in 0..3 {
-        let env = Env::new(INVENTORY);
-        let (a, b) = (spawn(&env, &["pki", "init"]), spawn(&env, &["pki", "init"]));
+        let env = workspace(INVENTORY);
+        let (a, b) = (env.spawn(&["pki", "init"]), env.spawn(&["pki", "init"]));
         for out in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
             assert!(out.status.success(), "{}", text(&out));
         }
         env.ok(&["pki", "check"]);
     }
-    let example =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/cluster.toml")).unwrap();
     for _ in 0..3 {
-        let env = Env::new(&example);
+        let env = example_workspace();
         let (a, b) = (
-            spawn(&env, &["controller", "--node", "1"]),
-            spawn(&env, &["controller", "--node", "2"]),
+            env.spawn(&["controller", "--node", "1"]),
+            env.spawn(&["controller", "--node", "2"]),
         );
         let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
         // Both pass the PKI step and stop at the empty cache (exit 3), not at
@@ -624,8 +523,8 @@ fn concurrent_inits_and_first_builds_make_one_pki() {
 #[test]
 fn foreign_rsa_ca_and_key_formats() {
     use std::os::unix::fs::PermissionsExt;
-    let env = Env::new(INVENTORY);
-    let pki = env.pki();
+    let env = workspace(INVENTORY);
+    let pki = env.pki_dir();
     std::fs::create_dir_all(&pki).unwrap();
     std::fs::set_permissions(&pki, std::fs::Permissions::from_mode(0o700)).unwrap();
     tool_ok(
@@ -679,17 +578,9 @@ fn foreign_rsa_ca_and_key_formats() {
         std::fs::read_to_string(pki.join("ca-key.pem")).unwrap()
     );
     for c in CERTS {
-        tool_ok(
-            "openssl",
-            &["verify", "-CAfile", "ca.pem", &format!("{c}.pem")],
-            &pki,
-        );
+        verify(&pki, &format!("{c}.pem"));
     }
-    let api = tool_ok(
-        "openssl",
-        &["x509", "-in", "kubernetes.pem", "-noout", "-text"],
-        &pki,
-    );
+    let api = cert_text(&pki, "kubernetes.pem");
     assert!(api.contains("sha256WithRSAEncryption"), "{api}");
 
     tool_ok(
@@ -719,12 +610,10 @@ fn foreign_rsa_ca_and_key_formats() {
         pki.join("kube-scheduler-key.pem"),
     )
     .unwrap();
-    let out = env.run(&["pki", "check"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = fails_saying(&env, &["pki", "check"], 2);
     assert!(
-        text(&out).contains("ERROR  kube-scheduler.pem: key kube-scheduler-key.pem does not match"),
-        "{}",
-        text(&out)
+        said.contains("ERROR  kube-scheduler.pem: key kube-scheduler-key.pem does not match"),
+        "{said}"
     );
     let stdout = env.ok(&["pki", "init", "--renew"]);
     assert!(stdout.contains("renewed  kube-scheduler.pem"), "{stdout}");
@@ -732,31 +621,21 @@ fn foreign_rsa_ca_and_key_formats() {
         stdout.contains("renewed  kube-scheduler.kubeconfig"),
         "{stdout}"
     );
-    assert_eq!(
-        pubkey_of_key(&pki, "kube-scheduler-key.pem"),
-        pubkey_of_cert(&pki, "kube-scheduler.pem")
-    );
+    assert_key_fits(&pki, "kube-scheduler-key.pem", "kube-scheduler.pem");
     env.ok(&["pki", "check"]);
 }
-
-mod support;
 
 /// A whole build with a real PKI: the keys travel into the overlay with mode
 /// 0600, and neither the manifest nor anything printed quotes them.
 #[test]
 fn build_carries_keys_but_never_prints_them() {
-    let ws = support::Workspace::new("v1.10.2");
+    let ws = Workspace::new("v1.10.2");
     let out = ws.run(&["controller", "--node", "1", "--format", "dir"]);
     assert!(out.status.success(), "{}", text(&out));
     let pki = ws.path("pki");
-    assert_no_secret(&pki, &out);
+    assert_no_secret(&pki, &text(&out));
     let manifest = std::fs::read(ws.path("out/controller-1.manifest.json")).unwrap();
-    let fake = Output {
-        status: out.status,
-        stdout: manifest,
-        stderr: Vec::new(),
-    };
-    assert_no_secret(&pki, &fake);
+    assert_no_secret(&pki, &String::from_utf8_lossy(&manifest));
     let tree = ws.path("out/controller-1/var/lib/kubernetes");
     for name in [
         "ca-key.pem",
@@ -775,9 +654,441 @@ fn build_carries_keys_but_never_prints_them() {
         assert_eq!(mode, 0o600, "{name}");
     }
     // The overlay's API server certificate verifies against its CA.
+    verify(&tree, "kubernetes.pem");
+}
+
+/// The extension `name` of an `openssl x509 -text`: (its header line, its value line).
+fn extension(text: &str, name: &str) -> Option<(String, String)> {
+    let mut lines = text.lines();
+    let header = lines.find(|l| l.trim_start().starts_with(name))?;
+    let value = lines.next()?.trim().to_string();
+    Some((header.trim().to_string(), value))
+}
+
+/// What each certificate allows, as openssl reads it, and openssl using it:
+/// the API server certificate for TLS server and client, the clients for
+/// client only, and no chain through an intermediate made with the CA's key
+/// (pathlen:0).
+#[test]
+fn openssl_reads_each_certificate_for_what_it_is_used() {
+    let env = workspace(INVENTORY);
+    env.ok(&["pki", "init"]);
+    let pki = env.pki_dir();
+    let critical = |v: &str| format!("X509v3 {v}: critical");
+
+    let ca = cert_text(&pki, "ca.pem");
+    let bc = extension(&ca, "X509v3 Basic Constraints").unwrap();
+    assert_eq!(
+        bc,
+        (critical("Basic Constraints"), "CA:TRUE, pathlen:0".into())
+    );
+    let ku = extension(&ca, "X509v3 Key Usage").unwrap();
+    assert_eq!(
+        ku,
+        (critical("Key Usage"), "Certificate Sign, CRL Sign".into())
+    );
+
+    for (cert, eku) in [
+        (
+            "kubernetes.pem",
+            Some("TLS Web Client Authentication, TLS Web Server Authentication"),
+        ),
+        ("admin.pem", Some("TLS Web Client Authentication")),
+        (
+            "kube-controller-manager.pem",
+            Some("TLS Web Client Authentication"),
+        ),
+        ("kube-scheduler.pem", Some("TLS Web Client Authentication")),
+        // A key holder: no extended key usage at all.
+        ("service-account.pem", None),
+    ] {
+        let t = cert_text(&pki, cert);
+        let bc = extension(&t, "X509v3 Basic Constraints").unwrap();
+        assert_eq!(
+            bc,
+            (critical("Basic Constraints"), "CA:FALSE".into()),
+            "{cert}"
+        );
+        let ku = extension(&t, "X509v3 Key Usage").unwrap();
+        assert_eq!(
+            ku,
+            (critical("Key Usage"), "Digital Signature".into()),
+            "{cert}"
+        );
+        let found = extension(&t, "X509v3 Extended Key Usage").map(|(_, v)| v);
+        assert_eq!(found.as_deref(), eku, "{cert}:\n{t}");
+        assert!(
+            t.contains("Signature Algorithm: ecdsa-with-SHA256"),
+            "{cert}"
+        );
+    }
+
+    let purpose = |purpose: &str, cert: &str| {
+        tool(
+            "openssl",
+            &["verify", "-purpose", purpose, "-CAfile", "ca.pem", cert],
+            &pki,
+        )
+    };
+    assert!(purpose("sslserver", "kubernetes.pem").status.success());
+    for cert in ["kubernetes.pem", "admin.pem", "kube-scheduler.pem"] {
+        assert!(purpose("sslclient", cert).status.success(), "{cert}");
+    }
+    let refused = purpose("sslserver", "admin.pem");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("unsuitable certificate purpose"),
+        "{}",
+        text(&refused)
+    );
+
+    // An intermediate CA made with ca-key.pem, and a leaf below it: openssl
+    // refuses the chain (the CA allows no CA below it).
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    for f in ["ca.pem", "ca-key.pem"] {
+        std::fs::copy(pki.join(f), t.join(f)).unwrap();
+    }
+    std::fs::write(
+        t.join("ca.ext"),
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.join("leaf.ext"),
+        "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    for (name, ca, ca_key, ext) in [
+        ("inter", "ca.pem", "ca-key.pem", "ca.ext"),
+        ("leaf", "inter.pem", "inter-key.pem", "leaf.ext"),
+    ] {
+        let key = format!("{name}-key.pem");
+        let csr = format!("{name}.csr");
+        tool_ok(
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-subj",
+                &format!("/CN={name}"),
+                "-out",
+                &csr,
+            ],
+            t,
+        );
+        tool_ok(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                ca,
+                "-CAkey",
+                ca_key,
+                "-set_serial",
+                "9",
+                "-days",
+                "10",
+                "-sha256",
+                "-extfile",
+                ext,
+                "-out",
+                &format!("{name}.pem"),
+            ],
+            t,
+        );
+    }
+    let out = tool(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            "ca.pem",
+            "-untrusted",
+            "inter.pem",
+            "leaf.pem",
+        ],
+        t,
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("path length constraint exceeded"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The API server certificate's SANs for [`INVENTORY`], as openssl's config says them.
+const API_SANS: &str = "subjectAltName=IP:10.240.0.11,IP:10.240.0.12,IP:203.0.113.10,IP:10.32.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster,DNS:kubernetes.default.svc.cluster.local";
+
+/// openssl issues `cert` (in the PKI folder) for `key` from the folder's CA,
+/// with these extensions and this digest.
+fn openssl_issue(pki: &Path, cert: &str, key: &str, subject: &str, ext: &str, digest: &str) {
+    std::fs::write(pki.join("t.ext"), ext).unwrap();
     tool_ok(
         "openssl",
-        &["verify", "-CAfile", "ca.pem", "kubernetes.pem"],
-        &tree,
+        &[
+            "req", "-new", "-key", key, "-subj", subject, "-out", "t.csr",
+        ],
+        pki,
     );
+    tool_ok(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "t.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-set_serial",
+            "7",
+            "-days",
+            "100",
+            digest,
+            "-extfile",
+            "t.ext",
+            "-out",
+            cert,
+        ],
+        pki,
+    );
+    for f in ["t.ext", "t.csr"] {
+        std::fs::remove_file(pki.join(f)).unwrap();
+    }
+}
+
+/// Certificates made by hand with openssl, each wrong in one way: `pki check`
+/// and the build refuse each, naming the file, the problem and the fix; for
+/// those a new certificate fixes, `pki init --renew` does.
+#[test]
+fn hand_made_bad_certificates_are_refused() {
+    let api = "/CN=kubernetes/O=Kubernetes";
+    let good = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n";
+    let cases: &[(&str, String, &str, &str)] = &[
+        (
+            "leaf marked CA",
+            format!("{}\n{API_SANS}\n", good.replace("CA:FALSE", "CA:TRUE")),
+            "-sha256",
+            "ERROR  kubernetes.pem: is marked as a CA (basicConstraints CA:TRUE); a leaf certificate must be CA:FALSE [fix: imgbuild pki init --renew]",
+        ),
+        (
+            "server certificate without serverAuth",
+            format!("{}\n{API_SANS}\n", good.replace("serverAuth,", "")),
+            "-sha256",
+            "ERROR  kubernetes.pem: has no extendedKeyUsage serverAuth: kube-apiserver serves TLS with it (--tls-cert-file) and clients refuse it [fix: imgbuild pki init --renew]",
+        ),
+        (
+            "API server certificate without clientAuth",
+            format!("{}\n{API_SANS}\n", good.replace(",clientAuth", "")),
+            "-sha256",
+            "ERROR  kubernetes.pem: has no extendedKeyUsage clientAuth: kube-apiserver also presents it to etcd",
+        ),
+        (
+            "SHA-1 signature",
+            format!("{good}\n{API_SANS}\n"),
+            "-sha1",
+            "ERROR  kubernetes.pem: is signed with ecdsa-with-SHA1 (SHA-1); signatures must use SHA-256 or stronger [fix: imgbuild pki init --renew]",
+        ),
+    ];
+    for (what, ext, digest, said) in cases {
+        let env = workspace(INVENTORY);
+        env.ok(&["pki", "init"]);
+        let pki = env.pki_dir();
+        openssl_issue(
+            &pki,
+            "kubernetes.pem",
+            "kubernetes-key.pem",
+            api,
+            ext,
+            digest,
+        );
+        verify(&pki, "kubernetes.pem"); // openssl itself takes it as issued by the CA
+        let out = fails_saying(&env, &["pki", "check"], 2);
+        assert!(out.contains(said), "{what}:\n{out}");
+        assert!(
+            out.contains("run: imgbuild pki init --renew"),
+            "{what}:\n{out}"
+        );
+        let out = fails_saying(&env, &["controller", "--node", "1"], 2);
+        assert!(
+            out.contains(said.trim_start_matches("ERROR  ")),
+            "{what} (build):\n{out}"
+        );
+        assert!(!env.path("out").exists(), "{what}: the build wrote out/");
+        env.ok(&["pki", "init", "--renew"]);
+        env.ok(&["pki", "check"]);
+    }
+
+    // A 1024-bit RSA key: refused in the key file and in the certificate.
+    let env = workspace(INVENTORY);
+    env.ok(&["pki", "init"]);
+    let pki = env.pki_dir();
+    tool_ok(
+        "openssl",
+        &["genrsa", "-out", "admin-key.pem", "1024"],
+        &pki,
+    );
+    tool_ok("chmod", &["600", "admin-key.pem"], &pki);
+    let client = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n";
+    openssl_issue(
+        &pki,
+        "admin.pem",
+        "admin-key.pem",
+        "/CN=admin/O=system:masters",
+        client,
+        "-sha256",
+    );
+    let out = fails_saying(&env, &["pki", "check"], 2);
+    assert!(
+        out.contains("ERROR  admin.pem: holds a 1024-bit RSA key; RSA keys need at least 2048 bits; for a new key pair remove admin-key.pem and admin.pem, then run `imgbuild pki init --renew`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ERROR  admin-key.pem: is not a usable RSA (2048 bits or more)"),
+        "{out}"
+    );
+    std::fs::remove_file(pki.join("admin.pem")).unwrap();
+    std::fs::remove_file(pki.join("admin-key.pem")).unwrap();
+    env.ok(&["pki", "init", "--renew"]);
+    env.ok(&["pki", "check"]);
+}
+
+/// A private key, a kubeconfig or the encryption config that others may read
+/// is an error for `pki check` and the build, naming the file and the chmod.
+#[test]
+fn readable_secrets_are_errors_naming_chmod() {
+    use std::os::unix::fs::PermissionsExt;
+    for (file, mode) in [
+        ("kubernetes-key.pem", 0o644),
+        ("admin.kubeconfig", 0o640),
+        ("encryption-config.yaml", 0o604),
+        ("ca-key.pem", 0o620),
+    ] {
+        let env = workspace(INVENTORY);
+        env.ok(&["pki", "init"]);
+        let path = env.pki_dir().join(file);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let want = format!(
+            "{file}: mode {mode:03o} lets other users read or change it (it holds secret keys): chmod 600 {}",
+            path.display()
+        );
+        let out = fails_saying(&env, &["pki", "check"], 2);
+        assert!(out.contains(&format!("ERROR  {want}")), "{out}");
+        let out = fails_saying(&env, &["controller", "--node", "1"], 2);
+        assert!(out.contains(&want), "{out}");
+        assert!(!env.path("out").exists());
+        tool_ok("chmod", &["600", &path.display().to_string()], env.dir());
+        env.ok(&["pki", "check"]);
+    }
+}
+
+/// The encryption config's cipher: aescbc for v1.10.2 (as the seed), secretbox
+/// from v1.13; `pki check` says which one encrypts; an aescbc config on a
+/// current version warns, and `--encryption secretbox` switches in steps that
+/// never lose a key; plain `pki init` never touches it.
+#[test]
+fn encryption_cipher_defaults_and_switch_in_steps() {
+    let enc = |env: &Workspace| {
+        std::fs::read_to_string(env.pki_dir().join("encryption-config.yaml")).unwrap()
+    };
+    let seed = workspace(INVENTORY);
+    seed.ok(&["pki", "init"]);
+    assert!(enc(&seed).contains("      - aescbc:\n"));
+    let out = seed.ok(&["pki", "check"]);
+    assert!(
+        out.contains("ok     encryption-config.yaml: aescbc (key1) encrypts Secrets"),
+        "{out}"
+    );
+    assert!(out.contains("(0 warning(s))"), "{out}");
+
+    let env = workspace(&INVENTORY.replace("v1.10.2", "v1.34.7"));
+    env.ok(&["pki", "init", "--encryption", "aescbc"]);
+    let aescbc = enc(&env);
+    let out = env.ok(&["pki", "check"]);
+    assert!(
+        out.contains("WARN   encryption-config.yaml: aescbc (key1) encrypts Secrets; upstream no longer recommends aescbc (CBC is open to padding-oracle attacks): switch to secretbox with imgbuild pki init --encryption secretbox"),
+        "{out}"
+    );
+    // Plain init and --renew leave it alone.
+    env.ok(&["pki", "init"]);
+    env.ok(&["pki", "init", "--renew"]);
+    assert_eq!(enc(&env), aescbc);
+    // --drop-old-keys before the new cipher encrypts: refused, nothing changed.
+    let said = fails_saying(
+        &env,
+        &[
+            "pki",
+            "init",
+            "--encryption",
+            "secretbox",
+            "--drop-old-keys",
+        ],
+        2,
+    );
+    assert!(said.contains("secretbox does not encrypt yet"), "{said}");
+    assert_eq!(enc(&env), aescbc);
+
+    // Step 1: a secretbox key that reads, second; aescbc still writes.
+    let out = env.run(&["pki", "init", "--encryption", "secretbox"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Step 1 of 3"), "{}", text(&out));
+    let step1 = enc(&env);
+    assert!(
+        step1.starts_with(aescbc.trim_end_matches("      - identity: {}\n")),
+        "the aescbc key moved:\n{step1}"
+    );
+    let check = env.ok(&["pki", "check"]);
+    assert!(
+        check.contains("also reads with secretbox (key2), identity"),
+        "{check}"
+    );
+    // Step 2: secretbox first; the aescbc key still reads.
+    let out = env.run(&["pki", "init", "--encryption", "secretbox"]);
+    assert!(text(&out).contains("Step 2 of 3"), "{}", text(&out));
+    assert!(
+        text(&out).contains("kubectl get secrets --all-namespaces -o json | kubectl replace -f -")
+    );
+    let check = env.ok(&["pki", "check"]);
+    assert!(
+        check.contains("ok     encryption-config.yaml: secretbox (key2) encrypts Secrets"),
+        "{check}"
+    );
+    assert!(
+        check.contains("also reads with aescbc (key1), identity"),
+        "{check}"
+    );
+    assert!(check.contains("(0 warning(s))"), "{check}");
+    let aescbc_secret = aescbc.lines().find(|l| l.contains("secret:")).unwrap();
+    assert!(enc(&env).contains(aescbc_secret), "the aescbc key was lost");
+    // Again: nothing to do.
+    let step2 = enc(&env);
+    env.ok(&["pki", "init", "--encryption", "secretbox"]);
+    assert_eq!(enc(&env), step2);
+    // Step 3: only secretbox.
+    env.ok(&[
+        "pki",
+        "init",
+        "--encryption",
+        "secretbox",
+        "--drop-old-keys",
+    ]);
+    assert!(!enc(&env).contains("aescbc") && !enc(&env).contains("identity"));
+    let check = env.ok(&["pki", "check"]);
+    assert!(!check.contains("also reads"), "{check}");
+    // clap: --drop-old-keys alone names what it needs.
+    let said = fails_saying(&env, &["pki", "init", "--drop-old-keys"], 2);
+    assert!(said.contains("--encryption"), "{said}");
 }

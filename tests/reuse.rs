@@ -9,28 +9,18 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{Workspace, sh, sha256_file};
-
-fn stderr_of(ws: &Workspace, args: &[&str]) -> String {
-    let out = ws.run(args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use support::{Workspace, sh, sha256_file, untar};
 
 #[test]
 fn warm_builds_are_byte_identical_to_cold_ones() {
     // Large enough for several parallel gzip members (1 MiB chunks).
-    let ws = Workspace::with_binaries("v1.36.0", "amd64", 3 << 20);
-    let cold = stderr_of(&ws, &["controller", "--node", "1"]);
+    let ws = Workspace::builder("v1.36.0").binaries(3 << 20).build();
+    let cold = ws.ok_stderr(&["controller", "--node", "1"]);
     assert!(cold.contains("compressing the binaries"), "{cold}");
     let first = sha256_file(&ws.path("out/controller-1.tar.gz"));
     fs::remove_dir_all(ws.path("out")).unwrap();
 
-    let warm = stderr_of(&ws, &["controller", "--node", "1"]);
+    let warm = ws.ok_stderr(&["controller", "--node", "1"]);
     assert!(
         !warm.contains("compressing the binaries"),
         "the cached part is reused: {warm}"
@@ -38,13 +28,13 @@ fn warm_builds_are_byte_identical_to_cold_ones() {
     assert_eq!(sha256_file(&ws.path("out/controller-1.tar.gz")), first);
 
     // Other nodes reuse it too, and differ only in their own part.
-    let all = stderr_of(&ws, &["controller", "--all"]);
+    let all = ws.ok_stderr(&["controller", "--all"]);
     assert!(!all.contains("compressing the binaries"), "{all}");
     assert_ne!(sha256_file(&ws.path("out/controller-2.tar.gz")), first);
 
     // With the cache's segments gone, a cold build gives the same bytes again.
     fs::remove_dir_all(ws.path("cache/segments")).unwrap();
-    stderr_of(&ws, &["controller", "--node", "1", "--out", "again"]);
+    ws.ok(&["controller", "--node", "1", "--out", "again"]);
     assert_eq!(sha256_file(&ws.path("again/controller-1.tar.gz")), first);
 
     // A damaged segment (other size) is rebuilt, not shipped.
@@ -60,7 +50,7 @@ fn warm_builds_are_byte_identical_to_cold_ones() {
         .unwrap()
         .set_len(1000)
         .unwrap();
-    let rebuilt = stderr_of(&ws, &["controller", "--node", "1", "--out", "third"]);
+    let rebuilt = ws.ok_stderr(&["controller", "--node", "1", "--out", "third"]);
     assert!(rebuilt.contains("compressing the binaries"), "{rebuilt}");
     assert_eq!(sha256_file(&ws.path("third/controller-1.tar.gz")), first);
 
@@ -69,11 +59,7 @@ fn warm_builds_are_byte_identical_to_cold_ones() {
     sh(Command::new("gzip").arg("-t").arg(&archive));
     let root = ws.path("x");
     fs::create_dir(&root).unwrap();
-    sh(Command::new("tar")
-        .arg("-xzf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&root));
+    untar(&archive, &root);
     for b in support::BINARIES {
         assert_eq!(
             fs::read(root.join("usr/local/bin").join(b)).unwrap(),
@@ -114,7 +100,7 @@ fn tree_listing(root: &Path) -> String {
 fn gnu_extract(archives: &[PathBuf], root: &Path) {
     fs::create_dir_all(root).unwrap();
     for a in archives {
-        sh(Command::new("tar").arg("-xzf").arg(a).arg("-C").arg(root));
+        untar(a, root);
     }
 }
 
@@ -123,7 +109,7 @@ fn gnu_extract(archives: &[PathBuf], root: &Path) {
 /// same tree; a warm build rewrites nothing large; a changed copy is replaced.
 #[test]
 fn split_tar_gz_halves_concatenate_to_the_whole_archive() {
-    let ws = Workspace::with_binaries("v1.36.0", "amd64", 3 << 20);
+    let ws = Workspace::builder("v1.36.0").binaries(3 << 20).build();
     ws.ok(&["controller", "--all"]);
     ws.ok(&["controller", "--all", "--split", "--out", "split"]);
     let shared = ws.path("split/controller-shared-v1.36.0-amd64.tar.gz");
@@ -207,10 +193,7 @@ fn split_tar_gz_halves_concatenate_to_the_whole_archive() {
     let changed = inv.replace("30000-32767", "30000-32000");
     assert_ne!(inv, changed);
     fs::write(ws.path("cluster.toml"), changed).unwrap();
-    let warm = stderr_of(
-        &ws,
-        &["controller", "--node", "1", "--split", "--out", "split"],
-    );
+    let warm = ws.ok_stderr(&["controller", "--node", "1", "--split", "--out", "split"]);
     assert!(warm.contains("unchanged since the last build"), "{warm}");
     assert!(!warm.contains("compressing the binaries"), "{warm}");
     assert_eq!(
@@ -239,20 +222,14 @@ fn split_tar_gz_halves_concatenate_to_the_whole_archive() {
         .write_all(&bytes)
         .unwrap();
     assert_ne!(sha256_file(&shared), good);
-    let again = stderr_of(
-        &ws,
-        &["controller", "--node", "1", "--split", "--out", "split"],
-    );
+    let again = ws.ok_stderr(&["controller", "--node", "1", "--split", "--out", "split"]);
     assert!(!again.contains("unchanged since the last build"), "{again}");
     assert_eq!(sha256_file(&shared), good);
 
     // So is one put in its place.
     fs::write(ws.path("other"), &bytes).unwrap();
     fs::rename(ws.path("other"), &shared).unwrap();
-    stderr_of(
-        &ws,
-        &["controller", "--node", "1", "--split", "--out", "split"],
-    );
+    ws.ok(&["controller", "--node", "1", "--split", "--out", "split"]);
     assert_eq!(sha256_file(&shared), good);
     assert_eq!(mode_of(&shared), 0o644);
 }
@@ -261,7 +238,7 @@ fn split_tar_gz_halves_concatenate_to_the_whole_archive() {
 /// stamp, hashed, dropped and rebuilt: it never reaches an output.
 #[test]
 fn a_segment_changed_in_place_is_rebuilt() {
-    let ws = Workspace::with_binaries("v1.36.0", "amd64", 1 << 20);
+    let ws = Workspace::builder("v1.36.0").binaries(1 << 20).build();
     ws.ok(&["controller", "--node", "1"]);
     let good = sha256_file(&ws.path("out/controller-1.tar.gz"));
     let seg = fs::read_dir(ws.path("cache/segments"))
@@ -273,7 +250,7 @@ fn a_segment_changed_in_place_is_rebuilt() {
     let mut bytes = fs::read(&seg).unwrap();
     bytes[100] ^= 1;
     fs::write(&seg, &bytes).unwrap();
-    let err = stderr_of(&ws, &["controller", "--node", "1", "--out", "again"]);
+    let err = ws.ok_stderr(&["controller", "--node", "1", "--out", "again"]);
     assert!(err.contains("compressing the binaries"), "{err}");
     assert_eq!(sha256_file(&ws.path("again/controller-1.tar.gz")), good);
     // And `cache verify` checks segments too.

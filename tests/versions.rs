@@ -7,9 +7,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use support::{Workspace, sh};
+use support::{Workspace, untar};
 
 const CURRENT: [&str; 3] = ["v1.34.7", "v1.35.4", "v1.36.0"];
 
@@ -56,11 +55,7 @@ fn build(ws: &Workspace, node: &str) -> PathBuf {
     ws.ok(&["controller", "--node", node]);
     let root = ws.path("root");
     fs::create_dir_all(&root).unwrap();
-    sh(Command::new("tar")
-        .arg("-xzf")
-        .arg(ws.path(&format!("out/controller-{node}.tar.gz")))
-        .arg("-C")
-        .arg(&root));
+    untar(&ws.path(&format!("out/controller-{node}.tar.gz")), &root);
     root
 }
 
@@ -274,13 +269,7 @@ fn removed_flags_fail_the_build_and_lint_deprecated_ones_warn() {
         format!("{original}\n[apiserver.extra_args]\napiserver-count = \"3\"\n"),
     )
     .unwrap();
-    let out = ws
-        .cmd()
-        .args(["controller", "--node", "1"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = ws.ok_stderr(&["controller", "--node", "1"]);
     assert!(
         err.contains("warning:") && err.contains("--apiserver-count") && err.contains("deprecated"),
         "{err}"
@@ -304,7 +293,7 @@ fn removed_flags_fail_the_build_and_lint_deprecated_ones_warn() {
     .unwrap();
     ws.ok(&["controller", "--node", "1"]);
     // Where no complete set is known (v1.10), unknown flags pass with a notice.
-    let old = Workspace::bare("v1.10.2", "amd64");
+    let old = Workspace::builder("v1.10.2").no_binaries().build();
     let inv = fs::read_to_string(old.path("cluster.toml")).unwrap();
     fs::write(
         old.path("cluster.toml"),
@@ -324,7 +313,7 @@ fn removed_flags_fail_the_build_and_lint_deprecated_ones_warn() {
 #[test]
 fn the_seed_version_lints_clean_and_current_versions_refuse_seed_flags() {
     // The seed's own flags on v1.10.2: no errors.
-    let ws = Workspace::bare("v1.10.2", "amd64");
+    let ws = Workspace::builder("v1.10.2").no_binaries().build();
     let out = ws.run(&["lint"]);
     assert!(
         out.status.success(),
@@ -359,7 +348,10 @@ fn the_seed_version_lints_clean_and_current_versions_refuse_seed_flags() {
 
 #[test]
 fn arm64_uses_the_arm64_pin() {
-    let ws = Workspace::with_binaries("v1.36.0", "arm64", 4096);
+    let ws = Workspace::builder("v1.36.0")
+        .arch("arm64")
+        .binaries(4096)
+        .build();
     ws.ok(&["controller", "--node", "1"]);
     let m: serde_json::Value =
         serde_json::from_slice(&fs::read(ws.path("out/controller-1.manifest.json")).unwrap())

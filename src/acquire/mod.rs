@@ -2,4 +2,5 @@
 
 pub mod airgap;
 pub mod fetch;
+mod http;
 pub mod lock;

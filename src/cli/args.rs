@@ -110,6 +110,15 @@ pub struct PkiInitArgs {
     /// then be rebuilt.
     #[arg(long)]
     pub force: bool,
+    /// Cipher of a new encryption config (default: secretbox from v1.13, aescbc
+    /// before). On an existing one that encrypts with another: the next step of
+    /// switching to this one, keeping every old key (docs/pki.md).
+    #[arg(long, value_name = "CIPHER", value_parser = ["secretbox", "aescbc"])]
+    pub encryption: Option<String>,
+    /// With --encryption, once that cipher encrypts: remove every other
+    /// provider (Secrets not rewritten since become unreadable).
+    #[arg(long, requires = "encryption")]
+    pub drop_old_keys: bool,
 }
 
 /// How downloads are made (fetch, controller, lock, airgap export).
@@ -221,6 +230,20 @@ pub struct CloudInitArgs {
     /// Where the user-data goes; decides its size limit (gzipped when needed).
     #[arg(long, default_value = "nocloud", value_parser = provider_parser())]
     pub provider: Provider,
+    /// Put the node's own files in controller-N-payload.tar.gz (0600) and make the
+    /// user-data a small boot script that downloads it from URL, checks its
+    /// sha256 and unpacks it. {node} and {name} expand to the node's index and
+    /// name. Upload the payload there: whoever can read it gets the node's keys.
+    #[arg(long, value_name = "URL")]
+    pub payload_url: Option<String>,
+    /// Headers for the payload download (e.g. `Authorization: Bearer ...`), one
+    /// `Name: value` per line, read from FILE so they are not on the command
+    /// line. They are written into the user-data, like the URL.
+    #[arg(long, value_name = "FILE", requires = "payload_url")]
+    pub payload_header_file: Option<PathBuf>,
+    /// Allow an http:// payload URL (for tests: the payload holds keys).
+    #[arg(long, requires = "payload_url")]
+    pub allow_http: bool,
     /// Output folder.
     #[arg(long, default_value = "out", value_name = "DIR")]
     pub out: PathBuf,

@@ -8,6 +8,8 @@ use imgbuild::input::Session;
 use imgbuild::input::inventory::Inventory;
 use imgbuild::input::lint::Severity;
 use imgbuild::input::recipe::{Recipe, Trust};
+use imgbuild::output::cloud_init::Provider;
+use imgbuild::output::cloud_init::payload::Payload;
 use imgbuild::output::{Written, format};
 use imgbuild::store::cache::Cache;
 
@@ -34,8 +36,12 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
             Ok(())
         }
         Command::CloudInit(args) => {
-            for w in imgbuild::build::cloud_init(&session, &args.options()?, reporter)? {
-                println!("{}", w.artifact.display());
+            let opts = args.options()?;
+            for w in imgbuild::build::cloud_init(&session, &opts, reporter)? {
+                match &opts.cloud_init.payload {
+                    None => println!("{}", w.artifact.display()),
+                    Some(p) => print_payload_build(&w, p, opts.cloud_init.provider),
+                }
             }
             Ok(())
         }
@@ -262,6 +268,14 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
 fn inspect(args: &InspectArgs) -> imgbuild::Result<()> {
     use imgbuild::inspect;
     let found = inspect::inspect(&args.artifacts)?;
+    if let Some(p) = &found.payload {
+        // The URL without its query, which may be a signature.
+        let from = p.url.as_deref().map(|u| u.split('?').next().unwrap_or(u));
+        let from = from
+            .map(|u| format!(", fetched from {u}"))
+            .unwrap_or_default();
+        eprintln!("payload: {} names sha256 {}{from}", p.what, p.sha256);
+    }
     for e in &found.entries {
         let size = e.size.map_or("-".to_string(), |s| s.to_string());
         let sha = e.sha256.as_deref().unwrap_or("-");
@@ -286,7 +300,7 @@ fn inspect(args: &InspectArgs) -> imgbuild::Result<()> {
             )
         })?,
     };
-    let manifest = inspect::read_manifest(&manifest_path)?;
+    let manifest = imgbuild::output::manifest::read(&manifest_path)?;
     let problems = inspect::verify(&found, &manifest);
     if problems.is_empty() {
         eprintln!(
@@ -325,6 +339,29 @@ fn trust_name(t: Trust) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// A `--payload-url` build: the folder with the user-data's size, and the
+/// payload with where to upload it. The first field is always the path.
+fn print_payload_build(w: &Written, p: &Payload, provider: Provider) {
+    let dir = w.artifact.parent().unwrap_or(std::path::Path::new(""));
+    let size = |name: &str| w.outputs.iter().find(|o| o.name == name).map(|o| o.size);
+    let folder = format::cloud_init_dir(w.node_index);
+    let user_data = size(&format!("{folder}/user-data")).unwrap_or_default();
+    let limit = match provider.limit() {
+        Some(l) => format!("the {} limit is {l}", provider.name()),
+        None => format!("{}: no limit", provider.name()),
+    };
+    println!(
+        "{}\tuser-data {user_data} bytes ({limit})",
+        w.artifact.display()
+    );
+    let payload = format::payload_name(w.node_index);
+    println!(
+        "{}\tupload to {}",
+        dir.join(&payload).display(),
+        p.url_for(w.node_index, &w.node_name)
+    );
 }
 
 /// Every file to ship, once: a split build's shared file first.

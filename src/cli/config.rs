@@ -9,6 +9,7 @@ use imgbuild::acquire::fetch::FetchOptions;
 use imgbuild::build::{CloudInitOptions, ControllerOptions};
 use imgbuild::input::Session;
 use imgbuild::input::assets::Assets;
+use imgbuild::output::cloud_init::payload::{self, Payload};
 use imgbuild::output::{Target, cloud_init};
 use imgbuild::store::cache::Cache;
 
@@ -80,6 +81,9 @@ impl PkiInitArgs {
             ca_days: self.ca_days,
             renew: self.renew,
             force: self.force,
+            // clap admits only the two names.
+            encryption: self.encryption.as_deref().and_then(|c| c.parse().ok()),
+            drop_old_keys: self.drop_old_keys,
         }
     }
 }
@@ -128,8 +132,33 @@ impl CloudInitArgs {
             cloud_init: cloud_init::Options {
                 binaries: self.binaries.parse()?,
                 provider: self.provider,
+                payload: self.payload()?,
             },
             out_dir: self.out.clone(),
         })
+    }
+
+    /// `--payload-url` and `--payload-header-file`, checked before the
+    /// inventory is read (the header file is the one file read here).
+    fn payload(&self) -> imgbuild::Result<Option<Payload>> {
+        let Some(url) = &self.payload_url else {
+            return Ok(None);
+        };
+        let headers = match &self.payload_header_file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| Error::io("cannot read the header file", file, e))?;
+                payload::parse_headers(&text, &file.display().to_string())?
+            }
+            None => Vec::new(),
+        };
+        let p = Payload::new(url, self.allow_http, headers)?;
+        if !p.per_node() && (self.all || self.node.len() > 1) {
+            return Err(Error::input(format!(
+                "--payload-url {}: one URL for several nodes; name each node's payload with {{node}} or {{name}}",
+                imgbuild::error::clip(url)
+            )));
+        }
+        Ok(Some(p))
     }
 }

@@ -100,6 +100,19 @@ pub fn cloud_init_dir(node: usize) -> String {
     format!("{}-cloud-init", node_stem(node))
 }
 
+/// `controller-N-payload.tar.gz`: the node's own files that a small user-data
+/// fetches (`imgbuild cloud-init --payload-url`).
+pub fn payload_name(node: usize) -> String {
+    format!("{}{PAYLOAD_SUFFIX}", node_stem(node))
+}
+
+const PAYLOAD_SUFFIX: &str = "-payload.tar.gz";
+
+/// Whether a file name is a node's payload (`controller-N-payload.tar.gz`).
+pub fn is_payload(file_name: &str) -> bool {
+    node_of(file_name).is_some_and(|n| file_name == payload_name(n))
+}
+
 /// The checksum file of an output folder.
 pub const SUMS: &str = "SHA256SUMS";
 
@@ -128,6 +141,9 @@ mod tests {
         assert_eq!(node_of(&Format::Cpio.node_half(3)), Some(3));
         assert_eq!(node_of(&manifest_name(7)), Some(7));
         assert_eq!(node_of(&cloud_init_dir(2)), Some(2));
+        assert_eq!(payload_name(4), "controller-4-payload.tar.gz");
+        assert!(is_payload("controller-4-payload.tar.gz"));
+        assert!(!is_payload("controller-4-node.tar.gz") && !is_payload("x-payload.tar.gz"));
         let shared = Format::CpioGz.shared_half("v1.36.0", "amd64");
         assert_eq!(shared, "controller-shared-v1.36.0-amd64.cpio.gz");
         assert!(is_shared_half(&shared) && node_of(&shared).is_none());

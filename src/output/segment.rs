@@ -12,7 +12,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::output::manifest::OutputFile;
 use crate::plan::Plan;
 use crate::progress::{Event, Progress};
-use crate::store::cache::{self, Cache, Segment};
+use crate::store::cache::Cache;
+use crate::store::segments::{self, Segment};
 use crate::util::atomic::AtomicFile;
 use crate::util::digest::{HashingWriter, ResumableSha256};
 
@@ -83,7 +84,7 @@ pub fn copy_into(seg: &Cached, out: &mut std::fs::File) -> Result<ResumableSha25
                 seg.path.display()
             ))
         })?;
-    cache::copy_segment(&seg.path, &seg.segment, out)?;
+    segments::copy_segment(&seg.path, &seg.segment, out)?;
     Ok(hasher)
 }
 

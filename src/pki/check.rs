@@ -1,166 +1,25 @@
-//! `pki check`: per file, whether the PKI folder fits an inventory.
+//! `pki check`: per file, whether the PKI folder fits an inventory. The checks
+//! live here; what they find is a [`CheckReport`] (see `report`).
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::KeyPair;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use super::keys::{cert_der, key_kind, parse_private_key};
+use super::files::{self, ReadError};
+use super::keys::{
+    cert_der, chains_to, first_attr, key_kind, missing_sans, parse_private_key, subject_cn,
+    with_cert,
+};
+use super::profile::{self, Expect, Remedy};
+use super::report::{CheckReport, Fix, Severity, shown};
 use super::{
     CA_CERT, CA_KEY, ENCRYPTION_CONFIG, LEAVES, LOCAL_SERVER, Leaf, Role, San, WARN_DAYS,
-    apiserver_sans, encryption, kubeconfig, legacy_encryption_config,
+    apiserver_sans, encryption, kubeconfig,
 };
-use crate::error::{Error, Result};
 use crate::input::inventory::Inventory;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Ok,
-    Warning,
-    Error,
-}
-
-/// What makes a finding go away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Fix {
-    /// `imgbuild pki init` adds the missing file.
-    Init,
-    /// `imgbuild pki init --renew` re-issues from the same CA, keeping keys.
-    Renew,
-    /// Only `imgbuild pki init --force` (a new CA: rebuild every node) helps,
-    /// or restoring the file from a backup.
-    Force,
-    /// Something for the user to do by hand (e.g. chmod); `detail` says what.
-    Manual,
-}
-
-#[derive(Debug, Clone)]
-pub struct Finding {
-    /// File name inside the PKI folder (or the folder itself).
-    pub file: String,
-    pub severity: Severity,
-    /// What was checked and what was found; never file content.
-    pub message: String,
-    pub fix: Option<Fix>,
-}
-
-#[derive(Debug, Clone)]
-pub struct CheckReport {
-    pub dir: PathBuf,
-    pub inventory: PathBuf,
-    pub findings: Vec<Finding>,
-    /// Days left per certificate (file, days), including those in kubeconfigs.
-    pub expiry_days: Vec<(String, i64)>,
-}
-
-impl CheckReport {
-    /// No error: the build may use this PKI for this inventory.
-    pub fn fits_inventory(&self) -> bool {
-        !self.findings.iter().any(|f| f.severity == Severity::Error)
-    }
-
-    pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
-        self.findings
-            .iter()
-            .filter(|f| f.severity == Severity::Warning)
-    }
-
-    /// The strongest fix the errors need.
-    pub fn needed_fix(&self) -> Option<Fix> {
-        self.findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-            .filter_map(|f| f.fix)
-            .max()
-    }
-
-    /// The command that repairs the errors, if one does.
-    pub fn fix_command(&self) -> Option<String> {
-        let inv = self.inventory.display();
-        match self.needed_fix()? {
-            Fix::Init => Some(format!("imgbuild pki init --inventory {inv}")),
-            Fix::Renew => Some(format!("imgbuild pki init --renew --inventory {inv}")),
-            Fix::Force => Some(format!(
-                "imgbuild pki init --force --inventory {inv} (a new CA: every node must then be rebuilt)"
-            )),
-            Fix::Manual => None,
-        }
-    }
-
-    /// An input error listing what does not fit and what to run, or None.
-    pub fn error(&self) -> Option<Error> {
-        if self.fits_inventory() {
-            return None;
-        }
-        let mut msg = format!(
-            "the PKI in {} does not fit the inventory {}:",
-            self.dir.display(),
-            self.inventory.display()
-        );
-        for f in self
-            .findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-        {
-            msg.push_str(&format!("\n  {}: {}", f.file, f.message));
-        }
-        if let Some(cmd) = self.fix_command() {
-            msg.push_str(&format!("\nrun: {cmd}"));
-        }
-        Some(Error::input(msg))
-    }
-
-    fn push(&mut self, file: &str, severity: Severity, message: String, fix: Option<Fix>) {
-        self.findings.push(Finding {
-            file: file.to_string(),
-            severity,
-            message,
-            fix,
-        });
-    }
-}
-
-impl fmt::Display for CheckReport {
-    /// One line per finding: `ok|WARN|ERROR  file: message`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "PKI folder {}", self.dir.display())?;
-        for finding in &self.findings {
-            let tag = match finding.severity {
-                Severity::Ok => "ok",
-                Severity::Warning => "WARN",
-                Severity::Error => "ERROR",
-            };
-            writeln!(f, "{tag:<6} {}: {}", finding.file, finding.message)?;
-        }
-        let errors = self
-            .findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-            .count();
-        let warnings = self.warnings().count();
-        if errors == 0 {
-            write!(
-                f,
-                "the PKI fits {} ({warnings} warning(s))",
-                self.inventory.display()
-            )?;
-        } else {
-            write!(
-                f,
-                "{errors} error(s), {warnings} warning(s): the PKI does not fit {}",
-                self.inventory.display()
-            )?;
-        }
-        if let Some(cmd) = self.fix_command() {
-            write!(f, "\nrun: {cmd}")?;
-        }
-        Ok(())
-    }
-}
 
 /// Check the PKI folder of `inv` as of `now`.
 pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
@@ -184,7 +43,9 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
         );
         return r;
     }
-    check_mode(&mut r, &dir, ".", 0o077, "chmod 700");
+    // The folder's mode only warns: `init` sets it, and the files' own modes
+    // are what keep the keys (errors below).
+    check_mode(&mut r, &dir, ".", Severity::Warning, "chmod 700");
 
     let sans = match apiserver_sans(inv) {
         Ok(s) => s,
@@ -225,7 +86,7 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
             Ok(problems) if problems.is_empty() => r.push(
                 CA_CERT,
                 Severity::Ok,
-                format!("parses, self-signed CA \"{}\"", subject_cn(ca_der)),
+                format!("parses, self-signed CA {}", shown(&subject_cn(ca_der))),
                 None,
             ),
             Ok(problems) => {
@@ -235,6 +96,7 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
             }
             Err(e) => r.push(CA_CERT, Severity::Error, e, Some(Fix::Force)),
         }
+        check_profile(&mut r, CA_CERT, ca_der, Expect::Ca, |_| Fix::Force, "");
         expiry(&mut r, CA_CERT, ca_der, now, Fix::Force);
         if let Some(key) = &ca_key {
             key_matches(&mut r, CA_CERT, CA_KEY, ca_der, key, Fix::Force);
@@ -250,7 +112,26 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
         let cert = load_cert(&mut r, &dir, &cert_file, Fix::Init, Fix::Renew);
         let key = load_key(&mut r, &dir, &key_file, key_fix, Fix::Renew);
         if let Some(der) = &cert {
-            check_leaf(&mut r, leaf, &cert_file, der, ca.as_deref(), &sans, now);
+            let new_pair = format!(
+                "; for a new key pair remove {key_file} and {cert_file}, then run `imgbuild pki init --renew`"
+            );
+            let profile: ProfileFix = (
+                |remedy| match remedy {
+                    Remedy::Reissue => Fix::Renew,
+                    Remedy::NewKey => Fix::Manual,
+                },
+                &new_pair,
+            );
+            check_leaf(
+                &mut r,
+                leaf,
+                &cert_file,
+                der,
+                ca.as_deref(),
+                &sans,
+                now,
+                profile,
+            );
             if let Some(key) = &key {
                 key_matches(&mut r, &cert_file, &key_file, der, key, Fix::Renew);
             }
@@ -284,27 +165,31 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
     r
 }
 
-/// Group/other permission bits in `forbidden` give a warning with the command.
-fn check_mode(r: &mut CheckReport, dir: &Path, name: &str, forbidden: u32, cmd: &str) {
-    use std::os::unix::fs::PermissionsExt;
+/// Any group or other permission bit on `name` gives a finding (an error for
+/// keys, kubeconfigs and the encryption config) with the command that fixes it.
+fn check_mode(r: &mut CheckReport, dir: &Path, name: &str, severity: Severity, cmd: &str) {
     let path = if name == "." {
         dir.to_path_buf()
     } else {
         dir.join(name)
     };
-    if let Ok(meta) = std::fs::metadata(&path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & forbidden != 0 {
-            r.push(
-                name,
-                Severity::Warning,
-                format!(
-                    "mode {mode:o} lets other users read it: {cmd} {}",
-                    path.display()
-                ),
-                Some(Fix::Manual),
-            );
-        }
+    if let Some(mode) = files::mode(&path)
+        && mode & 0o077 != 0
+    {
+        let what = if name == "." {
+            "it holds private keys"
+        } else {
+            "it holds secret keys"
+        };
+        r.push(
+            name,
+            severity,
+            format!(
+                "mode {mode:03o} lets other users read or change it ({what}): {cmd} {}",
+                path.display()
+            ),
+            Some(Fix::Manual),
+        );
     }
 }
 
@@ -316,20 +201,21 @@ fn read_text(
     missing: Fix,
     fix: Fix,
 ) -> Option<String> {
-    let path = dir.join(name);
-    match std::fs::read(&path) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(t) => Some(t),
-            Err(_) => {
-                r.push(name, Severity::Error, "is not text".into(), Some(fix));
-                None
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    match files::read_text(dir, name) {
+        Ok(t) => Some(t),
+        Err(ReadError::Missing) => {
             r.push(name, Severity::Error, "missing".into(), Some(missing));
             None
         }
-        Err(e) => {
+        Err(ReadError::Outside(m)) => {
+            r.push(name, Severity::Error, m, Some(Fix::Manual));
+            None
+        }
+        Err(ReadError::Refused(m)) => {
+            r.push(name, Severity::Error, m, Some(fix));
+            None
+        }
+        Err(ReadError::Io(e)) => {
             r.push(name, Severity::Error, format!("cannot read: {e}"), None);
             None
         }
@@ -373,7 +259,7 @@ fn load_key(
     fix: Fix,
 ) -> Option<KeyPair> {
     let text = read_text(r, dir, name, missing, fix)?;
-    check_mode(r, dir, name, 0o077, "chmod 600");
+    check_mode(r, dir, name, Severity::Error, "chmod 600");
     match parse_private_key(&text) {
         Ok(k) => {
             r.push(
@@ -389,27 +275,6 @@ fn load_key(
             None
         }
     }
-}
-
-pub(crate) fn with_cert<T>(der: &[u8], f: impl FnOnce(&X509Certificate) -> T) -> Result<T, String> {
-    let (_, c) =
-        X509Certificate::from_der(der).map_err(|_| "is not a parseable X.509 certificate")?;
-    Ok(f(&c))
-}
-
-fn subject_cn(der: &[u8]) -> String {
-    with_cert(der, |c| first_attr(c.subject().iter_common_name()))
-        .ok()
-        .flatten()
-        .unwrap_or_default()
-}
-
-fn first_attr<'a>(
-    mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
-) -> Option<String> {
-    it.next()
-        .and_then(|a| a.as_str().ok())
-        .map(|s| s.to_string())
 }
 
 fn expiry(r: &mut CheckReport, file: &str, der: &[u8], now: i64, fix: Fix) {
@@ -483,20 +348,37 @@ fn key_matches(
     }
 }
 
-/// Whether `der` was issued and signed by the CA certificate `ca_der`.
-pub(crate) fn chains_to(der: &[u8], ca_der: &[u8]) -> bool {
-    let Ok((_, ca)) = X509Certificate::from_der(ca_der) else {
-        return false;
+/// How a file's profile problems are fixed: each remedy's fix, and what to add
+/// to the message of a problem that needs a new key.
+type ProfileFix<'a> = (fn(Remedy) -> Fix, &'a str);
+
+/// The profile's findings for the certificate in `file` (see `profile`).
+fn check_profile(
+    r: &mut CheckReport,
+    file: &str,
+    der: &[u8],
+    expect: Expect,
+    fix: impl Fn(Remedy) -> Fix,
+    new_key: &str,
+) {
+    let Ok((summary, problems)) = with_cert(der, |c| profile::inspect(c, expect)) else {
+        return;
     };
-    with_cert(der, |c| {
-        c.issuer().as_raw() == ca.subject().as_raw()
-            && c.verify_signature(Some(ca.public_key())).is_ok()
-    })
-    .unwrap_or(false)
+    if problems.is_empty() {
+        r.push(file, Severity::Ok, summary, None);
+    }
+    for p in problems {
+        let mut message = p.message;
+        if p.remedy == Remedy::NewKey {
+            message.push_str(new_key);
+        }
+        r.push(file, p.severity, message, Some(fix(p.remedy)));
+    }
 }
 
-/// Subject, CA chain, SANs and expiry of a certificate in `file` (a .pem file or
-/// the client certificate inside a kubeconfig).
+/// Subject, CA chain, SANs, profile and expiry of a certificate in `file` (a
+/// .pem file or the client certificate inside a kubeconfig).
+#[allow(clippy::too_many_arguments)]
 fn check_leaf(
     r: &mut CheckReport,
     leaf: &Leaf,
@@ -505,6 +387,7 @@ fn check_leaf(
     ca_der: Option<&[u8]>,
     sans: &[(San, String)],
     now: i64,
+    (fix, new_key): ProfileFix,
 ) {
     let subject = with_cert(der, |c| {
         (
@@ -527,8 +410,8 @@ fn check_leaf(
                     Severity::Error,
                     format!(
                         "subject CN={} O={}, expected CN={} O={}",
-                        cn.unwrap_or_default(),
-                        o.unwrap_or_default(),
+                        shown(&cn.unwrap_or_default()),
+                        shown(&o.unwrap_or_default()),
                         leaf.common_name,
                         leaf.organization
                     ),
@@ -575,36 +458,8 @@ fn check_leaf(
             );
         }
     }
+    check_profile(r, file, der, Expect::Leaf(leaf.role), fix, new_key);
     expiry(r, file, der, now, Fix::Renew);
-}
-
-/// The required names a certificate lacks.
-pub(crate) fn missing_sans(der: &[u8], sans: &[(San, String)]) -> Vec<(San, String)> {
-    let present = with_cert(der, |c| {
-        let mut ips = Vec::new();
-        let mut dns = Vec::new();
-        if let Ok(Some(ext)) = c.subject_alternative_name() {
-            for name in &ext.value.general_names {
-                match name {
-                    GeneralName::IPAddress(b) => ips.push(b.to_vec()),
-                    GeneralName::DNSName(d) => dns.push(d.to_ascii_lowercase()),
-                    _ => {}
-                }
-            }
-        }
-        (ips, dns)
-    });
-    let Ok((ips, dns)) = present else {
-        return sans.to_vec();
-    };
-    sans.iter()
-        .filter(|(san, _)| match san {
-            San::Ip(std::net::IpAddr::V4(v4)) => !ips.iter().any(|b| b[..] == v4.octets()),
-            San::Ip(std::net::IpAddr::V6(v6)) => !ips.iter().any(|b| b[..] == v6.octets()),
-            San::Dns(d) => !dns.contains(&d.to_ascii_lowercase()),
-        })
-        .cloned()
-        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -621,7 +476,7 @@ fn check_kubeconfig(
     let Some(text) = read_text(r, dir, name, Fix::Init, Fix::Renew) else {
         return;
     };
-    check_mode(r, dir, name, 0o077, "chmod 600");
+    check_mode(r, dir, name, Severity::Error, "chmod 600");
     let kc = match kubeconfig::parse(&text) {
         Ok(k) => k,
         Err(e) => {
@@ -635,7 +490,7 @@ fn check_kubeconfig(
         r.push(
             name,
             Severity::Error,
-            format!("server is {}, expected {LOCAL_SERVER}", kc.server),
+            format!("server is {}, expected {LOCAL_SERVER}", shown(&kc.server)),
             Some(Fix::Renew),
         );
     }
@@ -643,7 +498,7 @@ fn check_kubeconfig(
         r.push(
             name,
             Severity::Warning,
-            format!("user is named {:?}, expected {user:?}", kc.user),
+            format!("user is named {}, expected {user:?}", shown(&kc.user)),
             Some(Fix::Renew),
         );
     }
@@ -652,8 +507,9 @@ fn check_kubeconfig(
             name,
             Severity::Warning,
             format!(
-                "cluster is named {:?}, the inventory's cluster.name is {:?}",
-                kc.cluster, inv.cluster.name
+                "cluster is named {}, the inventory's cluster.name is {:?}",
+                shown(&kc.cluster),
+                inv.cluster.name
             ),
             Some(Fix::Renew),
         );
@@ -692,7 +548,8 @@ fn check_kubeconfig(
         }
     };
     let where_ = format!("{name} (client certificate)");
-    check_leaf(r, leaf, &where_, &cert, ca_der, &[], now);
+    let renew: ProfileFix = (|_| Fix::Renew, "");
+    check_leaf(r, leaf, &where_, &cert, ca_der, &[], now, renew);
     match parse_private_key(&kc.key_pem) {
         Ok(key) => key_matches(r, &where_, "client-key-data", &cert, &key, Fix::Renew),
         Err(e) => r.push(
@@ -705,51 +562,9 @@ fn check_kubeconfig(
 }
 
 fn check_encryption(r: &mut CheckReport, dir: &Path, version: &str) {
-    let Some(text) = read_text(r, dir, ENCRYPTION_CONFIG, Fix::Init, Fix::Force) else {
+    let Some(text) = read_text(r, dir, ENCRYPTION_CONFIG, Fix::Init, Fix::Manual) else {
         return;
     };
-    check_mode(r, dir, ENCRYPTION_CONFIG, 0o077, "chmod 600");
-    match encryption::parse(&text) {
-        Ok(p) => {
-            let want_legacy = legacy_encryption_config(version);
-            let fmt_name = |legacy: bool| {
-                if legacy {
-                    "EncryptionConfig v1"
-                } else {
-                    "EncryptionConfiguration apiserver.config.k8s.io/v1"
-                }
-            };
-            if p.legacy == want_legacy {
-                r.push(
-                    ENCRYPTION_CONFIG,
-                    Severity::Ok,
-                    format!(
-                        "{} with {} aescbc key(s) of 32 bytes, as {version} reads",
-                        fmt_name(p.legacy),
-                        p.keys.len()
-                    ),
-                    None,
-                );
-            } else {
-                r.push(
-                    ENCRYPTION_CONFIG,
-                    Severity::Error,
-                    format!(
-                        "is {}, but {version} reads {} (--renew rewrites it, keeping the keys)",
-                        fmt_name(p.legacy),
-                        fmt_name(want_legacy)
-                    ),
-                    Some(Fix::Renew),
-                );
-            }
-        }
-        Err(e) => r.push(
-            ENCRYPTION_CONFIG,
-            Severity::Error,
-            format!(
-                "{e} (it is never overwritten but by --force: its key decrypts the Secrets in etcd)"
-            ),
-            Some(Fix::Force),
-        ),
-    }
+    check_mode(r, dir, ENCRYPTION_CONFIG, Severity::Error, "chmod 600");
+    encryption::check(r, &text, version);
 }

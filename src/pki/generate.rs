@@ -12,8 +12,11 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use super::check::{CheckReport, Fix, Severity, check, with_cert};
-use super::keys::{cert_der, generate_key, key_kind, parse_private_key, random_serial};
+use super::check::check;
+use super::encryption::{Cipher, Step};
+use super::files::{ReadError, read_text};
+use super::keys::{cert_der, generate_key, key_kind, parse_private_key, random_serial, with_cert};
+use super::report::{CheckReport, Fix, Severity};
 use super::{
     CA_CERT, CA_KEY, ENCRYPTION_CONFIG, LEAVES, LOCAL_SERVER, Leaf, Role, San, apiserver_sans,
     encryption, files, kubeconfig, legacy_encryption_config, write_atomic,
@@ -33,6 +36,12 @@ pub struct InitOptions {
     pub renew: bool,
     /// Move every existing PKI file aside and start over with a new CA.
     pub force: bool,
+    /// The cipher of a new encryption config (default: [`Cipher::default_for`]
+    /// the version). On an existing config whose first provider is another
+    /// one: the next step of switching to it (see `encryption::switch_to`).
+    pub encryption: Option<Cipher>,
+    /// With `encryption`: remove every provider but that one, once it is first.
+    pub drop_old_keys: bool,
 }
 
 impl Default for InitOptions {
@@ -42,6 +51,8 @@ impl Default for InitOptions {
             ca_days: 3650,
             renew: false,
             force: false,
+            encryption: None,
+            drop_old_keys: false,
         }
     }
 }
@@ -70,6 +81,11 @@ impl InitReport {
 pub fn init(inv: &Inventory, opts: &InitOptions, progress: &dyn Progress) -> Result<InitReport> {
     if opts.days == 0 || opts.ca_days == 0 {
         return Err(Error::input("--days and --ca-days must be at least 1"));
+    }
+    if opts.drop_old_keys && opts.encryption.is_none() {
+        return Err(Error::input(
+            "--drop-old-keys needs --encryption CIPHER: the provider to keep",
+        ));
     }
     let dir = inv.pki_dir();
     // One `pki init` at a time per folder: two at once would each make a CA.
@@ -155,7 +171,7 @@ pub(crate) fn init_locked(
         cert.der().to_vec()
     };
     // Embedded as ca.pem's own bytes, so the kubeconfigs carry exactly that file.
-    let ca_pem = std::fs::read_to_string(&ca_cert_path).with_path("read", &ca_cert_path)?;
+    let ca_pem = read(&dir, CA_CERT)?;
     let ca_not_after = with_cert(&ca_der, |c| c.validity().not_after.timestamp())
         .map_err(|e| Error::input(format!("{}: {e}", ca_cert_path.display())))?;
     let ca_not_after = OffsetDateTime::from_unix_timestamp(ca_not_after)
@@ -245,8 +261,8 @@ pub(crate) fn init_locked(
         if !cert_path.exists() || !key_path.exists() {
             continue; // reported by the final check
         }
-        let cert_pem = std::fs::read_to_string(&cert_path).with_path("read", &cert_path)?;
-        let key_pem = std::fs::read_to_string(&key_path).with_path("read", &key_path)?;
+        let cert_pem = read(&dir, &leaf.cert_file())?;
+        let key_pem = read(&dir, &leaf.key_file())?;
         let text = kubeconfig::render(
             &inv.cluster.name,
             LOCAL_SERVER,
@@ -258,28 +274,8 @@ pub(crate) fn init_locked(
         w.write(name, text.as_bytes(), true, exists)?;
     }
 
-    // The encryption config: its key is never replaced but by --force.
-    let legacy = legacy_encryption_config(&inv.cluster.kubernetes_version);
-    let enc_path = dir.join(ENCRYPTION_CONFIG);
-    if !enc_path.exists() {
-        let key = encryption::new_key().map_err(Error::input)?;
-        w.write(
-            ENCRYPTION_CONFIG,
-            encryption::render(legacy, &[key]).as_bytes(),
-            true,
-            false,
-        )?;
-    } else if opts.renew && needs_renew(ENCRYPTION_CONFIG) {
-        let text = std::fs::read_to_string(&enc_path).with_path("read", &enc_path)?;
-        if let Ok(parsed) = encryption::parse(&text) {
-            w.write(
-                ENCRYPTION_CONFIG,
-                encryption::render(legacy, &parsed.keys).as_bytes(),
-                true,
-                true,
-            )?;
-        }
-    }
+    // The encryption config: its keys are never replaced but by --force.
+    encryption_config(inv, opts, needs_renew(ENCRYPTION_CONFIG), &mut w)?;
 
     let report = InitReport {
         dir: dir.clone(),
@@ -347,13 +343,108 @@ impl Writer<'_> {
     }
 }
 
+/// Write a new encryption config, or change an existing one as `opts` asks:
+/// its format after a version change (`--renew`), or one step towards another
+/// cipher (`--encryption`). What to do next is said as a notice.
+fn encryption_config(
+    inv: &Inventory,
+    opts: &InitOptions,
+    renew_format: bool,
+    w: &mut Writer,
+) -> Result<()> {
+    const E: &str = ENCRYPTION_CONFIG;
+    let version = &inv.cluster.kubernetes_version;
+    let legacy = legacy_encryption_config(version);
+    let path = w.dir.join(E);
+    if !path.exists() {
+        let cipher = opts.encryption.unwrap_or(Cipher::default_for(version));
+        let providers = encryption::new_providers(cipher).map_err(Error::input)?;
+        return w.write(
+            E,
+            encryption::render(legacy, &providers).as_bytes(),
+            true,
+            false,
+        );
+    }
+    let rewrite_format = opts.renew && renew_format;
+    if opts.encryption.is_none() && !rewrite_format {
+        return Ok(());
+    }
+    let text = read(w.dir, E)?;
+    let bad = |e: String| Error::input(format!("{}: {e}", path.display()));
+    let mut parsed = encryption::parse(&text).map_err(bad)?;
+    if !parsed.renderable() {
+        return Err(bad(
+            "holds providers or resources imgbuild does not write (kms, aesgcm, or entries for other resources than secrets); change it by hand".into(),
+        ));
+    }
+    let step = match opts.encryption {
+        Some(to) => {
+            encryption::switch_to(&mut parsed.providers, to, opts.drop_old_keys).map_err(bad)?
+        }
+        None => Step::Nothing,
+    };
+    if step == Step::Nothing && !(rewrite_format && parsed.legacy != legacy) {
+        return Ok(());
+    }
+    w.write(
+        E,
+        encryption::render(legacy, &parsed.providers).as_bytes(),
+        true,
+        true,
+    )?;
+    let to = opts.encryption.map(Cipher::name).unwrap_or_default();
+    let first = parsed.providers[0].to_string();
+    let msg = match step {
+        Step::Nothing => return Ok(()),
+        Step::Added(key) => format!(
+            "{E}: added a {to} key ({key}) after {first}: every API server can now read with it, \
+             none writes with it yet. Step 1 of 3: rebuild and roll out EVERY controller, then run \
+             `imgbuild pki init --encryption {to}` again to make it the one that encrypts"
+        ),
+        Step::Promoted => format!(
+            "{E}: {first} now encrypts what is written; the other providers still read. Step 2 \
+             of 3: rebuild and roll out every controller, then rewrite every Secret with it: \
+             kubectl get secrets --all-namespaces -o json | kubectl replace -f - ; then \
+             `imgbuild pki init --encryption {to} --drop-old-keys` (step 3) removes the old keys"
+        ),
+        Step::Dropped(gone) => format!(
+            "{E}: removed {}; only {first} remains. Secrets not rewritten since {to} became first \
+             can no longer be read. Rebuild and roll out every controller",
+            gone.join(", ")
+        ),
+    };
+    w.progress.event(Event::Notice { message: &msg });
+    Ok(())
+}
+
+/// A PKI file's text, by the rules of `files` (size, symlinks, UTF-8).
+fn read(dir: &Path, name: &str) -> Result<String> {
+    let path = dir.join(name);
+    read_text(dir, name).map_err(|e| match e {
+        ReadError::Missing => Error::input(format!("{} is missing", path.display())),
+        ReadError::Outside(m) | ReadError::Refused(m) | ReadError::Io(m) => {
+            Error::input(format!("{}: {m}", path.display()))
+        }
+    })
+}
+
 fn read_key(path: &Path) -> Result<KeyPair> {
-    let text = std::fs::read_to_string(path).with_path("read", path)?;
+    let text = read_path(path)?;
     parse_private_key(&text).map_err(|e| Error::input(format!("{}: {e}", path.display())))
 }
 
+fn read_path(path: &Path) -> Result<String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    read(dir, name)
+}
+
 fn read_cert(path: &Path) -> Result<Vec<u8>> {
-    let text = std::fs::read_to_string(path).with_path("read", path)?;
+    let text = read_path(path)?;
     let der = cert_der(&text).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
     with_cert(&der, |_| ()).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
     Ok(der)
@@ -461,13 +552,11 @@ fn dn(cn: &str, org: &str) -> DistinguishedName {
 fn ca_params(inv: &Inventory, now: OffsetDateTime, days: u32) -> Result<CertificateParams> {
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(&format!("{} CA", inv.cluster.name), "Kubernetes");
-    // No path length limit, like the cfssl CA of the seed's source.
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    // Only leaves below it (pathlen:0): a certificate it signed with CA:TRUE
+    // is no intermediate CA to any verifier. basicConstraints and keyUsage
+    // are critical (rcgen marks both so).
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     p.not_before = now - Duration::minutes(5);
     p.not_after = now + Duration::days(days.into());
     p.serial_number = Some(random_serial().map_err(Error::input)?);
@@ -488,7 +577,16 @@ fn leaf_params(
     p.not_after = not_after;
     p.serial_number = Some(random_serial().map_err(Error::input)?);
     p.use_authority_key_identifier_extension = true;
+    // basicConstraints CA:FALSE, written out.
+    p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if leaf.role == Role::ServiceAccount {
+        // Only a key holder: the API server reads the public key from it
+        // (--service-account-key-file) and nobody presents it in TLS, so no
+        // extended key usage (the seed's source issued it as a TLS client and
+        // server certificate, which let it log in as CN=service-accounts).
+        return Ok(p);
+    }
     if key_kind(key) == "RSA" {
         p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
     }
@@ -663,7 +761,7 @@ internal_ip = "10.240.0.12"
         assert_eq!(r.renewed, [ENCRYPTION_CONFIG]);
         let new = encryption::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert!(!new.legacy);
-        assert_eq!(new.keys, old.keys);
+        assert_eq!(new.providers, old.providers);
     }
 
     #[test]

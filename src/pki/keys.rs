@@ -1,18 +1,30 @@
-//! Reading keys and certificates from PEM. Error texts name what is wrong with a
-//! file, never its content.
+//! Reading keys and certificates: private keys and certificates from PEM, and
+//! the facts `check` and `init` ask of a certificate (subject, chain, SANs).
+//! Error texts name what is wrong with a file, never its content.
 
 use rcgen::KeyPair;
 use ring::rand::{SecureRandom, SystemRandom};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+use super::San;
 
 /// A private key from PEM: PKCS#8 ("PRIVATE KEY"), PKCS#1 ("RSA PRIVATE KEY") or
 /// SEC1 ("EC PRIVATE KEY"). ring checks on loading that the private and the
 /// public halves belong together.
 pub(crate) fn parse_private_key(text: &str) -> Result<KeyPair, String> {
-    let blocks = pem::parse_many(text).map_err(|_| "not valid PEM".to_string())?;
+    let blocks = pem_blocks(text)?;
     let block = blocks
         .iter()
         .find(|b| b.tag().ends_with("PRIVATE KEY"))
-        .ok_or("holds no PEM private key block")?;
+        .ok_or_else(|| match blocks.first() {
+            Some(b) => format!(
+                "holds a {} block where a private key is expected",
+                tag_shown(b.tag())
+            ),
+            None => "holds no PEM private key block".into(),
+        })?;
     let der = block.contents();
     let pkcs8 = match block.tag() {
         "PRIVATE KEY" => der.to_vec(),
@@ -32,7 +44,12 @@ pub(crate) fn parse_private_key(text: &str) -> Result<KeyPair, String> {
         "ENCRYPTED PRIVATE KEY" => {
             return Err("is encrypted; imgbuild needs an unencrypted key".into());
         }
-        other => return Err(format!("holds a {other:?} block, not a supported key")),
+        other => {
+            return Err(format!(
+                "holds a {} block, not a supported key",
+                tag_shown(other)
+            ));
+        }
     };
     KeyPair::try_from(pkcs8.as_slice())
         .map_err(|_| "is not a usable RSA (2048 bits or more) or ECDSA P-256/P-384 key".into())
@@ -66,12 +83,36 @@ pub(crate) fn random_bytes(n: usize) -> Result<Vec<u8>, String> {
 
 /// The DER of the first CERTIFICATE block of a PEM text.
 pub(crate) fn cert_der(text: &str) -> Result<Vec<u8>, String> {
-    let blocks = pem::parse_many(text).map_err(|_| "not valid PEM".to_string())?;
+    let blocks = pem_blocks(text)?;
+    let first = blocks.first().map(|b| tag_shown(b.tag()));
     blocks
         .into_iter()
         .find(|b| b.tag() == "CERTIFICATE")
         .map(|b| b.into_contents())
-        .ok_or_else(|| "holds no PEM CERTIFICATE block".into())
+        .ok_or_else(|| match first {
+            Some(tag) => format!("holds a {tag} block where a certificate is expected"),
+            None => "holds no PEM CERTIFICATE block".into(),
+        })
+}
+
+/// Every PEM block of `text`; a BEGIN line without its END is an error of its
+/// own (a truncated file), which the PEM parser would pass over.
+fn pem_blocks(text: &str) -> Result<Vec<pem::Pem>, String> {
+    let blocks = pem::parse_many(text).map_err(|_| "is not valid PEM (damaged)".to_string())?;
+    if text.matches("-----BEGIN ").count() > blocks.len() {
+        return Err("is truncated: a PEM BEGIN line has no END line".into());
+    }
+    Ok(blocks)
+}
+
+/// A PEM tag for a message: only the characters a tag has, at most 40.
+fn tag_shown(tag: &str) -> String {
+    let clean: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_uppercase() || *c == ' ' || c.is_ascii_digit())
+        .take(40)
+        .collect();
+    format!("PEM {clean}")
 }
 
 /// Human name of a key's algorithm, for reports.
@@ -86,6 +127,68 @@ pub(crate) fn key_kind(key: &KeyPair) -> &'static str {
     } else {
         "RSA"
     }
+}
+
+pub(crate) fn with_cert<T>(der: &[u8], f: impl FnOnce(&X509Certificate) -> T) -> Result<T, String> {
+    let (_, c) =
+        X509Certificate::from_der(der).map_err(|_| "is not a parseable X.509 certificate")?;
+    Ok(f(&c))
+}
+
+pub(crate) fn subject_cn(der: &[u8]) -> String {
+    with_cert(der, |c| first_attr(c.subject().iter_common_name()))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+pub(crate) fn first_attr<'a>(
+    mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
+) -> Option<String> {
+    it.next()
+        .and_then(|a| a.as_str().ok())
+        .map(|s| s.to_string())
+}
+
+/// Whether `der` was issued and signed by the CA certificate `ca_der`.
+pub(crate) fn chains_to(der: &[u8], ca_der: &[u8]) -> bool {
+    let Ok((_, ca)) = X509Certificate::from_der(ca_der) else {
+        return false;
+    };
+    with_cert(der, |c| {
+        c.issuer().as_raw() == ca.subject().as_raw()
+            && c.verify_signature(Some(ca.public_key())).is_ok()
+    })
+    .unwrap_or(false)
+}
+
+/// The required names a certificate lacks.
+pub(crate) fn missing_sans(der: &[u8], sans: &[(San, String)]) -> Vec<(San, String)> {
+    let present = with_cert(der, |c| {
+        let mut ips = Vec::new();
+        let mut dns = Vec::new();
+        if let Ok(Some(ext)) = c.subject_alternative_name() {
+            for name in &ext.value.general_names {
+                match name {
+                    GeneralName::IPAddress(b) => ips.push(b.to_vec()),
+                    GeneralName::DNSName(d) => dns.push(d.to_ascii_lowercase()),
+                    _ => {}
+                }
+            }
+        }
+        (ips, dns)
+    });
+    let Ok((ips, dns)) = present else {
+        return sans.to_vec();
+    };
+    sans.iter()
+        .filter(|(san, _)| match san {
+            San::Ip(std::net::IpAddr::V4(v4)) => !ips.iter().any(|b| b[..] == v4.octets()),
+            San::Ip(std::net::IpAddr::V6(v6)) => !ips.iter().any(|b| b[..] == v6.octets()),
+            San::Dns(d) => !dns.contains(&d.to_ascii_lowercase()),
+        })
+        .cloned()
+        .collect()
 }
 
 // DER of AlgorithmIdentifier { rsaEncryption, NULL }.

@@ -17,9 +17,13 @@
 
 mod check;
 mod encryption;
+mod files;
 mod generate;
 mod keys;
 mod kubeconfig;
+mod profile;
+mod report;
+mod yaml;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -28,8 +32,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::input::inventory::Inventory;
 use crate::progress::{Event, Progress};
 
-pub use check::{CheckReport, Finding, Fix, Severity, check};
+pub use check::check;
+pub use encryption::Cipher;
 pub use generate::{InitOptions, InitReport, init};
+pub use report::{CheckReport, Finding, Fix, Severity};
 
 /// Where the control plane's own components reach the API server: every
 /// kubeconfig on a controller points here, as in the seed.

@@ -25,7 +25,7 @@ pub use crate::input::recipe::Trust;
 use crate::util::digest::{HashingReader, Sha256Hex};
 
 /// Where an entry's bytes came from, recorded in the build manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Origin {
     /// Rendered from an overlay template (path relative to the overlay root).

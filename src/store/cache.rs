@@ -1,11 +1,15 @@
 //! The local artifact cache: content-addressed, verified on the way in and on
-//! the way out, safe for concurrent imgbuild processes.
+//! the way out, safe for concurrent imgbuild processes. This file holds the
+//! artifacts themselves: opening the cache, looking artifacts up, and bringing
+//! them in (`ingest`, `cache import`). Checking and cleaning the cache is in
+//! `maintenance`, the derived segments in `segments`, the locks in `locks`.
 //!
 //! Layout under the cache root:
 //! - `artifacts/<algorithm>/<hex>`: a pinned artifact as published (tarball or binary);
 //! - `blobs/sha256/<hex>`: a member taken from a verified artifact (what builds read);
 //! - `index/<algorithm>-<hex>.json`: which members a verified artifact holds.
 //!   Written last: its presence means the artifact and its members are in place;
+//! - `segments/<key>` and `<key>.json`: derived, node-independent parts of outputs;
 //! - `tmp/`: files being written; renamed into place only once verified;
 //! - `locks/`: recipe locks (`imgbuild lock`, `imgbuild airgap import`), searched
 //!   as a recipe folder after `--recipes` and before the built-in recipes;
@@ -33,7 +37,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::input::recipe::Trust;
 use crate::input::recipe::{Algorithm, Artifact, ArtifactKind, Recipe};
 use crate::progress::{Event, Progress};
-use crate::util::stamp::Stamp;
+use crate::util::digest::HashingWriter;
 
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -112,21 +116,11 @@ fn write_hashed(
     tmp: NamedTempFile,
     mut src: impl Read,
 ) -> io::Result<(NamedTempFile, String, u64)> {
-    let mut out = BufWriter::with_capacity(1 << 20, tmp);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = src.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        size += n as u64;
-    }
+    let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp));
+    io::copy(&mut src, &mut out)?;
+    let (out, sha256, size) = out.finish();
     let tmp = out.into_inner().map_err(|e| e.into_error())?;
-    Ok((tmp, hex::encode(h.finalize()), size))
+    Ok((tmp, sha256, size))
 }
 
 impl Cache {
@@ -179,12 +173,12 @@ impl Cache {
             .join(format!("{}-{hex}.json", algorithm.name()))
     }
 
-    /// A new temp file inside the cache (same filesystem, so renames are atomic).
     /// Where files being written live (same filesystem as the stores).
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
 
+    /// A new temp file inside the cache (same filesystem, so renames are atomic).
     pub fn temp_file(&self) -> Result<NamedTempFile> {
         let dir = self.root.join("tmp");
         tempfile::Builder::new()
@@ -445,63 +439,6 @@ impl Cache {
         }
     }
 
-    /// Take the cache-wide lock (a lock on the cache folder itself, so no file
-    /// is left behind): shared while files enter the cache, exclusive for
-    /// `verify` and `gc`. Released when the returned handle is dropped.
-    pub fn lock(&self, exclusive: bool) -> Result<File> {
-        let file = File::open(&self.root).with_path("cannot open", &self.root)?;
-        if exclusive {
-            file.lock()
-        } else {
-            file.lock_shared()
-        }
-        .with_path("cannot lock", &self.root)?;
-        Ok(file)
-    }
-
-    /// Take the per-artifact download lock, waiting for another process that
-    /// holds it (it is downloading the same artifact). `waiting` is called once
-    /// if we have to wait. The lock file is removed when the guard drops.
-    pub fn inflight_lock(
-        &self,
-        algorithm: Algorithm,
-        hex: &str,
-        waiting: impl FnOnce(),
-    ) -> Result<InflightLock> {
-        use std::os::unix::fs::MetadataExt;
-        let path = self
-            .root
-            .join("inflight")
-            .join(format!("{}-{hex}", algorithm.name()));
-        let mut waiting = Some(waiting);
-        loop {
-            let file = fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .with_path("cannot open", &path)?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(fs::TryLockError::WouldBlock) => {
-                    if let Some(w) = waiting.take() {
-                        w();
-                    }
-                    file.lock().with_path("cannot lock", &path)?;
-                }
-                Err(fs::TryLockError::Error(e)) => {
-                    return Err(Error::io("cannot lock", &path, e));
-                }
-            }
-            // The holder before us removes the file before unlocking: if the
-            // name no longer leads to the file we locked, lock the new one.
-            let ours = file.metadata().with_path("cannot stat", &path)?.ino();
-            if fs::metadata(&path).is_ok_and(|m| m.ino() == ours) {
-                return Ok(InflightLock { path, _file: file });
-            }
-        }
-    }
-
     /// Folder of recipe locks, searched as a recipe folder.
     pub fn locks_dir(&self) -> PathBuf {
         self.root.join("locks")
@@ -539,7 +476,7 @@ impl Cache {
 
     /// Move a verified temp file into place, read-only. An existing file of the same
     /// name has the same content (the name is its digest), so a race is harmless.
-    fn persist(&self, tmp: NamedTempFile, dest: &Path) -> Result<()> {
+    pub(super) fn persist(&self, tmp: NamedTempFile, dest: &Path) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         tmp.as_file()
             .sync_all()
@@ -605,36 +542,12 @@ impl Cache {
     }
 }
 
-/// Held while one process downloads one artifact; see [`Cache::inflight_lock`].
-pub struct InflightLock {
-    path: PathBuf,
-    _file: File,
-}
-
-impl Drop for InflightLock {
-    fn drop(&mut self) {
-        // Removed while still locked, so a waiter notices and starts afresh.
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-/// What `cache verify` found.
-#[derive(Debug, Default)]
-pub struct VerifyReport {
-    /// Files re-hashed.
-    pub checked: usize,
-    pub bytes: u64,
-    /// What was wrong, one line each (each was removed).
-    pub dropped: Vec<String>,
-    /// How many of those were derived segments (the next build remakes them).
-    pub segments_dropped: usize,
-}
-
-/// What `cache gc` removed.
-#[derive(Debug, Default)]
-pub struct GcReport {
-    /// Removed paths (relative to the cache root) and their sizes.
-    pub removed: Vec<(String, u64)>,
+/// An artifact a file may be: its recipe, and the arch whose pin it should match.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub recipe: &'a Recipe,
+    pub artifact: &'a Artifact,
+    pub arch: &'a str,
 }
 
 /// Hash a file with `algorithm`, streaming.
@@ -654,190 +567,6 @@ pub fn hash_file(path: &Path, algorithm: Algorithm) -> io::Result<(String, u64)>
     Ok((h.finish_hex(), size))
 }
 
-impl Cache {
-    /// The content-addressed folders and the algorithm their names are in.
-    fn stores(&self) -> [(&'static str, Algorithm); 3] {
-        [
-            ("artifacts/sha256", Algorithm::Sha256),
-            ("artifacts/sha512", Algorithm::Sha512),
-            ("blobs/sha256", Algorithm::Sha256),
-        ]
-    }
-
-    fn remove(&self, path: &Path) -> Result<u64> {
-        let size = fs::symlink_metadata(path).map(|m| m.len()).unwrap_or(0);
-        match fs::remove_file(path) {
-            Ok(()) => Ok(size),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(Error::io("cannot remove", path, e)),
-        }
-    }
-
-    fn rel(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root)
-            .unwrap_or(path)
-            .display()
-            .to_string()
-    }
-
-    fn files_in(&self, sub: &str) -> Result<Vec<PathBuf>> {
-        let dir = self.root.join(sub);
-        let mut out = Vec::new();
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(Error::io("cannot list", &dir, e)),
-        };
-        for ent in rd {
-            out.push(ent.with_path("cannot list", &dir)?.path());
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// `imgbuild cache verify`: re-hash every stored file against its name, drop
-    /// what does not match, then drop indexes whose files are gone.
-    pub fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
-        let _excl = self.lock(true)?;
-        let mut report = VerifyReport::default();
-        for (sub, alg) in self.stores() {
-            for path in self.files_in(sub)? {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let rel = self.rel(&path);
-                let meta = fs::symlink_metadata(&path).with_path("cannot stat", &path)?;
-                if !meta.file_type().is_file() {
-                    self.remove(&path)?;
-                    report.dropped.push(format!("{rel}: not a regular file"));
-                    continue;
-                }
-                match hash_file(&path, alg) {
-                    Ok((hex, size)) if hex == name => {
-                        report.checked += 1;
-                        report.bytes += size;
-                    }
-                    Ok((hex, _)) => {
-                        self.remove(&path)?;
-                        report.dropped.push(format!(
-                            "{rel}: corrupt (content hashes to {}:{hex})",
-                            alg.name()
-                        ));
-                    }
-                    Err(e) => {
-                        self.remove(&path)?;
-                        report.dropped.push(format!("{rel}: unreadable ({e})"));
-                    }
-                }
-                progress.event(Event::Step {
-                    what: &format!("verified {rel}"),
-                });
-            }
-        }
-        self.verify_segments(&mut report, progress)?;
-        for path in self.files_in("index")? {
-            let rel = self.rel(&path);
-            let index: Option<ArtifactIndex> = fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok());
-            let Some(index) = index else {
-                self.remove(&path)?;
-                report.dropped.push(format!("{rel}: unreadable index"));
-                continue;
-            };
-            let complete = self.index_files(&index).is_some_and(|files| {
-                files.iter().all(|(p, size)| {
-                    fs::metadata(p).is_ok_and(|m| size.is_none_or(|s| m.len() == s))
-                })
-            });
-            if !complete {
-                self.remove(&path)?;
-                report.dropped.push(format!(
-                    "{rel}: {} ({}) lost a file; fetch or import it again",
-                    index.file, index.pin
-                ));
-            }
-        }
-        Ok(report)
-    }
-
-    /// The files an index stands for: the artifact and its member blobs (with sizes).
-    fn index_files(&self, index: &ArtifactIndex) -> Option<Vec<(PathBuf, Option<u64>)>> {
-        let (alg, hex) = parse_pin(&index.pin)?;
-        let mut out = vec![(self.artifact_path(alg, hex), Some(index.size))];
-        for b in index.members.values() {
-            out.push((self.blob_path(&b.sha256), Some(b.size)));
-        }
-        Some(out)
-    }
-
-    /// `imgbuild cache gc`: remove leftovers of interrupted writes, and files no
-    /// index refers to. With `keep`, also drop artifacts for which it says false
-    /// (e.g. pinned by no known recipe).
-    pub fn gc(&self, keep: Option<&dyn Fn(&ArtifactIndex) -> bool>) -> Result<GcReport> {
-        let _excl = self.lock(true)?;
-        let mut report = GcReport::default();
-        let rm = |path: &Path, report: &mut GcReport| -> Result<()> {
-            let size = self.remove(path)?;
-            report.removed.push((self.rel(path), size));
-            Ok(())
-        };
-        // Nothing is being ingested (we hold the lock exclusively), but a build
-        // may be writing a segment: remove temp files untouched for an hour.
-        let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        for path in self.files_in("tmp")? {
-            let old = fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t < stale);
-            if old {
-                rm(&path, &mut report)?;
-            }
-        }
-        for path in self.files_in("inflight")? {
-            if let Ok(f) = File::open(&path)
-                && f.try_lock().is_ok()
-            {
-                rm(&path, &mut report)?;
-            }
-        }
-        let mut referenced: BTreeSet<PathBuf> = BTreeSet::new();
-        for path in self.files_in("index")? {
-            let index: Option<ArtifactIndex> = fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok());
-            let files = index.as_ref().and_then(|i| self.index_files(i));
-            match (index, files) {
-                (Some(index), Some(files)) if keep.is_none_or(|k| k(&index)) => {
-                    referenced.extend(files.into_iter().map(|(p, _)| p));
-                }
-                _ => rm(&path, &mut report)?,
-            }
-        }
-        for (sub, _) in self.stores() {
-            for path in self.files_in(sub)? {
-                if !referenced.contains(&path) {
-                    rm(&path, &mut report)?;
-                }
-            }
-        }
-        // Segments: derived data. Halves of a pair that lost the other half go;
-        // with `keep` (gc --unused), all of them.
-        let segments = self.files_in("segments")?;
-        for path in &segments {
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            let other = match name.strip_suffix(".json") {
-                Some(key) => self.segment_path(key),
-                None => self.segment_path(&format!("{name}.json")),
-            };
-            if keep.is_some() || !segments.contains(&other) {
-                rm(path, &mut report)?;
-            }
-        }
-        Ok(report)
-    }
-}
-
 /// `sha256:<hex>` → (algorithm, hex).
 pub fn parse_pin(pin: &str) -> Option<(Algorithm, &str)> {
     let (alg, hex) = pin.split_once(':')?;
@@ -847,224 +576,4 @@ pub fn parse_pin(pin: &str) -> Option<(Algorithm, &str)> {
         _ => return None,
     };
     (hex.len() == alg.hex_len() && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some((alg, hex))
-}
-
-/// A derived, node-independent part of an output (e.g. the binaries of a
-/// tar.gz, compressed), kept so that later builds compress nothing large.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Segment {
-    pub sha256: String,
-    pub size: u64,
-    /// The hash state after the segment's bytes: outputs that begin with the
-    /// segment resume from it instead of hashing the segment again.
-    pub state: crate::util::digest::Sha256State,
-    /// The segment file as it was when last verified; while it matches, the
-    /// file is trusted without reading it (see `stamp`).
-    #[serde(default)]
-    pub stamp: Option<Stamp>,
-    /// Copies of the segment placed as output files (a split archive's shared
-    /// half), newest first: a build whose copy is still as written skips it.
-    #[serde(default)]
-    pub placed: Vec<Placed>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Placed {
-    pub path: PathBuf,
-    pub stamp: Stamp,
-}
-
-/// How many placed copies a segment remembers (one per output folder used).
-const PLACED_KEPT: usize = 32;
-
-impl Cache {
-    pub fn segment_path(&self, key: &str) -> PathBuf {
-        self.root.join("segments").join(key)
-    }
-
-    /// A cached segment, verified: a file changed since it was stored (its
-    /// stamp differs) is hashed again, and dropped if its bytes are not the
-    /// recorded ones; the caller then builds it anew.
-    pub fn segment(&self, key: &str) -> Result<Option<(PathBuf, Segment)>> {
-        let meta_path = self.segment_path(&format!("{key}.json"));
-        let text = match fs::read_to_string(&meta_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("cannot read", &meta_path, e)),
-        };
-        let Ok(mut seg) = serde_json::from_str::<Segment>(&text) else {
-            self.drop_segment(key);
-            return Ok(None);
-        };
-        let path = self.segment_path(key);
-        let Some(stamp) = Stamp::of(&path).with_path("cannot stat", &path)? else {
-            self.drop_segment(key);
-            return Ok(None);
-        };
-        if seg.stamp.as_ref() == Some(&stamp) {
-            return Ok(Some((path, seg)));
-        }
-        match hash_file(&path, Algorithm::Sha256) {
-            Ok((hex, size)) if hex == seg.sha256 && size == seg.size => {
-                seg.stamp = Some(stamp);
-                // Best effort: failing to record only costs a re-hash next time.
-                let _ = self.write_segment_record(key, &seg);
-                Ok(Some((path, seg)))
-            }
-            _ => {
-                self.drop_segment(key);
-                Ok(None)
-            }
-        }
-    }
-
-    /// Store a segment written to `tmp` (from `temp_file`), hashing nothing again:
-    /// the caller hashed it while writing.
-    pub fn store_segment(
-        &self,
-        key: &str,
-        tmp: NamedTempFile,
-        seg: &Segment,
-    ) -> Result<(PathBuf, Segment)> {
-        let path = self.segment_path(key);
-        // Shared lock: `cache gc` must not see the file without its record.
-        let _shared = self.lock(false)?;
-        self.persist(tmp, &path)?;
-        let mut seg = seg.clone();
-        seg.stamp = Stamp::of(&path).with_path("cannot stat", &path)?;
-        seg.placed.clear();
-        self.write_segment_record(key, &seg)?;
-        Ok((path, seg))
-    }
-
-    fn write_segment_record(&self, key: &str, seg: &Segment) -> Result<()> {
-        let mut meta = self.temp_file()?;
-        meta.write_all(&serde_json::to_vec(seg).expect("serializes"))
-            .with_path("cannot write", meta.path())?;
-        self.persist(meta, &self.segment_path(&format!("{key}.json")))
-    }
-
-    /// Put a copy of segment `key` at `dest` (mode `mode`), unless the copy a
-    /// previous build put there is still as it was written. Returns whether
-    /// anything was written. The copy is made in the kernel (copy_file_range).
-    pub fn place_segment(
-        &self,
-        key: &str,
-        seg: &mut Segment,
-        seg_path: &Path,
-        dest: &Path,
-        mode: u32,
-    ) -> Result<bool> {
-        let abs = std::path::absolute(dest).with_path("cannot resolve", dest)?;
-        let current = Stamp::of(&abs).with_path("cannot stat", &abs)?;
-        // The stamp holds the mode too: a copy whose mode changed is not kept.
-        let still = |p: &Placed| p.path == abs && Some(&p.stamp) == current.as_ref();
-        if seg.placed.iter().any(still) {
-            return Ok(false);
-        }
-        let mut file = crate::util::atomic::AtomicFile::create(dest, mode)?;
-        copy_segment(
-            seg_path,
-            seg,
-            file.file_mut().with_path("cannot write", dest)?,
-        )?;
-        file.commit()?;
-        if let Some(stamp) = Stamp::of(&abs).with_path("cannot stat", &abs)? {
-            seg.placed.retain(|p| p.path != abs);
-            seg.placed.insert(0, Placed { path: abs, stamp });
-            seg.placed.truncate(PLACED_KEPT);
-            // Best effort: without the record the next build copies again.
-            let _ = self.write_segment_record(key, seg);
-        }
-        Ok(true)
-    }
-
-    /// Segments are derived data: one whose bytes are not its record's (or
-    /// that lost its record or its file) is dropped; the next build remakes it.
-    fn verify_segments(&self, report: &mut VerifyReport, progress: &dyn Progress) -> Result<()> {
-        let files = self.files_in("segments")?;
-        for path in &files {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let rel = self.rel(path);
-            if let Some(key) = name.strip_suffix(".json") {
-                if !files.contains(&self.segment_path(key)) {
-                    self.remove(path)?;
-                    report.segments_dropped += 1;
-                    report.dropped.push(format!("{rel}: its segment is gone"));
-                }
-                continue;
-            }
-            let seg: Option<Segment> =
-                fs::read_to_string(self.segment_path(&format!("{name}.json")))
-                    .ok()
-                    .and_then(|t| serde_json::from_str(&t).ok());
-            let problem = match (&seg, hash_file(path, Algorithm::Sha256)) {
-                (None, _) => Some("no readable record".to_string()),
-                (Some(seg), Ok((hex, size))) if hex == seg.sha256 && size == seg.size => {
-                    report.checked += 1;
-                    report.bytes += size;
-                    None
-                }
-                (Some(_), Ok((hex, _))) => {
-                    Some(format!("corrupt (content hashes to sha256:{hex})"))
-                }
-                (Some(_), Err(e)) => Some(format!("unreadable ({e})")),
-            };
-            if let Some(problem) = problem {
-                self.drop_segment(&name);
-                report.segments_dropped += 1;
-                report
-                    .dropped
-                    .push(format!("{rel}: {problem}; the next build makes it again"));
-            }
-            progress.event(Event::Step {
-                what: &format!("verified {rel}"),
-            });
-        }
-        Ok(())
-    }
-
-    /// How many derived segments the cache holds, and their bytes.
-    pub fn segments_usage(&self) -> Result<(usize, u64)> {
-        let mut n = 0;
-        let mut bytes = 0;
-        for path in self.files_in("segments")? {
-            if path.extension().is_none() {
-                n += 1;
-                bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            }
-        }
-        Ok((n, bytes))
-    }
-
-    /// Drop a segment found corrupt (it is derived data: the next build remakes it).
-    pub fn drop_segment(&self, key: &str) {
-        let _ = fs::remove_file(self.segment_path(&format!("{key}.json")));
-        let _ = fs::remove_file(self.segment_path(key));
-    }
-}
-
-/// Copy a cached segment to `out` at its current offset, in the kernel
-/// (copy_file_range: the bytes never pass through this process).
-pub fn copy_segment(seg_path: &Path, seg: &Segment, out: &mut File) -> Result<()> {
-    let mut src = File::open(seg_path).with_path("cannot read", seg_path)?;
-    let copied = io::copy(&mut src, out).with_path("cannot copy", seg_path)?;
-    if copied != seg.size {
-        return Err(Error::integrity(format!(
-            "cached segment {} changed size while copying; run `imgbuild cache verify`",
-            seg_path.display()
-        )));
-    }
-    Ok(())
-}
-
-/// An artifact a file may be: its recipe, and the arch whose pin it should match.
-#[derive(Debug, Clone, Copy)]
-pub struct Candidate<'a> {
-    pub recipe: &'a Recipe,
-    pub artifact: &'a Artifact,
-    pub arch: &'a str,
 }

@@ -36,6 +36,8 @@ pub enum Fault {
 pub struct Request {
     pub path: String,
     pub range: Option<String>,
+    /// Every header line as received, without the line end.
+    pub headers: Vec<String>,
 }
 
 #[derive(Default)]
@@ -54,18 +56,16 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn start() -> Mirror {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
+        Mirror::start_at("127.0.0.1:0")
+    }
+
+    /// A mirror on `addr`, e.g. a port the test reserved earlier and left
+    /// closed until now (a server that is down at first).
+    pub fn start_at(addr: &str) -> Mirror {
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let st = st.clone();
-                thread::spawn(move || {
-                    let _ = serve(conn, &st);
-                });
-            }
+        let addr = listen(addr, move |conn| {
+            let _ = serve(conn, &st);
         });
         Mirror { addr, state }
     }
@@ -103,17 +103,35 @@ impl Mirror {
     }
 }
 
+/// Accept connections on a fresh port of 127.0.0.1, each handled on a thread
+/// of its own, for as long as the test runs.
+fn listen(addr: &str, handle: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let listener = TcpListener::bind(addr).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = Arc::new(handle);
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let handle = handle.clone();
+            thread::spawn(move || handle(conn));
+        }
+    });
+    addr
+}
+
 fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let mut range = None;
+    let mut headers = Vec::new();
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
             break;
         }
+        headers.push(h.trim_end().to_string());
         if let Some((k, v)) = h.split_once(':')
             && k.trim().eq_ignore_ascii_case("range")
         {
@@ -126,6 +144,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         st.log.push(Request {
             path: path.clone(),
             range: range.clone(),
+            headers,
         });
         let fault = st
             .queued
@@ -260,20 +279,15 @@ pub struct FakeProxy {
 
 impl FakeProxy {
     pub fn start() -> FakeProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                let _ = reader.read_line(&mut line);
-                s.lock().unwrap().push(line.trim().to_string());
-                let mut out = conn;
-                let _ = out.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
-            }
+        let addr = listen("127.0.0.1:0", move |conn| {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            s.lock().unwrap().push(line.trim().to_string());
+            let mut out = conn;
+            let _ = out.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
         });
         FakeProxy { addr, seen }
     }
@@ -288,7 +302,6 @@ pub struct TlsFront {
 
 impl TlsFront {
     pub fn start(backend: SocketAddr) -> TlsFront {
-        use std::io::Read;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -309,30 +322,8 @@ impl TlsFront {
                 .with_single_cert(vec![leaf.der().clone()], key)
                 .unwrap(),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        thread::spawn(move || {
-            for tcp in listener.incoming() {
-                let Ok(tcp) = tcp else { continue };
-                let config = config.clone();
-                thread::spawn(move || -> std::io::Result<()> {
-                    let conn =
-                        rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
-                    let mut tls = rustls::StreamOwned::new(conn, tcp);
-                    // One request per connection: pass its head on, copy the answer back.
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        tls.read_exact(&mut byte)?;
-                        head.push(byte[0]);
-                    }
-                    let mut back = TcpStream::connect(backend)?;
-                    back.write_all(&head)?;
-                    std::io::copy(&mut back, &mut tls)?;
-                    tls.conn.send_close_notify();
-                    tls.flush()
-                });
-            }
+        let addr = listen("127.0.0.1:0", move |tcp| {
+            let _ = forward(&config, tcp, backend);
         });
         TlsFront {
             addr,
@@ -343,4 +334,26 @@ impl TlsFront {
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.addr.port())
     }
+}
+
+/// One request over TLS: pass its head on to `backend`, copy the answer back.
+fn forward(
+    config: &Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    backend: SocketAddr,
+) -> std::io::Result<()> {
+    use std::io::Read;
+    let conn = rustls::ServerConnection::new(config.clone()).map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    let mut back = TcpStream::connect(backend)?;
+    back.write_all(&head)?;
+    std::io::copy(&mut back, &mut tls)?;
+    tls.conn.send_close_notify();
+    tls.flush()
 }

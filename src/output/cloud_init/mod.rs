@@ -4,26 +4,28 @@
 //! `meta-data`, `network-config` (when the inventory gives a static address) and
 //! `seed.img` (a vfat NoCloud volume labelled `cidata` holding the same files).
 //!
-//! The YAML is written here, not by a serializer: every scalar is a JSON string
-//! (a valid YAML double-quoted scalar) or, for plain ASCII text files, a literal
-//! block whose exact bytes we check; everything else is base64. So the bytes are
-//! deterministic and decode to exactly the plan's files.
+//! The files are written in `yaml` (which also reads user-data back, for
+//! `inspect`), the seed volume in `seed`.
 //!
 //! Binaries (hundreds of MB) cannot ride in user-data; `Binaries` decides how
-//! they reach the node.
+//! they reach the node. With `--payload-url` (`payload`) the node's own files
+//! do not either: they go in `controller-N-payload.tar.gz`, and the user-data
+//! is a small boot script that fetches and verifies it.
 
-use std::fmt::Write as _;
+pub mod payload;
+pub mod seed;
+pub mod yaml;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::codec::gz::gzip_bytes;
-use crate::codec::vfat::{self, VfatFile};
 use crate::error::{Error, Result};
 use crate::output::manifest::{self, OutputFile};
 use crate::output::{Written, format};
-use crate::plan::{Entry, EntryKind, Network, Plan};
+use crate::plan::{Entry, Meta, Plan};
 use crate::progress::{Event, Progress};
-use crate::util::atomic::{AtomicFile, ensure_dir_mode};
+use crate::util::atomic::ensure_dir_mode;
 use crate::util::digest::{sha256_file, sha256_hex};
 
 /// The filesystem label cloud-init's NoCloud source looks for.
@@ -140,6 +142,15 @@ impl std::str::FromStr for Provider {
 pub struct Options {
     pub binaries: Binaries,
     pub provider: Provider,
+    /// `--payload-url`: the node's files in a payload the user-data fetches.
+    pub payload: Option<payload::Payload>,
+}
+
+/// A node's payload: its bytes and where the user-data fetches it from.
+#[derive(Debug, Clone)]
+pub struct PayloadFile {
+    pub bytes: Vec<u8>,
+    pub fetch: payload::Fetch,
 }
 
 /// The rendered files of one node.
@@ -155,290 +166,29 @@ pub struct CloudInit {
     pub instance_id: String,
     /// Binaries to put on the seed volume (`seed` mode): file name and entry.
     pub seed_files: Vec<(String, Entry)>,
+    /// With `--payload-url`: the payload the user-data fetches.
+    pub payload: Option<PayloadFile>,
 }
-
-/// A YAML double-quoted scalar (JSON string syntax is a subset of it).
-fn q(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialize")
-}
-
-fn flow(items: &[&str]) -> String {
-    let parts: Vec<String> = items.iter().map(|s| q(s)).collect();
-    format!("[{}]", parts.join(", "))
-}
-
-/// The content as a YAML literal block (`|`) when that round-trips exactly:
-/// printable ASCII lines, one final newline, no leading blank or indented first
-/// line, no whitespace-only lines.
-fn literal_block(bytes: &[u8], indent: &str) -> Option<String> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let body = text.strip_suffix('\n')?;
-    if body.is_empty() || body.ends_with('\n') || body.starts_with([' ', '\n']) {
-        return None;
-    }
-    if !body
-        .bytes()
-        .all(|b| b == b'\n' || (0x20..0x7f).contains(&b))
-    {
-        return None;
-    }
-    let mut out = String::from("|\n");
-    for line in body.split('\n') {
-        if line.is_empty() {
-            out.push('\n');
-            continue;
-        }
-        if line.trim().is_empty() {
-            return None;
-        }
-        out.push_str(indent);
-        out.push_str(line);
-        out.push('\n');
-    }
-    Some(out)
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding (what write_files' `b64` decodes).
-pub fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Decode standard base64 (whitespace ignored); `None` if it is not base64.
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut acc, mut bits, mut pad) = (0u32, 0u32, 0usize);
-    for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
-        if c == b'=' {
-            pad += 1;
-            continue;
-        }
-        if pad > 0 {
-            return None;
-        }
-        let v = B64.iter().position(|&b| b == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    (pad <= 2 && acc == 0).then_some(out)
-}
-
-fn owner_spec(e: &Entry) -> String {
-    format!("{}:{}", e.uid, e.gid)
-}
-
-fn mode_str(mode: u32) -> String {
-    format!("{mode:04o}")
-}
-
-/// Verify-then-install, run once per binary with positional arguments so no
-/// value is ever spliced into shell text. `$1` is fetched by `FETCH`.
-const INSTALL_SCRIPT: &str = r#"set -eu
-src="$1" sha="$2" dest="$3" mode="$4" owner="$5"
-tmp="$dest.imgbuild-new"
-FETCH
-actual=$(sha256sum "$tmp" | cut -d' ' -f1)
-if [ "$actual" != "$sha" ]; then
-  rm -f "$tmp"
-  echo "imgbuild: $dest from $src has sha256 $actual, expected $sha: not installed" >&2
-  exit 1
-fi
-chmod "$mode" "$tmp"
-chown "$owner" "$tmp"
-mv -f "$tmp" "$dest""#;
-
-const FETCH_MIRROR: &str = r#"if command -v curl >/dev/null 2>&1; then
-  curl -fsSL --retry 5 -o "$tmp" "$src" || { rm -f "$tmp"; echo "imgbuild: cannot download $src" >&2; exit 1; }
-else
-  wget -q -O "$tmp" "$src" || { rm -f "$tmp"; echo "imgbuild: cannot download $src" >&2; exit 1; }
-fi"#;
-
-const FETCH_SEED: &str = r#"cp "$src" "$tmp" || { rm -f "$tmp"; echo "imgbuild: cannot copy $src from the seed volume" >&2; exit 1; }"#;
 
 /// Render user-data, meta-data and network-config for `plan`.
 pub fn render(plan: &Plan, opts: &Options) -> Result<CloudInit> {
-    let binaries_on_node = opts.binaries != Binaries::Baked;
-    let wanted = |e: &Entry| !e.shared || binaries_on_node;
     let meta = &plan.meta;
-
-    let mut y = String::new();
-    y.push_str("#cloud-config\n");
-    let _ = writeln!(
-        y,
-        "# imgbuild {} | recipe {} | cluster {} | node {} ({}) | binaries {}",
-        meta.imgbuild_version,
-        meta.recipe,
-        meta.cluster,
-        meta.node_index,
-        meta.node_name,
-        opts.binaries.name()
-    );
-
-    // Folders first (bootcmd runs before write_files), with their modes and owners.
-    let dirs: Vec<&Entry> = plan
-        .entries
-        .iter()
-        .filter(|e| matches!(e.kind, EntryKind::Dir) && wanted(e))
-        .collect();
-    if !dirs.is_empty() {
-        y.push_str("bootcmd:\n");
-        for d in &dirs {
-            let path = format!("/{}", d.path);
-            let mode = mode_str(d.mode);
-            let (uid, gid) = (d.uid.to_string(), d.gid.to_string());
-            let _ = writeln!(
-                y,
-                "- {}",
-                flow(&["install", "-d", "-m", &mode, "-o", &uid, "-g", &gid, &path])
-            );
+    let (y, seed_files, payload) = match &opts.payload {
+        None => {
+            let (y, seed_files) = yaml::user_data(plan, opts)?;
+            (y, seed_files, None)
         }
-    }
-
-    let mut chowns = Vec::new();
-    let files: Vec<&Entry> = plan
-        .per_node()
-        .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-        .collect();
-    if !files.is_empty() {
-        y.push_str("write_files:\n");
-    }
-    for f in &files {
-        let bytes = read_all(f)?;
-        let path = format!("/{}", f.path);
-        let _ = writeln!(y, "- path: {}", q(&path));
-        // write_files resolves owners by name; numeric owners are set in runcmd.
-        let _ = writeln!(y, "  owner: {}", q("root:root"));
-        if f.uid != 0 || f.gid != 0 {
-            chowns.push((owner_spec(f), path.clone()));
-        }
-        let _ = writeln!(y, "  permissions: {}", q(&mode_str(f.mode)));
-        let block = if f.secret {
-            None
-        } else {
-            literal_block(&bytes, "    ")
-        };
-        match block {
-            _ if bytes.is_empty() => {
-                let _ = writeln!(y, "  content: \"\"");
-            }
-            Some(b) => {
-                let _ = write!(y, "  content: {b}");
-            }
-            None => {
-                let _ = writeln!(y, "  encoding: \"b64\"");
-                let b64 = base64_encode(&bytes);
-                let _ = writeln!(y, "  content: {}", q(&b64));
-            }
-        }
-    }
-
-    y.push_str("runcmd:\n");
-    // runcmd is one /bin/sh script: stop at the first failure, before any unit starts.
-    y.push_str("- \"set -e\"\n");
-    let mut seed_files: Vec<(String, Entry)> = Vec::new();
-    if binaries_on_node {
-        let bins: Vec<&Entry> = plan
-            .shared()
-            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-            .collect();
-        let script = match &opts.binaries {
-            Binaries::Mirror(_) => INSTALL_SCRIPT.replace("FETCH", FETCH_MIRROR),
-            _ => INSTALL_SCRIPT.replace("FETCH", FETCH_SEED),
-        };
-        if opts.binaries == Binaries::Seed && !bins.is_empty() {
-            let mount =
-                format!("mkdir -p {SEED_MOUNT} && mount -o ro LABEL={SEED_LABEL} {SEED_MOUNT}");
-            let _ = writeln!(y, "- {}", flow(&["sh", "-c", &mount]));
-        }
-        for b in &bins {
-            let EntryKind::File { sha256, .. } = &b.kind else {
-                unreachable!()
+        Some(p) => {
+            let bytes = payload::payload_bytes(plan)?;
+            let fetch = payload::Fetch {
+                url: p.url_for(meta.node_index, &meta.node_name),
+                sha256: sha256_hex(&bytes),
             };
-            let name = b.path.rsplit('/').next().unwrap_or(&b.path);
-            let src = match &opts.binaries {
-                Binaries::Mirror(url) => {
-                    format!(
-                        "{url}/{}/bin/linux/{}/{name}",
-                        meta.kubernetes_version, meta.arch
-                    )
-                }
-                _ => {
-                    if let Some((_, other)) = seed_files.iter().find(|(n, _)| n == name) {
-                        return Err(Error::input(format!(
-                            "/{} and /{} have the same file name; --binaries seed keeps binaries in the root of the seed volume",
-                            other.path, b.path
-                        )));
-                    }
-                    seed_files.push((name.to_string(), (*b).clone()));
-                    format!("{SEED_MOUNT}/{name}")
-                }
-            };
-            let dest = format!("/{}", b.path);
-            let _ = writeln!(
-                y,
-                "- {}",
-                flow(&[
-                    "sh",
-                    "-c",
-                    &script,
-                    "imgbuild-install",
-                    &src,
-                    sha256,
-                    &dest,
-                    &mode_str(b.mode),
-                    &owner_spec(b),
-                ])
-            );
+            let (y, seed_files) = payload::user_data(plan, opts, &p.headers, &fetch)?;
+            (y, seed_files, Some(PayloadFile { bytes, fetch }))
         }
-        if opts.binaries == Binaries::Seed && !bins.is_empty() {
-            let _ = writeln!(y, "- {}", flow(&["umount", SEED_MOUNT]));
-        }
-    }
-    for (owner, path) in &chowns {
-        let _ = writeln!(y, "- {}", flow(&["chown", owner, path]));
-    }
-    let mut units: Vec<String> = Vec::new();
-    for e in plan.entries.iter().filter(|e| wanted(e)) {
-        if let EntryKind::Symlink { target } = &e.kind {
-            let path = format!("/{}", e.path);
-            let _ = writeln!(y, "- {}", flow(&["ln", "-sfnT", target, &path]));
-            if let Some(unit) = enabled_unit(&e.path) {
-                units.push(unit.to_string());
-            }
-        }
-    }
-    y.push_str("- [\"systemctl\", \"daemon-reload\"]\n");
-    units.sort_by_key(|u| {
-        meta.unit_order
-            .iter()
-            .position(|o| o == u)
-            .unwrap_or(usize::MAX)
-    });
-    units.dedup();
-    for u in &units {
-        let _ = writeln!(y, "- {}", flow(&["systemctl", "enable", "--now", u]));
-    }
-
-    let network_config = meta.network.as_ref().map(network_config);
+    };
+    let network_config = meta.network.as_ref().map(yaml::network_config);
     let instance_id = format!(
         "iid-imgbuild-{}",
         &sha256_hex(
@@ -450,13 +200,11 @@ pub fn render(plan: &Plan, opts: &Options) -> Result<CloudInit> {
             .as_bytes()
         )[..20]
     );
-    let meta_data = format!(
-        "instance-id: {}\nlocal-hostname: {}\n",
-        q(&instance_id),
-        q(&meta.node_name)
-    );
-
-    let (user_data, gzipped) = fit_budget(&y, opts.provider, meta)?;
+    let meta_data = yaml::meta_data(&instance_id, &meta.node_name);
+    let (user_data, gzipped) = match &opts.payload {
+        None => fit_budget(&y, opts.provider, meta)?,
+        Some(p) => (fit_raw(&y, opts.provider, meta, p)?, false),
+    };
     Ok(CloudInit {
         user_data_text: y,
         user_data,
@@ -465,67 +213,34 @@ pub fn render(plan: &Plan, opts: &Options) -> Result<CloudInit> {
         network_config,
         instance_id,
         seed_files,
+        payload,
     })
 }
 
-/// `etc/systemd/system/<target>.wants/<unit>` → `<unit>`.
-fn enabled_unit(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("etc/systemd/system/")?;
-    let (dir, unit) = rest.split_once('/')?;
-    (dir.ends_with(".wants") && !unit.contains('/')).then_some(unit)
-}
-
-fn read_all(e: &Entry) -> Result<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(e.size() as usize);
-    std::io::Read::read_to_end(&mut e.open()?, &mut bytes).map_err(|err| {
-        Error::new(
-            if err.kind() == std::io::ErrorKind::InvalidData {
-                crate::Kind::Integrity
-            } else {
-                crate::Kind::Io
-            },
-            format!("cannot read the bytes of /{}: {err}", e.path),
-        )
-    })?;
-    if bytes.len() as u64 != e.size() {
-        return Err(Error::integrity(format!(
-            "/{}: its content is {} bytes, the plan records {}",
-            e.path,
-            bytes.len(),
-            e.size()
-        )));
+/// A payload user-data as it is (it is small, and stays readable), or an
+/// error with both sizes.
+fn fit_raw(text: &str, provider: Provider, meta: &Meta, p: &payload::Payload) -> Result<Vec<u8>> {
+    match provider.limit() {
+        Some(limit) if text.len() > limit => {
+            let headers: usize = p.headers.iter().map(|h| h.len() + 1).sum();
+            let of_which = match headers {
+                0 => String::new(),
+                n => format!(" (of which {n} bytes of headers from --payload-header-file)"),
+            };
+            Err(Error::input(format!(
+                "user-data for node {} ({}) is {} bytes{of_which}; the {} limit is {limit} bytes",
+                meta.node_index,
+                meta.node_name,
+                text.len(),
+                provider.name()
+            )))
+        }
+        _ => Ok(text.as_bytes().to_vec()),
     }
-    Ok(bytes)
-}
-
-fn network_config(n: &Network) -> String {
-    let mut s = String::from("version: 2\nethernets:\n");
-    let _ = writeln!(s, "  {}:", q(&n.interface));
-    let _ = writeln!(
-        s,
-        "    addresses:\n    - {}",
-        q(&format!("{}/{}", n.address, n.prefix))
-    );
-    let default = if n.gateway.is_ipv4() {
-        "0.0.0.0/0"
-    } else {
-        "::/0"
-    };
-    let _ = writeln!(
-        s,
-        "    routes:\n    - to: {}\n      via: {}",
-        q(default),
-        q(&n.gateway.to_string())
-    );
-    s.push_str("    nameservers:\n      addresses:\n");
-    for d in &n.dns {
-        let _ = writeln!(s, "      - {}", q(&d.to_string()));
-    }
-    s
 }
 
 /// Raw when it fits the provider's limit, else gzipped; else an error with both sizes.
-fn fit_budget(text: &str, provider: Provider, meta: &crate::plan::Meta) -> Result<(Vec<u8>, bool)> {
+fn fit_budget(text: &str, provider: Provider, meta: &Meta) -> Result<(Vec<u8>, bool)> {
     let Some(limit) = provider.limit() else {
         return Ok((text.as_bytes().to_vec(), false));
     };
@@ -575,7 +290,7 @@ pub fn write_folder(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<Pa
     if let Some(n) = &rendered.network_config {
         put("network-config", n.as_bytes())?;
     }
-    write_seed(plan, rendered, &tmp.path().join("seed.img"))?;
+    seed::write_seed(plan, rendered, &tmp.path().join("seed.img"))?;
 
     // Swap the new folder in; an older one is moved aside and then removed.
     let tmp = tmp.keep();
@@ -602,43 +317,6 @@ pub fn write_folder(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<Pa
     Ok(dest.to_path_buf())
 }
 
-/// The NoCloud seed volume: same files as the folder, plus binaries in `seed` mode.
-pub fn write_seed(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<()> {
-    let mut files: Vec<VfatFile> = Vec::new();
-    let mem = |name: &str, bytes: Vec<u8>| VfatFile {
-        path: name.to_string(),
-        size: bytes.len() as u64,
-        open: Box::new(move || Ok(Box::new(std::io::Cursor::new(bytes.clone())))),
-    };
-    files.push(mem("meta-data", rendered.meta_data.clone().into_bytes()));
-    if let Some(n) = &rendered.network_config {
-        files.push(mem("network-config", n.clone().into_bytes()));
-    }
-    files.push(mem("user-data", rendered.user_data.clone()));
-    for (name, e) in &rendered.seed_files {
-        files.push(VfatFile {
-            path: name.clone(),
-            size: e.size(),
-            open: Box::new(move || e.open()),
-        });
-    }
-    // A fixed volume id derived from the content: same inputs, same bytes.
-    let volume_id =
-        u32::from_str_radix(&rendered.instance_id[rendered.instance_id.len() - 8..], 16)
-            .expect("instance id ends in hex");
-    let mut out = AtomicFile::create(dest, 0o600)?;
-    vfat::write_vfat(
-        out.file_mut()
-            .map_err(|e| Error::io("cannot write", dest, e))?,
-        dest,
-        SEED_LABEL,
-        volume_id,
-        plan.meta.mtime,
-        &files,
-    )?;
-    out.commit_synced().map(drop)
-}
-
 /// `imgbuild cloud-init` for one node: `controller-N-cloud-init/` in
 /// `out_dir`, and the node's manifest listing every file of the folder.
 pub fn write_node(
@@ -648,15 +326,30 @@ pub fn write_node(
     progress: &dyn Progress,
 ) -> Result<Written> {
     let m = &plan.meta;
+    let mode = match opts.payload {
+        Some(_) => format!("binaries {}, payload", opts.binaries.name()),
+        None => format!("binaries {}", opts.binaries.name()),
+    };
     progress.event(Event::Step {
         what: &format!(
-            "writing cloud-init for node {} ({}), binaries {}",
-            m.node_index,
-            m.node_name,
-            opts.binaries.name()
+            "writing cloud-init for node {} ({}), {mode}",
+            m.node_index, m.node_name
         ),
     });
     let rendered = render(plan, opts)?;
+    let mut outputs = Vec::new();
+    if let Some(p) = &rendered.payload {
+        // The payload first: a user-data never names a digest no file has.
+        let name = format::payload_name(m.node_index);
+        let path = out_dir.join(&name);
+        crate::util::atomic::write(&path, &p.bytes, 0o600)?;
+        progress.event(Event::Wrote { path: &path });
+        outputs.push(OutputFile {
+            name,
+            sha256: p.fetch.sha256.clone(),
+            size: p.bytes.len() as u64,
+        });
+    }
     if rendered.gzipped {
         progress.event(Event::Notice {
             message: &format!(
@@ -673,7 +366,6 @@ pub fn write_node(
     let dest = out_dir.join(&folder);
     write_folder(plan, &rendered, &dest)?;
     progress.event(Event::Wrote { path: &dest });
-    let mut outputs = Vec::new();
     for f in ["user-data", "meta-data", "network-config", "seed.img"] {
         let p = dest.join(f);
         if p.exists() {
@@ -686,7 +378,7 @@ pub fn write_node(
         }
     }
     let manifest = out_dir.join(format::manifest_name(m.node_index));
-    let label = format!("cloud-init (binaries {})", opts.binaries.name());
+    let label = format!("cloud-init ({mode})");
     manifest::write(&manifest, plan, &label, outputs.clone())?;
     progress.event(Event::Wrote { path: &manifest });
     Ok(Written {
@@ -701,43 +393,15 @@ pub fn write_node(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::vfat;
     use crate::plan::fixture::sample_plan;
+    use crate::plan::{EntryKind, Network};
 
     fn opts(binaries: Binaries) -> Options {
         Options {
             binaries,
             provider: Provider::Nocloud,
-        }
-    }
-
-    #[test]
-    fn base64_round_trips() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-        for n in 0..300usize {
-            let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + n) as u8).collect();
-            assert_eq!(base64_decode(&base64_encode(&bytes)).unwrap(), bytes);
-        }
-        assert!(base64_decode("Zm9v!").is_none());
-    }
-
-    #[test]
-    fn literal_blocks_only_when_exact() {
-        assert_eq!(literal_block(b"a\n\nb\n", "  ").unwrap(), "|\n  a\n\n  b\n");
-        for bad in [
-            &b"a"[..],
-            b"a\n\n",
-            b" a\n",
-            b"\na\n",
-            b"a\t\n",
-            b"a\r\n",
-            b"a\n  \nb\n",
-            "é\n".as_bytes(),
-            b"",
-        ] {
-            assert!(literal_block(bad, "  ").is_none(), "{bad:?}");
+            payload: None,
         }
     }
 
@@ -837,16 +501,20 @@ mod tests {
         assert_eq!("hetzner".parse::<Provider>().unwrap().limit(), Some(32768));
     }
 
-    #[test]
-    fn network_config_gives_address_route_and_dns() {
-        let n = Network {
-            interface: "eth0".into(),
+    /// A static network: 10.240.0.11/24 via 10.240.0.1.
+    fn network(interface: &str, dns: &str) -> Network {
+        Network {
+            interface: interface.into(),
             address: "10.240.0.11".parse().unwrap(),
             prefix: 24,
             gateway: "10.240.0.1".parse().unwrap(),
-            dns: vec!["10.240.0.2".parse().unwrap()],
-        };
-        let text = network_config(&n);
+            dns: vec![dns.parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn network_config_gives_address_route_and_dns() {
+        let text = yaml::network_config(&network("eth0", "10.240.0.2"));
         assert!(
             text.contains("- \"10.240.0.11/24\"") && text.contains("via: \"10.240.0.1\""),
             "{text}"
@@ -857,13 +525,17 @@ mod tests {
     /// writes the files under a temporary root (tests/tools/cloud_init_write_files.py);
     /// returns {"files": {path: [mode, owner, sha256, size]}, "runcmd", "bootcmd"}.
     fn decode_with_cloud_init(user_data: &Path) -> serde_json::Value {
-        let root = tempfile::tempdir().unwrap();
+        write_files_with_cloud_init(user_data, tempfile::tempdir().unwrap().path())
+    }
+
+    /// [`decode_with_cloud_init`], the files written under `root`.
+    pub(super) fn write_files_with_cloud_init(user_data: &Path, root: &Path) -> serde_json::Value {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/cloud_init_write_files.py");
         let out = std::process::Command::new("/usr/bin/python3")
             .arg(script)
             .arg(user_data)
-            .arg(root.path())
+            .arg(root)
             .output()
             .expect(
                 "Debian's python3 with cloud-init must be installed (apt-get install cloud-init)",
@@ -876,7 +548,7 @@ mod tests {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    fn cloud_init_schema(user_data: &Path) {
+    pub(super) fn cloud_init_schema(user_data: &Path) {
         // `cloud-init schema` reads plain YAML: check the uncompressed text.
         let out = std::process::Command::new("cloud-init")
             .args(["schema", "--config-file"])
@@ -991,63 +663,12 @@ mod tests {
         }
     }
 
-    /// The verify-then-install step, run for real with /bin/sh: a good copy is
-    /// installed with its mode, a tampered one is refused loudly and not installed.
-    #[test]
-    fn install_step_refuses_a_wrong_digest() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("kube-apiserver");
-        fs::write(&src, b"binary").unwrap();
-        let dest = dir.path().join("installed");
-        let script = INSTALL_SCRIPT.replace("FETCH", FETCH_SEED);
-        let run = |sha: &str| {
-            std::process::Command::new("sh")
-                .args(["-c", &script, "imgbuild-install"])
-                .arg(&src)
-                .arg(sha)
-                .arg(&dest)
-                .args(["0750", &format!("{}:{}", own_ids().0, own_ids().1)])
-                .output()
-                .unwrap()
-        };
-        let bad = run(&sha256_hex(b"other"));
-        assert!(!bad.status.success());
-        assert!(String::from_utf8_lossy(&bad.stderr).contains("not installed"));
-        assert!(!dest.exists());
-        let good = run(&sha256_hex(b"binary"));
-        assert!(
-            good.status.success(),
-            "{}",
-            String::from_utf8_lossy(&good.stderr)
-        );
-        use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(
-            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
-            0o750
-        );
-        assert_eq!(fs::read(&dest).unwrap(), b"binary");
-    }
-
-    /// Our own uid and gid, so chown succeeds without privileges.
-    fn own_ids() -> (u32, u32) {
-        use std::os::unix::fs::MetadataExt as _;
-        let f = tempfile::NamedTempFile::new().unwrap();
-        let md = f.as_file().metadata().unwrap();
-        (md.uid(), md.gid())
-    }
-
     #[test]
     fn network_config_converts_with_cloud_init() {
-        let n = Network {
-            interface: "ens3".into(),
-            address: "10.240.0.11".parse().unwrap(),
-            prefix: 24,
-            gateway: "10.240.0.1".parse().unwrap(),
-            dns: vec!["10.240.0.2".parse().unwrap()],
-        };
+        let n = network("ens3", "10.240.0.2");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("network-config");
-        fs::write(&p, network_config(&n)).unwrap();
+        fs::write(&p, yaml::network_config(&n)).unwrap();
         let out_dir = dir.path().join("out");
         let out = std::process::Command::new("cloud-init")
             .args([
@@ -1105,13 +726,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("controller-1-cloud-init");
         let o = opts(Binaries::Seed);
-        plan.meta.network = Some(Network {
-            interface: "eth0".into(),
-            address: "10.240.0.11".parse().unwrap(),
-            prefix: 24,
-            gateway: "10.240.0.1".parse().unwrap(),
-            dns: vec!["1.1.1.1".parse().unwrap()],
-        });
+        plan.meta.network = Some(network("eth0", "1.1.1.1"));
         let r = render(&plan, &o).unwrap();
         write_folder(&plan, &r, &dest).unwrap();
         // Twice: replaces the folder, same bytes.
