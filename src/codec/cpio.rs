@@ -4,14 +4,29 @@
 //! byte is the caller's to decide: inode numbers count up from a given start,
 //! nlink and mtime are given, device numbers and the check field are 0. Names
 //! and data are padded to 4 bytes.
+//!
+//! Not the `cpio` crate (0.4): its newc writer prints the hex fields in lower
+//! case (`{:08x}`) where ours, like the kernel's `gen_init_cpio` and GNU cpio,
+//! are upper case. So `c_mode` of every entry we write (folders `000041ED`,
+//! files `000081A4`, binaries `000081ED`, symlinks `0000A1FF`) comes out
+//! different, and so does any other field holding a digit above 9 (`c_mtime`,
+//! `c_filesize`, the trailer's `c_namesize` `0000000B`): every archive imgbuild
+//! has shipped would change. `crate_writes_lower_case_c_mode` below shows it on
+//! one entry. (Its `trailer()` also writes mtime 0, and its writer pads
+//! nothing after a short file instead of failing.) Our reader stays too: the
+//! crate's stops at the zero padding the kernel skips between concatenated
+//! archives, and does not bound name sizes; a test checks that it reads our
+//! archives with the same fields as ours.
 
 use std::io::{self, Read, Write};
 
-use sha2::{Digest as _, Sha256};
-
+use crate::codec::{copy_exact, sha256_of};
 use crate::error::{Error, Kind, Result};
 
 const MAGIC: &[u8; 6] = b"070701";
+/// How a file's data goes to the output: 256 KiB pieces (the bytes of a
+/// cpio.gz member depend on it; see `codec::copy_exact`).
+const DATA_PIECE: usize = 256 * 1024;
 const HEADER_LEN: usize = 110;
 const TRAILER: &str = "TRAILER!!!";
 
@@ -45,9 +60,9 @@ impl<W: Write> CpioWriter<W> {
         })
     }
 
-    /// One header (and name); `mode` holds the type bits. File data follows
-    /// through `data` and ends with `end_data`.
-    pub fn header(
+    /// One header (and name); `mode` holds the type bits. A file's data and
+    /// padding follow (`file`, `symlink`).
+    fn header(
         &mut self,
         name: &str,
         mode: u32,
@@ -90,14 +105,25 @@ impl<W: Write> CpioWriter<W> {
         self.out.write_all(&[0u8; 3][..pad]).map_err(write_err)
     }
 
-    /// Where a file's data goes, right after its header.
-    pub fn data(&mut self) -> &mut W {
-        &mut self.out
+    /// Pad after `size` bytes of data.
+    fn end_data(&mut self, size: u64) -> Result<()> {
+        self.pad((size % 4) as usize)
     }
 
-    /// Pad after `size` bytes of data.
-    pub fn end_data(&mut self, size: u64) -> Result<()> {
-        self.pad((size % 4) as usize)
+    /// A regular file (nlink 1) of `size` bytes, read from `data`: exactly
+    /// `size` bytes, else an error (see `codec::copy_exact`).
+    pub fn file(
+        &mut self,
+        name: &str,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> Result<()> {
+        self.header(name, S_IFREG | perm, uid, gid, 1, size)?;
+        copy_exact(data, &mut self.out, size, name, DATA_PIECE)?;
+        self.end_data(size)
     }
 
     /// A folder (nlink 2).
@@ -173,6 +199,10 @@ fn bad(what: impl Into<String>) -> Error {
     Error::input(format!("not a valid newc cpio archive: {}", what.into()))
 }
 
+fn read_err(e: io::Error) -> Error {
+    Error::new(Kind::Io, format!("cannot read the cpio archive: {e}"))
+}
+
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
     let mut done = 0;
     while done < buf.len() {
@@ -180,20 +210,14 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(Error::new(
-                    Kind::Io,
-                    format!("cannot read the cpio archive: {e}"),
-                ));
-            }
+            Err(e) => return Err(read_err(e)),
         }
     }
     Ok(done)
 }
 
 fn skip(r: &mut impl Read, n: u64) -> Result<()> {
-    let got = io::copy(&mut r.take(n), &mut io::sink())
-        .map_err(|e| Error::new(Kind::Io, format!("cannot read the cpio archive: {e}")))?;
+    let got = io::copy(&mut r.take(n), &mut io::sink()).map_err(read_err)?;
     if got != n {
         return Err(bad("truncated"));
     }
@@ -280,22 +304,11 @@ pub fn read_members(mut r: impl Read) -> Result<Vec<Member>> {
         };
         match mode & S_IFMT {
             S_IFREG => {
-                let mut hasher = Sha256::new();
-                let mut limited = (&mut r).take(size);
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut got = 0u64;
-                loop {
-                    let n = read_full(&mut limited, &mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    got += n as u64;
-                }
+                let (sha256, got) = sha256_of(&mut (&mut r).take(size)).map_err(read_err)?;
                 if got != size {
                     return Err(bad(format!("{} is truncated", member.path)));
                 }
-                member.sha256 = Some(hex::encode(hasher.finalize()));
+                member.sha256 = Some(sha256);
                 skip(&mut r, data_pad)?;
             }
             S_IFLNK => {
@@ -313,4 +326,153 @@ pub fn read_members(mut r: impl Read) -> Result<Vec<Member>> {
         members.push(member);
     }
     Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::Writes;
+
+    const FIELDS: [&str; 13] = [
+        "c_ino",
+        "c_mode",
+        "c_uid",
+        "c_gid",
+        "c_nlink",
+        "c_mtime",
+        "c_filesize",
+        "c_devmajor",
+        "c_devminor",
+        "c_rdevmajor",
+        "c_rdevminor",
+        "c_namesize",
+        "c_check",
+    ];
+
+    /// The names of the header fields that differ between two headers.
+    fn differing(a: &[u8], b: &[u8]) -> Vec<&'static str> {
+        assert_eq!((&a[..6], &b[..6]), (&MAGIC[..], &MAGIC[..]));
+        let field = |h: &[u8], i: usize| h[6 + 8 * i..14 + 8 * i].to_vec();
+        (0..13)
+            .filter(|&i| field(a, i) != field(b, i))
+            .map(|i| FIELDS[i])
+            .collect()
+    }
+
+    /// File "a" (inode 7, `perm`, 3 bytes) and the trailer, written by us.
+    fn ours(perm: u32, mtime: u32) -> Vec<u8> {
+        let mut w = CpioWriter::new(Vec::new(), mtime.into(), 7).unwrap();
+        w.file("a", perm, 0, 0, 3, &mut &b"xyz"[..]).unwrap();
+        w.finish().unwrap()
+    }
+
+    /// The same, written by the `cpio` crate with every field set as we set it.
+    fn theirs(perm: u32, mtime: u32) -> Vec<u8> {
+        let b = ::cpio::NewcBuilder::new("a")
+            .ino(7)
+            .mode(S_IFREG | perm)
+            .uid(0)
+            .gid(0)
+            .nlink(1)
+            .mtime(mtime);
+        let mut w = b.write(Vec::new(), 3);
+        w.write_all(b"xyz").unwrap();
+        let out = w.finish().unwrap();
+        // Its `trailer()` has mtime 0; ours carries the archive's mtime.
+        ::cpio::NewcBuilder::new(TRAILER)
+            .nlink(1)
+            .mtime(mtime)
+            .write(out, 0)
+            .finish()
+            .unwrap()
+    }
+
+    /// Why the crate does not write our headers: it prints hex in lower case.
+    /// Where no field holds a digit above 9 its bytes are ours; a 0644 file's
+    /// c_mode (0x81A4) and the trailer's c_namesize (0xB) differ, and nothing else.
+    #[test]
+    fn crate_writes_lower_case_c_mode() {
+        let (a, b) = (ours(0o600, 0x1234), theirs(0o600, 0x1234));
+        assert_eq!(a.len(), b.len());
+        // The file entry (mode 0x8180): identical.
+        assert_eq!(a[..116], b[..116]);
+        // The trailer: c_namesize is 11.
+        assert_eq!(differing(&a[116..], &b[116..]), ["c_namesize"]);
+        assert_eq!(
+            (&a[116 + 94..116 + 102], &b[116 + 94..116 + 102]),
+            (&b"0000000B"[..], &b"0000000b"[..])
+        );
+
+        let (a, b) = (ours(0o644, 0x1234), theirs(0o644, 0x1234));
+        assert_eq!(differing(&a, &b), ["c_mode"]);
+        assert_eq!(
+            (&a[14..22], &b[14..22]),
+            (&b"000081A4"[..], &b"000081a4"[..])
+        );
+        assert!(a.eq_ignore_ascii_case(&b), "only the case differs");
+    }
+
+    /// A gzip encoder's bytes depend on how its input is cut: data goes in
+    /// the 256 KiB pieces it always has.
+    #[test]
+    fn data_goes_out_in_256_kib_pieces() {
+        let mut w = CpioWriter::new(Writes(Vec::new()), 0, 1).unwrap();
+        w.file("ab", 0o644, 0, 0, 600_001, &mut &vec![1; 600_001][..])
+            .unwrap();
+        // Header, name, NUL, padding to 116, data, padding.
+        assert_eq!(w.out.0, [110, 2, 1, 3, 262_144, 262_144, 75_713, 3]);
+    }
+
+    /// The crate's reader reads our archives with the fields ours reports.
+    #[test]
+    fn crate_reads_what_we_write() {
+        let mut w = CpioWriter::new(Vec::new(), 1_700_000_000, 0x4000_0001).unwrap();
+        w.dir("d", 0o755, 0, 0).unwrap();
+        w.file("d/f", 0o600, 1000, 1000, 5, &mut &b"hello"[..])
+            .unwrap();
+        w.symlink("d/l", 0o777, 0, 0, "f").unwrap();
+        let archive = w.finish().unwrap();
+        let ours = read_members(&archive[..]).unwrap();
+        let mut rest = &archive[..];
+        let mut theirs = Vec::new();
+        loop {
+            let mut r = ::cpio::NewcReader::new(rest).unwrap();
+            let e = r.entry().clone();
+            if e.is_trailer() {
+                break;
+            }
+            assert_eq!(
+                (
+                    e.dev_major(),
+                    e.dev_minor(),
+                    e.rdev_major(),
+                    e.rdev_minor(),
+                    e.checksum()
+                ),
+                (0, 0, 0, 0, None)
+            );
+            let mut data = Vec::new();
+            r.read_to_end(&mut data).unwrap();
+            let sha = (e.mode() & S_IFMT == S_IFREG).then(|| sha256_of(&mut &data[..]).unwrap().0);
+            let target = (e.mode() & S_IFMT == S_IFLNK).then(|| String::from_utf8(data).unwrap());
+            theirs.push(Member {
+                path: e.name().into(),
+                mode: e.mode(),
+                uid: e.uid(),
+                gid: e.gid(),
+                nlink: e.nlink(),
+                mtime: e.mtime(),
+                ino: e.ino(),
+                size: e.file_size().into(),
+                sha256: sha,
+                target,
+            });
+            rest = r.finish().unwrap();
+        }
+        assert_eq!(ours, theirs);
+        assert_eq!(
+            ours.iter().map(|m| m.ino).collect::<Vec<_>>(),
+            [0x4000_0001, 0x4000_0002, 0x4000_0003]
+        );
+    }
 }

@@ -3,47 +3,66 @@
 
 use std::io::{self, Read, Write};
 
-use crate::error::{Error, Result};
-use crate::plan::{Entry, EntryKind};
+use crate::codec::copy_exact;
+use crate::error::{self, Error, Result};
 
-/// The ustar header for `entry`.
-pub fn header(entry: &Entry, mtime: u64) -> Result<tar::Header> {
+/// What one entry's header says, in bytes-level terms.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// Relative, `/`-separated; a folder's gets its trailing `/` here.
+    pub path: &'a str,
+    /// Permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub kind: Kind<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Kind<'a> {
+    Dir,
+    File { size: u64 },
+    Symlink { target: &'a str },
+}
+
+/// The ustar header for `head`.
+pub fn header(head: &Head, mtime: u64) -> Result<tar::Header> {
     let mut h = tar::Header::new_ustar();
-    let path = match entry.kind {
-        EntryKind::Dir => format!("{}/", entry.path),
-        _ => entry.path.clone(),
+    let path = match head.kind {
+        Kind::Dir => format!("{}/", head.path),
+        _ => head.path.to_string(),
     };
     h.set_path(&path).map_err(|e| {
         Error::input(format!(
             "{}: cannot be stored in a tar header: {e}",
-            entry.path
+            head.path
         ))
     })?;
-    h.set_mode(entry.mode);
-    h.set_uid(entry.uid.into());
-    h.set_gid(entry.gid.into());
+    h.set_mode(head.mode);
+    h.set_uid(head.uid.into());
+    h.set_gid(head.gid.into());
     // Names only for root: GNU tar then maps them on any machine the same way.
-    let name = if entry.uid == 0 { "root" } else { "" };
+    let name = if head.uid == 0 { "root" } else { "" };
     h.set_username(name).expect("short name");
-    h.set_groupname(if entry.gid == 0 { "root" } else { "" })
+    h.set_groupname(if head.gid == 0 { "root" } else { "" })
         .expect("short name");
     h.set_mtime(mtime);
-    match &entry.kind {
-        EntryKind::Dir => {
+    match head.kind {
+        Kind::Dir => {
             h.set_entry_type(tar::EntryType::Directory);
             h.set_size(0);
         }
-        EntryKind::File { size, .. } => {
+        Kind::File { size } => {
             h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(*size);
+            h.set_size(size);
         }
-        EntryKind::Symlink { target } => {
+        Kind::Symlink { target } => {
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_size(0);
             h.set_link_name(target).map_err(|e| {
                 Error::input(format!(
                     "{}: link target {target:?} too long: {e}",
-                    entry.path
+                    head.path
                 ))
             })?;
         }
@@ -54,39 +73,60 @@ pub fn header(entry: &Entry, mtime: u64) -> Result<tar::Header> {
     Ok(h)
 }
 
-/// Append one entry: header, data (exactly `size` bytes, else an error), padding.
-pub fn append<W: Write>(out: &mut W, entry: &Entry, mtime: u64) -> Result<()> {
-    let h = header(entry, mtime)?;
-    let werr = |e: io::Error| Error::new(crate::Kind::Io, format!("writing {}: {e}", entry.path));
-    out.write_all(h.as_bytes()).map_err(werr)?;
-    if let EntryKind::File { size, .. } = entry.kind {
-        let mut src = entry.open()?;
-        let copied = copy_exact(&mut src, out, size).map_err(|e| {
-            let kind = if e.kind() == io::ErrorKind::InvalidData {
-                crate::Kind::Integrity
-            } else {
-                crate::Kind::Io
-            };
-            Error::new(kind, format!("{}: {e}", entry.path))
-        })?;
-        let pad = (512 - copied % 512) % 512;
-        out.write_all(&[0u8; 512][..pad as usize]).map_err(werr)?;
-    }
-    Ok(())
+/// One member ready to be written: its header and, for a file, its data
+/// (which must be exactly the header's size, else an error).
+pub struct Member {
+    pub header: tar::Header,
+    /// For error messages.
+    pub path: String,
+    pub data: Option<Box<dyn Read + Send>>,
 }
 
-/// Copy exactly `size` bytes and check the source ends there (a short or long
-/// source would corrupt every later entry).
-fn copy_exact<R: Read + ?Sized, W: Write>(src: &mut R, out: &mut W, size: u64) -> io::Result<u64> {
-    let copied = io::copy(&mut src.take(size), out)?;
-    let mut probe = [0u8; 1];
-    if copied != size || src.read(&mut probe)? != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("source has a different size than recorded ({size} bytes)"),
-        ));
+impl Member {
+    /// The member for `head`; `open` gives a file's data (called for files only).
+    pub fn new(
+        head: &Head,
+        mtime: u64,
+        open: impl FnOnce() -> Result<Box<dyn Read + Send>>,
+    ) -> Result<Member> {
+        let header = header(head, mtime)?;
+        let data = match head.kind {
+            Kind::File { .. } => Some(open()?),
+            _ => None,
+        };
+        Ok(Member {
+            header,
+            path: head.path.to_string(),
+            data,
+        })
     }
-    Ok(copied)
+
+    fn size(&self) -> u64 {
+        self.header.size().unwrap_or(0)
+    }
+}
+
+/// How a file's data goes to the output of `append`: 8 KiB pieces, what
+/// `io::copy` used before (the bytes of a gzip stream depend on it; see
+/// `codec::copy_exact`).
+const DATA_PIECE: usize = 8 * 1024;
+
+/// Padding after `size` bytes of data.
+fn pad(size: u64) -> usize {
+    ((512 - size % 512) % 512) as usize
+}
+
+/// Append one member: header, data (exactly its size, else an error), padding.
+pub fn append<W: Write>(out: &mut W, mut member: Member) -> Result<()> {
+    let path = member.path.as_str();
+    let werr = |e: io::Error| Error::new(error::Kind::Io, format!("writing {path}: {e}"));
+    out.write_all(member.header.as_bytes()).map_err(werr)?;
+    let size = member.size();
+    if let Some(src) = member.data.as_mut() {
+        copy_exact(src, out, size, path, DATA_PIECE)?;
+        out.write_all(&[0u8; 512][..pad(size)]).map_err(werr)?;
+    }
+    Ok(())
 }
 
 /// The two zero blocks that end a tar archive.
@@ -94,12 +134,10 @@ pub fn finish<W: Write>(out: &mut W) -> io::Result<()> {
     out.write_all(&[0u8; 1024])
 }
 
-/// The tar bytes of `entries` (headers, data, padding; no end blocks) as a
-/// reader, streaming file data from their sources (cached blobs are verified
-/// as they are read).
-pub struct TarStream<'a> {
-    entries: std::vec::IntoIter<&'a Entry>,
-    mtime: u64,
+/// The tar bytes of `members` (headers, data, padding; no end blocks) as a
+/// reader. Members are taken one at a time, so only one file is open at once.
+pub struct TarStream<I> {
+    members: I,
     state: State,
 }
 
@@ -117,18 +155,17 @@ struct Data {
     path: String,
 }
 
-impl<'a> TarStream<'a> {
-    pub fn new(entries: Vec<&'a Entry>, mtime: u64) -> Self {
+impl<I: Iterator<Item = Result<Member>>> TarStream<I> {
+    pub fn new(members: I) -> Self {
         TarStream {
-            entries: entries.into_iter(),
-            mtime,
+            members,
             state: State::Next,
         }
     }
 }
 
 fn to_io(e: Error) -> io::Error {
-    let kind = if e.kind == crate::Kind::Integrity {
+    let kind = if e.kind == error::Kind::Integrity {
         io::ErrorKind::InvalidData
     } else {
         io::ErrorKind::Other
@@ -143,25 +180,23 @@ fn size_error(path: &str, what: &str) -> io::Error {
     )
 }
 
-impl Read for TarStream<'_> {
+impl<I: Iterator<Item = Result<Member>>> Read for TarStream<I> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match &mut self.state {
                 State::Next => {
-                    let Some(e) = self.entries.next() else {
+                    let Some(member) = self.members.next() else {
                         return Ok(0);
                     };
-                    let h = header(e, self.mtime).map_err(to_io)?;
-                    let data = match e.kind {
-                        EntryKind::File { size, .. } => Some(Data {
-                            src: e.open().map_err(to_io)?,
-                            left: size,
-                            size,
-                            path: e.path.clone(),
-                        }),
-                        _ => None,
-                    };
-                    self.state = State::Header(io::Cursor::new(h.as_bytes().to_vec()), data);
+                    let m = member.map_err(to_io)?;
+                    let size = m.size();
+                    let data = m.data.map(|src| Data {
+                        src,
+                        left: size,
+                        size,
+                        path: m.path,
+                    });
+                    self.state = State::Header(io::Cursor::new(m.header.as_bytes().to_vec()), data);
                 }
                 State::Header(cur, data) => {
                     let n = cur.read(buf)?;
@@ -175,11 +210,11 @@ impl Read for TarStream<'_> {
                 }
                 State::Data(d) if d.left == 0 => {
                     // The source must end exactly here; reading its end also makes
-                    // a cached blob check its digest.
+                    // a verifying source check its digest.
                     if d.src.read(&mut [0u8; 1])? != 0 {
                         return Err(size_error(&d.path, "larger"));
                     }
-                    self.state = State::Pad(((512 - d.size % 512) % 512) as usize);
+                    self.state = State::Pad(pad(d.size));
                 }
                 State::Data(d) => {
                     let want = buf.len().min(usize::try_from(d.left).unwrap_or(usize::MAX));
@@ -205,40 +240,39 @@ impl Read for TarStream<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Content, Origin};
-    use std::sync::Arc;
+    use crate::codec::tests::Writes;
 
-    fn file(path: &str, bytes: &[u8]) -> Entry {
-        Entry {
-            path: path.into(),
+    fn head(path: &str, size: u64) -> Head<'_> {
+        Head {
+            path,
             mode: 0o644,
             uid: 0,
             gid: 0,
-            kind: EntryKind::File {
-                size: bytes.len() as u64,
-                sha256: crate::util::digest::sha256_hex(bytes),
-                content: Content::Inline(Arc::from(bytes.to_vec())),
-            },
-            origin: Origin::Generated {
-                what: "test".into(),
-            },
-            shared: true,
-            secret: false,
+            kind: Kind::File { size },
         }
+    }
+
+    /// A file member of `size` bytes whose data is `bytes`.
+    fn member(path: &str, size: u64, bytes: &[u8]) -> Member {
+        let bytes = bytes.to_vec();
+        Member::new(&head(path, size), 7, || {
+            Ok(Box::new(io::Cursor::new(bytes)))
+        })
+        .unwrap()
     }
 
     #[test]
     fn stream_matches_append() {
-        let a = file("a", &[1u8; 1000]);
-        let b = file("b", b"");
-        let c = file("c", &[2u8; 512]);
+        let files: [(&str, Vec<u8>); 3] =
+            [("a", vec![1; 1000]), ("b", vec![]), ("c", vec![2; 512])];
+        let members = || files.iter().map(|(p, b)| Ok(member(p, b.len() as u64, b)));
         let mut streamed = Vec::new();
-        TarStream::new(vec![&a, &b, &c], 7)
+        TarStream::new(members())
             .read_to_end(&mut streamed)
             .unwrap();
         let mut appended = Vec::new();
-        for e in [&a, &b, &c] {
-            append(&mut appended, e, 7).unwrap();
+        for m in members() {
+            append(&mut appended, m.unwrap()).unwrap();
         }
         assert_eq!(streamed, appended);
         assert_eq!(streamed.len(), 512 + 1024 + 512 + 512 + 512);
@@ -248,8 +282,11 @@ mod tests {
     /// root names, our mtime, zero device numbers, nothing from the machine.
     #[test]
     fn header_bytes_are_plain_ustar() {
-        let e = file("etc/kubernetes/config/kube-scheduler.yaml", b"x");
-        let h = header(&e, 1_700_000_000).unwrap();
+        let h = header(
+            &head("etc/kubernetes/config/kube-scheduler.yaml", 1),
+            1_700_000_000,
+        )
+        .unwrap();
         let b = h.as_bytes();
         let field = |at: usize, len: usize| {
             String::from_utf8_lossy(&b[at..at + len])
@@ -278,19 +315,39 @@ mod tests {
         sum -= b[148..156].iter().map(|&x| u32::from(x)).sum::<u32>();
         sum += 8 * u32::from(b' ');
         assert_eq!(u32::from_str_radix(field(148, 8).trim(), 8).unwrap(), sum);
+        // Folders get their slash; symlinks their target and no data.
+        let dir = Head {
+            kind: Kind::Dir,
+            ..head("etc", 0)
+        };
+        assert_eq!(&header(&dir, 0).unwrap().as_bytes()[..4], b"etc/");
+        let link = Head {
+            kind: Kind::Symlink { target: "/x" },
+            ..head("l", 0)
+        };
+        let m = Member::new(&link, 0, || panic!("a symlink has no data to open")).unwrap();
+        assert_eq!(m.header.link_name().unwrap().unwrap().to_str(), Some("/x"));
+    }
+
+    /// A gzip encoder's bytes depend on how its input is cut: data goes in
+    /// the 8 KiB pieces it always has.
+    #[test]
+    fn data_goes_out_in_8_kib_pieces() {
+        let mut w = Writes(Vec::new());
+        append(&mut w, member("a", 20_000, &[1; 20_000])).unwrap();
+        assert_eq!(w.0, [512, 8192, 8192, 3616, 480]);
     }
 
     #[test]
-    fn a_short_source_is_an_error_not_padding() {
-        let mut e = file("a", &[1u8; 10]);
-        if let EntryKind::File { size, .. } = &mut e.kind {
-            *size = 20;
+    fn a_source_of_another_size_is_an_error_not_padding() {
+        for (bytes, what) in [(&[1u8; 10][..], "smaller"), (&[1u8; 30][..], "larger")] {
+            let err = TarStream::new(std::iter::once(Ok(member("a", 20, bytes))))
+                .read_to_end(&mut Vec::new())
+                .unwrap_err();
+            assert!(err.to_string().contains(what), "{err}");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            let err = append(&mut Vec::new(), member("a", 20, bytes)).unwrap_err();
+            assert_eq!(err.kind, error::Kind::Integrity);
         }
-        let err = TarStream::new(vec![&e], 0)
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
-        assert!(err.to_string().contains("smaller"), "{err}");
-        let mut out = Vec::new();
-        assert!(append(&mut out, &e, 0).is_err());
     }
 }

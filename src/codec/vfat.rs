@@ -13,7 +13,8 @@ use std::path::Path;
 
 use fatfs::{Date, DateTime, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider};
 
-use crate::error::{Error, IoContext, Kind, Result};
+use crate::codec::{copy_exact, sha256_of};
+use crate::error::{Error, IoContext, Result};
 
 /// Cluster size: fixed so the image size computed here is the one fatfs lays out.
 const CLUSTER: u64 = 4096;
@@ -152,39 +153,9 @@ pub fn write_vfat(
     .map_err(fat_err(dest))?;
     {
         let root = fs.root_dir();
-        let mut buf = vec![0u8; 1 << 20];
         for f in files {
             let mut file = root.create_file(&f.path).map_err(fat_err(dest))?;
-            let mut reader = (f.open)()?;
-            let mut done = 0u64;
-            loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                        return Err(Error::integrity(format!("{}: {e}", f.path)));
-                    }
-                    Err(e) => {
-                        return Err(Error::new(Kind::Io, format!("cannot read {}: {e}", f.path)));
-                    }
-                };
-                done += n as u64;
-                if done > f.size {
-                    break;
-                }
-                file.write_all(&buf[..n])
-                    .map_err(|e| Error::io(&format!("cannot write {} into", f.path), dest, e))?;
-            }
-            if done != f.size {
-                return Err(Error::integrity(format!(
-                    "{}: its content is {}{} bytes, expected {}",
-                    f.path,
-                    if done > f.size { "more than " } else { "" },
-                    done,
-                    f.size
-                )));
-            }
+            copy_exact(&mut *(f.open)()?, &mut file, f.size, &f.path, 1 << 20)?;
             file.flush().map_err(fat_err(dest))?;
         }
     }
@@ -250,17 +221,36 @@ pub struct VfatEntry {
     pub sha256: Option<String>,
 }
 
-/// The label (from the root folder entry, else the boot sector) and every entry.
-pub fn read_vfat(path: &Path) -> Result<(String, Vec<VfatEntry>)> {
+/// Reading changes nothing, so any time will do.
+static READ_TIME: FixedTime = FixedTime(DateTime {
+    date: Date {
+        year: 1980,
+        month: 1,
+        day: 1,
+    },
+    time: Time {
+        hour: 0,
+        min: 0,
+        sec: 0,
+        millis: 0,
+    },
+});
+
+/// The filesystem of the image at `path`, read-only.
+fn open_image(path: &Path) -> Result<FileSystem<ReadOnly>> {
     let file = File::open(path).with_path("cannot open", path)?;
-    let time: &'static FixedTime = Box::leak(Box::new(FixedTime(dos_time(0))));
-    let fs = FileSystem::new(
+    FileSystem::new(
         ReadOnly(file),
         FsOptions::new()
-            .time_provider(time)
+            .time_provider(&READ_TIME)
             .update_accessed_date(false),
     )
-    .map_err(|e| Error::input(format!("{} is not a vfat image: {e}", path.display())))?;
+    .map_err(|e| Error::input(format!("{} is not a vfat image: {e}", path.display())))
+}
+
+/// The label (from the root folder entry, else the boot sector) and every entry.
+pub fn read_vfat(path: &Path) -> Result<(String, Vec<VfatEntry>)> {
+    let fs = open_image(path)?;
     let label = match fs
         .read_volume_label_from_root_dir()
         .map_err(|e| Error::io("cannot read", path, e))?
@@ -292,35 +282,26 @@ pub fn read_vfat(path: &Path) -> Result<(String, Vec<VfatEntry>)> {
                 });
                 here.push((p, e.to_dir()));
             } else {
-                let mut f = e.to_file();
-                let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-                let n = io::copy(&mut f, &mut HashWriter(&mut hasher))
-                    .map_err(|e| Error::io("cannot read", path, e))?;
+                let (sha256, size) =
+                    sha256_of(&mut e.to_file()).map_err(|e| Error::io("cannot read", path, e))?;
                 out.push(VfatEntry {
                     path: p,
                     is_dir: false,
-                    size: n,
-                    sha256: Some(hex::encode(sha2::Digest::finalize(hasher))),
+                    size,
+                    sha256: Some(sha256),
                 });
             }
         }
         stack.extend(here.into_iter().rev());
     }
-    out.sort_by(|a, b| crate::plan::path_order(&a.path, &b.path));
+    // Parents first, component by component (the plan's order).
+    out.sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
     Ok((label.trim_end().to_string(), out))
 }
 
 /// Read one file of a vfat image into memory (small files: user-data, meta-data).
 pub fn read_vfat_file(image: &Path, name: &str) -> Result<Option<Vec<u8>>> {
-    let file = File::open(image).with_path("cannot open", image)?;
-    let time: &'static FixedTime = Box::leak(Box::new(FixedTime(dos_time(0))));
-    let fs = FileSystem::new(
-        ReadOnly(file),
-        FsOptions::new()
-            .time_provider(time)
-            .update_accessed_date(false),
-    )
-    .map_err(|e| Error::input(format!("{} is not a vfat image: {e}", image.display())))?;
+    let fs = open_image(image)?;
     let root = fs.root_dir();
     let mut f = match root.open_file(name) {
         Ok(f) => f,
@@ -333,21 +314,10 @@ pub fn read_vfat_file(image: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
-struct HashWriter<'a>(&'a mut sha2::Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        sha2::Digest::update(self.0, buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Kind;
     use std::process::Command;
 
     fn mem(path: &str, bytes: &'static [u8]) -> VfatFile<'static> {
@@ -473,7 +443,7 @@ mod tests {
         assert_eq!(k.size, 10_000);
         assert_eq!(
             k.sha256.as_deref(),
-            Some(crate::util::digest::sha256_hex(&[7u8; 10_000]).as_str())
+            Some(sha256_of(&mut &[7u8; 10_000][..]).unwrap().0.as_str())
         );
         assert_eq!(
             read_vfat_file(&a, "user-data").unwrap().unwrap(),

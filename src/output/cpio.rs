@@ -8,20 +8,20 @@
 //! from 1, the node half's from 0x40000001, so a concatenated pair still has
 //! unique ones; nlink is 1 for files and symlinks and 2 for folders.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
 use crate::codec::cpio::{CpioWriter, S_IFDIR, S_IFLNK, S_IFREG, write_err};
-use crate::error::{Error, Kind, Result};
-use crate::output::file::write_atomic;
+use crate::codec::gz;
+use crate::error::{Error, Result};
 use crate::output::manifest::OutputFile;
-use crate::output::segment::{self, COMPRESSING, Cached};
+use crate::output::segment::{self, COMPRESSING, Cached, MAX_THREADS};
 use crate::plan::{Content, Entry, EntryKind, Plan};
 use crate::progress::Progress;
 use crate::store::cache::Cache;
-use crate::util::digest::HashingWriter;
+use crate::util::atomic::write_atomic;
+use crate::util::digest::{HashingWriter, sha256_hex};
+use crate::util::parallel;
 
 /// Which entries of a plan an archive holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,70 +106,19 @@ pub fn put<W: Write>(w: &mut CpioWriter<W>, entry: &Entry) -> Result<()> {
             sha256,
             content,
         } => {
-            w.header(path, S_IFREG | perm, uid, gid, 1, *size)?;
-            let reader = entry.open()?;
-            // Blob readers verify their digest themselves; hash in-memory content here.
-            let hash = matches!(content, Content::Inline(_));
-            let (copied, digest) = copy_exact(reader, w.data(), *size, hash, path)?;
-            debug_assert_eq!(copied, *size);
-            if let Some(d) = digest
-                && &d != sha256
-            {
-                return Err(Error::integrity(format!(
-                    "{path}: content sha256 is {d}, the plan records {sha256}"
-                )));
+            w.file(path, perm, uid, gid, *size, &mut *entry.open()?)?;
+            // Blob readers verify their digest themselves; check in-memory content here.
+            if let Content::Inline(bytes) = content {
+                let d = sha256_hex(bytes);
+                if &d != sha256 {
+                    return Err(Error::integrity(format!(
+                        "{path}: content sha256 is {d}, the plan records {sha256}"
+                    )));
+                }
             }
-            w.end_data(*size)
+            Ok(())
         }
     }
-}
-
-/// Copy exactly `size` bytes: a reader that yields more or fewer is an error,
-/// never a silent truncation or pad. Reads to EOF so verifying readers check.
-fn copy_exact(
-    mut reader: impl Read,
-    out: &mut impl Write,
-    size: u64,
-    hash: bool,
-    path: &str,
-) -> Result<(u64, Option<String>)> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut done = 0u64;
-    let mut hasher = hash.then(Sha256::new);
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return Err(Error::integrity(format!("{path}: {e}")));
-            }
-            Err(e) => {
-                return Err(Error::new(
-                    Kind::Io,
-                    format!("cannot read the bytes of {path}: {e}"),
-                ));
-            }
-        };
-        if n == 0 {
-            break;
-        }
-        if done + n as u64 > size {
-            return Err(Error::integrity(format!(
-                "{path}: its content is longer than the {size} bytes the plan records"
-            )));
-        }
-        out.write_all(&buf[..n]).map_err(write_err)?;
-        if let Some(h) = hasher.as_mut() {
-            h.update(&buf[..n]);
-        }
-        done += n as u64;
-    }
-    if done != size {
-        return Err(Error::integrity(format!(
-            "{path}: its content is {done} bytes, the plan records {size}"
-        )));
-    }
-    Ok((done, hasher.map(|h| hex::encode(h.finalize()))))
 }
 
 /// Write `entries` as one complete newc archive (with trailer) to `out`.
@@ -194,21 +143,20 @@ pub fn write_part<W: Write>(plan: &Plan, part: Part, out: W) -> Result<W> {
 /// Key of a split's shared archive (gzipped or not): everything its bytes
 /// depend on, so a cached copy can stand in for it.
 pub fn shared_key(plan: &Plan, gzip: bool) -> String {
-    let mut h = Sha256::new();
-    h.update(format!(
+    let mut key = format!(
         "imgbuild cpio shared part v2; gzip {gzip}, zlib-rs level {}, a member per file from {} bytes; mtime {}; first inode {}\n",
-        crate::codec::gz::LEVEL,
+        gz::LEVEL,
         MEMBER_FILE,
         plan.meta.mtime,
         Part::Shared.first_ino()
-    ));
+    );
     for e in select(plan, Part::Shared) {
         let what = match &e.kind {
             EntryKind::File { sha256, size, .. } => format!("{size} {sha256}"),
             EntryKind::Symlink { target } => format!("-> {target:?}"),
             EntryKind::Dir => String::new(),
         };
-        h.update(format!(
+        key.push_str(&format!(
             "{:?} {:o} {}:{} {what}\n",
             e.path,
             cpio_mode(e),
@@ -216,7 +164,7 @@ pub fn shared_key(plan: &Plan, gzip: bool) -> String {
             e.gid
         ));
     }
-    hex::encode(h.finalize())
+    sha256_hex(key.as_bytes())
 }
 
 /// Files at least this large are a gzip member of their own; the entries
@@ -227,8 +175,9 @@ const MEMBER_FILE: u64 = 1 << 20;
 /// gzip members on `threads` threads, each member ending at an entry boundary:
 /// the kernel accepts a new member only between entries, and a member per large
 /// file is what lets the binaries compress on every core. Members go to temp
-/// files in `tmp_dir` (memory stays flat) and then to `out` in order. Returns
-/// how many entries were written (the next inode is `first_ino` plus that).
+/// files in `tmp_dir` (memory stays flat; `threads + 2` of them at most at a
+/// time) and then to `out` in order. Returns how many entries were written
+/// (the next inode is `first_ino` plus that).
 pub fn write_entries_gz<W: Write>(
     plan: &Plan,
     part: Part,
@@ -252,60 +201,37 @@ pub fn write_entries_gz<W: Write>(
     if start < entries.len() {
         groups.push((start, entries.len()));
     }
-    let members: Vec<std::sync::Mutex<Option<Result<std::fs::File>>>> =
-        groups.iter().map(|_| Default::default()).collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        for _ in 0..threads
-            .clamp(1, crate::codec::gz::MAX_THREADS)
-            .min(groups.len())
-        {
-            scope.spawn(|| {
-                loop {
-                    let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if g >= groups.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
-                        break;
-                    }
-                    let (from, to) = groups[g];
-                    let member = (|| -> Result<std::fs::File> {
-                        let tmp = tempfile::tempfile_in(tmp_dir).map_err(|e| {
-                            Error::io("cannot create a temporary file in", tmp_dir, e)
-                        })?;
-                        let ino = first_ino + from as u32;
-                        let gz =
-                            crate::codec::gz::encoder(io::BufWriter::with_capacity(1 << 16, tmp));
-                        let mut w = CpioWriter::new(gz, mtime, ino)?;
-                        for e in &entries[from..to] {
-                            put(&mut w, e)?;
-                        }
-                        let buf = w.into_inner()?.finish().map_err(write_err)?;
-                        buf.into_inner().map_err(|e| write_err(e.into_error()))
-                    })();
-                    if member.is_err() {
-                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    *members[g].lock().expect("member") = Some(member);
-                }
-            });
-        }
-    });
-    for m in members {
-        let Some(member) = m.into_inner().expect("member") else {
-            // Not made: a member before it failed, and that error comes first.
-            continue;
-        };
-        let mut file = member?;
-        io::Seek::rewind(&mut file).map_err(write_err)?;
-        io::copy(&mut file, out).map_err(write_err)?;
-    }
+    let threads = threads.clamp(1, MAX_THREADS).min(groups.len().max(1));
+    let mut groups = groups.into_iter();
+    parallel::pipeline(
+        threads,
+        threads + 2,
+        || Ok(groups.next()),
+        || (),
+        |(), (from, to)| -> Result<std::fs::File> {
+            let tmp = tempfile::tempfile_in(tmp_dir)
+                .map_err(|e| Error::io("cannot create a temporary file in", tmp_dir, e))?;
+            let gz = gz::encoder(io::BufWriter::with_capacity(1 << 16, tmp));
+            let mut w = CpioWriter::new(gz, mtime, first_ino + from as u32)?;
+            for e in &entries[from..to] {
+                put(&mut w, e)?;
+            }
+            let buf = w.into_inner()?.finish().map_err(write_err)?;
+            buf.into_inner().map_err(|e| write_err(e.into_error()))
+        },
+        |mut member| {
+            io::Seek::rewind(&mut member).map_err(write_err)?;
+            io::copy(&mut member, out).map_err(write_err)?;
+            Ok(())
+        },
+    )?;
     u32::try_from(entries.len()).map_err(|_| Error::input("too many cpio entries"))
 }
 
 /// A gzip member holding only the trailer (ends a split's shared archive).
 pub fn trailer_gz(mtime: u64) -> Result<Vec<u8>> {
     let trailer = CpioWriter::new(Vec::new(), mtime, 0)?.finish()?;
-    crate::codec::gz::member(&trailer).map_err(write_err)
+    gz::member(&trailer).map_err(write_err)
 }
 
 /// The node's part of a whole cpio.gz whose shared entries came first (as
@@ -319,12 +245,7 @@ pub fn write_rest_gz<W: Write>(plan: &Plan, next_ino: u32, out: W) -> Result<W> 
     let rest = select(plan, Part::Whole)
         .into_iter()
         .filter(|e| !shared.contains(e.path.as_str()));
-    let gz = write_cpio(
-        rest,
-        plan.meta.mtime,
-        next_ino,
-        crate::codec::gz::encoder(out),
-    )?;
+    let gz = write_cpio(rest, plan.meta.mtime, next_ino, gz::encoder(out))?;
     gz.finish().map_err(write_err)
 }
 
@@ -332,7 +253,7 @@ pub fn write_rest_gz<W: Write>(plan: &Plan, next_ino: u32, out: W) -> Result<W> 
 pub fn write_part_to<W: Write>(plan: &Plan, part: Part, gzip: bool, out: W) -> Result<W> {
     let (entries, mtime, first_ino) = (select(plan, part), plan.meta.mtime, part.first_ino());
     if gzip {
-        let gz = write_cpio(entries, mtime, first_ino, crate::codec::gz::encoder(out))?;
+        let gz = write_cpio(entries, mtime, first_ino, gz::encoder(out))?;
         gz.finish().map_err(write_err)
     } else {
         write_cpio(entries, mtime, first_ino, out)
@@ -443,6 +364,7 @@ pub fn write_whole_gz(
 mod tests {
     use super::*;
     use crate::codec::cpio::{Member, read_members};
+    use crate::error::Kind;
     use crate::plan::fixture::{file, sample_plan};
     use crate::util::digest::sha256_hex;
     use std::process::Command;
@@ -611,7 +533,7 @@ mod tests {
         let err = write_cpio([&e], 0, 1, Vec::new()).unwrap_err();
         assert_eq!(err.kind, Kind::Integrity);
         assert!(
-            err.to_string().contains("3 bytes, the plan records 4"),
+            err.to_string().contains("3 bytes, not the 4 recorded"),
             "{err}"
         );
         if let EntryKind::File { size, .. } = &mut e.kind {

@@ -2,12 +2,12 @@
 //! Built in a temp folder beside the destination and renamed into place.
 
 use std::fs::{self, File};
-use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::error::{Error, IoContext, Result};
+use crate::codec::copy_exact;
+use crate::error::{IoContext, Result};
 use crate::plan::{EntryKind, Plan};
 
 pub fn write_dir(plan: &Plan, dest: &Path) -> Result<()> {
@@ -28,17 +28,8 @@ pub fn write_dir(plan: &Plan, dest: &Path) -> Result<()> {
         match &e.kind {
             EntryKind::Dir => fs::create_dir(&p).with_path("cannot create", &p)?,
             EntryKind::File { size, .. } => {
-                let mut src = e.open()?;
                 let mut f = File::create(&p).with_path("cannot create", &p)?;
-                let n = io::copy(&mut src, &mut f).map_err(|err| {
-                    Error::new(crate::Kind::Integrity, format!("{}: {err}", e.path))
-                })?;
-                if n != *size {
-                    return Err(Error::integrity(format!(
-                        "{}: wrote {n} bytes, expected {size}",
-                        e.path
-                    )));
-                }
+                copy_exact(&mut *e.open()?, &mut f, *size, &e.path, 256 * 1024)?;
             }
             EntryKind::Symlink { target } => {
                 std::os::unix::fs::symlink(target, &p).with_path("cannot create", &p)?

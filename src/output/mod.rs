@@ -5,7 +5,6 @@
 pub mod cloud_init;
 pub mod cpio;
 pub mod dir;
-pub mod file;
 pub mod format;
 pub mod ignition;
 pub mod manifest;

@@ -31,6 +31,11 @@ pub fn segment_writer(tmp: NamedTempFile) -> SegmentWriter {
     HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp))
 }
 
+/// Threads that compress a segment, at most: each holds its buffers (or a
+/// member in the making) and a deflate state, so memory stays near 30 MiB
+/// however many cores there are.
+pub const MAX_THREADS: usize = 8;
+
 /// What a cache miss costs, for the progress line.
 pub const COMPRESSING: &str =
     "compressing the binaries (once for every node of this recipe and arch)";

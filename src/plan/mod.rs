@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
 pub mod assemble;
 #[cfg(test)]
@@ -23,7 +22,7 @@ use crate::error::{Error, IoContext, Result};
 
 pub use crate::input::network::Network;
 pub use crate::input::recipe::Trust;
-use crate::util::digest::Sha256Hex;
+use crate::util::digest::{HashingReader, Sha256Hex};
 
 /// Where an entry's bytes came from, recorded in the build manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -118,9 +117,7 @@ impl Entry {
             } => {
                 let file = File::open(path).with_path("cannot open cached blob", path)?;
                 Ok(Box::new(VerifyingReader {
-                    inner: file,
-                    hasher: Sha256::new(),
-                    seen: 0,
+                    inner: HashingReader::new(file),
                     size: *size,
                     sha256: sha256.clone(),
                     path: path.clone(),
@@ -157,9 +154,7 @@ impl Entry {
 
 /// Hashes what passes through and fails at EOF if the bytes are not the pinned ones.
 struct VerifyingReader {
-    inner: File,
-    hasher: Sha256,
-    seen: u64,
+    inner: HashingReader<File>,
     size: u64,
     sha256: Sha256Hex,
     path: PathBuf,
@@ -168,16 +163,14 @@ struct VerifyingReader {
 impl Read for VerifyingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.seen += n as u64;
-        if self.seen > self.size {
+        if self.inner.len() > self.size {
             return Err(corrupt(&self.path, "it is larger than recorded"));
         }
         if n == 0 && !buf.is_empty() {
-            if self.seen != self.size {
+            if self.inner.len() != self.size {
                 return Err(corrupt(&self.path, "it is smaller than recorded"));
             }
-            let actual = hex::encode(self.hasher.clone().finalize());
+            let actual = self.inner.sha256();
             if actual != self.sha256 {
                 return Err(corrupt(
                     &self.path,

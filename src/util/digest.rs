@@ -1,11 +1,12 @@
-//! SHA-256 helpers: of bytes, of a file, of what passes through a writer, and
-//! a SHA-256 whose state can be saved and resumed.
+//! SHA-256 helpers: of bytes, of a file, of what passes through a reader or a
+//! writer, and a SHA-256 whose state can be saved and resumed. (`codec`, which
+//! imports nothing of ours but `error`, has its one helper of its own.)
 //!
 //! Every node's tar.gz starts with the same cached bytes (the compressed
 //! binaries). Saving the hash state after those bytes lets a build hash only
 //! what it adds, instead of re-reading ~100 MB per node.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -23,11 +24,50 @@ pub fn sha256_hex(bytes: &[u8]) -> Sha256Hex {
 
 /// sha256 and size of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<(Sha256Hex, u64)> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
-    let mut h = HashingWriter::new(io::sink());
-    io::copy(&mut f, &mut h).map_err(|e| Error::io("cannot read", path, e))?;
-    let (_, sha, size) = h.finish();
-    Ok((sha, size))
+    let f = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let mut r = HashingReader::new(f);
+    io::copy(&mut r, &mut io::sink()).map_err(|e| Error::io("cannot read", path, e))?;
+    Ok((r.sha256(), r.len()))
+}
+
+/// Hashes what is read through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The sha256 of the bytes read so far.
+    pub fn sha256(&self) -> Sha256Hex {
+        hex::encode(self.hasher.clone().finalize())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
 }
 
 /// Hashes what passes through, so a file's digest costs no second read; the

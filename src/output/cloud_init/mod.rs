@@ -19,12 +19,13 @@ pub mod yaml;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::codec::gz::gzip_bytes;
 use crate::error::{Error, Result};
-use crate::output::file;
 use crate::output::manifest::{self, OutputFile};
 use crate::output::{Written, format};
 use crate::plan::{Entry, Meta, Plan};
 use crate::progress::{Event, Progress};
+use crate::util::atomic::ensure_dir_mode;
 use crate::util::digest::{sha256_file, sha256_hex};
 
 /// The filesystem label cloud-init's NoCloud source looks for.
@@ -246,7 +247,7 @@ fn fit_budget(text: &str, provider: Provider, meta: &Meta) -> Result<(Vec<u8>, b
     if text.len() <= limit {
         return Ok((text.as_bytes().to_vec(), false));
     }
-    let gz = file::gzip_bytes(text.as_bytes());
+    let gz = gzip_bytes(text.as_bytes());
     if gz.len() <= limit {
         return Ok((gz, true));
     }
@@ -280,7 +281,7 @@ pub fn write_folder(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<Pa
         .suffix(".tmp")
         .tempdir_in(&parent)
         .map_err(|e| crate::util::atomic::writable_hint(&parent, e))?;
-    file::ensure_dir_mode(tmp.path(), 0o700)?;
+    ensure_dir_mode(tmp.path(), 0o700)?;
     let put = |file: &str, bytes: &[u8]| -> Result<()> {
         crate::util::atomic::write(&tmp.path().join(file), bytes, 0o600).map(drop)
     };

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use super::{CloudInit, SEED_LABEL};
 use crate::codec::vfat::{self, VfatFile};
-use crate::error::Result;
-use crate::output::file::SeekableAtomicFile;
+use crate::error::{Error, Result};
 use crate::plan::Plan;
+use crate::util::atomic::AtomicFile;
 
 /// The NoCloud seed volume: same files as the folder, plus binaries in `seed` mode.
 pub fn write_seed(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<()> {
@@ -35,14 +35,15 @@ pub fn write_seed(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<()> 
     let volume_id =
         u32::from_str_radix(&rendered.instance_id[rendered.instance_id.len() - 8..], 16)
             .expect("instance id ends in hex");
-    let mut out = SeekableAtomicFile::create(dest, 0o600)?;
+    let mut out = AtomicFile::create(dest, 0o600)?;
     vfat::write_vfat(
-        out.file(),
+        out.file_mut()
+            .map_err(|e| Error::io("cannot write", dest, e))?,
         dest,
         SEED_LABEL,
         volume_id,
         plan.meta.mtime,
         &files,
     )?;
-    out.commit().map(drop)
+    out.commit_synced().map(drop)
 }
