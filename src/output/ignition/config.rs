@@ -21,8 +21,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
 use super::{Binaries, Options};
+use crate::codec::gz::gzip_bytes;
 use crate::error::{Error, Result};
-use crate::output::file::gzip_bytes;
 use crate::plan::{Entry, EntryKind, Origin, Plan};
 
 /// Where Ignition writes `systemd.units`.
