@@ -5,8 +5,7 @@
 use crate::error::Result;
 use crate::input::inventory::Inventory;
 use crate::input::lint::Finding;
-use crate::input::profile::DEFAULT_OS;
-use crate::input::{Inputs, Session, select_nodes};
+use crate::input::{Inputs, Selection, Session, select_nodes};
 use crate::output::segment::SharedHalf;
 use crate::output::{self, Target, Written, cloud_init, ignition, sums};
 use crate::plan::assemble::Planner;
@@ -17,20 +16,14 @@ use crate::util::{atomic, parallel};
 /// `imgbuild controller`.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
-    /// Node selectors (1-based index or name); empty with `all`.
-    pub nodes: Vec<String>,
-    pub all: bool,
+    pub select: Selection,
     pub target: Target,
-    /// The layout's OS profile (`--os`).
-    pub os: String,
 }
 
 /// `imgbuild cloud-init`.
 #[derive(Debug, Clone)]
 pub struct CloudInitOptions {
-    /// Node selectors (1-based index or name); empty with `all`.
-    pub nodes: Vec<String>,
-    pub all: bool,
+    pub select: Selection,
     pub cloud_init: cloud_init::Options,
     pub out_dir: std::path::PathBuf,
 }
@@ -38,12 +31,8 @@ pub struct CloudInitOptions {
 /// `imgbuild ignition`.
 #[derive(Debug, Clone)]
 pub struct IgnitionOptions {
-    /// Node selectors (1-based index or name); empty with `all`.
-    pub nodes: Vec<String>,
-    pub all: bool,
+    pub select: Selection,
     pub ignition: ignition::Options,
-    /// The layout's OS profile (`--os`).
-    pub os: String,
     pub out_dir: std::path::PathBuf,
 }
 
@@ -53,17 +42,15 @@ pub struct IgnitionOptions {
 /// before the PKI, the cache or the network too); then everything else.
 fn load(
     session: &Session,
-    nodes: &[String],
-    all: bool,
-    os: &str,
+    select: &Selection,
     progress: &dyn Progress,
 ) -> Result<(Planner, Vec<usize>, Cache)> {
     progress.event(Event::Step {
         what: "loading inventory, recipe, PKI and cached artifacts",
     });
     let inventory = Inventory::load(&session.inventory)?;
-    let indices = select_nodes(&inventory, nodes, all)?;
-    let inputs = Inputs::load(session, inventory, os)?;
+    let indices = select_nodes(&inventory, &select.nodes, select.all)?;
+    let inputs = Inputs::load(session, inventory, &select.os)?;
     crate::pki::ensure_for_build(&inputs.inventory, progress)?;
     let cache = Cache::open(&session.cache_dir)?;
     Ok((Planner::new(inputs, &cache)?, indices, cache))
@@ -75,7 +62,7 @@ pub fn controller(
     opts: &ControllerOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Written>> {
-    let (planner, indices, cache) = load(session, &opts.nodes, opts.all, &opts.os, progress)?;
+    let (planner, indices, cache) = load(session, &opts.select, progress)?;
     let target = &opts.target;
     if !target.split && target.format.splits() && indices.len() >= 10 {
         progress.event(Event::Notice {
@@ -120,16 +107,10 @@ pub fn cloud_init(
     opts: &CloudInitOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Written>> {
-    let out_dir = &opts.out_dir;
-    each_node(
-        session,
-        &opts.nodes,
-        opts.all,
-        DEFAULT_OS,
-        out_dir,
-        progress,
-        |plan| cloud_init::write_node(plan, &opts.cloud_init, out_dir, progress),
-    )
+    let (select, out_dir) = (&opts.select, &opts.out_dir);
+    each_node(session, select, out_dir, progress, |plan| {
+        cloud_init::write_node(plan, &opts.cloud_init, out_dir, progress)
+    })
 }
 
 /// `imgbuild ignition`: `controller-N.ign` and the manifest of every selected
@@ -139,30 +120,22 @@ pub fn ignition(
     opts: &IgnitionOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Written>> {
-    let out_dir = &opts.out_dir;
-    each_node(
-        session,
-        &opts.nodes,
-        opts.all,
-        &opts.os,
-        out_dir,
-        progress,
-        |plan| ignition::write_node(plan, &opts.ignition, out_dir, progress),
-    )
+    let (select, out_dir) = (&opts.select, &opts.out_dir);
+    each_node(session, select, out_dir, progress, |plan| {
+        ignition::write_node(plan, &opts.ignition, out_dir, progress)
+    })
 }
 
 /// Load for the selected nodes and OS profile, then plan each node in turn
 /// and hand the plan to `write`, which writes into `out_dir`.
 fn each_node(
     session: &Session,
-    nodes: &[String],
-    all: bool,
-    os: &str,
+    select: &Selection,
     out_dir: &std::path::Path,
     progress: &dyn Progress,
     write: impl Fn(&crate::plan::Plan) -> Result<Written>,
 ) -> Result<Vec<Written>> {
-    let (planner, indices, _) = load(session, nodes, all, os, progress)?;
+    let (planner, indices, _) = load(session, select, progress)?;
     atomic::ensure_dir(out_dir)?;
     indices
         .iter()

@@ -199,14 +199,14 @@ impl Sniffed {
 fn sniff(path: &Path) -> Result<Sniffed> {
     let mut f = File::open(path).with_path("cannot open", path)?;
     let mut head = vec![0u8; 512];
-    let n = read_up_to(&mut f, &mut head).map_err(read_err(path))?;
+    let n = crate::codec::read_up_to(&mut f, &mut head).map_err(read_err(path))?;
     head.truncate(n);
     if head.starts_with(&[0x1f, 0x8b]) {
         let mut inner = vec![0u8; 512];
         let mut gz = MultiGzDecoder::new(BufReader::new(
             File::open(path).with_path("cannot open", path)?,
         ));
-        let n = read_up_to(&mut gz, &mut inner).map_err(read_err(path))?;
+        let n = crate::codec::read_up_to(&mut gz, &mut inner).map_err(read_err(path))?;
         inner.truncate(n);
         if inner.starts_with(b"070701") {
             return Ok(Sniffed::GzCpio);
@@ -235,19 +235,6 @@ fn sniff(path: &Path) -> Result<Sniffed> {
         "{}: not an imgbuild output (expected tar.gz, cpio, cpio.gz, a seed image, a cloud-init folder or an Ignition config)",
         path.display()
     )))
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match r.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 fn inspect_tar(path: &Path) -> Result<Inspected> {

@@ -197,14 +197,31 @@ pub enum AirgapCommand {
     },
 }
 
+/// Which nodes a building command builds.
 #[derive(Debug, Args)]
-pub struct ControllerArgs {
+pub struct NodeArgs {
     /// Node to build: 1-based index or controller name (repeatable).
     #[arg(long, value_name = "N|NAME", required_unless_present = "all")]
     pub node: Vec<String>,
     /// Build every controller of the inventory.
     #[arg(long, conflicts_with = "node")]
     pub all: bool,
+}
+
+/// Whether and how a building command downloads what the cache lacks.
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Never download: a missing artifact is an error that says how to bring it.
+    #[arg(long, env = "IMGBUILD_OFFLINE", value_parser = clap::builder::BoolishValueParser::new(), default_missing_value = "true", num_args = 0, default_value = "false")]
+    pub offline: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub nodes: NodeArgs,
     /// Output format: tar.gz (a rootfs overlay), dir (the tree itself), cpio
     /// or cpio.gz (an initramfs, newc).
     #[arg(long, default_value = "tar.gz", value_parser = format_parser())]
@@ -212,11 +229,8 @@ pub struct ControllerArgs {
     /// Output folder.
     #[arg(long, default_value = "out", value_name = "DIR")]
     pub out: PathBuf,
-    /// Never download: a missing artifact is an error that says how to bring it.
-    #[arg(long, env = "IMGBUILD_OFFLINE", value_parser = clap::builder::BoolishValueParser::new(), default_missing_value = "true", num_args = 0, default_value = "false")]
-    pub offline: bool,
     #[command(flatten)]
-    pub fetch: FetchArgs,
+    pub download: DownloadArgs,
     /// Binaries once, in controller-shared-VERSION-ARCH.{tar.gz,cpio[.gz]}, shared by
     /// all nodes (kept as is when unchanged); each node's configuration in
     /// controller-N-node.EXT. Extract both (shared first); concatenated they
@@ -231,12 +245,8 @@ pub struct ControllerArgs {
 
 #[derive(Debug, Args)]
 pub struct IgnitionArgs {
-    /// Node to build: 1-based index or controller name (repeatable).
-    #[arg(long, value_name = "N|NAME", required_unless_present = "all")]
-    pub node: Vec<String>,
-    /// Build every controller of the inventory.
-    #[arg(long, conflicts_with = "node")]
-    pub all: bool,
+    #[command(flatten)]
+    pub nodes: NodeArgs,
     /// Ignition config spec version (3.3.0, read by every Ignition from 2.11 on).
     #[arg(long, default_value = "3.3.0", value_name = "VERSION")]
     pub spec: String,
@@ -251,21 +261,14 @@ pub struct IgnitionArgs {
     /// Output folder.
     #[arg(long, default_value = "out", value_name = "DIR")]
     pub out: PathBuf,
-    /// Never download: a missing artifact is an error that says how to bring it.
-    #[arg(long, env = "IMGBUILD_OFFLINE", value_parser = clap::builder::BoolishValueParser::new(), default_missing_value = "true", num_args = 0, default_value = "false")]
-    pub offline: bool,
     #[command(flatten)]
-    pub fetch: FetchArgs,
+    pub download: DownloadArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct CloudInitArgs {
-    /// Node to build: 1-based index or controller name (repeatable).
-    #[arg(long, value_name = "N|NAME", required_unless_present = "all")]
-    pub node: Vec<String>,
-    /// Build every controller of the inventory.
-    #[arg(long, conflicts_with = "node")]
-    pub all: bool,
+    #[command(flatten)]
+    pub nodes: NodeArgs,
     /// How binaries reach the node: baked (already in the image), mirror=URL
     /// (downloaded at boot from URL/VERSION/bin/linux/ARCH/NAME and checked
     /// against the pinned sha256), seed (on the seed volume, checked at boot).

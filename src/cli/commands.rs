@@ -14,7 +14,7 @@ use imgbuild::output::{Written, format};
 use imgbuild::store::cache::Cache;
 
 use crate::cli::args::{
-    AirgapCommand, CacheCommand, Cli, Command, FetchArgs, InspectArgs, PkiCommand,
+    AirgapCommand, CacheCommand, Cli, Command, DownloadArgs, InspectArgs, PkiCommand,
 };
 use crate::cli::report::Reporter;
 
@@ -24,7 +24,7 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
     match &cli.command {
         Command::Controller(args) => {
             let opts = args.options()?;
-            let written = fetching(&session, args.offline, &args.fetch, reporter, || {
+            let written = fetching(&session, &args.download, reporter, || {
                 imgbuild::build::controller(&session, &opts, reporter)
             })?;
             print_shipped(&written);
@@ -43,7 +43,7 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
         Command::Ignition(args) => {
             let opts = args.options()?;
             // The binaries' pinned digests come from the cache, as their bytes do for `controller`.
-            let written = fetching(&session, args.offline, &args.fetch, reporter, || {
+            let written = fetching(&session, &args.download, reporter, || {
                 imgbuild::build::ignition(&session, &opts, reporter)
             })?;
             for w in written {
@@ -282,14 +282,13 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
 /// again, unless offline.
 fn fetching<T>(
     session: &Session,
-    offline: bool,
-    fetch_args: &FetchArgs,
+    download: &DownloadArgs,
     reporter: &Reporter,
     build: impl Fn() -> imgbuild::Result<T>,
 ) -> imgbuild::Result<T> {
     match build() {
-        Err(e) if e.kind == imgbuild::Kind::Missing && !offline => {
-            fetch::fetch_inventory(session, &fetch_args.options(), reporter)?;
+        Err(e) if e.kind == imgbuild::Kind::Missing && !download.offline => {
+            fetch::fetch_inventory(session, &download.fetch.options(), reporter)?;
             build()
         }
         other => other,

@@ -7,14 +7,15 @@ use std::time::Duration;
 use imgbuild::Error;
 use imgbuild::acquire::fetch::FetchOptions;
 use imgbuild::build::{CloudInitOptions, ControllerOptions, IgnitionOptions};
-use imgbuild::input::Session;
 use imgbuild::input::assets::Assets;
+use imgbuild::input::profile::DEFAULT_OS;
+use imgbuild::input::{Selection, Session};
 use imgbuild::output::cloud_init::payload::{self, Payload};
 use imgbuild::output::{Target, cloud_init, ignition};
 use imgbuild::store::cache::Cache;
 
 use crate::cli::args::{
-    CloudInitArgs, ControllerArgs, FetchArgs, Global, IgnitionArgs, PkiInitArgs,
+    CloudInitArgs, ControllerArgs, FetchArgs, Global, IgnitionArgs, NodeArgs, PkiInitArgs,
 };
 
 /// `--os NAME`: a profile of the layout, which says whether it exists once it
@@ -108,6 +109,17 @@ impl PkiInitArgs {
     }
 }
 
+impl NodeArgs {
+    /// The selected nodes, built with OS profile `os`.
+    pub fn select(&self, os: &str) -> imgbuild::Result<Selection> {
+        Ok(Selection {
+            nodes: self.node.clone(),
+            all: self.all,
+            os: os_name(os)?,
+        })
+    }
+}
+
 impl ControllerArgs {
     pub fn options(&self) -> imgbuild::Result<ControllerOptions> {
         if self.split && !self.format.splits() {
@@ -117,15 +129,13 @@ impl ControllerArgs {
             )));
         }
         Ok(ControllerOptions {
-            nodes: self.node.clone(),
-            all: self.all,
+            select: self.nodes.select(&self.os)?,
             target: Target {
                 format: self.format,
                 split: self.split,
                 out_dir: self.out.clone(),
                 threads: threads()?,
             },
-            os: os_name(&self.os)?,
         })
     }
 }
@@ -148,8 +158,7 @@ impl FetchArgs {
 impl CloudInitArgs {
     pub fn options(&self) -> imgbuild::Result<CloudInitOptions> {
         Ok(CloudInitOptions {
-            nodes: self.node.clone(),
-            all: self.all,
+            select: self.nodes.select(DEFAULT_OS)?,
             cloud_init: cloud_init::Options {
                 binaries: self.binaries.parse()?,
                 provider: self.provider,
@@ -174,7 +183,7 @@ impl CloudInitArgs {
             None => Vec::new(),
         };
         let p = Payload::new(url, self.allow_http, headers)?;
-        if !p.per_node() && (self.all || self.node.len() > 1) {
+        if !p.per_node() && (self.nodes.all || self.nodes.node.len() > 1) {
             return Err(Error::input(format!(
                 "--payload-url {}: one URL for several nodes; name each node's payload with {{node}} or {{name}}",
                 imgbuild::error::clip(url)
@@ -191,13 +200,11 @@ impl IgnitionArgs {
             None => ignition::Binaries::Mirror(ignition::DEFAULT_MIRROR.to_string()),
         };
         Ok(IgnitionOptions {
-            nodes: self.node.clone(),
-            all: self.all,
+            select: self.nodes.select(&self.os)?,
             ignition: ignition::Options {
                 spec: self.spec.parse()?,
                 binaries,
             },
-            os: os_name(&self.os)?,
             out_dir: self.out.clone(),
         })
     }

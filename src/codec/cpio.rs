@@ -204,16 +204,7 @@ fn read_err(e: io::Error) -> Error {
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match r.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(read_err(e)),
-        }
-    }
-    Ok(done)
+    super::read_up_to(r, buf).map_err(read_err)
 }
 
 fn skip(r: &mut impl Read, n: u64) -> Result<()> {

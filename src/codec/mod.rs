@@ -25,6 +25,20 @@ pub(crate) fn sha256_of(src: &mut impl Read) -> io::Result<(String, u64)> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
+/// Fill `buf` as far as `r` goes: fewer bytes only at its end.
+pub fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 /// Copy exactly `size` bytes of `path`'s data from `src` to `out`, and check
 /// that `src` ends there: a source of another size would shift every later
 /// entry, so it is an error, never a silent truncation or padding. Reading to

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::input::component::COMPONENTS;
+use crate::input::recipe::Version;
 use crate::util::digest::sha256_hex;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,7 +150,8 @@ impl Inventory {
             .ok_or_else(|| {
                 let names: Vec<_> = self.controllers.iter().map(|c| c.name.as_str()).collect();
                 Error::input(format!(
-                    "--node {selector:?}: no controller of that name in {}; there are: {}",
+                    "--node {:?}: no controller of that name in {}; there are: {}",
+                    crate::error::clip(selector),
                     self.path.display(),
                     names.join(", ")
                 ))
@@ -158,11 +160,24 @@ impl Inventory {
 
     /// The first address of the service range: the `kubernetes` service's ClusterIP.
     pub fn service_ip(&self) -> Result<IpAddr> {
-        let (net, _) = parse_cidr(&self.cluster.service_cluster_ip_range)
+        let range = &self.cluster.service_cluster_ip_range;
+        let (net, prefix) = parse_cidr(range)
             .map_err(|e| Error::input(format!("cluster.service_cluster_ip_range: {e}")))?;
-        Ok(match net {
-            IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) + 1).into()),
-            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) + 1).into()),
+        // The first address after the network's; a /32 (or /128) has none.
+        let first = match net {
+            IpAddr::V4(v4) if prefix < 32 => {
+                u32::from(v4).checked_add(1).map(|a| IpAddr::V4(a.into()))
+            }
+            IpAddr::V6(v6) if prefix < 128 => {
+                u128::from(v6).checked_add(1).map(|a| IpAddr::V6(a.into()))
+            }
+            _ => None,
+        };
+        first.ok_or_else(|| {
+            Error::input(format!(
+                "cluster.service_cluster_ip_range = {:?}: leaves no address for the kubernetes service (the range's first address); use a larger range, e.g. \"10.32.0.0/24\"",
+                crate::error::clip(range)
+            ))
         })
     }
 
@@ -172,7 +187,7 @@ impl Inventory {
         if !ARCHES.contains(&c.arch.as_str()) {
             return Err(Error::input(format!(
                 "cluster.arch = {:?}: must be one of {}",
-                c.arch,
+                crate::error::clip(&c.arch),
                 ARCHES.join(", ")
             )));
         }
@@ -182,6 +197,7 @@ impl Inventory {
             "cluster.service_cluster_ip_range",
             &c.service_cluster_ip_range,
         )?;
+        self.service_ip()?;
         cidr("cluster.cluster_cidr", &c.cluster_cidr)?;
         port_range(
             "cluster.service_node_port_range",
@@ -203,7 +219,7 @@ impl Inventory {
         let mut names = BTreeSet::new();
         let mut ips = BTreeSet::new();
         for (i, ctl) in self.controllers.iter().enumerate() {
-            let at = format!("controllers[{}] ({})", i + 1, ctl.name);
+            let at = format!("controllers[{}] ({})", i + 1, crate::error::clip(&ctl.name));
             dns_label(&format!("{at}.name"), &ctl.name)?;
             ip(&format!("{at}.internal_ip"), &ctl.internal_ip)?;
             if !names.insert(&ctl.name) {
@@ -240,30 +256,19 @@ pub fn url_host(ip: &str) -> String {
 }
 
 fn ip(field: &str, value: &str) -> Result<()> {
-    value.parse::<IpAddr>().map(|_| ()).map_err(|_| {
-        Error::input(format!(
-            "{field} = {value:?}: not an IP address (e.g. \"10.240.0.11\")"
-        ))
-    })
+    let ok = value.parse::<IpAddr>().is_ok();
+    require(ok, field, value, "not an IP address (e.g. \"10.240.0.11\")")
 }
 
 /// An IP address or a DNS name (the load balancer may have either).
 fn address(field: &str, value: &str) -> Result<()> {
-    if value.parse::<IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let ok = !value.is_empty()
+    let name = !value.is_empty()
         && value.len() <= 253
         && value
             .split('.')
             .all(|l| is_dns_label(&l.to_ascii_lowercase()));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::input(format!(
-            "{field} = {value:?}: not an IP address or DNS name"
-        )))
-    }
+    let ok = name || value.parse::<IpAddr>().is_ok();
+    require(ok, field, value, "not an IP address or DNS name")
 }
 
 /// Parse `addr/prefix`; host bits must be zero.
@@ -273,10 +278,11 @@ pub fn parse_cidr(value: &str) -> std::result::Result<(IpAddr, u8), String> {
         .ok_or("not a CIDR (expected address/prefix, e.g. \"10.32.0.0/24\")")?;
     let addr: IpAddr = addr
         .parse()
-        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+        .map_err(|_| format!("{:?} is not an IP address", crate::error::clip(addr)))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or(format!(
-        "prefix {prefix:?} must be a number from 0 to {max}"
+        "prefix {:?} must be a number from 0 to {max}",
+        crate::error::clip(prefix)
     ))?;
     let host_bits_set = match addr {
         IpAddr::V4(v4) => prefix < 32 && u32::from(v4) & (u32::MAX >> prefix) != 0,
@@ -284,7 +290,8 @@ pub fn parse_cidr(value: &str) -> std::result::Result<(IpAddr, u8), String> {
     };
     if host_bits_set {
         return Err(format!(
-            "{value} has host bits set; use the network address"
+            "{} has host bits set; use the network address",
+            crate::error::clip(value)
         ));
     }
     Ok((addr, prefix))
@@ -293,7 +300,7 @@ pub fn parse_cidr(value: &str) -> std::result::Result<(IpAddr, u8), String> {
 fn cidr(field: &str, value: &str) -> Result<()> {
     parse_cidr(value)
         .map(|_| ())
-        .map_err(|e| Error::input(format!("{field} = {value:?}: {e}")))
+        .map_err(|e| Error::input(format!("{field} = {:?}: {e}", crate::error::clip(value))))
 }
 
 fn port_range(field: &str, value: &str) -> Result<()> {
@@ -302,11 +309,8 @@ fn port_range(field: &str, value: &str) -> Result<()> {
         let b: u16 = b.parse().ok()?;
         (a >= 1 && a <= b).then_some(())
     });
-    parsed.ok_or_else(|| {
-        Error::input(format!(
-            "{field} = {value:?}: not a port range (expected FIRST-LAST with 1 <= FIRST <= LAST <= 65535, e.g. \"30000-32767\")"
-        ))
-    })
+    let expected = "not a port range (expected FIRST-LAST with 1 <= FIRST <= LAST <= 65535, e.g. \"30000-32767\")";
+    require(parsed.is_some(), field, value, expected)
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -319,33 +323,19 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 fn dns_label(field: &str, value: &str) -> Result<()> {
-    if is_dns_label(value) {
-        Ok(())
-    } else {
-        Err(Error::input(format!(
-            "{field} = {value:?}: not a DNS label (lowercase letters, digits and '-', at most 63, not starting or ending with '-')"
-        )))
-    }
+    let expected = "not a DNS label (lowercase letters, digits and '-', at most 63, not starting or ending with '-')";
+    require(is_dns_label(value), field, value, expected)
 }
 
 fn version(field: &str, value: &str) -> Result<()> {
-    let ok = value
-        .strip_prefix('v')
-        .map(|rest| {
-            let parts: Vec<_> = rest.split('.').collect();
-            parts.len() == 3
-                && parts
-                    .iter()
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .unwrap_or(false);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::input(format!(
-            "{field} = {value:?}: not a Kubernetes release version (e.g. \"v1.10.2\")"
-        )))
-    }
+    // Version::parse refuses parts that do not fit, so no later step can overflow.
+    let ok = Version::parse(value).is_some() && !value.contains('+');
+    require(
+        ok,
+        field,
+        value,
+        "not a Kubernetes release version (e.g. \"v1.10.2\")",
+    )
 }
 
 fn etcd_url(field: &str, value: &str) -> Result<()> {
@@ -357,11 +347,23 @@ fn etcd_url(field: &str, value: &str) -> Result<()> {
             && r.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
     });
+    require(
+        ok,
+        field,
+        value,
+        "not an etcd URL (e.g. \"https://10.240.0.10:2379\")",
+    )
+}
+
+/// `Ok` when `ok`, else an error naming the field and the value it refused
+/// (cut to a sensible length) and what was expected.
+fn require(ok: bool, field: &str, value: &str, expected: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
         Err(Error::input(format!(
-            "{field} = {value:?}: not an etcd URL (e.g. \"https://10.240.0.10:2379\")"
+            "{field} = {:?}: {expected}",
+            crate::error::clip(value)
         )))
     }
 }
@@ -384,12 +386,14 @@ fn extra_arg(section: &str, key: &str, value: &str) -> Result<()> {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !key_ok {
         return Err(Error::input(format!(
-            "[{section}] key {key:?}: a flag name without the leading -- (lowercase letters, digits, '-')"
+            "[{section}] key {:?}: a flag name without the leading -- (lowercase letters, digits, '-')",
+            crate::error::clip(key)
         )));
     }
     if !safe_arg_value(value) {
         return Err(Error::input(format!(
-            "[{section}] {key} = {value:?}: values may not hold spaces, quotes, backslashes, '%', '$', ';' or control characters"
+            "[{section}] {key} = {:?}: values may not hold spaces, quotes, backslashes, '%', '$', ';' or control characters",
+            crate::error::clip(value)
         )));
     }
     Ok(())
@@ -504,5 +508,48 @@ internal_ip = "10.240.0.12"
         }
         let ok = format!("{GOOD}\n[apiserver.extra_args]\nfeature-gates = \"A=true,B=false\"\n");
         load(&ok).unwrap();
+    }
+
+    /// Values that used to overflow (a panic in debug builds, a silent wrap in
+    /// release) are refused with the field named.
+    #[test]
+    fn overflowing_values_are_refused_not_wrapped() {
+        let big = GOOD.replace("\"v1.10.2\"", "\"v1.99999999999.0\"");
+        let err = load(&big).unwrap_err().to_string();
+        assert!(
+            err.contains("kubernetes_version") && err.contains("v1.99999999999.0"),
+            "{err}"
+        );
+        for range in ["255.255.255.255/32", "10.32.0.7/32", "ffff::/128"] {
+            let text = GOOD.replace("\"10.32.0.0/24\"", &format!("{range:?}"));
+            let err = load(&text).unwrap_err().to_string();
+            assert!(err.contains("service_cluster_ip_range"), "{range}: {err}");
+        }
+        let text = GOOD.replace("\"10.32.0.0/24\"", "\"10.32.0.0/31\"");
+        assert_eq!(
+            load(&text).unwrap().service_ip().unwrap().to_string(),
+            "10.32.0.1"
+        );
+    }
+
+    /// A megabyte-long value gives an error of a readable length.
+    #[test]
+    fn echoed_values_are_cut() {
+        let long = "x".repeat(1 << 20);
+        for (from, to) in [
+            ("name = \"controller-1\"", format!("name = \"{long}\"")),
+            ("arch = \"amd64\"", format!("arch = \"{long}\"")),
+            (
+                "cluster_cidr = \"10.200.0.0/16\"",
+                format!("cluster_cidr = \"{long}\""),
+            ),
+            (
+                "public_address = \"203.0.113.10\"",
+                format!("public_address = \"{long}!\""),
+            ),
+        ] {
+            let err = load(&GOOD.replacen(from, &to, 1)).unwrap_err().to_string();
+            assert!(err.len() < 1000, "{} bytes: {}", err.len(), &err[..200]);
+        }
     }
 }

@@ -109,6 +109,16 @@ impl Inputs {
     }
 }
 
+/// Which nodes a command builds, and with which OS profile of the layout.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// Node selectors (1-based index or name); empty with `all`.
+    pub nodes: Vec<String>,
+    pub all: bool,
+    /// The layout's OS profile (`--os`).
+    pub os: String,
+}
+
 /// Resolve `--node` selectors (1-based index or name) against the inventory;
 /// `all` takes every controller.
 pub fn select_nodes(inv: &Inventory, nodes: &[String], all: bool) -> Result<Vec<usize>> {

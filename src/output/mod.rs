@@ -12,7 +12,7 @@ pub mod segment;
 pub mod sums;
 pub mod tar_gz;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 use crate::plan::Plan;
@@ -103,16 +103,25 @@ pub fn write_node(
         }
     };
     progress.event(Event::Wrote { path: &artifact });
-    let manifest = dir.join(format::manifest_name(node));
-    manifest::write(
-        &manifest,
-        plan,
-        &format.manifest_label(target.split),
-        outputs.clone(),
-    )?;
+    let label = format.manifest_label(target.split);
+    finish_node(plan, dir, &label, artifact, outputs, progress)
+}
+
+/// The end of every node's build: its manifest, listing `outputs` and labelled
+/// with how they were made, beside them in `out_dir`.
+pub fn finish_node(
+    plan: &Plan,
+    out_dir: &Path,
+    label: &str,
+    artifact: PathBuf,
+    outputs: Vec<OutputFile>,
+    progress: &dyn Progress,
+) -> Result<Written> {
+    let manifest = out_dir.join(format::manifest_name(plan.meta.node_index));
+    manifest::write(&manifest, plan, label, outputs.clone())?;
     progress.event(Event::Wrote { path: &manifest });
     Ok(Written {
-        node_index: node,
+        node_index: plan.meta.node_index,
         node_name: plan.meta.node_name.clone(),
         artifact,
         manifest,

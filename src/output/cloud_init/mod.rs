@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use crate::codec::gz::gzip_bytes;
 use crate::error::{Error, Result};
-use crate::output::manifest::{self, OutputFile};
+use crate::output::manifest::OutputFile;
 use crate::output::{Written, format};
 use crate::plan::{Entry, Meta, Plan};
 use crate::progress::{Event, Progress};
@@ -377,17 +377,8 @@ pub fn write_node(
             });
         }
     }
-    let manifest = out_dir.join(format::manifest_name(m.node_index));
     let label = format!("cloud-init ({mode})");
-    manifest::write(&manifest, plan, &label, outputs.clone())?;
-    progress.event(Event::Wrote { path: &manifest });
-    Ok(Written {
-        node_index: m.node_index,
-        node_name: m.node_name.clone(),
-        artifact: dest,
-        manifest,
-        outputs,
-    })
+    crate::output::finish_node(plan, out_dir, &label, dest, outputs, progress)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::output::cloud_init::Provider;
-use crate::output::manifest::{self, OutputFile};
+use crate::output::manifest::OutputFile;
 use crate::output::{Written, format, sums};
 use crate::plan::Plan;
 use crate::progress::{Event, Progress};
@@ -184,23 +184,14 @@ pub fn write_node(
         sha256: sha256_hex(&bytes),
         size: bytes.len() as u64,
     }];
-    let manifest = out_dir.join(format::manifest_name(m.node_index));
     let label = format!(
         "ignition {} ({}, binaries {})",
         opts.spec.version(),
         m.os,
         opts.binaries.name()
     );
-    manifest::write(&manifest, plan, &label, outputs.clone())?;
-    progress.event(Event::Wrote { path: &manifest });
     sums::update(out_dir, &outputs)?;
-    Ok(Written {
-        node_index: m.node_index,
-        node_name: m.node_name.clone(),
-        artifact: dest,
-        manifest,
-        outputs,
-    })
+    crate::output::finish_node(plan, out_dir, &label, dest, outputs, progress)
 }
 
 #[cfg(test)]
