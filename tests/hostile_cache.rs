@@ -308,3 +308,45 @@ fn bad_cap_variable() {
     assert_refused(&ws, &out, 2, &["IMGBUILD_MAX_ARTIFACT_SIZE", "lots"]);
     ws.assert_cache_clean(true);
 }
+
+/// A recipe a writer of the cache drops into `<cache>/locks/` for a version
+/// the build pins itself is never used: the built-in pins win, so the build
+/// asks for the real release (exit 3) instead of taking the cached stand-ins.
+#[test]
+fn a_lock_in_the_cache_never_shadows_a_pinned_version() {
+    let ws = Workspace::new(V);
+    // The stand-ins are cached under the test recipe's pins; move that recipe
+    // into the cache's locks, as a publisher-checksum lock.
+    let recipe = fs::read_to_string(ws.path(&format!("recipes/kubernetes-{V}.toml"))).unwrap();
+    fs::remove_dir_all(ws.path("recipes")).unwrap();
+    fs::create_dir_all(ws.path("cache/locks")).unwrap();
+    let lock = recipe.replace("trust = \"local\"", "trust = \"publisher-checksum\"");
+    fs::write(ws.path(&format!("cache/locks/kubernetes-{V}.toml")), lock).unwrap();
+    build_refused(&ws, 3, &["not in the cache", "350e48201e97"]);
+}
+
+/// A lock claiming `changelog` trust (only built-in recipes and --recipes
+/// folders may) is refused, for a version nothing else pins.
+#[test]
+fn a_lock_claiming_changelog_trust_is_refused() {
+    let ws = Workspace::new(V);
+    let recipe = fs::read_to_string(ws.path(&format!("recipes/kubernetes-{V}.toml"))).unwrap();
+    let other = "v1.10.99";
+    let lock = recipe
+        .replace(V, other)
+        .replace("trust = \"local\"", "trust = \"changelog\"");
+    fs::create_dir_all(ws.path("cache/locks")).unwrap();
+    fs::write(
+        ws.path(&format!("cache/locks/kubernetes-{other}.toml")),
+        lock,
+    )
+    .unwrap();
+    fs::write(
+        ws.path("cluster.toml"),
+        fs::read_to_string(ws.path("cluster.toml"))
+            .unwrap()
+            .replace(V, other),
+    )
+    .unwrap();
+    build_refused(&ws, 2, &["claims trust \"changelog\"", "--recipes"]);
+}

@@ -544,14 +544,10 @@ pub fn import(
         }
     }
     let staged = Assets {
-        recipe_dirs: session
-            .assets
-            .recipe_dirs
-            .iter()
-            .cloned()
+        lock_dirs: (session.assets.lock_dirs.iter().cloned())
             .chain([staging.path().to_path_buf()])
             .collect(),
-        overlay_dir: session.assets.overlay_dir.clone(),
+        ..session.assets.clone()
     };
 
     let mut recipes: Vec<Recipe> = Vec::new();

@@ -13,7 +13,7 @@
 //! after `--recipes` and before the built-in recipes.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::acquire::fetch::Fetcher;
 use crate::error::{Error, Result};
@@ -74,20 +74,30 @@ pub fn lock(
     }
     let name = recipe::file_name(version);
     let dest = opts.out_dir.join(&name);
-    if !opts.force
-        && let Some(existing) = assets.recipe_file(&name)?
+    if let Some(existing) = assets.recipe_file(&name)?
+        && !existing.lock
     {
         let shadowed = Recipe::parse(assets, &name, &existing.text, &existing.origin)?;
         let stronger = shadowed
             .artifacts
             .iter()
             .any(|a| a.trust == Trust::Changelog);
-        if stronger && Path::new(&existing.origin) != dest {
+        if stronger && !opts.force {
             return Err(Error::input(format!(
                 "{} already pins {version} from the release changelog (a source independent \
                      of the download server); a lock from publisher checksums would be weaker. \
                      Pass --force to write one anyway",
                 existing.origin
+            )));
+        }
+        // Locks come after built-in recipes and --recipes folders, so a forced
+        // lock is only used from a folder given with --recipes.
+        if assets.lock_dirs.iter().any(|d| d.as_path() == opts.out_dir) {
+            return Err(Error::input(format!(
+                "{} pins {version} and takes precedence over the locks in {}: write the lock \
+                 elsewhere with --out DIR, then build with --recipes DIR",
+                existing.origin,
+                opts.out_dir.display()
             )));
         }
     }

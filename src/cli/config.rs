@@ -81,12 +81,8 @@ impl Global {
             inventory: self.inventory.clone(),
             // Locks (`imgbuild lock`, `airgap import`) come after --recipes.
             assets: Assets {
-                recipe_dirs: self
-                    .recipes
-                    .iter()
-                    .cloned()
-                    .chain([cache_dir.join("locks")])
-                    .collect(),
+                recipe_dirs: self.recipes.iter().cloned().collect(),
+                lock_dirs: vec![cache_dir.join("locks")],
                 overlay_dir: self.overlays.clone(),
             },
             cache_dir,

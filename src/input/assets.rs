@@ -14,8 +14,14 @@ static BUILTIN_OVERLAYS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/overla
 /// Where recipe and overlay files are looked up.
 #[derive(Debug, Clone, Default)]
 pub struct Assets {
-    /// Folders searched for recipes (and `layouts/`) before the built-in ones.
+    /// Folders searched for recipes (and `layouts/`) before the built-in ones
+    /// (`--recipes`: the user's own, trusted as the built-in ones are).
     pub recipe_dirs: Vec<PathBuf>,
+    /// Folders of locks (`<cache>/locks`, a bundle being imported), searched
+    /// after the built-in recipes: a lock, or anything a writer of a shared
+    /// cache puts there, never shadows a version this build pins, and may not
+    /// claim `changelog` trust (checked where recipes are loaded).
+    pub lock_dirs: Vec<PathBuf>,
     /// A folder searched for overlays before the built-in ones.
     pub overlay_dir: Option<PathBuf>,
 }
@@ -26,6 +32,8 @@ pub struct Asset {
     pub text: String,
     /// `built-in:recipes/x.toml` or a filesystem path.
     pub origin: String,
+    /// Read from one of the lock folders.
+    pub lock: bool,
 }
 
 impl Assets {
@@ -36,7 +44,15 @@ impl Assets {
                 return Ok(Some(a));
             }
         }
-        Ok(builtin(&BUILTIN_RECIPES, "recipes", rel))
+        if let Some(a) = builtin(&BUILTIN_RECIPES, "recipes", rel) {
+            return Ok(Some(a));
+        }
+        for dir in &self.lock_dirs {
+            if let Some(a) = read_opt(&dir.join(rel))? {
+                return Ok(Some(Asset { lock: true, ..a }));
+            }
+        }
+        Ok(None)
     }
 
     pub fn overlay_file(&self, overlay: &str, rel: &str) -> Result<Option<Asset>> {
@@ -89,7 +105,7 @@ impl Assets {
     /// Names of `kubernetes-*.toml` recipes available, deduplicated and sorted.
     pub fn recipe_names(&self) -> Result<Vec<String>> {
         let mut names = std::collections::BTreeSet::new();
-        for dir in &self.recipe_dirs {
+        for dir in self.recipe_dirs.iter().chain(&self.lock_dirs) {
             let rd = match std::fs::read_dir(dir) {
                 Ok(rd) => rd,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -134,6 +150,7 @@ fn read_opt(path: &Path) -> Result<Option<Asset>> {
         Ok(text) => Ok(Some(Asset {
             text,
             origin: path.display().to_string(),
+            lock: false,
         })),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("cannot read", path, e)),
@@ -145,5 +162,6 @@ fn builtin(dir: &Dir<'static>, top: &str, rel: &str) -> Option<Asset> {
     Some(Asset {
         text: file.contents_utf8()?.to_string(),
         origin: format!("built-in:{top}/{rel}"),
+        lock: false,
     })
 }

@@ -306,7 +306,16 @@ impl Recipe {
                 versions.join(", ")
             )));
         };
-        Self::parse(assets, &name, &asset.text, &asset.origin)
+        let recipe = Self::parse(assets, &name, &asset.text, &asset.origin)?;
+        if asset.lock && recipe.artifacts.iter().any(|a| a.trust == Trust::Changelog) {
+            return Err(Error::input(format!(
+                "lock {}: claims trust \"changelog\", which only recipes built in or passed with --recipes may; \
+                 a lock's pins come from checksum files (\"publisher-checksum\") or from you (\"local\"): \
+                 remove the file, or pass its folder with --recipes if you vouch for it",
+                asset.origin
+            )));
+        }
+        Ok(recipe)
     }
 
     pub fn parse(assets: &Assets, name: &str, text: &str, origin: &str) -> Result<Recipe> {
