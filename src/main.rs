@@ -5,9 +5,20 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 
 fn main() -> ExitCode {
-    let args = cli::args::Cli::parse();
+    let args = match cli::args::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) => {
+            // clap quotes the value it refuses as it is: shown tamed.
+            eprint!("{}", tame(&e.render().to_string()));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     cli::signals::install();
     let reporter = cli::report::Reporter::new(args.global.quiet);
     let result = cli::commands::run(&args, &reporter);
@@ -15,11 +26,29 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Values are escaped where they are quoted; this is the net under them.
-            let text = e.to_string();
-            let lines: Vec<_> = text.split('\n').map(imgbuild::error::printable).collect();
-            eprintln!("error: {}", lines.join("\n"));
+            // Values are cut and escaped where they are quoted; this is the net under them.
+            eprintln!("error: {}", tame(&e.to_string()));
             ExitCode::from(e.kind.exit_code())
         }
     }
+}
+
+/// A message fit for a terminal: each line's control characters escaped, and
+/// a line longer than a few hundred characters (one quoting a huge value) cut
+/// in its middle.
+fn tame(text: &str) -> String {
+    let lines: Vec<String> = text
+        .split('\n')
+        .map(|line| {
+            let line = imgbuild::error::printable(line);
+            let n = line.chars().count();
+            if n <= 400 {
+                return line.into_owned();
+            }
+            let head: String = line.chars().take(200).collect();
+            let tail: String = line.chars().skip(n - 100).collect();
+            format!("{head}… ({} characters cut) …{tail}", n - 300)
+        })
+        .collect();
+    lines.join("\n")
 }

@@ -410,6 +410,84 @@ fn a_full_disk_leaves_nothing_partial() {
     }
 }
 
+// ---------------------------------------------------------------- fsync
+
+/// Under strace: every output file is synced under its temp name before it
+/// is renamed to its name, and its folder is synced after the rename (so a
+/// crash right after the build leaves the old file or the new one).
+#[test]
+fn outputs_are_synced_before_and_after_their_rename() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "scripts/test installs strace"
+        );
+        eprintln!("skipped: strace is not installed");
+        return;
+    }
+    let ws = Workspace::new(V);
+    let mut build = ws.cmd();
+    build.args(["controller", "--node", "1"]);
+    let log = ws.path("strace.log");
+    let log_arg = log.display().to_string();
+    let traced = wrapped(
+        &[
+            "strace",
+            "-f",
+            "-y",
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2",
+            "-o",
+            &log_arg,
+        ],
+        &build,
+    )
+    .output()
+    .unwrap();
+    assert!(traced.status.success(), "{}", text(&traced));
+    let lines: Vec<String> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let out = ws.path("out").canonicalize().unwrap().display().to_string();
+    for name in [
+        "controller-1.tar.gz",
+        "controller-1.manifest.json",
+        "SHA256SUMS",
+    ] {
+        let at = |pred: &dyn Fn(&str) -> bool, what: &str| {
+            lines
+                .iter()
+                .position(|l| pred(l))
+                .unwrap_or_else(|| panic!("{name}: no {what} in:\n{}", lines.join("\n")))
+        };
+        let temp = format!("{out}/.{name}.");
+        let synced = at(
+            &|l| l.contains("fsync(") && l.contains(&temp),
+            "fsync of the temp file",
+        );
+        let renamed = at(
+            &|l| {
+                l.contains("rename")
+                    && l.contains(&temp)
+                    && l.trim_end().ends_with(&format!("out/{name}\") = 0"))
+            },
+            "rename",
+        );
+        let dir_synced = lines
+            .iter()
+            .skip(renamed)
+            .position(|l| l.contains("fsync(") && l.contains(&format!("<{out}>)")))
+            .map(|i| i + renamed);
+        assert!(synced < renamed, "{name}: renamed before it was synced");
+        assert!(
+            dir_synced.is_some(),
+            "{name}: the folder is not synced after the rename"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- SIGINT
 
 /// Start `args`, wait until `started` sees it writing, send SIGINT: exit
