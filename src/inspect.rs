@@ -115,6 +115,13 @@ fn read_any(paths: &[PathBuf], first: &Path) -> Result<Inspected> {
     }
     let mut kinds = Vec::new();
     for p in paths {
+        // A FIFO would block the read, a device never end.
+        if !std::fs::metadata(p).with_path("cannot read", p)?.is_file() {
+            return Err(Error::input(format!(
+                "{}: not a regular file nor an output folder",
+                p.display()
+            )));
+        }
         kinds.push(sniff(p)?);
     }
     if paths.len() == 1 && kinds[0] == Sniffed::Vfat {

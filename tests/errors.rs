@@ -269,19 +269,22 @@ fn echoed_values_are_cut_and_escaped() {
         "--arch ",
     );
     check(&["fetch", "--mirror", &mirror_url], 2, "--mirror https://");
-    fs::write(
-        &recipe,
-        original.replacen("layout = \"controller\"\n", &layout, 1),
-    )
-    .unwrap();
-    // Refused (or failing to open, the name being too long for a file name):
-    // either way the message is cut and escaped.
-    let out = ws.run(&["controller", "--node", "1"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("yyyy") && err.len() < 2000,
-        "{err}"
-    );
+    // A layout name with an escape, and one only too long for a file name:
+    // refused with the name cut and escaped.
+    for layout in [
+        layout.clone(),
+        format!("layout = \"{}\"\n", "y".repeat(50_000)),
+    ] {
+        let text = original.replacen("layout = \"controller\"\n", &layout, 1);
+        fs::write(&recipe, text).unwrap();
+        let err = ws.fails(&["controller", "--node", "1"], 2);
+        let shown: String = err.chars().take(3000).collect();
+        assert!(
+            err.contains("layout = \"") && err.contains("yyyy"),
+            "{shown}"
+        );
+        assert!(err.len() < 2000 && !err.contains('\u{1b}'), "{shown}");
+    }
     fs::write(&recipe, &original).unwrap();
     // A user-data line of 100 KB.
     let dir = ws.path("ci/controller-1-cloud-init");

@@ -551,3 +551,17 @@ fn folder_holding_a_fifo_is_refused() {
         &["etc/fifo: a FIFO, which imgbuild never writes"],
     );
 }
+
+#[test]
+fn a_fifo_or_a_device_given_to_inspect_is_refused_without_blocking() {
+    let ws = ws();
+    let fifo = ws.path("controller-1.cpio");
+    support::sh(std::process::Command::new("mkfifo").arg(&fifo));
+    assert_refused(&ws, &inspect(&ws, &[&fifo]), 2, &["not a regular file"]);
+    assert_refused(
+        &ws,
+        &inspect(&ws, &[Path::new("/dev/zero")]),
+        2,
+        &["/dev/zero: not a regular file"],
+    );
+}

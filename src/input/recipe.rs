@@ -256,9 +256,11 @@ impl Layout {
 }
 
 /// A name for one path component: letters, digits, `.`, `_`, `-`, `@`, `:`,
-/// not starting with `.`.
+/// not starting with `.`, at most 200 bytes.
 pub fn is_plain(s: &str) -> bool {
+    // At most 200 bytes: names become file names (NAME_MAX is 255).
     !s.is_empty()
+        && s.len() <= 200
         && !s.starts_with('.')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b':'))
