@@ -7,11 +7,12 @@ use crate::input::inventory::Inventory;
 use crate::input::lint::Finding;
 use crate::input::{Inputs, Selection, Session, select_nodes};
 use crate::output::segment::SharedHalf;
-use crate::output::{self, Target, Written, cloud_init, ignition, sums};
+use crate::output::{self, Target, Written, cloud_init, format, ignition, sums};
 use crate::plan::assemble::Planner;
 use crate::progress::{Event, Progress};
 use crate::store::cache::Cache;
 use crate::util::{atomic, parallel};
+use std::sync::Mutex;
 
 /// `imgbuild controller`.
 #[derive(Debug, Clone)]
@@ -74,6 +75,8 @@ pub fn controller(
     }
     atomic::ensure_dir(&target.out_dir)?;
     let shared = SharedHalf::default();
+    // Every node written, as it is: on a failure, SHA256SUMS still gets their lines.
+    let done = Mutex::new(Vec::new());
     let one = |index: &usize| -> Result<Written> {
         let plan = planner.plan(*index, session.mtime, progress)?;
         progress.event(Event::Step {
@@ -82,23 +85,52 @@ pub fn controller(
                 target.format, plan.meta.node_name
             ),
         });
-        output::write_node(&plan, target, &shared, &cache, progress)
+        let w = output::write_node(&plan, target, &shared, &cache, progress)?;
+        lock(&done).push(w.clone());
+        Ok(w)
     };
-    let mut written = Vec::with_capacity(indices.len());
-    if target.format.splits() && indices.len() > 2 {
-        // The first node makes (or finds) the cached shared part; the others
-        // only copy or reuse it and add their own part, on every core at once
-        // (capped: each writer holds buffers, and the disk is the limit anyway).
-        written.push(one(&indices[0])?);
-        written.extend(parallel::map(&indices[1..], target.threads.min(8), one)?);
-    } else {
-        for index in &indices {
-            written.push(one(index)?);
+    let built = (|| {
+        let mut written = Vec::with_capacity(indices.len());
+        if target.format.splits() && indices.len() > 2 {
+            // The first node makes (or finds) the cached shared part; the others
+            // only copy or reuse it and add their own part, on every core at once
+            // (capped: each writer holds buffers, and the disk is the limit anyway).
+            written.push(one(&indices[0])?);
+            written.extend(parallel::map(&indices[1..], target.threads.min(8), one)?);
+        } else {
+            for index in &indices {
+                written.push(one(index)?);
+            }
+        }
+        Ok(written)
+    })();
+    let done = std::mem::take(&mut *lock(&done));
+    let outputs: Vec<_> = done.iter().flat_map(|w| w.outputs.clone()).collect();
+    match built {
+        Ok(written) => {
+            sums::update(&target.out_dir, &outputs, &|_| false)?;
+            Ok(written)
+        }
+        Err(e) => {
+            // The nodes written get their lines; a node that failed may have
+            // replaced a file (an archive before its manifest, the shared
+            // half before its own half), so its lines are checked again.
+            let ok: Vec<usize> = done.iter().map(|w| w.node_index).collect();
+            let failed = |name: &str| {
+                format::is_shared_half(name)
+                    || format::node_of(name)
+                        .is_some_and(|n| indices.contains(&n) && !ok.contains(&n))
+            };
+            match sums::update(&target.out_dir, &outputs, &failed) {
+                Ok(()) => Err(e),
+                Err(sums) => Err(crate::Error::new(e.kind, format!("{e}; and {sums}"))),
+            }
         }
     }
-    let outputs: Vec<_> = written.iter().flat_map(|w| w.outputs.clone()).collect();
-    sums::update(&target.out_dir, &outputs)?;
-    Ok(written)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `imgbuild cloud-init`: `controller-N-cloud-init/` and the manifest of every selected node.

@@ -80,14 +80,38 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// A value from the input, cut to a length fit for a message (errors quote
-/// what they refuse; a megabyte-long name must not become a megabyte error).
+/// what they refuse; a megabyte-long name must not become a megabyte error),
+/// with control characters escaped ([`printable`]).
 pub fn clip(value: &str) -> String {
     const MAX: usize = 120;
     if value.chars().count() <= MAX {
-        return value.to_string();
+        return printable(value).into_owned();
     }
     let head: String = value.chars().take(MAX).collect();
-    format!("{head}… ({} bytes in all)", value.len())
+    format!("{}… ({} bytes in all)", printable(&head), value.len())
+}
+
+/// `value` with every control character (ESC of a terminal escape sequence,
+/// a carriage return, a newline) and every bidirectional override escaped as
+/// `\u{..}`: a name printed from a hostile file cannot drive the terminal or
+/// hide what it is.
+pub fn printable(value: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !value.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Attach a path and an action to `std::io::Result`s.
@@ -98,5 +122,22 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn with_path(self, action: &str, path: &Path) -> Result<T> {
         self.map_err(|e| Error::io(action, path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_cuts_and_escapes() {
+        assert_eq!(clip("plain"), "plain");
+        assert_eq!(clip("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\u{a}");
+        assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
+        assert!(matches!(printable("é ok"), std::borrow::Cow::Borrowed(_)));
+        let long = "\u{1b}".repeat(1000);
+        let cut = clip(&long);
+        assert!(cut.ends_with("… (1000 bytes in all)"), "{cut}");
+        assert!(!cut.contains('\u{1b}'));
     }
 }

@@ -21,12 +21,23 @@ use std::path::{Path, PathBuf};
 use flate2::read::MultiGzDecoder;
 
 use crate::codec::{cpio, vfat};
-use crate::error::{Error, IoContext, Kind, Result};
+use crate::error::{Error, IoContext, Kind, Result, clip};
 use crate::output::cloud_init::{SEED_MOUNT, yaml};
 use crate::output::format;
 use crate::output::ignition::{self, config::wants_link};
 use crate::output::manifest::{Listed, Manifest, ManifestEntry};
 use crate::util::digest::{HashingWriter, sha256_file};
+
+mod tree;
+
+/// Entries an output may hold (a node holds a few dozen): more is refused.
+pub const MAX_ENTRIES: usize = 65_536;
+/// Bytes one tar member may hold (the largest binary is ~100 MB).
+pub const MAX_MEMBER: u64 = 4 << 30;
+/// Bytes a tar.gz may unpack to, in all.
+pub const MAX_TOTAL: u64 = 16 << 30;
+/// Bytes of a user-data, as read and once gunzipped (imgbuild's are tens of KB).
+pub const MAX_USER_DATA: u64 = 16 << 20;
 
 /// What kind of output was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +46,8 @@ pub enum Artifact {
     Cpio,
     CloudInit,
     Ignition,
+    /// A `--format dir` folder, or a root it was copied onto.
+    Tree,
 }
 
 #[derive(Debug, Clone)]
@@ -87,11 +100,28 @@ pub fn inspect(paths: &[PathBuf]) -> Result<Inspected> {
     let Some(first) = paths.first() else {
         return Err(Error::input("inspect: name an output to read"));
     };
+    let found = read_any(paths, first)?;
+    tree::check_paths(first, &found.entries)?;
+    Ok(found)
+}
+
+fn read_any(paths: &[PathBuf], first: &Path) -> Result<Inspected> {
     if paths.len() == 1 && first.is_dir() {
-        return inspect_cloud_init_dir(first);
+        let name = first.file_name().unwrap_or_default().to_string_lossy();
+        if name.ends_with("-cloud-init") || first.join("user-data").exists() {
+            return inspect_cloud_init_dir(first);
+        }
+        return tree::read_tree(first);
     }
     let mut kinds = Vec::new();
     for p in paths {
+        // A FIFO would block the read, a device never end.
+        if !std::fs::metadata(p).with_path("cannot read", p)?.is_file() {
+            return Err(Error::input(format!(
+                "{}: not a regular file nor an output folder",
+                p.display()
+            )));
+        }
         kinds.push(sniff(p)?);
     }
     if paths.len() == 1 && kinds[0] == Sniffed::Vfat {
@@ -109,7 +139,7 @@ pub fn inspect(paths: &[PathBuf]) -> Result<Inspected> {
             what: first.display().to_string(),
             sha256: sha256.clone(),
             url: None,
-            read: Some((first.clone(), sha256)),
+            read: Some((first.to_path_buf(), sha256)),
         });
         return Ok(out);
     }
@@ -241,31 +271,70 @@ fn inspect_tar(path: &Path) -> Result<Inspected> {
     let file = BufReader::new(File::open(path).with_path("cannot open", path)?);
     let mut archive = tar::Archive::new(MultiGzDecoder::new(file));
     let mut entries = Vec::new();
-    for e in archive.entries().map_err(read_err(path))? {
+    let mut total: u64 = 0;
+    // Raw entries: a GNU long name or a PAX header (which imgbuild never
+    // writes) is refused, not read into memory whatever its size.
+    for e in archive.entries().map_err(read_err(path))?.raw(true) {
         let mut e = e.map_err(read_err(path))?;
+        if entries.len() >= MAX_ENTRIES {
+            return Err(Error::input(format!(
+                "{}: more than {MAX_ENTRIES} entries, far more than any node holds",
+                path.display()
+            )));
+        }
         let h = e.header().clone();
-        let raw = e
-            .path()
-            .map_err(read_err(path))?
-            .to_string_lossy()
-            .into_owned();
-        let rel = raw
-            .trim_start_matches("./")
-            .trim_start_matches('/')
-            .trim_end_matches('/');
+        let raw = String::from_utf8(e.path_bytes().into_owned()).map_err(|b| {
+            Error::input(format!(
+                "{}: entry {} is not a UTF-8 name, which imgbuild never writes",
+                path.display(),
+                clip(&String::from_utf8_lossy(b.as_bytes()))
+            ))
+        })?;
+        if raw.starts_with('/') {
+            return Err(Error::input(format!(
+                "{}: entry {} has an absolute name, which imgbuild never writes",
+                path.display(),
+                clip(&raw)
+            )));
+        }
+        let rel = raw.trim_start_matches("./").trim_end_matches('/');
         let mode = h.mode().map_err(read_err(path))? & 0o7777;
-        let uid = h.uid().map_err(read_err(path))? as u32;
-        let gid = h.gid().map_err(read_err(path))? as u32;
+        let id = |v: io::Result<u64>, what: &str| -> Result<u32> {
+            let v = v.map_err(read_err(path))?;
+            u32::try_from(v).map_err(|_| {
+                Error::input(format!(
+                    "{}: entry {}: {what} {v} does not fit 32 bits",
+                    path.display(),
+                    clip(rel)
+                ))
+            })
+        };
+        let uid = id(h.uid(), "uid")?;
+        let gid = id(h.gid(), "gid")?;
         let (kind, size, sha256, target) = match h.entry_type() {
             tar::EntryType::Directory => ("dir", 0, None, None),
             tar::EntryType::Symlink => {
-                let t = e
-                    .link_name()
-                    .map_err(read_err(path))?
-                    .map(|t| t.to_string_lossy().into_owned());
-                ("symlink", 0, None, t)
+                let t = e.link_name_bytes().map(|t| {
+                    String::from_utf8(t.into_owned()).map_err(|_| {
+                        Error::input(format!(
+                            "{}: entry {}: its link target is not UTF-8",
+                            path.display(),
+                            clip(rel)
+                        ))
+                    })
+                });
+                ("symlink", 0, None, t.transpose()?)
             }
             tar::EntryType::Regular => {
+                let size = e.size();
+                total = total.saturating_add(size);
+                if size > MAX_MEMBER || total > MAX_TOTAL {
+                    return Err(Error::input(format!(
+                        "{}: entry {} is {size} bytes: over the cap of {MAX_MEMBER} bytes per member, {MAX_TOTAL} in all",
+                        path.display(),
+                        clip(rel)
+                    )));
+                }
                 let mut hasher = HashingWriter::new(io::sink());
                 io::copy(&mut e, &mut hasher).map_err(read_err(path))?;
                 let (_, sha256, n) = hasher.finish();
@@ -273,8 +342,9 @@ fn inspect_tar(path: &Path) -> Result<Inspected> {
             }
             other => {
                 return Err(Error::input(format!(
-                    "{}: {rel} is a {other:?} entry, which imgbuild never writes",
-                    path.display()
+                    "{}: {} is a {other:?} entry, which imgbuild never writes",
+                    path.display(),
+                    clip(rel)
                 )));
             }
         };
@@ -301,7 +371,7 @@ fn inspect_tar(path: &Path) -> Result<Inspected> {
 }
 
 fn inspect_ignition(path: &Path) -> Result<Inspected> {
-    let bytes = std::fs::read(path).with_path("cannot read", path)?;
+    let bytes = tree::read_capped(path, MAX_USER_DATA)?;
     let what = path.display().to_string();
     let read = ignition::read::parse(&bytes, &what)?;
     Ok(Inspected {
@@ -320,8 +390,14 @@ fn read_user_data(bytes: Vec<u8>, what: &str) -> Result<Inspected> {
     let text = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         MultiGzDecoder::new(&bytes[..])
+            .take(MAX_USER_DATA + 1)
             .read_to_end(&mut out)
             .map_err(|e| Error::input(format!("{what}: bad gzip: {e}")))?;
+        if out.len() as u64 > MAX_USER_DATA {
+            return Err(Error::input(format!(
+                "{what}: gunzips to more than {MAX_USER_DATA} bytes (imgbuild's user-data is tens of KB)"
+            )));
+        }
         out
     } else {
         bytes
@@ -348,10 +424,8 @@ fn read_user_data(bytes: Vec<u8>, what: &str) -> Result<Inspected> {
 
 fn inspect_cloud_init_dir(dir: &Path) -> Result<Inspected> {
     let ud = dir.join("user-data");
-    let bytes = std::fs::read(&ud).map_err(|e| {
-        Error::io("cannot read", &ud, e)
-            .context(format!("{} is not a cloud-init folder", dir.display()))
-    })?;
+    let bytes = tree::read_capped(&ud, MAX_USER_DATA)
+        .map_err(|e| e.context(format!("{} is not a cloud-init folder", dir.display())))?;
     let mut out = read_user_data(bytes, &ud.display().to_string())?;
     read_payload_beside(dir, &mut out)?;
     let seed = dir.join("seed.img");
@@ -398,7 +472,7 @@ fn read_payload_beside(dir: &Path, out: &mut Inspected) -> Result<()> {
 
 fn inspect_seed(image: &Path) -> Result<Inspected> {
     let (label, files) = vfat::read_vfat(image)?;
-    let ud = vfat::read_vfat_file(image, "user-data")?
+    let ud = vfat::read_vfat_file(image, "user-data", MAX_USER_DATA)?
         .ok_or_else(|| Error::input(format!("{}: no user-data on this volume", image.display())))?;
     let mut out = read_user_data(ud, &format!("{}::user-data", image.display()))?;
     out.notes

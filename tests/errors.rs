@@ -224,3 +224,76 @@ fn unwritable_output_folder() {
         "{err}"
     );
 }
+
+/// A value echoed by an error is cut to a line's length and its control
+/// characters escaped, wherever it comes from: the command line, a recipe,
+/// a file given to inspect.
+#[test]
+fn echoed_values_are_cut_and_escaped() {
+    let ws = Workspace::new("v1.10.2");
+    let long = format!("\u{1b}[2J{}", "x".repeat(100_000));
+    let mirror = format!("mirror=ftp://{long}");
+    let mirror_url = format!("https://{long}/\u{1b}]0;t\u{7}");
+    let layout = format!("layout = \"\\u001b[2J{}\"\n", "y".repeat(50_000));
+    let recipe = ws.path("recipes/kubernetes-v1.10.2.toml");
+    let original = fs::read_to_string(&recipe).unwrap();
+    let check = |args: &[&str], code: i32, option: &str| {
+        let err = ws.fails(args, code);
+        let shown: String = err.chars().take(3000).collect();
+        let cmd = args
+            .iter()
+            .map(|a| a.chars().take(40).collect::<String>())
+            .collect::<Vec<_>>();
+        assert!(err.contains(option), "{cmd:?}: {shown}");
+        assert!(
+            err.contains("u{1b}[2J") || err.contains("yyy"),
+            "{cmd:?}: {shown}"
+        );
+        assert!(err.len() < 2000, "{cmd:?}: {} bytes:\n{shown}", err.len());
+        assert!(!err.contains('\u{1b}'), "{cmd:?}: a raw escape: {shown}");
+        assert!(ws.files_under("out").is_empty(), "{cmd:?}");
+    };
+    check(
+        &["cloud-init", "--node", "1", "--binaries", &mirror],
+        2,
+        "--binaries mirror=ftp://",
+    );
+    // clap's own message: the escape dropped, the value cut in the middle.
+    let err = ws.fails(&["cloud-init", "--node", "1", "--provider", &long], 2);
+    assert!(err.contains("characters cut") && err.len() < 2000 && !err.contains('\u{1b}'));
+    check(&["lint", "--os", &long], 2, "--os ");
+    check(&["lock", "--version", &long], 2, "--version ");
+    check(
+        &["lock", "--version", "v1.2.3", "--arch", &long],
+        2,
+        "--arch ",
+    );
+    check(&["fetch", "--mirror", &mirror_url], 2, "--mirror https://");
+    // A layout name with an escape, and one only too long for a file name:
+    // refused with the name cut and escaped.
+    for layout in [
+        layout.clone(),
+        format!("layout = \"{}\"\n", "y".repeat(50_000)),
+    ] {
+        let text = original.replacen("layout = \"controller\"\n", &layout, 1);
+        fs::write(&recipe, text).unwrap();
+        let err = ws.fails(&["controller", "--node", "1"], 2);
+        let shown: String = err.chars().take(3000).collect();
+        assert!(
+            err.contains("layout = \"") && err.contains("yyyy"),
+            "{shown}"
+        );
+        assert!(err.len() < 2000 && !err.contains('\u{1b}'), "{shown}");
+    }
+    fs::write(&recipe, &original).unwrap();
+    // A user-data line of 100 KB.
+    let dir = ws.path("ci/controller-1-cloud-init");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("user-data"),
+        format!("#cloud-config\nbogus {long}\n"),
+    )
+    .unwrap();
+    let err = ws.fails(&["inspect", "ci/controller-1-cloud-init"], 2);
+    assert!(err.contains("line 2") && err.len() < 2000 && !err.contains('\u{1b}'));
+}

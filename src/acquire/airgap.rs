@@ -513,7 +513,7 @@ pub fn import(
     let scanned = scan(bundle, cache.limits())?;
 
     // Layouts the bundle brings that this machine lacks, for parsing its locks.
-    let staging = tempfile::tempdir()
+    let (staging, _live) = atomic::tracked(tempfile::tempdir, |d| d.path())
         .with_path("cannot create a temporary folder in", &std::env::temp_dir())?;
     let mut new_layouts = Vec::new();
     for (name, text) in &scanned.layouts {

@@ -195,7 +195,8 @@ impl<'a> Fetcher<'a> {
         let rel = url_path.trim_start_matches('/');
         if rel.split('/').any(|c| c == "..") {
             return Err(Error::input(format!(
-                "url_path {url_path:?} leaves the mirror"
+                "url_path {:?} leaves the mirror",
+                crate::error::clip(url_path)
             )));
         }
         Ok(dir.join(rel))
@@ -462,20 +463,22 @@ pub fn redact(url: &str) -> String {
 fn parse_base(raw: &str, allow_http: bool) -> Result<Base> {
     let trimmed = raw.trim_end_matches('/');
     let shown = redact(trimmed);
+    // As messages echo it: cut, controls escaped.
+    let said = crate::error::clip(&shown);
     if let Some(rest) = raw.strip_prefix("file://") {
         if !rest.starts_with('/') {
             return Err(Error::input(format!(
-                "--mirror {shown}: a file:// URL needs an absolute path (file:///srv/mirror)"
+                "--mirror {said}: a file:// URL needs an absolute path (file:///srv/mirror)"
             )));
         }
         return Ok(Base::File(PathBuf::from(rest)));
     }
     if let Some((scheme, _)) = raw.split_once("://") {
         let url = reqwest::Url::parse(raw)
-            .map_err(|e| Error::input(format!("--mirror {shown}: not a URL ({e})")))?;
+            .map_err(|e| Error::input(format!("--mirror {said}: not a URL ({e})")))?;
         if url.query().is_some() || url.fragment().is_some() {
             return Err(Error::input(format!(
-                "--mirror {shown}: a download base cannot carry a query or a fragment \
+                "--mirror {said}: a download base cannot carry a query or a fragment \
                  (file paths are appended to it)"
             )));
         }
@@ -487,12 +490,13 @@ fn parse_base(raw: &str, allow_http: bool) -> Result<Base> {
             "https" => Ok(base),
             "http" if allow_http => Ok(base),
             "http" => Err(Error::input(format!(
-                "--mirror {shown}: plain http:// is refused (anyone on the path could change or \
+                "--mirror {said}: plain http:// is refused (anyone on the path could change or \
                  watch what you download); use https://, or pass --allow-http for a trusted \
                  internal network (downloads are checked against their pins either way)"
             ))),
             other => Err(Error::input(format!(
-                "--mirror {shown}: unsupported scheme {other}:// (use https://, http:// with --allow-http, or file://)"
+                "--mirror {said}: unsupported scheme {}:// (use https://, http:// with --allow-http, or file://)",
+                crate::error::clip(other)
             ))),
         };
     }
@@ -502,7 +506,7 @@ fn parse_base(raw: &str, allow_http: bool) -> Result<Base> {
         return Ok(Base::File(abs));
     }
     Err(Error::input(format!(
-        "--mirror {shown}: neither a URL (https://, file://) nor an existing folder"
+        "--mirror {said}: neither a URL (https://, file://) nor an existing folder"
     )))
 }
 

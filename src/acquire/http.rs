@@ -61,7 +61,7 @@ pub(super) fn client(opts: &FetchOptions) -> Result<Client> {
                 ))
             }
             other => {
-                let other = other.to_string();
+                let other = crate::error::clip(other);
                 attempt.error(format!("redirect to a {other}: URL refused"))
             }
         }

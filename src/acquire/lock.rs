@@ -59,7 +59,8 @@ pub fn lock(
     let fetcher = &fetcher.for_pins()?;
     if Version::parse(version).is_none() {
         return Err(Error::input(format!(
-            "--version {version}: expected vMAJOR.MINOR.PATCH, e.g. v1.33.0"
+            "--version {}: expected vMAJOR.MINOR.PATCH, e.g. v1.33.0",
+            crate::error::clip(version)
         )));
     }
     if opts.arches.is_empty() {
@@ -68,7 +69,8 @@ pub fn lock(
     for arch in &opts.arches {
         if !matches!(arch.as_str(), "amd64" | "arm64") {
             return Err(Error::input(format!(
-                "--arch {arch}: expected amd64 or arm64"
+                "--arch {}: expected amd64 or arm64",
+                crate::error::clip(arch)
             )));
         }
     }
@@ -197,7 +199,7 @@ fn parse_checksum(body: &str, alg: Algorithm, url: &str) -> Result<String> {
             "{url}: not a {} checksum file (expected {} hex characters, got {:?})",
             alg.name(),
             alg.hex_len(),
-            token.chars().take(140).collect::<String>()
+            crate::error::clip(token)
         )));
     }
     Ok(hex)

@@ -296,33 +296,44 @@ fn fetching<T>(
 }
 
 /// One line per entry; then, with --verify, every difference from the manifest.
+/// Everything read from the output is printed with its control characters
+/// escaped (`printable`): a hostile name cannot drive the terminal.
 fn inspect(args: &InspectArgs) -> imgbuild::Result<()> {
+    use imgbuild::error::printable;
     use imgbuild::inspect;
     let found = inspect::inspect(&args.artifacts)?;
     if let Some(p) = &found.payload {
         // The URL without its query, which may be a signature.
         let from = p.url.as_deref().map(|u| u.split('?').next().unwrap_or(u));
         let from = from
-            .map(|u| format!(", fetched from {u}"))
+            .map(|u| format!(", fetched from {}", printable(u)))
             .unwrap_or_default();
-        eprintln!("payload: {} names sha256 {}{from}", p.what, p.sha256);
+        eprintln!(
+            "payload: {} names sha256 {}{from}",
+            printable(&p.what),
+            printable(&p.sha256)
+        );
     }
     for e in &found.entries {
         let size = e.size.map_or("-".to_string(), |s| s.to_string());
-        let sha = e.sha256.as_deref().unwrap_or("-");
+        let sha = printable(e.sha256.as_deref().unwrap_or("-"));
         let extra = match (e.kind, &e.target) {
-            ("symlink", Some(t)) => format!(" -> {t}"),
-            (_, Some(src)) => format!(" (from {src})"),
+            ("symlink", Some(t)) => format!(" -> {}", printable(t)),
+            (_, Some(src)) => format!(" (from {})", printable(src)),
             _ => String::new(),
         };
         println!(
             "{:<7} {:04o} {}:{} {size:>10} {sha:<64} {}{extra}",
-            e.kind, e.mode, e.uid, e.gid, e.path
+            e.kind,
+            e.mode,
+            e.uid,
+            e.gid,
+            printable(&e.path)
         );
     }
     // Ignition: the units its preset enables.
     for unit in &found.enabled {
-        println!("enabled {unit}");
+        println!("enabled {}", printable(unit));
     }
     if !args.verify {
         return Ok(());
@@ -346,7 +357,7 @@ fn inspect(args: &InspectArgs) -> imgbuild::Result<()> {
         return Ok(());
     }
     for p in &problems {
-        eprintln!("differs: {p}");
+        eprintln!("differs: {}", printable(p));
     }
     Err(imgbuild::Error::integrity(format!(
         "{} difference(s) from {}",

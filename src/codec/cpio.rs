@@ -21,7 +21,7 @@
 use std::io::{self, Read, Write};
 
 use crate::codec::{copy_exact, sha256_of};
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, Kind, Result, clip};
 
 const MAGIC: &[u8; 6] = b"070701";
 /// How a file's data goes to the output: 256 KiB pieces (the bytes of a
@@ -215,10 +215,24 @@ fn skip(r: &mut impl Read, n: u64) -> Result<()> {
     Ok(())
 }
 
+/// Members a stream may hold (a node has a few dozen).
+pub const MAX_MEMBERS: usize = 65_536;
+/// Bytes a symlink's target may hold (PATH_MAX).
+pub const MAX_TARGET: u64 = 4096;
+
 /// Read every member of a stream of one or more concatenated newc archives, as
 /// the kernel does: after a trailer, zero padding and then another archive may follow.
+///
+/// What the kernel would unpack differently from the listing is refused: a
+/// regular file with nlink above 1, or two entries of one archive sharing an
+/// inode number (the kernel hard-links a file to an earlier entry with its
+/// inode, whatever its own data; imgbuild gives every entry its own inode
+/// and files nlink 1). So are a symlink target over [`MAX_TARGET`] bytes and
+/// more than [`MAX_MEMBERS`] members.
 pub fn read_members(mut r: impl Read) -> Result<Vec<Member>> {
     let mut members = Vec::new();
+    // Inode numbers of the current archive (the kernel forgets them at each trailer).
+    let mut inodes: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
     let mut pos: u64 = 0;
     let mut head = [0u8; HEADER_LEN];
     loop {
@@ -279,8 +293,26 @@ pub fn read_members(mut r: impl Read) -> Result<Vec<Member>> {
         if name == TRAILER {
             skip(&mut r, size + data_pad)?;
             pos += size + data_pad;
+            inodes.clear();
             continue;
         }
+        let shown = clip(&name);
+        if members.len() >= MAX_MEMBERS {
+            return Err(bad(format!(
+                "more than {MAX_MEMBERS} members, far more than any node holds"
+            )));
+        }
+        if mode & S_IFMT == S_IFREG && nlink > 1 {
+            return Err(bad(format!(
+                "{shown} is a file with nlink {nlink}: the kernel would hard-link it to a later entry with inode {ino}, which imgbuild never writes"
+            )));
+        }
+        if let Some(other) = inodes.get(&ino) {
+            return Err(bad(format!(
+                "{shown} shares inode {ino} with {other}: the kernel may hard-link them, which imgbuild never writes"
+            )));
+        }
+        inodes.insert(ino, shown.clone());
         let mut member = Member {
             path: name,
             mode,
@@ -297,15 +329,20 @@ pub fn read_members(mut r: impl Read) -> Result<Vec<Member>> {
             S_IFREG => {
                 let (sha256, got) = sha256_of(&mut (&mut r).take(size)).map_err(read_err)?;
                 if got != size {
-                    return Err(bad(format!("{} is truncated", member.path)));
+                    return Err(bad(format!("{shown} is truncated")));
                 }
                 member.sha256 = Some(sha256);
                 skip(&mut r, data_pad)?;
             }
             S_IFLNK => {
+                if size > MAX_TARGET {
+                    return Err(bad(format!(
+                        "{shown}: a symlink target of {size} bytes (at most {MAX_TARGET})"
+                    )));
+                }
                 let mut target = vec![0u8; size as usize];
                 if read_full(&mut r, &mut target)? != target.len() {
-                    return Err(bad(format!("{} is truncated", member.path)));
+                    return Err(bad(format!("{shown} is truncated")));
                 }
                 member.target =
                     Some(String::from_utf8(target).map_err(|_| bad("non-UTF-8 link target"))?);

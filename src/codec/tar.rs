@@ -61,8 +61,9 @@ pub fn header(head: &Head, mtime: u64) -> Result<tar::Header> {
             h.set_size(0);
             h.set_link_name(target).map_err(|e| {
                 Error::input(format!(
-                    "{}: link target {target:?} too long: {e}",
-                    head.path
+                    "{}: link target {:?} too long: {e}",
+                    crate::error::clip(head.path),
+                    crate::error::clip(target)
                 ))
             })?;
         }

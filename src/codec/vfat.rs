@@ -155,7 +155,8 @@ pub fn write_vfat(
         let root = fs.root_dir();
         for f in files {
             let mut file = root.create_file(&f.path).map_err(fat_err(dest))?;
-            copy_exact(&mut *(f.open)()?, &mut file, f.size, &f.path, 1 << 20)?;
+            copy_exact(&mut *(f.open)()?, &mut file, f.size, &f.path, 1 << 20)
+                .map_err(|e| e.context(dest.display()))?;
             file.flush().map_err(fat_err(dest))?;
         }
     }
@@ -190,17 +191,34 @@ fn write_label_entry(disk: &mut File, label: &[u8; 11], time: DateTime) -> io::R
     disk.write_all(&entry)
 }
 
-/// A read-only view for `fatfs`, which wants `Write` even to read.
-struct ReadOnly(File);
+/// A read-only view for `fatfs`, which wants `Write` even to read. It reads
+/// at most `left` bytes in all: a walk over a hostile image whose cluster
+/// chains loop (a folder that is its own parent, a file that never ends)
+/// stops there with `InvalidData` instead of running on.
+struct ReadOnly {
+    file: File,
+    left: u64,
+}
 
 impl Read for ReadOnly {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        if self.left == 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the image reads back far more bytes than it holds: its cluster chains loop",
+            ));
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.file.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 impl Seek for ReadOnly {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.0.seek(pos)
+        self.file.seek(pos)
     }
 }
 impl Write for ReadOnly {
@@ -209,6 +227,22 @@ impl Write for ReadOnly {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Entries an image may hold, and how deep its folders may nest (the seed
+/// volume holds a handful of files in its root folder).
+pub const MAX_ENTRIES: usize = 4096;
+pub const MAX_DEPTH: usize = 16;
+
+/// A read error: a hostile image (`InvalidData`) is bad input, anything else I/O.
+fn read_failed<'a>(path: &'a Path, what: &'a str) -> impl Fn(io::Error) -> Error + 'a {
+    move |e| {
+        if e.kind() == io::ErrorKind::InvalidData {
+            Error::input(format!("{}: {what}: {e}", path.display()))
+        } else {
+            Error::io(what, path, e)
+        }
     }
 }
 
@@ -239,8 +273,11 @@ static READ_TIME: FixedTime = FixedTime(DateTime {
 /// The filesystem of the image at `path`, read-only.
 fn open_image(path: &Path) -> Result<FileSystem<ReadOnly>> {
     let file = File::open(path).with_path("cannot open", path)?;
+    let size = file.metadata().with_path("cannot stat", path)?.len();
+    // Every byte read about twice (folders, then files), plus FAT look-ups.
+    let left = size.saturating_mul(3).saturating_add(64 << 20);
     FileSystem::new(
-        ReadOnly(file),
+        ReadOnly { file, left },
         FsOptions::new()
             .time_provider(&READ_TIME)
             .update_accessed_date(false),
@@ -253,20 +290,35 @@ pub fn read_vfat(path: &Path) -> Result<(String, Vec<VfatEntry>)> {
     let fs = open_image(path)?;
     let label = match fs
         .read_volume_label_from_root_dir()
-        .map_err(|e| Error::io("cannot read", path, e))?
+        .map_err(read_failed(path, "cannot read"))?
     {
         Some(l) => l,
         None => fs.volume_label(),
     };
+    let image_size = std::fs::metadata(path)
+        .with_path("cannot stat", path)?
+        .len();
     let mut out = Vec::new();
-    let mut stack = vec![(String::new(), fs.root_dir())];
-    while let Some((prefix, dir)) = stack.pop() {
+    let mut stack = vec![(String::new(), fs.root_dir(), 0usize)];
+    while let Some((prefix, dir, depth)) = stack.pop() {
+        if depth > MAX_DEPTH {
+            return Err(Error::input(format!(
+                "{}: folders nested over {MAX_DEPTH} levels deep (a folder that contains itself?)",
+                path.display()
+            )));
+        }
         let mut here = Vec::new();
         for e in dir.iter() {
-            let e = e.map_err(|e| Error::io("cannot read a folder of", path, e))?;
+            let e = e.map_err(read_failed(path, "cannot read a folder of"))?;
             let name = e.file_name();
             if name == "." || name == ".." {
                 continue;
+            }
+            if out.len() >= MAX_ENTRIES {
+                return Err(Error::input(format!(
+                    "{}: more than {MAX_ENTRIES} entries (a folder whose clusters loop?)",
+                    path.display()
+                )));
             }
             let p = if prefix.is_empty() {
                 name
@@ -280,10 +332,18 @@ pub fn read_vfat(path: &Path) -> Result<(String, Vec<VfatEntry>)> {
                     size: 0,
                     sha256: None,
                 });
-                here.push((p, e.to_dir()));
+                here.push((p, e.to_dir(), depth + 1));
             } else {
+                if e.len() > image_size {
+                    return Err(Error::input(format!(
+                        "{}: {} claims {} bytes, more than the {image_size} bytes of the image",
+                        path.display(),
+                        crate::error::clip(&p),
+                        e.len()
+                    )));
+                }
                 let (sha256, size) =
-                    sha256_of(&mut e.to_file()).map_err(|e| Error::io("cannot read", path, e))?;
+                    sha256_of(&mut e.to_file()).map_err(read_failed(path, "cannot read"))?;
                 out.push(VfatEntry {
                     path: p,
                     is_dir: false,
@@ -299,18 +359,27 @@ pub fn read_vfat(path: &Path) -> Result<(String, Vec<VfatEntry>)> {
     Ok((label.trim_end().to_string(), out))
 }
 
-/// Read one file of a vfat image into memory (small files: user-data, meta-data).
-pub fn read_vfat_file(image: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+/// Read one file of a vfat image into memory (small files: user-data,
+/// meta-data), refused when over `cap` bytes.
+pub fn read_vfat_file(image: &Path, name: &str, cap: u64) -> Result<Option<Vec<u8>>> {
     let fs = open_image(image)?;
     let root = fs.root_dir();
-    let mut f = match root.open_file(name) {
+    let f = match root.open_file(name) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(&format!("cannot open {name} in"), image, e)),
     };
     let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)
-        .map_err(|e| Error::io("cannot read", image, e))?;
+    f.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_failed(image, "cannot read"))?;
+    if bytes.len() as u64 > cap {
+        return Err(Error::input(format!(
+            "{}: {} is over {cap} bytes",
+            image.display(),
+            crate::error::clip(name)
+        )));
+    }
     Ok(Some(bytes))
 }
 
@@ -446,7 +515,7 @@ mod tests {
             Some(sha256_of(&mut &[7u8; 10_000][..]).unwrap().0.as_str())
         );
         assert_eq!(
-            read_vfat_file(&a, "user-data").unwrap().unwrap(),
+            read_vfat_file(&a, "user-data", 1 << 20).unwrap().unwrap(),
             b"#cloud-config\n"
         );
     }

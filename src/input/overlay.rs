@@ -66,7 +66,9 @@ impl Overlay {
                 .ok_or_else(|| {
                     Error::input(format!(
                         "recipe {}: template {:?} not found in overlay {:?}",
-                        recipe.origin, f.template, layout.overlay
+                        recipe.origin,
+                        crate::error::clip(&f.template),
+                        crate::error::clip(&layout.overlay)
                     ))
                 })?;
             sources.push((f.template.clone(), asset.text, asset.origin.clone()));

@@ -92,7 +92,8 @@ impl Profile {
         let Some(chosen) = layout.os.get(name) else {
             let have: Vec<_> = layout.os.keys().map(String::as_str).collect();
             return Err(Error::input(format!(
-                "--os {name}: no such profile; layout {origin} has {}",
+                "--os {}: no such profile; layout {origin} has {}",
+                crate::error::clip(name),
                 have.join(", ")
             )));
         };

@@ -166,9 +166,10 @@ impl Artifact {
         self.digests.get(arch).map(String::as_str).ok_or_else(|| {
             let have: Vec<_> = self.digests.keys().map(String::as_str).collect();
             Error::input(format!(
-                "recipe {recipe} pins artifact {} only for {}; no pin for arch {arch}",
-                self.name,
-                have.join(", ")
+                "recipe {recipe} pins artifact {} only for {}; no pin for arch {}",
+                clip(&self.name),
+                clip(&have.join(", ")),
+                clip(arch)
             ))
         })
     }
@@ -255,9 +256,11 @@ impl Layout {
 }
 
 /// A name for one path component: letters, digits, `.`, `_`, `-`, `@`, `:`,
-/// not starting with `.`.
+/// not starting with `.`, at most 200 bytes.
 pub fn is_plain(s: &str) -> bool {
+    // At most 200 bytes: names become file names (NAME_MAX is 255).
     !s.is_empty()
+        && s.len() <= 200
         && !s.starts_with('.')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b':'))
@@ -329,8 +332,9 @@ impl Recipe {
         let layout_name = format!("layouts/{}.toml", recipe.layout);
         let layout = assets.recipe_file(&layout_name)?.ok_or_else(|| {
             Error::input(format!(
-                "recipe {origin}: layout {:?} not found (looked for {layout_name})",
-                recipe.layout
+                "recipe {origin}: layout {:?} not found (looked for {})",
+                clip(&recipe.layout),
+                clip(&layout_name)
             ))
         })?;
         recipe.layout_def = toml::from_str(&layout.text).map_err(|e| {
@@ -422,8 +426,9 @@ impl Recipe {
                         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
                 if !ok {
                     return Err(Error::input(format!(
-                        "artifact {} digests.{arch}: expected {} lowercase hex characters of {}",
-                        a.name,
+                        "artifact {} digests.{}: expected {} lowercase hex characters of {}",
+                        clip(&a.name),
+                        clip(arch),
                         a.algorithm.hex_len(),
                         a.algorithm.name()
                     )));

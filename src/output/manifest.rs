@@ -189,9 +189,16 @@ pub fn read(path: &Path) -> Result<Manifest> {
 /// Write the node's manifest at `path`. Several formats of one node share the
 /// manifest: when the file already describes exactly the same entries and
 /// inputs, the other formats' outputs are kept beside this one's; otherwise
-/// the file is replaced.
+/// the file is replaced. Under the output folder's lock.
 pub fn write(path: &Path, plan: &Plan, format: &str, outputs: Vec<OutputFile>) -> Result<()> {
     let mut manifest = Manifest::new(plan, format, outputs);
+    // Read, merged and written under the output folder's lock: two builds of
+    // the node in other formats at once keep both formats' outputs.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let _lock = crate::util::atomic::lock_dir(dir)?;
     let old = std::fs::read(path)
         .ok()
         .and_then(|b| Manifest::from_bytes(&b).ok());

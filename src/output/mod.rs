@@ -62,7 +62,12 @@ pub fn write_node(
     let (artifact, outputs) = match (format, target.split) {
         (Format::Dir, _) => {
             let dest = dir.join(format.whole(node));
-            dir::write_dir(plan, &dest)?;
+            if let Some(message) = dir::write_dir(plan, &dest)? {
+                progress.event(Event::Warning { message: &message });
+            }
+            if let Some(message) = dir::not_root_warning(plan, &dest) {
+                progress.event(Event::Warning { message: &message });
+            }
             (dest, vec![])
         }
         (Format::TarGz, false) => {
@@ -83,22 +88,25 @@ pub fn write_node(
         }
         (Format::TarGz, true) => {
             // The shared part first: if its inputs are bad, nothing is written.
+            // It is placed before the node's half too: it is the large one (a
+            // full disk fails there, with nothing written), and one left by a
+            // failure of the node's half is whole and reused.
             let seg = tar_gz::segment(plan, cache, threads, progress)?;
-            let half = dir.join(format.node_half(node));
-            let node_out = tar_gz::write_node_half(plan, &half)?;
             let dest = dir.join(format.shared_half(&plan.meta.kubernetes_version, &plan.meta.arch));
             let shared_out = shared.place(plan, cache, seg, &dest, 0o644, progress)?;
+            let half = dir.join(format.node_half(node));
+            let node_out = tar_gz::write_node_half(plan, &half)?;
             (half, vec![node_out, shared_out])
         }
         (Format::Cpio | Format::CpioGz, true) => {
             let gzip = format == Format::CpioGz;
-            // The shared part first: if its inputs are bad, nothing is written.
+            // The shared part first, as above.
             let seg = cpio::shared_segment(plan, gzip, cache, threads, progress)?;
-            let half = dir.join(format.node_half(node));
-            let (half, node_out) = cpio::write_file(plan, Part::PerNode, gzip, &half)?;
             let dest = dir.join(format.shared_half(&plan.meta.kubernetes_version, &plan.meta.arch));
             let mode = cpio::part_mode(plan, Part::Shared);
             let shared_out = shared.place(plan, cache, seg, &dest, mode, progress)?;
+            let half = dir.join(format.node_half(node));
+            let (half, node_out) = cpio::write_file(plan, Part::PerNode, gzip, &half)?;
             (half, vec![node_out, shared_out])
         }
     };

@@ -600,7 +600,10 @@ fn leaf_params(
             p.subject_alt_names.push(match san {
                 San::Ip(ip) => SanType::IpAddress(*ip),
                 San::Dns(name) => SanType::DnsName(name.clone().try_into().map_err(|_| {
-                    Error::input(format!("{name:?} cannot be a DNS name in a certificate"))
+                    Error::input(format!(
+                        "{:?} cannot be a DNS name in a certificate",
+                        crate::error::clip(name)
+                    ))
                 })?),
             });
         }

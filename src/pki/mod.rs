@@ -203,8 +203,8 @@ pub fn apiserver_sans(inv: &Inventory) -> Result<Vec<(San, String)>> {
             Error::input(format!(
                 "controllers[{}] ({}).internal_ip = {:?}: not an IP address",
                 i + 1,
-                c.name,
-                c.internal_ip
+                crate::error::clip(&c.name),
+                crate::error::clip(&c.internal_ip)
             ))
         })?;
         push(
@@ -333,18 +333,24 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8], secret: bool) -
     let path = dir.join(name);
     // tempfile creates with mode 0600: a secret is never readable by others, not
     // even for the moment before the rename.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_path("create a temporary file in", dir)?;
+    // Registered as live: an interrupted run removes it (util::atomic).
+    let (mut tmp, live) = crate::util::atomic::tracked(
+        || {
+            tempfile::Builder::new()
+                .prefix(&format!(".{name}."))
+                .suffix(".tmp")
+                .tempfile_in(dir)
+        },
+        |t| t.path(),
+    )
+    .with_path("create a temporary file in", dir)?;
     tmp.write_all(bytes).with_path("write", &path)?;
     let mode = if secret { 0o600 } else { 0o644 };
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))
         .with_path("set permissions of", &path)?;
     tmp.as_file().sync_all().with_path("sync", &path)?;
-    tmp.persist(&path)
+    crate::util::atomic::settle(live.path(), || tmp.persist(&path))
         .map_err(|e| Error::io("rename into place", &path, e.error))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();

@@ -253,8 +253,9 @@ fn enablement(recipe: &Recipe, profile: &Profile, files: &[Entry]) -> Result<Vec
                 p.clone()
             } else {
                 return Err(Error::input(format!(
-                    "layout {}: unit {unit} is enabled but neither shipped by the overlay nor listed in [unit_paths]",
-                    layout.overlay
+                    "layout {}: unit {} is enabled but neither shipped by the overlay nor listed in [unit_paths]",
+                    crate::error::clip(&layout.overlay),
+                    crate::error::clip(unit)
                 )));
             };
             out.push(Entry {

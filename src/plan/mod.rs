@@ -243,7 +243,10 @@ impl Plan {
                     .split('/')
                     .any(|c| c.is_empty() || c == "." || c == "..")
             {
-                return Err(Error::input(format!("bad rootfs path {:?}", e.path)));
+                return Err(Error::input(format!(
+                    "bad rootfs path {:?}",
+                    crate::error::clip(&e.path)
+                )));
             }
             if let Some((parent, _)) = e.path.rsplit_once('/') {
                 match kinds.get(parent) {

@@ -164,11 +164,16 @@ impl Cache {
         self.root.join("tmp")
     }
 
-    /// A new temp file inside the cache (same filesystem, so renames are atomic).
+    /// A new temp file inside the cache (same filesystem, so renames are
+    /// atomic). Its name carries this process's id, and every such name is
+    /// registered as live (`util::atomic`): an interrupted build removes its
+    /// own temp files, never another process's.
     pub fn temp_file(&self) -> Result<NamedTempFile> {
         let dir = self.root.join("tmp");
+        let prefix = format!(".part-{}-", std::process::id());
+        crate::util::atomic::track_prefix(&dir, &prefix);
         tempfile::Builder::new()
-            .prefix(".part-")
+            .prefix(&prefix)
             .tempfile_in(&dir)
             .with_path("cannot create a temporary file in", &dir)
     }

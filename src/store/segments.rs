@@ -181,7 +181,17 @@ fn ledger_key(key: &str) -> String {
 /// (copy_file_range: the bytes never pass through this process).
 pub fn copy_segment(seg_path: &Path, seg: &Segment, out: &mut File) -> Result<()> {
     let mut src = File::open(seg_path).with_path("cannot read", seg_path)?;
-    let copied = io::copy(&mut src, out).with_path("cannot copy", seg_path)?;
+    let copied = io::copy(&mut src, out).map_err(|e| {
+        // Name where the bytes were going (a full disk is the usual cause).
+        use std::os::fd::AsRawFd;
+        let into = fs::read_link(format!("/proc/self/fd/{}", out.as_raw_fd()))
+            .map(|p| format!(" into {}", p.display()))
+            .unwrap_or_default();
+        Error::new(
+            crate::error::Kind::Io,
+            format!("cannot copy {}{into}: {e}", seg_path.display()),
+        )
+    })?;
     if copied != seg.size {
         return Err(Error::integrity(format!(
             "cached segment {} changed size while copying; run `imgbuild cache verify`",

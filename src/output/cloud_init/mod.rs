@@ -16,8 +16,7 @@ pub mod payload;
 pub mod seed;
 pub mod yaml;
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::codec::gz::gzip_bytes;
 use crate::error::{Error, Result};
@@ -25,7 +24,7 @@ use crate::output::manifest::OutputFile;
 use crate::output::{Written, format};
 use crate::plan::{Entry, Meta, Plan};
 use crate::progress::{Event, Progress};
-use crate::util::atomic::ensure_dir_mode;
+use crate::util::atomic::{TempFolder, ensure_dir_mode, swap_dir};
 use crate::util::digest::{sha256_file, sha256_hex};
 
 /// The filesystem label cloud-init's NoCloud source looks for.
@@ -59,10 +58,12 @@ impl std::str::FromStr for Binaries {
                     Ok(Binaries::Mirror(url.trim_end_matches('/').to_string()))
                 }
                 Some(url) => Err(Error::input(format!(
-                    "--binaries mirror={url}: the mirror must be an http:// or https:// URL without spaces"
+                    "--binaries mirror={}: the mirror must be an http:// or https:// URL without spaces",
+                    crate::error::clip(url)
                 ))),
                 None => Err(Error::input(format!(
-                    "--binaries {s}: expected baked, seed or mirror=URL"
+                    "--binaries {}: expected baked, seed or mirror=URL",
+                    crate::error::clip(s)
                 ))),
             },
         }
@@ -132,7 +133,8 @@ impl std::str::FromStr for Provider {
             .find(|p| p.name() == s)
             .ok_or_else(|| {
                 Error::input(format!(
-                    "--provider {s}: expected one of aws, azure, gcp, openstack, hetzner, nocloud"
+                    "--provider {}: expected one of aws, azure, gcp, openstack, hetzner, nocloud",
+                    crate::error::clip(s)
                 ))
             })
     }
@@ -262,63 +264,57 @@ fn fit_budget(text: &str, provider: Provider, meta: &Meta) -> Result<(Vec<u8>, b
     )))
 }
 
+/// The files of a cloud-init folder as written: names (relative to the
+/// folder), digests and sizes; and what the swap left behind, if anything.
+#[derive(Debug)]
+pub struct Folder {
+    pub files: Vec<OutputFile>,
+    pub warning: Option<String>,
+}
+
 /// Write `<dest>` (a folder, 0700) with user-data, meta-data, network-config
 /// and seed.img, all 0600 (they hold private keys). The folder appears whole:
-/// it is built beside `dest` and renamed into place.
-pub fn write_folder(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<PathBuf> {
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    crate::util::atomic::ensure_dir(&parent)?;
-    let name = dest
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempdir_in(&parent)
-        .map_err(|e| crate::util::atomic::writable_hint(&parent, e))?;
+/// it is built and hashed beside `dest`, then swapped into place; nothing
+/// that can fail is left for after the swap but removing the old folder,
+/// which is a warning (`Folder::warning`), not an error.
+pub fn write_folder(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<Folder> {
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::util::atomic::ensure_dir(parent)?;
+    }
+    let tmp = TempFolder::beside(dest)?;
     ensure_dir_mode(tmp.path(), 0o700)?;
-    let put = |file: &str, bytes: &[u8]| -> Result<()> {
-        crate::util::atomic::write(&tmp.path().join(file), bytes, 0o600).map(drop)
+    let mut files = Vec::new();
+    let mut put = |file: &str, bytes: &[u8]| -> Result<()> {
+        crate::util::atomic::write(&tmp.path().join(file), bytes, 0o600)?;
+        files.push(OutputFile {
+            name: file.to_string(),
+            sha256: sha256_hex(bytes),
+            size: bytes.len() as u64,
+        });
+        Ok(())
     };
     put("user-data", &rendered.user_data)?;
     put("meta-data", rendered.meta_data.as_bytes())?;
     if let Some(n) = &rendered.network_config {
         put("network-config", n.as_bytes())?;
     }
-    seed::write_seed(plan, rendered, &tmp.path().join("seed.img"))?;
-
+    let seed = tmp.path().join("seed.img");
+    seed::write_seed(plan, rendered, &seed)?;
+    let (sha256, size) = sha256_file(&seed)?;
+    files.push(OutputFile {
+        name: "seed.img".into(),
+        sha256,
+        size,
+    });
     // Swap the new folder in; an older one is moved aside and then removed.
-    let tmp = tmp.keep();
-    let old = parent.join(format!(".{name}.old"));
-    let _ = fs::remove_dir_all(&old);
-    let had_old = match fs::rename(dest, &old) {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(Error::io("cannot move aside the previous", dest, e));
-        }
-    };
-    if let Err(e) = fs::rename(&tmp, dest) {
-        let _ = fs::remove_dir_all(&tmp);
-        if had_old {
-            let _ = fs::rename(&old, dest);
-        }
-        return Err(Error::io("cannot rename into place", dest, e));
-    }
-    if had_old {
-        fs::remove_dir_all(&old).map_err(|e| Error::io("cannot remove the previous", &old, e))?;
-    }
-    Ok(dest.to_path_buf())
+    let warning = swap_dir(tmp, dest)?;
+    Ok(Folder { files, warning })
 }
 
 /// `imgbuild cloud-init` for one node: `controller-N-cloud-init/` in
 /// `out_dir`, and the node's manifest listing every file of the folder.
+/// Success means all of it is written; a failure once the folder is in
+/// place says so.
 pub fn write_node(
     plan: &Plan,
     opts: &Options,
@@ -364,25 +360,31 @@ pub fn write_node(
     }
     let folder = format::cloud_init_dir(m.node_index);
     let dest = out_dir.join(&folder);
-    write_folder(plan, &rendered, &dest)?;
+    let written = write_folder(plan, &rendered, &dest)?;
     progress.event(Event::Wrote { path: &dest });
-    for f in ["user-data", "meta-data", "network-config", "seed.img"] {
-        let p = dest.join(f);
-        if p.exists() {
-            let (sha256, size) = sha256_file(&p)?;
-            outputs.push(OutputFile {
-                name: format!("{folder}/{f}"),
-                sha256,
-                size,
-            });
-        }
+    if let Some(message) = &written.warning {
+        progress.event(Event::Warning { message });
     }
+    outputs.extend(written.files.into_iter().map(|f| OutputFile {
+        name: format!("{folder}/{}", f.name),
+        ..f
+    }));
     let label = format!("cloud-init ({mode})");
-    crate::output::finish_node(plan, out_dir, &label, dest, outputs, progress)
+    crate::output::finish_node(plan, out_dir, &label, dest.clone(), outputs, progress).map_err(
+        |e| {
+            e.context(format!(
+                "{} is in place, but its manifest is not written",
+                dest.display()
+            ))
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::path::PathBuf;
+
     use super::*;
     use crate::codec::vfat;
     use crate::plan::fixture::sample_plan;

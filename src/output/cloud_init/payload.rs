@@ -352,7 +352,12 @@ pub(super) fn read_script(script: &str, what: &str) -> Result<(Fetch, Vec<Listed
         if !ours.iter().any(|p| line.starts_with(p)) {
             continue;
         }
-        let words = sh_words(line).ok_or_else(|| bad(&format!("cannot read the line {line:?}")))?;
+        let words = sh_words(line).ok_or_else(|| {
+            bad(&format!(
+                "cannot read the line {:?}",
+                crate::error::clip(line)
+            ))
+        })?;
         let w: Vec<&str> = words.iter().map(String::as_str).collect();
         let mode = |m: &str| u32::from_str_radix(m, 8).map_err(|_| bad("a mode is not octal"));
         let id = |n: &str| n.parse::<u32>().map_err(|_| bad("an owner is not numeric"));
@@ -382,7 +387,12 @@ pub(super) fn read_script(script: &str, what: &str) -> Result<(Fetch, Vec<Listed
                     target: Some(src.to_string()),
                 });
             }
-            _ => return Err(bad(&format!("cannot read the line {line:?}"))),
+            _ => {
+                return Err(bad(&format!(
+                    "cannot read the line {:?}",
+                    crate::error::clip(line)
+                )));
+            }
         }
     }
     match (url, sha256) {

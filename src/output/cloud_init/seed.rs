@@ -45,5 +45,5 @@ pub fn write_seed(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<()> 
         plan.meta.mtime,
         &files,
     )?;
-    out.commit_synced().map(drop)
+    out.commit().map(drop)
 }

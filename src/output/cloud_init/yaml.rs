@@ -16,7 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::{Binaries, Options, SEED_LABEL, SEED_MOUNT};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, clip};
 use crate::output::manifest::Listed;
 use crate::plan::{Entry, EntryKind, Network, Plan};
 use crate::util::digest::sha256_hex;
@@ -397,7 +397,7 @@ fn scalar(v: &str, what: &str) -> Result<String> {
 
 fn parse_mode(s: &str, what: &str) -> Result<u32> {
     u32::from_str_radix(s, 8)
-        .map_err(|_| Error::input(format!("{what}: permissions {s:?} are not octal")))
+        .map_err(|_| Error::input(format!("{what}: permissions {:?} are not octal", clip(s))))
 }
 
 /// Read the user-data imgbuild writes back into entries.
@@ -427,12 +427,12 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
             continue;
         }
         if !line.starts_with(['-', ' ']) {
-            section = line
-                .strip_suffix(':')
-                .ok_or_else(|| Error::input(format!("{what}: line {i}: unexpected {line:?}")))?;
+            section = line.strip_suffix(':').ok_or_else(|| {
+                Error::input(format!("{what}: line {i}: unexpected {:?}", clip(line)))
+            })?;
             continue;
         }
-        let bad = |why: &str| Error::input(format!("{what}: line {i}: {why}: {line:?}"));
+        let bad = |why: &str| Error::input(format!("{what}: line {i}: {why}: {:?}", clip(line)));
         let owner_ids = |owner: &str| -> Result<(u32, u32)> {
             let (u, g) = owner.split_once(':').ok_or_else(|| bad("bad owner"))?;
             let uid = u.parse().map_err(|_| bad("bad uid"))?;
@@ -558,6 +558,7 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
         let path = f
             .get("path")
             .ok_or_else(|| Error::input(format!("{what}: a write_files item has no path")))?;
+        let shown = clip(path);
         let content = f.get("content").cloned().unwrap_or_default();
         let bytes = match f.get("encoding").map(String::as_str) {
             None => content.into_bytes(),
@@ -566,18 +567,19 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
                 let packed: String = content.split_ascii_whitespace().collect();
                 BASE64
                     .decode(packed)
-                    .map_err(|_| Error::input(format!("{what}: {path}: content is not base64")))?
+                    .map_err(|_| Error::input(format!("{what}: {shown}: content is not base64")))?
             }
             Some(other) => {
                 return Err(Error::input(format!(
-                    "{what}: {path}: encoding {other} is not one imgbuild writes"
+                    "{what}: {shown}: encoding {} is not one imgbuild writes",
+                    clip(other)
                 )));
             }
         };
         if path == super::payload::SCRIPT_PATH {
             // The boot script of --payload-url: not a file of the node's tree.
             let script = String::from_utf8(bytes)
-                .map_err(|_| Error::input(format!("{what}: {path}: not UTF-8")))?;
+                .map_err(|_| Error::input(format!("{what}: {shown}: not UTF-8")))?;
             let (fetch, installs) = super::payload::read_script(&script, what)?;
             carries |= installs.iter().any(|e| e.kind == "file");
             entries.extend(installs);
@@ -589,7 +591,7 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
             None if f.get("owner").map(String::as_str) == Some("root:root") => (0, 0),
             None => {
                 return Err(Error::input(format!(
-                    "{what}: {path}: owner must be root:root"
+                    "{what}: {shown}: owner must be root:root"
                 )));
             }
         };

@@ -36,8 +36,13 @@ pub struct Listing {
     pub carries_binaries: bool,
 }
 
-/// The bytes of a data URL imgbuild writes (`data:;base64,`, maybe gzipped).
-fn decode(c: &Contents, what: &str) -> Result<Vec<u8>> {
+/// Bytes the files of one config may decode to, in all (imgbuild's decode
+/// to tens of KB): a gzip bomb in a data URL is refused, not unpacked.
+const MAX_DECODED: u64 = 64 << 20;
+
+/// The bytes of a data URL imgbuild writes (`data:;base64,`, maybe gzipped);
+/// what they decode to counts against `left`.
+fn decode(c: &Contents, what: &str, left: &mut u64) -> Result<Vec<u8>> {
     let b64 = c.source.strip_prefix(DATA_PREFIX).ok_or_else(|| {
         Error::input(format!(
             "{what}: source {:?} is neither a {DATA_PREFIX} URL nor http(s)",
@@ -48,18 +53,28 @@ fn decode(c: &Contents, what: &str) -> Result<Vec<u8>> {
         .decode(b64)
         .map_err(|e| Error::input(format!("{what}: bad base64: {e}")))?;
     match c.compression.as_deref() {
-        None => Ok(bytes),
+        None => spend(bytes, what, left),
         Some(GZIP) => {
             let mut out = Vec::new();
             MultiGzDecoder::new(&bytes[..])
+                .take(*left + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| Error::input(format!("{what}: bad gzip: {e}")))?;
-            Ok(out)
+            spend(out, what, left)
         }
         Some(other) => Err(Error::input(format!(
             "{what}: compression {other:?} (Ignition knows gzip only)"
         ))),
     }
+}
+
+fn spend(bytes: Vec<u8>, what: &str, left: &mut u64) -> Result<Vec<u8>> {
+    *left = left.checked_sub(bytes.len() as u64).ok_or_else(|| {
+        Error::input(format!(
+            "{what}: the config's files decode to more than {MAX_DECODED} bytes (imgbuild's are tens of KB)"
+        ))
+    })?;
+    Ok(bytes)
 }
 
 fn file_entry(path: String, mode: u32, uid: u32, gid: u32, bytes: &[u8]) -> Listed {
@@ -86,11 +101,15 @@ pub fn parse(bytes: &[u8], what: &str) -> Result<Listing> {
     let mut add = |e: Listed| -> Result<()> {
         let path = e.path.clone();
         if found.insert(path.clone(), e).is_some() {
-            return Err(Error::input(format!("{what}: {path} is given twice")));
+            return Err(Error::input(format!(
+                "{what}: {} is given twice",
+                crate::error::clip(&path)
+            )));
         }
         Ok(())
     };
     let mut carries_binaries = false;
+    let mut left = MAX_DECODED;
     for d in &config.storage.directories {
         add(Listed {
             path: d.path.clone(),
@@ -125,7 +144,11 @@ pub fn parse(bytes: &[u8], what: &str) -> Result<Listing> {
                 target: Some(src.clone()),
             })?;
         } else {
-            let bytes = decode(&f.contents, &format!("{what}: {}", f.path))?;
+            let bytes = decode(
+                &f.contents,
+                &format!("{what}: {}", crate::error::clip(&f.path)),
+                &mut left,
+            )?;
             add(file_entry(
                 f.path.clone(),
                 f.mode,
