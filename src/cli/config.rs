@@ -10,6 +10,7 @@ use imgbuild::build::{CloudInitOptions, ControllerOptions, IgnitionOptions};
 use imgbuild::input::Session;
 use imgbuild::input::assets::Assets;
 use imgbuild::output::cloud_init::payload::{self, Payload};
+use imgbuild::output::format::Format;
 use imgbuild::output::{Target, cloud_init, ignition};
 use imgbuild::store::cache::Cache;
 
@@ -110,17 +111,20 @@ impl PkiInitArgs {
 
 impl ControllerArgs {
     pub fn options(&self) -> imgbuild::Result<ControllerOptions> {
-        if self.split && !self.format.splits() {
+        let format = Format::parse(
+            self.format.as_deref().unwrap_or("tar"),
+            self.compression.as_deref(),
+        )?;
+        if self.split && !format.splits() {
             return Err(Error::input(format!(
-                "--split applies to archives (--format tar.gz, cpio or cpio.gz), not to --format {}",
-                self.format
+                "--split applies to archives (--format tar.gz, tar.zst, cpio, cpio.gz, ...), not to --format {format}"
             )));
         }
         Ok(ControllerOptions {
             nodes: self.node.clone(),
             all: self.all,
             target: Target {
-                format: self.format,
+                format,
                 split: self.split,
                 out_dir: self.out.clone(),
                 threads: threads()?,
