@@ -96,8 +96,26 @@ pub fn frame(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
 }
 
 /// A reader of every frame in `r`, one after the other (checksums verified).
+/// Bytes that are not valid frames fail with `InvalidData`; errors of `r`
+/// itself pass as they are.
 pub fn decoder<'a, R: BufRead + 'a>(r: R) -> io::Result<impl Read + 'a> {
-    zstd::stream::read::Decoder::with_buffer(r)
+    Ok(Decoder(zstd::stream::read::Decoder::with_buffer(r)?))
+}
+
+struct Decoder<R>(R);
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            // libzstd's own errors (a bad checksum, a corrupt block) come as
+            // `Other` without an OS error code.
+            if e.kind() == io::ErrorKind::Other && e.raw_os_error().is_none() {
+                io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+            } else {
+                e
+            }
+        })
+    }
 }
 
 /// The compressed size of each frame of `bytes`, in order; an error if they
@@ -194,7 +212,14 @@ mod tests {
             let mut bad = good.clone();
             bad[at] ^= 0x10;
             let mut out = Vec::new();
-            if decoder(&bad[..]).unwrap().read_to_end(&mut out).is_err() {
+            if let Err(e) = decoder(&bad[..]).unwrap().read_to_end(&mut out) {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                    ),
+                    "{e:?}"
+                );
                 caught += 1;
             }
         }
