@@ -14,22 +14,17 @@ use std::path::Path;
 use std::process::Command;
 
 use imgbuild::codec::zstd;
-use support::{Workspace, sh, sha256_file, wrapped};
+use support::{Workspace, sh, sha256_file, tree_listing, wrapped};
 
 fn mode_of(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
-/// `find` listing of a tree: type and mode, owner, path, link target.
-fn tree_listing(root: &Path) -> String {
-    sh(Command::new("find")
-        .arg(".")
-        .args(["-printf", "%M %U:%G %p %l\n"])
-        .current_dir(root))
-    .lines()
-    .filter(|l| !l.ends_with(" . "))
-    .map(|l| format!("{l}\n"))
-    .collect()
+/// `imgbuild controller --node NODE --out OUT ARGS...`; its stderr (progress).
+fn build(ws: &Workspace, node: &str, out: &str, args: &[&str]) -> String {
+    let mut all = vec!["controller", "--node", node, "--out", out];
+    all.extend(args);
+    ws.ok_stderr(&all)
 }
 
 /// The same tree, files byte for byte (GNU diff) and modes and owners.
@@ -174,52 +169,20 @@ fn tar_zst_whole_and_split_extract_to_the_tree() {
 
     // Warm: the shared part comes from the cache, and the bytes are the cold ones.
     let first = sha256_file(&ws.path("out/controller-1.tar.zst"));
-    let warm = ws.ok_stderr(&[
-        "controller",
-        "--node",
-        "1",
-        "--compression",
-        "zstd",
-        "--out",
-        "warm",
-    ]);
+    let warm = build(&ws, "1", "warm", &["--compression", "zstd"]);
     assert!(!warm.contains("compressing the binaries"), "{warm}");
     assert_eq!(sha256_file(&ws.path("warm/controller-1.tar.zst")), first);
     // Another level is another segment, and other bytes; the default's is still cached.
-    let l1 = ws.ok_stderr(&[
-        "controller",
-        "--node",
-        "1",
-        "--compression",
-        "zstd:1",
-        "--out",
-        "l1",
-    ]);
+    let l1 = build(&ws, "1", "l1", &["--compression", "zstd:1"]);
     assert!(l1.contains("compressing the binaries"), "{l1}");
     assert_ne!(sha256_file(&ws.path("l1/controller-1.tar.zst")), first);
     ws.ok(&["inspect", "--verify", "l1/controller-1.tar.zst"]);
-    let again = ws.ok_stderr(&[
-        "controller",
-        "--node",
-        "1",
-        "--format",
-        "tar.zst",
-        "--out",
-        "again",
-    ]);
+    let again = build(&ws, "1", "again", &["--format", "tar.zst"]);
     assert!(!again.contains("compressing the binaries"), "{again}");
     assert_eq!(sha256_file(&ws.path("again/controller-1.tar.zst")), first);
     // Without the cache, a cold build makes the same bytes.
     fs::remove_dir_all(ws.path("cache/segments")).unwrap();
-    ws.ok(&[
-        "controller",
-        "--node",
-        "1",
-        "--compression",
-        "zstd",
-        "--out",
-        "cold",
-    ]);
+    build(&ws, "1", "cold", &["--compression", "zstd"]);
     assert_eq!(sha256_file(&ws.path("cold/controller-1.tar.zst")), first);
 }
 
@@ -230,39 +193,16 @@ fn tar_zst_whole_and_split_extract_to_the_tree() {
 #[test]
 fn cpio_zst_frames_end_at_entries_and_gnu_cpio_extracts_them() {
     let ws = Workspace::builder("v1.36.0").binaries(1 << 20).build();
-    for args in [&[][..], &["--split"][..]] {
-        let mut plain = vec![
-            "controller",
-            "--node",
+    for split in [&[][..], &["--split"][..]] {
+        build(&ws, "2", "plain", &[&["--format", "cpio"], split].concat());
+        build(
+            &ws,
             "2",
-            "--format",
-            "cpio",
-            "--out",
-            "plain",
-        ];
-        plain.extend(args);
-        ws.ok(&plain);
-        let mut zst = vec![
-            "controller",
-            "--node",
-            "2",
-            "--format",
-            "cpio",
-            "--compression",
-            "zstd",
-        ];
-        zst.extend(args);
-        ws.ok(&zst);
+            "out",
+            &[&["--format", "cpio", "--compression", "zstd"], split].concat(),
+        );
     }
-    ws.ok(&[
-        "controller",
-        "--node",
-        "2",
-        "--format",
-        "dir",
-        "--out",
-        "trees",
-    ]);
+    build(&ws, "2", "trees", &["--format", "dir"]);
     let tree = ws.path("trees/controller-2");
     for (zst, plain, at_least) in [
         ("out/controller-2.cpio.zst", "plain/controller-2.cpio", 6),
