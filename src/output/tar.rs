@@ -13,7 +13,7 @@
 //! gzip stream for gzip, GNU tar and flate2's MultiGzDecoder. Not for an
 //! initramfs: the kernel refuses a gzip member that ends inside a cpio entry
 //! (seen under qemu), so cpio.gz members follow entries instead
-//! (`cpio::write_entries_gz`). Chunk boundaries depend only on the input
+//! (`frames`, `cpio::write_entries`). Chunk boundaries depend only on the input
 //! bytes, so the output is the same for any number of threads. Memory is
 //! fixed: `threads + 2` chunks (input and output buffers, reused) at most are
 //! in flight, and each compressing thread keeps one deflate state.
