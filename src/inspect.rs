@@ -1,7 +1,7 @@
 //! `imgbuild inspect`: list what an output holds, and check it against the build
-//! manifest. Reads tar.gz, cpio, cpio.gz, a split pair (tar.gz, or cpio files
-//! read as one stream, as the kernel does), a cloud-init folder, a seed image
-//! and an Ignition config.
+//! manifest. Reads tar and cpio archives (gzip, zstd or plain: told apart by
+//! their bytes), a split pair (tar, or cpio files read as one stream, as the
+//! kernel does), a cloud-init folder, a seed image and an Ignition config.
 //!
 //! user-data is read by the parser beside its emitter (`output::cloud_init::yaml`),
 //! which knows the YAML subset imgbuild writes; a user-data edited by hand may
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
-use crate::codec::{cpio, vfat};
+use crate::codec::{cpio, vfat, zstd};
 use crate::error::{Error, IoContext, Kind, Result, clip};
 use crate::output::cloud_init::{SEED_MOUNT, yaml};
 use crate::output::format;
@@ -131,7 +131,7 @@ fn read_any(paths: &[PathBuf], first: &Path) -> Result<Inspected> {
         return inspect_ignition(first);
     }
     let name = first.file_name().unwrap_or_default().to_string_lossy();
-    if paths.len() == 1 && kinds[0] == Sniffed::GzTar && format::is_payload(&name) {
+    if paths.len() == 1 && matches!(kinds[0], Sniffed::Tar(_)) && format::is_payload(&name) {
         let mut out = inspect_tar(first)?;
         let (sha256, _) = sha256_file(first)?;
         out.carries_binaries = false;
@@ -143,7 +143,7 @@ fn read_any(paths: &[PathBuf], first: &Path) -> Result<Inspected> {
         });
         return Ok(out);
     }
-    if kinds.iter().all(|k| *k == Sniffed::GzTar) {
+    if kinds.iter().all(|k| matches!(k, Sniffed::Tar(_))) {
         // One archive, or the halves of a split one (the shared half has no
         // end-of-archive blocks: it is the start of the whole archive).
         let mut out = inspect_tar(first)?;
@@ -155,9 +155,9 @@ fn read_any(paths: &[PathBuf], first: &Path) -> Result<Inspected> {
         return Ok(out);
     }
     for (p, k) in paths.iter().zip(&kinds) {
-        if !matches!(k, Sniffed::Cpio | Sniffed::GzCpio) {
+        if !matches!(k, Sniffed::Cpio(_)) {
             return Err(Error::input(format!(
-                "{}: several files are read as one output: all tar.gz (a split tar.gz pair), or all cpio or cpio.gz (one initramfs); this is {}",
+                "{}: several files are read as one output: all tar (a split tar.gz or tar.zst pair), or all cpio (one initramfs); this is {}",
                 p.display(),
                 k.name()
             )));
@@ -166,13 +166,7 @@ fn read_any(paths: &[PathBuf], first: &Path) -> Result<Inspected> {
     let mut entries = Vec::new();
     let mut notes = Vec::new();
     for (p, k) in paths.iter().zip(&kinds) {
-        let file = BufReader::new(File::open(p).with_path("cannot open", p)?);
-        let members = if *k == Sniffed::GzCpio {
-            cpio::read_members(MultiGzDecoder::new(file))
-        } else {
-            cpio::read_members(file)
-        }
-        .map_err(|e| e.context(p.display()))?;
+        let members = cpio::read_members(unpacked(p)?).map_err(|e| e.context(p.display()))?;
         notes.push(format!(
             "{}: {}, {} entries",
             p.display(),
@@ -206,23 +200,61 @@ fn read_any(paths: &[PathBuf], first: &Path) -> Result<Inspected> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sniffed {
-    GzTar,
-    GzCpio,
-    Cpio,
+    Tar(Packed),
+    Cpio(Packed),
     Vfat,
     Ignition,
 }
 
-impl Sniffed {
-    fn name(self) -> &'static str {
-        match self {
-            Sniffed::GzTar => "tar.gz",
-            Sniffed::GzCpio => "cpio.gz",
-            Sniffed::Cpio => "cpio",
-            Sniffed::Vfat => "vfat image",
-            Sniffed::Ignition => "Ignition config",
+/// How an archive's bytes are compressed, as its first bytes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Packed {
+    Plain,
+    Gzip,
+    Zstd,
+}
+
+impl Packed {
+    fn of(head: &[u8]) -> Packed {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Packed::Gzip
+        } else if head.starts_with(&zstd::MAGIC) {
+            Packed::Zstd
+        } else {
+            Packed::Plain
         }
     }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Packed::Plain => "",
+            Packed::Gzip => ".gz",
+            Packed::Zstd => ".zst",
+        }
+    }
+}
+
+impl Sniffed {
+    fn name(self) -> String {
+        match self {
+            Sniffed::Tar(p) => format!("tar{}", p.suffix()),
+            Sniffed::Cpio(p) => format!("cpio{}", p.suffix()),
+            Sniffed::Vfat => "vfat image".into(),
+            Sniffed::Ignition => "Ignition config".into(),
+        }
+    }
+}
+
+/// A file's bytes, decompressed when they start with a gzip or zstd magic
+/// (every member or frame, one after the other; zstd checksums verified).
+fn unpacked(path: &Path) -> Result<Box<dyn Read>> {
+    let mut file = BufReader::new(File::open(path).with_path("cannot open", path)?);
+    let head = io::BufRead::fill_buf(&mut file).map_err(read_err(path))?;
+    Ok(match Packed::of(head) {
+        Packed::Plain => Box::new(file),
+        Packed::Gzip => Box::new(MultiGzDecoder::new(file)),
+        Packed::Zstd => Box::new(zstd::decoder(file).map_err(read_err(path))?),
+    })
 }
 
 /// Tell formats apart by their bytes, not their names.
@@ -231,26 +263,33 @@ fn sniff(path: &Path) -> Result<Sniffed> {
     let mut head = vec![0u8; 512];
     let n = crate::codec::read_up_to(&mut f, &mut head).map_err(read_err(path))?;
     head.truncate(n);
-    if head.starts_with(&[0x1f, 0x8b]) {
+    let packed = Packed::of(&head);
+    if packed != Packed::Plain {
         let mut inner = vec![0u8; 512];
-        let mut gz = MultiGzDecoder::new(BufReader::new(
-            File::open(path).with_path("cannot open", path)?,
-        ));
-        let n = crate::codec::read_up_to(&mut gz, &mut inner).map_err(read_err(path))?;
+        let n =
+            crate::codec::read_up_to(&mut unpacked(path)?, &mut inner).map_err(read_err(path))?;
         inner.truncate(n);
         if inner.starts_with(b"070701") {
-            return Ok(Sniffed::GzCpio);
+            return Ok(Sniffed::Cpio(packed));
         }
         if inner.len() >= 262 && &inner[257..262] == b"ustar" {
-            return Ok(Sniffed::GzTar);
+            return Ok(Sniffed::Tar(packed));
         }
         return Err(Error::input(format!(
-            "{}: a gzip stream holding neither a tar nor a newc cpio archive",
-            path.display()
+            "{}: a {} stream holding neither a tar nor a newc cpio archive",
+            path.display(),
+            if packed == Packed::Gzip {
+                "gzip"
+            } else {
+                "zstd"
+            }
         )));
     }
     if head.starts_with(b"070701") {
-        return Ok(Sniffed::Cpio);
+        return Ok(Sniffed::Cpio(packed));
+    }
+    if head.len() >= 262 && &head[257..262] == b"ustar" {
+        return Ok(Sniffed::Tar(packed));
     }
     if head.trim_ascii_start().starts_with(b"{") {
         return Ok(Sniffed::Ignition);
@@ -262,14 +301,13 @@ fn sniff(path: &Path) -> Result<Sniffed> {
         return Ok(Sniffed::Vfat);
     }
     Err(Error::input(format!(
-        "{}: not an imgbuild output (expected tar.gz, cpio, cpio.gz, a seed image, a cloud-init folder or an Ignition config)",
+        "{}: not an imgbuild output (expected tar.gz, tar.zst, cpio, cpio.gz, cpio.zst, a seed image, a cloud-init folder or an Ignition config)",
         path.display()
     )))
 }
 
 fn inspect_tar(path: &Path) -> Result<Inspected> {
-    let file = BufReader::new(File::open(path).with_path("cannot open", path)?);
-    let mut archive = tar::Archive::new(MultiGzDecoder::new(file));
+    let mut archive = tar::Archive::new(unpacked(path)?);
     let mut entries = Vec::new();
     let mut total: u64 = 0;
     // Raw entries: a GNU long name or a PAX header (which imgbuild never
@@ -363,7 +401,7 @@ fn inspect_tar(path: &Path) -> Result<Inspected> {
         artifact: Artifact::TarGz,
         entries,
         carries_binaries: true,
-        notes: vec![format!("{}: tar.gz", path.display())],
+        notes: vec![format!("{}: {}", path.display(), sniff(path)?.name())],
         payload: None,
         implied: BTreeSet::new(),
         enabled: Vec::new(),
@@ -656,6 +694,7 @@ mod tests {
     use super::*;
     use crate::output::cloud_init::{self, Binaries, Options, Provider};
     use crate::output::cpio::{self as cpio_out, Part};
+    use crate::output::format::Compression::{self, Gzip};
     use crate::plan::Plan;
     use crate::plan::fixture::sample_plan;
 
@@ -669,8 +708,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let shared = dir.path().join("controller-shared.cpio.gz");
         let node = dir.path().join("controller-1-node.cpio");
-        cpio_out::write_file(&plan, Part::Shared, true, &shared).unwrap();
-        cpio_out::write_file(&plan, Part::PerNode, false, &node).unwrap();
+        cpio_out::write_file(&plan, Part::Shared, Gzip, &shared).unwrap();
+        cpio_out::write_file(&plan, Part::PerNode, Compression::None, &node).unwrap();
         let found = inspect(&[shared.clone(), node.clone()]).unwrap();
         let manifest = manifest_of(&plan);
         assert_eq!(verify(&found, &manifest), Vec::<String>::new());
@@ -703,10 +742,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller-1.tar.gz");
         let mut out = Vec::new();
-        crate::output::tar_gz::write_shared(plan.shared().collect(), plan.meta.mtime, &mut out, 2)
+        crate::output::tar::write_shared(plan.shared().collect(), plan.meta.mtime, &mut out, 2)
             .unwrap();
-        let out =
-            crate::output::tar_gz::write_per_node(plan.per_node(), plan.meta.mtime, out).unwrap();
+        let out = crate::output::tar::write_per_node(plan.per_node(), plan.meta.mtime, Gzip, out)
+            .unwrap();
         std::fs::write(&path, out).unwrap();
         let found = inspect(std::slice::from_ref(&path)).unwrap();
         assert_eq!(found.artifact, Artifact::TarGz);

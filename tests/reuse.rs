@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{Workspace, sh, sha256_file, untar};
+use support::{Workspace, sh, sha256_file, tree_listing, untar};
 
 #[test]
 fn warm_builds_are_byte_identical_to_cold_ones() {
@@ -82,19 +82,6 @@ fn warm_builds_are_byte_identical_to_cold_ones() {
 fn ino_mtime(p: &Path) -> (u64, i64, i64) {
     let m = fs::metadata(p).unwrap();
     (m.ino(), m.mtime(), m.mtime_nsec())
-}
-
-/// `find` listing of a tree: type and mode, owner, path, link target.
-fn tree_listing(root: &Path) -> String {
-    sh(Command::new("find")
-        .arg(".")
-        .args(["-printf", "%M %U:%G %p %l\n"])
-        .current_dir(root))
-    .lines()
-    .filter(|l| !l.ends_with(" . "))
-    .map(|l| format!("{l}\n"))
-    .collect::<Vec<_>>()
-    .concat()
 }
 
 fn gnu_extract(archives: &[PathBuf], root: &Path) {

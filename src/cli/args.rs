@@ -223,9 +223,15 @@ pub struct ControllerArgs {
     #[command(flatten)]
     pub nodes: NodeArgs,
     /// Output format: tar.gz (a rootfs overlay), dir (the tree itself), cpio
-    /// or cpio.gz (an initramfs, newc).
-    #[arg(long, default_value = "tar.gz", value_parser = format_parser())]
-    pub format: Format,
+    /// or cpio.gz (an initramfs, newc); tar.zst and cpio.zst with zstd; tar or
+    /// cpio compressed as --compression says [default: tar.gz].
+    #[arg(long, value_name = "FORMAT", value_parser = PossibleValuesParser::new(Format::NAMES))]
+    pub format: Option<String>,
+    /// Compression of tar and cpio: gzip, zstd (level 3), zstd:LEVEL (1-19) or
+    /// none [default: the format's own (tar.gz, cpio.zst, ...); gzip for tar,
+    /// none for cpio].
+    #[arg(long, value_name = "gzip|zstd[:LEVEL]|none")]
+    pub compression: Option<String>,
     /// Output folder.
     #[arg(long, default_value = "out", value_name = "DIR")]
     pub out: PathBuf,
@@ -329,11 +335,6 @@ pub enum CacheCommand {
         #[arg(long)]
         unused: bool,
     },
-}
-
-fn format_parser() -> impl TypedValueParser<Value = Format> {
-    PossibleValuesParser::new(Format::ALL.map(Format::name))
-        .map(|s| s.parse::<Format>().expect("one of the listed names"))
 }
 
 fn provider_parser() -> impl TypedValueParser<Value = Provider> {

@@ -11,6 +11,7 @@ use imgbuild::input::assets::Assets;
 use imgbuild::input::profile::DEFAULT_OS;
 use imgbuild::input::{Selection, Session};
 use imgbuild::output::cloud_init::payload::{self, Payload};
+use imgbuild::output::format::Format;
 use imgbuild::output::{Target, cloud_init, ignition};
 use imgbuild::store::cache::Cache;
 
@@ -118,16 +119,19 @@ impl NodeArgs {
 
 impl ControllerArgs {
     pub fn options(&self) -> imgbuild::Result<ControllerOptions> {
-        if self.split && !self.format.splits() {
+        let format = Format::parse(
+            self.format.as_deref().unwrap_or("tar"),
+            self.compression.as_deref(),
+        )?;
+        if self.split && !format.splits() {
             return Err(Error::input(format!(
-                "--split applies to archives (--format tar.gz, cpio or cpio.gz), not to --format {}",
-                self.format
+                "--split applies to archives (--format tar.gz, tar.zst, cpio, cpio.gz, ...), not to --format {format}"
             )));
         }
         Ok(ControllerOptions {
             select: self.nodes.select(&self.os)?,
             target: Target {
-                format: self.format,
+                format,
                 split: self.split,
                 out_dir: self.out.clone(),
                 threads: threads()?,

@@ -1,7 +1,7 @@
 //! Gzip with a pinned header, level and backend, so the bytes depend only on
 //! the input: single members (reusing a deflate state) and a streaming
 //! encoder. Concatenated members are one valid gzip stream (RFC 1952 §2.2);
-//! the parallel gzip of the tar.gz writer (`output::tar_gz`) is built on that.
+//! the parallel gzip of the tar.gz writer (`output::tar`) is built on that.
 
 use std::io::{self, Write};
 

@@ -1,4 +1,5 @@
-//! Bytes only: the archive and compression formats imgbuild writes and reads.
+//! Bytes only: the archive and compression formats imgbuild writes and reads
+//! (tar, newc cpio, gzip, zstd, vfat).
 //! Nothing here knows about inventories, recipes, plans or the cache: codec
 //! imports nothing of ours but `crate::error` (a test checks the `use` lines).
 
@@ -6,6 +7,7 @@ pub mod cpio;
 pub mod gz;
 pub mod tar;
 pub mod vfat;
+pub mod zstd;
 
 use std::io::{self, Read, Write};
 

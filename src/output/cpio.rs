@@ -1,5 +1,5 @@
-//! Initramfs outputs: newc cpio archives of a plan, whole or split, plain or
-//! gzipped.
+//! Initramfs outputs: newc cpio archives of a plan, whole or split, plain,
+//! gzipped or zstd-compressed.
 //!
 //! The kernel unpacks concatenated archives (compressed or not) in order, so a
 //! plan can be split into the node-independent part (binaries and the folders
@@ -12,16 +12,17 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::codec::cpio::{CpioWriter, S_IFDIR, S_IFLNK, S_IFREG, write_err};
-use crate::codec::gz;
+use crate::codec::{gz, zstd};
 use crate::error::{Error, Result};
+use crate::output::format::Compression;
+use crate::output::frames::{self, Encoder, OWN_PIECE};
 use crate::output::manifest::OutputFile;
-use crate::output::segment::{self, COMPRESSING, Cached, MAX_THREADS};
+use crate::output::segment::{self, ARCHIVING, COMPRESSING, Cached};
 use crate::plan::{Content, Entry, EntryKind, Plan};
 use crate::progress::Progress;
 use crate::store::cache::Cache;
 use crate::util::atomic::write_atomic;
 use crate::util::digest::{HashingWriter, sha256_hex};
-use crate::util::parallel;
 
 /// Which entries of a plan an archive holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,16 +141,21 @@ pub fn write_part<W: Write>(plan: &Plan, part: Part, out: W) -> Result<W> {
     write_cpio(select(plan, part), plan.meta.mtime, part.first_ino(), out)
 }
 
-/// Key of a split's shared archive (gzipped or not): everything its bytes
+/// Key of a split's shared archive (compressed or not): everything its bytes
 /// depend on, so a cached copy can stand in for it.
-pub fn shared_key(plan: &Plan, gzip: bool) -> String {
-    let mut key = format!(
-        "imgbuild cpio shared part v2; gzip {gzip}, zlib-rs level {}, a member per file from {} bytes; mtime {}; first inode {}\n",
-        gz::LEVEL,
-        MEMBER_FILE,
-        plan.meta.mtime,
-        Part::Shared.first_ino()
-    );
+pub fn shared_key(plan: &Plan, compression: Compression) -> String {
+    let (mtime, ino) = (plan.meta.mtime, Part::Shared.first_ino());
+    let mut key = match compression {
+        Compression::None | Compression::Gzip => format!(
+            "imgbuild cpio shared part v2; gzip {}, zlib-rs level {}, a member per file from {OWN_PIECE} bytes; mtime {mtime}; first inode {ino}\n",
+            compression == Compression::Gzip,
+            gz::LEVEL,
+        ),
+        Compression::Zstd(level) => format!(
+            "imgbuild cpio shared part v2; zstd {} level {level} with checksums, a frame per file from {OWN_PIECE} bytes; mtime {mtime}; first inode {ino}\n",
+            zstd::LIBRARY
+        ),
+    };
     for e in select(plan, Part::Shared) {
         let what = match &e.kind {
             EntryKind::File { sha256, size, .. } => format!("{size} {sha256}"),
@@ -167,77 +173,58 @@ pub fn shared_key(plan: &Plan, gzip: bool) -> String {
     sha256_hex(key.as_bytes())
 }
 
-/// Files at least this large are a gzip member of their own; the entries
-/// between them share one.
-const MEMBER_FILE: u64 = 1 << 20;
-
 /// The `part`'s entries (no trailer), inode numbers from the part's first, as
-/// gzip members on `threads` threads, each member ending at an entry boundary:
-/// the kernel accepts a new member only between entries, and a member per large
-/// file is what lets the binaries compress on every core. Members go to temp
-/// files in `tmp_dir` (memory stays flat; `threads + 2` of them at most at a
-/// time) and then to `out` in order. Returns how many entries were written
-/// (the next inode is `first_ino` plus that).
-pub fn write_entries_gz<W: Write>(
+/// gzip members or zstd frames that each end at an entry boundary (see
+/// `frames`: the kernel accepts a new one only between entries, and one per
+/// large file is what lets the binaries compress on every core), on
+/// `threads` threads, through temp files in `tmp_dir`, to `out` in order.
+/// Returns how many entries were written (the next inode is `first_ino` plus that).
+pub fn write_entries<W: Write>(
     plan: &Plan,
     part: Part,
+    compression: Compression,
     threads: usize,
     tmp_dir: &Path,
     out: &mut W,
 ) -> Result<u32> {
     let entries = select(plan, part);
     let (mtime, first_ino) = (plan.meta.mtime, part.first_ino());
-    let mut groups: Vec<(usize, usize)> = Vec::new();
-    let mut start = 0;
-    for (i, e) in entries.iter().enumerate() {
-        if matches!(e.kind, EntryKind::File { size, .. } if size >= MEMBER_FILE) {
-            if start < i {
-                groups.push((start, i));
-            }
-            groups.push((i, i + 1));
-            start = i + 1;
-        }
-    }
-    if start < entries.len() {
-        groups.push((start, entries.len()));
-    }
-    let threads = threads.clamp(1, MAX_THREADS).min(groups.len().max(1));
-    let mut groups = groups.into_iter();
-    parallel::pipeline(
+    frames::write_pieces(
+        &entries,
+        compression,
         threads,
-        threads + 2,
-        || Ok(groups.next()),
-        || (),
-        |(), (from, to)| -> Result<std::fs::File> {
-            let tmp = tempfile::tempfile_in(tmp_dir)
-                .map_err(|e| Error::io("cannot create a temporary file in", tmp_dir, e))?;
-            let gz = gz::encoder(io::BufWriter::with_capacity(1 << 16, tmp));
-            let mut w = CpioWriter::new(gz, mtime, first_ino + from as u32)?;
-            for e in &entries[from..to] {
+        tmp_dir,
+        out,
+        |range, enc| {
+            let mut w = CpioWriter::new(enc, mtime, first_ino + range.start as u32)?;
+            for e in &entries[range] {
                 put(&mut w, e)?;
             }
-            let buf = w.into_inner()?.finish().map_err(write_err)?;
-            buf.into_inner().map_err(|e| write_err(e.into_error()))
-        },
-        |mut member| {
-            io::Seek::rewind(&mut member).map_err(write_err)?;
-            io::copy(&mut member, out).map_err(write_err)?;
-            Ok(())
+            w.into_inner().map(|_| ())
         },
     )?;
     u32::try_from(entries.len()).map_err(|_| Error::input("too many cpio entries"))
 }
 
-/// A gzip member holding only the trailer (ends a split's shared archive).
-pub fn trailer_gz(mtime: u64) -> Result<Vec<u8>> {
+/// A member (frame) holding only the trailer (ends a split's shared archive).
+pub fn trailer(compression: Compression, mtime: u64) -> Result<Vec<u8>> {
     let trailer = CpioWriter::new(Vec::new(), mtime, 0)?.finish()?;
-    gz::member(&trailer).map_err(write_err)
+    match compression {
+        Compression::None => Ok(trailer),
+        Compression::Gzip => gz::member(&trailer).map_err(write_err),
+        Compression::Zstd(level) => zstd::frame(&trailer, level).map_err(write_err),
+    }
 }
 
-/// The node's part of a whole cpio.gz whose shared entries came first (as
-/// `write_entries_gz` members): the entries not already written, inodes
-/// continuing from `next_ino`, and the trailer, as one gzip member.
-pub fn write_rest_gz<W: Write>(plan: &Plan, next_ino: u32, out: W) -> Result<W> {
+/// The node's part of a whole compressed cpio whose shared entries came first
+/// (as `write_entries` pieces): the entries not already written, inodes
+/// continuing from `next_ino`, and the trailer, as one member (frame).
+pub fn write_rest<W: Write>(
+    plan: &Plan,
+    next_ino: u32,
+    compression: Compression,
+    out: W,
+) -> Result<W> {
     let shared: std::collections::BTreeSet<&str> = select(plan, Part::Shared)
         .iter()
         .map(|e| e.path.as_str())
@@ -245,19 +232,25 @@ pub fn write_rest_gz<W: Write>(plan: &Plan, next_ino: u32, out: W) -> Result<W> 
     let rest = select(plan, Part::Whole)
         .into_iter()
         .filter(|e| !shared.contains(e.path.as_str()));
-    let gz = write_cpio(rest, plan.meta.mtime, next_ino, gz::encoder(out))?;
-    gz.finish().map_err(write_err)
+    write_cpio(
+        rest,
+        plan.meta.mtime,
+        next_ino,
+        Encoder::new(compression, out)?,
+    )?
+    .finish()
 }
 
-/// Write the `part` of `plan` as one archive to `out`, gzipped or not.
-pub fn write_part_to<W: Write>(plan: &Plan, part: Part, gzip: bool, out: W) -> Result<W> {
+/// Write the `part` of `plan` as one archive to `out`, compressed (as one
+/// member or frame) or not.
+pub fn write_part_to<W: Write>(
+    plan: &Plan,
+    part: Part,
+    compression: Compression,
+    out: W,
+) -> Result<W> {
     let (entries, mtime, first_ino) = (select(plan, part), plan.meta.mtime, part.first_ino());
-    if gzip {
-        let gz = write_cpio(entries, mtime, first_ino, gz::encoder(out))?;
-        gz.finish().map_err(write_err)
-    } else {
-        write_cpio(entries, mtime, first_ino, out)
-    }
+    write_cpio(entries, mtime, first_ino, Encoder::new(compression, out)?)?.finish()
 }
 
 /// 0600 when the part holds a secret (private keys), 0644 otherwise.
@@ -269,19 +262,19 @@ pub fn part_mode(plan: &Plan, part: Part) -> u32 {
     }
 }
 
-/// Write the `part` of `plan` to `dest` atomically, gzipped or not. The file is
-/// 0600 when it holds a secret (private keys), 0644 otherwise. Returns the
-/// written file's name, sha256 and size for the manifest.
+/// Write the `part` of `plan` to `dest` atomically, compressed or not. The
+/// file is 0600 when it holds a secret (private keys), 0644 otherwise.
+/// Returns the written file's name, sha256 and size for the manifest.
 pub fn write_file(
     plan: &Plan,
     part: Part,
-    gzip: bool,
+    compression: Compression,
     dest: &Path,
 ) -> Result<(PathBuf, OutputFile)> {
     let mode = part_mode(plan, part);
     let mut digest = None;
     let path = write_atomic(dest, mode, |out| {
-        let res = write_part_to(plan, part, gzip, HashingWriter::new(out));
+        let res = write_part_to(plan, part, compression, HashingWriter::new(out));
         let (_, sha256, size) = res.map_err(|e| e.context(dest.display()))?.finish();
         digest = Some((sha256, size));
         Ok(())
@@ -296,67 +289,82 @@ pub fn write_file(
 }
 
 /// A split cpio's shared archive, from the cache or made now and cached:
-/// uncompressed, one archive; gzipped, the cached shared entries' members
-/// (see `entries_gz_segment`) and a member with the trailer.
+/// uncompressed, one archive; compressed, the cached shared entries' pieces
+/// (see `entries_segment`) and a member (frame) with the trailer.
 pub fn shared_segment(
     plan: &Plan,
-    gzip: bool,
+    compression: Compression,
     cache: &Cache,
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<Cached> {
-    let key = format!(
-        "cpio{}-{}",
-        if gzip { "-gz" } else { "" },
-        shared_key(plan, gzip)
-    );
-    if !gzip {
-        let step = "archiving the binaries (once for every node of this recipe and arch)";
-        return segment::cached(cache, key, Some(step), progress, |tmp| {
-            write_part_to(plan, Part::Shared, false, segment::segment_writer(tmp))
+    let key = segment::key("cpio", compression, "", &shared_key(plan, compression));
+    if compression == Compression::None {
+        return segment::cached(cache, key, Some(ARCHIVING), progress, |tmp| {
+            write_part_to(
+                plan,
+                Part::Shared,
+                compression,
+                segment::segment_writer(tmp),
+            )
         });
     }
     // The entries' segment says so itself if it must be compressed.
     segment::cached(cache, key, None, progress, |mut tmp| {
-        let entries = entries_gz_segment(plan, cache, threads, progress)?;
+        let entries = entries_segment(plan, compression, cache, threads, progress)?;
         let hasher = segment::copy_into(&entries, tmp.as_file_mut())?;
         let mut w = HashingWriter::resume(io::BufWriter::new(tmp), hasher);
-        segment::append(&mut w, &trailer_gz(plan.meta.mtime)?, cache)?;
+        segment::append(&mut w, &trailer(compression, plan.meta.mtime)?, cache)?;
         Ok(w)
     })
 }
 
-/// The shared entries of every cpio.gz (binaries and their folders, no
-/// trailer) as gzip members that end at entry boundaries, compressed on every
-/// core once and cached. A whole cpio.gz is this plus the node's member; a
-/// split's shared archive is this plus a trailer member.
-fn entries_gz_segment(
+/// The shared entries of every compressed cpio (binaries and their folders,
+/// no trailer) as members (frames) that end at entry boundaries, compressed
+/// on every core once and cached. A whole archive is this plus the node's
+/// member; a split's shared archive is this plus a trailer member.
+fn entries_segment(
     plan: &Plan,
+    compression: Compression,
     cache: &Cache,
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<Cached> {
-    let key = format!("cpio-gz-entries-{}", shared_key(plan, true));
+    let key = segment::key(
+        "cpio",
+        compression,
+        "-entries",
+        &shared_key(plan, compression),
+    );
     segment::cached(cache, key, Some(COMPRESSING), progress, |tmp| {
         let mut w = segment::segment_writer(tmp);
-        write_entries_gz(plan, Part::Shared, threads, &cache.tmp_dir(), &mut w)?;
+        write_entries(
+            plan,
+            Part::Shared,
+            compression,
+            threads,
+            &cache.tmp_dir(),
+            &mut w,
+        )?;
         Ok(w)
     })
 }
 
-/// A whole cpio.gz: the cached shared entries, then the node's entries and
-/// the trailer as one member. Only the node's part is compressed and hashed.
-pub fn write_whole_gz(
+/// A whole compressed cpio: the cached shared entries, then the node's
+/// entries and the trailer as one member (frame). Only the node's part is
+/// compressed and hashed.
+pub fn write_whole(
     plan: &Plan,
+    compression: Compression,
     cache: &Cache,
     threads: usize,
     dest: &Path,
     progress: &dyn Progress,
 ) -> Result<OutputFile> {
-    let seg = entries_gz_segment(plan, cache, threads, progress)?;
+    let seg = entries_segment(plan, compression, cache, threads, progress)?;
     let next_ino = Part::Shared.first_ino() + select(plan, Part::Shared).len() as u32;
     segment::whole_archive(&seg, dest, part_mode(plan, Part::Whole), |out| {
-        write_rest_gz(plan, next_ino, out)
+        write_rest(plan, next_ino, compression, out)
     })
 }
 
@@ -376,8 +384,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.cpio.gz");
         let b = dir.path().join("b.cpio.gz");
-        write_file(&plan, Part::Whole, true, &a).unwrap();
-        write_file(&plan, Part::Whole, true, &b).unwrap();
+        write_file(&plan, Part::Whole, Compression::Gzip, &a).unwrap();
+        write_file(&plan, Part::Whole, Compression::Gzip, &b).unwrap();
         let bytes = std::fs::read(&a).unwrap();
         assert_eq!(bytes, std::fs::read(&b).unwrap());
         assert_eq!(&bytes[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
@@ -398,7 +406,7 @@ mod tests {
             0o600
         );
         let s = dir.path().join("s.cpio");
-        write_file(&plan, Part::Shared, false, &s).unwrap();
+        write_file(&plan, Part::Shared, Compression::None, &s).unwrap();
         assert_eq!(
             std::fs::metadata(&s).unwrap().permissions().mode() & 0o777,
             0o644

@@ -6,11 +6,12 @@ pub mod cloud_init;
 pub mod cpio;
 pub mod dir;
 pub mod format;
+pub mod frames;
 pub mod ignition;
 pub mod manifest;
 pub mod segment;
 pub mod sums;
-pub mod tar_gz;
+pub mod tar;
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +20,7 @@ use crate::plan::Plan;
 use crate::progress::{Event, Progress};
 use crate::store::cache::Cache;
 use cpio::Part;
-use format::Format;
+use format::{Archive, Compression, Format};
 use manifest::OutputFile;
 use segment::SharedHalf;
 
@@ -58,9 +59,10 @@ pub fn write_node(
     progress: &dyn Progress,
 ) -> Result<Written> {
     let (format, dir, threads) = (target.format, target.out_dir.as_path(), target.threads);
+    let compression = format.compression;
     let node = plan.meta.node_index;
-    let (artifact, outputs) = match (format, target.split) {
-        (Format::Dir, _) => {
+    let (artifact, outputs) = match (format.archive, target.split) {
+        (Archive::Dir, _) => {
             let dest = dir.join(format.whole(node));
             if let Some(message) = dir::write_dir(plan, &dest)? {
                 progress.event(Event::Warning { message: &message });
@@ -70,43 +72,42 @@ pub fn write_node(
             }
             (dest, vec![])
         }
-        (Format::TarGz, false) => {
+        (Archive::Tar, false) => {
             let dest = dir.join(format.whole(node));
-            let seg = tar_gz::segment(plan, cache, threads, progress)?;
-            let o = tar_gz::write_whole(plan, &seg, &dest)?;
+            let seg = tar::segment(plan, compression, cache, threads, progress)?;
+            let o = tar::write_whole(plan, compression, &seg, &dest)?;
             (dest, vec![o])
         }
-        (Format::CpioGz, false) => {
+        (Archive::Cpio, false) if compression != Compression::None => {
             let dest = dir.join(format.whole(node));
-            let o = cpio::write_whole_gz(plan, cache, threads, &dest, progress)?;
+            let o = cpio::write_whole(plan, compression, cache, threads, &dest, progress)?;
             (dest, vec![o])
         }
-        (Format::Cpio, false) => {
+        (Archive::Cpio, false) => {
             let dest = dir.join(format.whole(node));
-            let (dest, o) = cpio::write_file(plan, Part::Whole, false, &dest)?;
+            let (dest, o) = cpio::write_file(plan, Part::Whole, compression, &dest)?;
             (dest, vec![o])
         }
-        (Format::TarGz, true) => {
+        (Archive::Tar, true) => {
             // The shared part first: if its inputs are bad, nothing is written.
             // It is placed before the node's half too: it is the large one (a
             // full disk fails there, with nothing written), and one left by a
             // failure of the node's half is whole and reused.
-            let seg = tar_gz::segment(plan, cache, threads, progress)?;
+            let seg = tar::segment(plan, compression, cache, threads, progress)?;
             let dest = dir.join(format.shared_half(&plan.meta.kubernetes_version, &plan.meta.arch));
             let shared_out = shared.place(plan, cache, seg, &dest, 0o644, progress)?;
             let half = dir.join(format.node_half(node));
-            let node_out = tar_gz::write_node_half(plan, &half)?;
+            let node_out = tar::write_node_half(plan, compression, &half)?;
             (half, vec![node_out, shared_out])
         }
-        (Format::Cpio | Format::CpioGz, true) => {
-            let gzip = format == Format::CpioGz;
+        (Archive::Cpio, true) => {
             // The shared part first, as above.
-            let seg = cpio::shared_segment(plan, gzip, cache, threads, progress)?;
+            let seg = cpio::shared_segment(plan, compression, cache, threads, progress)?;
             let dest = dir.join(format.shared_half(&plan.meta.kubernetes_version, &plan.meta.arch));
             let mode = cpio::part_mode(plan, Part::Shared);
             let shared_out = shared.place(plan, cache, seg, &dest, mode, progress)?;
             let half = dir.join(format.node_half(node));
-            let (half, node_out) = cpio::write_file(plan, Part::PerNode, gzip, &half)?;
+            let (half, node_out) = cpio::write_file(plan, Part::PerNode, compression, &half)?;
             (half, vec![node_out, shared_out])
         }
     };

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use tempfile::NamedTempFile;
 
 use crate::error::{Error, IoContext, Result};
+use crate::output::format::Compression;
 use crate::output::manifest::OutputFile;
 use crate::plan::Plan;
 use crate::progress::{Event, Progress};
@@ -39,6 +40,20 @@ pub const MAX_THREADS: usize = 8;
 /// What a cache miss costs, for the progress line.
 pub const COMPRESSING: &str =
     "compressing the binaries (once for every node of this recipe and arch)";
+/// The same, uncompressed.
+pub const ARCHIVING: &str = "archiving the binaries (once for every node of this recipe and arch)";
+
+/// A segment's key: the archive, what its compression adds to the name
+/// (`cpio`, `tar-gz`, `cpio-zst-entries`, ...), and the digest of
+/// everything its bytes depend on.
+pub fn key(archive: &str, compression: Compression, what: &str, digest: &str) -> String {
+    let tag = match compression {
+        Compression::None => "",
+        Compression::Gzip => "-gz",
+        Compression::Zstd(_) => "-zst",
+    };
+    format!("{archive}{tag}{what}-{digest}")
+}
 
 /// Segment `key` from the cache, or made now by `make` (which gets a temp
 /// file in the cache and returns it written) and stored; `step` says what a

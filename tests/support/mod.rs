@@ -61,6 +61,18 @@ pub fn sh(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `find` listing of a tree: type and mode, owner, path, link target.
+pub fn tree_listing(root: &Path) -> String {
+    sh(Command::new("find")
+        .arg(".")
+        .args(["-printf", "%M %U:%G %p %l\n"])
+        .current_dir(root))
+    .lines()
+    .filter(|l| !l.ends_with(" . "))
+    .map(|l| format!("{l}\n"))
+    .collect()
+}
+
 /// GNU tar extracts the gzipped `archive` into the folder `into`.
 pub fn untar(archive: &Path, into: &Path) {
     sh(Command::new("tar")

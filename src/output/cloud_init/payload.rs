@@ -3,7 +3,7 @@
 //!
 //! The node's own files (configuration, units, PKI, scripts; nothing shared)
 //! go in `controller-N-payload.tar.gz`, whose bytes are exactly the node half
-//! of a split tar.gz: the same writer (`tar_gz::write_per_node`) over the same
+//! of a split tar.gz: the same writer (`tar::write_per_node`) over the same
 //! entries, one gzip member with the end-of-archive blocks. It is written
 //! 0600 whatever it holds, since it is meant to hold keys.
 //!
@@ -35,8 +35,9 @@ use std::fmt::Write as _;
 use super::yaml::{self, binary_sources, install_script, seed_mount, units_to_start};
 use super::{Binaries, Options, SEED_MOUNT};
 use crate::error::{Error, Result};
+use crate::output::format::Compression;
 use crate::output::manifest::Listed;
-use crate::output::tar_gz;
+use crate::output::tar;
 use crate::plan::{Entry, EntryKind, Plan};
 
 /// Where the boot script is written: cloud-init runs this folder at every boot.
@@ -156,7 +157,12 @@ pub fn parse_headers(text: &str, file: &str) -> Result<Vec<String>> {
 
 /// The payload's bytes: exactly the node half of a split tar.gz.
 pub fn payload_bytes(plan: &Plan) -> Result<Vec<u8>> {
-    tar_gz::write_per_node(plan.per_node(), plan.meta.mtime, Vec::new())
+    tar::write_per_node(
+        plan.per_node(),
+        plan.meta.mtime,
+        Compression::Gzip,
+        Vec::new(),
+    )
 }
 
 /// The small `#cloud-config`: the boot script that fetches `fetch`, and the
@@ -457,7 +463,7 @@ mod tests {
             );
             // Byte for byte the node half of a split tar.gz.
             let half = tempfile::NamedTempFile::new().unwrap();
-            tar_gz::write_node_half(&plan, half.path()).unwrap();
+            tar::write_node_half(&plan, Compression::Gzip, half.path()).unwrap();
             assert_eq!(p.bytes, fs::read(half.path()).unwrap());
             assert!(!r.gzipped && r.user_data == r.user_data_text.as_bytes());
             assert!(r.user_data.len() < 4096, "{}", r.user_data_text);

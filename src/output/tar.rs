@@ -1,16 +1,19 @@
-//! tar.gz outputs: a node's whole archive is the cached shared segment (the
-//! binaries' tar entries as parallel gzip members, no end blocks) followed by
-//! one gzip member with the node's entries and the end-of-archive blocks. A
-//! split build ships those two parts as two files; concatenated, they are the
-//! whole archive byte for byte.
+//! tar outputs (tar.gz, tar.zst, plain tar): a node's whole archive is the
+//! cached shared segment (the binaries' tar entries, compressed on every
+//! core, no end blocks) followed by the node's entries and the end-of-archive
+//! blocks as one gzip member (zstd frame). A split build ships those two
+//! parts as two files; concatenated, they are the whole archive byte for byte.
 //!
-//! Parallel gzip: the shared entries' tar stream is cut into fixed-size
+//! zstd (and plain tar): the shared part is a frame per binary and one per
+//! run of entries between them (`frames`), each made on one thread.
+//!
+//! gzip: the shared entries' tar stream is cut into fixed-size
 //! chunks, each compressed on its own into a complete gzip member, and the
 //! members are written in input order. Concatenated members are one valid
 //! gzip stream for gzip, GNU tar and flate2's MultiGzDecoder. Not for an
 //! initramfs: the kernel refuses a gzip member that ends inside a cpio entry
 //! (seen under qemu), so cpio.gz members follow entries instead
-//! (`cpio::write_entries_gz`). Chunk boundaries depend only on the input
+//! (`frames`, `cpio::write_entries`). Chunk boundaries depend only on the input
 //! bytes, so the output is the same for any number of threads. Memory is
 //! fixed: `threads + 2` chunks (input and output buffers, reused) at most are
 //! in flight, and each compressing thread keeps one deflate state.
@@ -19,11 +22,13 @@ use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use crate::codec::gz;
 use crate::codec::tar::{self, Head, Kind, Member, TarStream, append, finish};
+use crate::codec::{gz, zstd};
 use crate::error::{Error, Result};
+use crate::output::format::Compression;
+use crate::output::frames::{self, Encoder, OWN_PIECE};
 use crate::output::manifest::OutputFile;
-use crate::output::segment::{self, COMPRESSING, Cached, MAX_THREADS};
+use crate::output::segment::{self, ARCHIVING, COMPRESSING, Cached, MAX_THREADS};
 use crate::plan::{Entry, EntryKind, Plan};
 use crate::progress::Progress;
 use crate::store::cache::Cache;
@@ -37,42 +42,81 @@ use crate::util::parallel;
 /// in size.
 pub const CHUNK: usize = 1 << 20;
 
-/// The shared part of every node's tar.gz, from the cache or made now and
-/// cached. Keyed by everything its bytes depend on (entries, mtime, deflate settings).
+/// The shared part of every node's tar archive, from the cache or made now
+/// and cached. Keyed by everything its bytes depend on (entries, mtime,
+/// compression and its settings).
 pub fn segment(
     plan: &Plan,
+    compression: Compression,
     cache: &Cache,
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<Cached> {
     let shared: Vec<&Entry> = plan.shared().collect();
-    let key = format!("tar-gz-{}", shared_key(&shared, plan.meta.mtime)?);
-    segment::cached(cache, key, Some(COMPRESSING), progress, |tmp| {
+    let mtime = plan.meta.mtime;
+    let step = match compression {
+        Compression::None => ARCHIVING,
+        _ => COMPRESSING,
+    };
+    let key = segment::key(
+        "tar",
+        compression,
+        "",
+        &shared_key(&shared, mtime, compression)?,
+    );
+    segment::cached(cache, key, Some(step), progress, |tmp| {
         let mut w = segment::segment_writer(tmp);
-        write_shared(shared, plan.meta.mtime, &mut w, threads)?;
+        if compression == Compression::Gzip {
+            write_shared(shared, mtime, &mut w, threads)?;
+        } else {
+            frames::write_pieces(
+                &shared,
+                compression,
+                threads,
+                &cache.tmp_dir(),
+                &mut w,
+                |r, enc| {
+                    shared[r]
+                        .iter()
+                        .try_for_each(|e| append(enc, member(e, mtime)?))
+                },
+            )?;
+        }
         Ok(w)
     })
 }
 
-/// The node's tar.gz: the cached shared part, then the node's own member.
-/// A warm build copies the shared part and compresses only the node's files.
-pub fn write_whole(plan: &Plan, seg: &Cached, dest: &Path) -> Result<OutputFile> {
+/// The node's tar archive: the cached shared part, then the node's own
+/// member (frame). A warm build copies the shared part and compresses only
+/// the node's files.
+pub fn write_whole(
+    plan: &Plan,
+    compression: Compression,
+    seg: &Cached,
+    dest: &Path,
+) -> Result<OutputFile> {
     segment::whole_archive(seg, dest, 0o600, |out| {
-        write_per_node(plan.per_node(), plan.meta.mtime, out)
+        write_per_node(plan.per_node(), plan.meta.mtime, compression, out)
     })
 }
 
-/// A split tar.gz's node half: the node's entries and the end-of-archive
-/// blocks as one gzip member, which appended to the shared half gives exactly
-/// the whole archive (and alone is a valid archive of the node's files).
-pub fn write_node_half(plan: &Plan, dest: &Path) -> Result<OutputFile> {
+/// A split tar archive's node half: the node's entries and the end-of-archive
+/// blocks as one gzip member (zstd frame), which appended to the shared half
+/// gives exactly the whole archive (and alone is a valid archive of the
+/// node's files).
+pub fn write_node_half(plan: &Plan, compression: Compression, dest: &Path) -> Result<OutputFile> {
     let mode = if plan.per_node().any(|e| e.secret) {
         0o600
     } else {
         0o644
     };
     let file = AtomicFile::create(dest, mode)?;
-    let out = write_per_node(plan.per_node(), plan.meta.mtime, HashingWriter::new(file))?;
+    let out = write_per_node(
+        plan.per_node(),
+        plan.meta.mtime,
+        compression,
+        HashingWriter::new(file),
+    )?;
     segment::commit_hashed(out)
 }
 
@@ -99,12 +143,19 @@ fn member(e: &Entry, mtime: u64) -> Result<Member> {
 }
 
 /// Key of the shared part's compressed form: everything its bytes depend on.
-pub fn shared_key(entries: &[&Entry], mtime: u64) -> Result<String> {
-    let mut key = format!(
-        "imgbuild tar.gz shared part v1; zlib-rs level {} chunk {}\n",
-        gz::LEVEL,
-        CHUNK
-    )
+pub fn shared_key(entries: &[&Entry], mtime: u64, compression: Compression) -> Result<String> {
+    let mut key = match compression {
+        Compression::Gzip => format!(
+            "imgbuild tar.gz shared part v1; zlib-rs level {} chunk {}\n",
+            gz::LEVEL,
+            CHUNK
+        ),
+        Compression::Zstd(level) => format!(
+            "imgbuild tar.zst shared part v1; zstd {} level {level} with checksums, a frame per file from {OWN_PIECE} bytes\n",
+            zstd::LIBRARY
+        ),
+        Compression::None => "imgbuild tar shared part v1; uncompressed\n".to_string(),
+    }
     .into_bytes();
     for e in entries {
         key.extend_from_slice(tar::header(&head(e), mtime)?.as_bytes());
@@ -196,19 +247,20 @@ fn read_chunk(src: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// The node's own entries and the end-of-archive blocks, as one gzip member.
+/// The node's own entries and the end-of-archive blocks, as one gzip member
+/// (zstd frame).
 pub fn write_per_node<'a, W: Write>(
     entries: impl Iterator<Item = &'a Entry>,
     mtime: u64,
+    compression: Compression,
     out: W,
 ) -> Result<W> {
-    let io_err = |e: io::Error| Error::new(crate::Kind::Io, format!("writing archive: {e}"));
-    let mut enc = gz::encoder(out);
+    let mut enc = Encoder::new(compression, out)?;
     for e in entries {
         append(&mut enc, member(e, mtime)?)?;
     }
-    finish(&mut enc).map_err(io_err)?;
-    enc.finish().map_err(io_err)
+    finish(&mut enc).map_err(frames::write_err)?;
+    enc.finish()
 }
 
 #[cfg(test)]
@@ -306,7 +358,8 @@ mod tests {
         let plan = sample_plan();
         let mut bytes = Vec::new();
         write_shared(plan.shared().collect(), plan.meta.mtime, &mut bytes, 2).unwrap();
-        let bytes = write_per_node(plan.per_node(), plan.meta.mtime, bytes).unwrap();
+        let bytes =
+            write_per_node(plan.per_node(), plan.meta.mtime, Compression::Gzip, bytes).unwrap();
         let mut archive = ::tar::Archive::new(flate2::read::MultiGzDecoder::new(&bytes[..]));
         let paths: Vec<String> = archive
             .entries()
@@ -323,7 +376,7 @@ mod tests {
         if let EntryKind::File { size, .. } = &mut e.kind {
             *size = 4;
         }
-        let err = write_per_node([&e].into_iter(), 0, Vec::new()).unwrap_err();
+        let err = write_per_node([&e].into_iter(), 0, Compression::Gzip, Vec::new()).unwrap_err();
         assert_eq!(err.kind, crate::Kind::Integrity);
     }
 }
