@@ -19,6 +19,9 @@ use crate::util::digest::sha256_hex;
 pub struct Inventory {
     pub cluster: Cluster,
     pub controllers: Vec<Controller>,
+    /// Where the cluster's etcd runs (`[etcd]`): on every controller (default).
+    #[serde(default)]
+    pub etcd: crate::input::etcd::Etcd,
     #[serde(default)]
     pub apiserver: Component,
     #[serde(default)]
@@ -64,6 +67,13 @@ pub struct Controller {
     pub gateway: Option<String>,
     #[serde(default)]
     pub dns: Vec<String>,
+    /// `existing` for a controller added to a running etcd cluster (after
+    /// `etcdctl member add`); `new` (the default) when the cluster is made.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::input::etcd::ClusterState::is_new"
+    )]
+    pub initial_cluster_state: crate::input::etcd::ClusterState,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -121,10 +131,7 @@ impl Inventory {
     /// etcd endpoints: explicit, or one per controller as in the seed.
     pub fn etcd_servers(&self) -> Vec<String> {
         if self.cluster.etcd_servers.is_empty() {
-            self.controllers
-                .iter()
-                .map(|c| format!("https://{}:2379", url_host(&c.internal_ip)))
-                .collect()
+            crate::input::etcd::local_endpoints(self)
         } else {
             self.cluster.etcd_servers.clone()
         }
@@ -211,6 +218,7 @@ impl Inventory {
         for (i, url) in c.etcd_servers.iter().enumerate() {
             etcd_url(&format!("cluster.etcd_servers[{i}]"), url)?;
         }
+
         if self.controllers.is_empty() {
             return Err(Error::input(
                 "no [[controllers]]: add one table per controller with name and internal_ip",
@@ -242,7 +250,7 @@ impl Inventory {
                 extra_arg(&format!("{}.extra_args", c.section), k, v)?;
             }
         }
-        Ok(())
+        self.etcd.validate(self)
     }
 }
 
@@ -357,7 +365,7 @@ fn etcd_url(field: &str, value: &str) -> Result<()> {
 
 /// `Ok` when `ok`, else an error naming the field and the value it refused
 /// (cut to a sensible length) and what was expected.
-fn require(ok: bool, field: &str, value: &str, expected: &str) -> Result<()> {
+pub(crate) fn require(ok: bool, field: &str, value: &str, expected: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {

@@ -94,6 +94,7 @@ pub fn sample_plan() -> Plan {
             network: None,
             os: "debian".into(),
             system_dirs: Vec::new(),
+            sources: Vec::new(),
         },
         entries,
     };
