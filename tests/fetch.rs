@@ -826,6 +826,57 @@ fn lock_then_fetch_then_build_records_publisher_checksum_trust() {
     assert_eq!(ws2.cache_files("index").len(), 4);
 }
 
+/// `--etcd-version` picks etcd's release: pinned from that release's
+/// SHA256SUMS (a missing file or line is an error naming it), and only etcd
+/// releases are taken.
+#[test]
+fn lock_pins_the_etcd_release_asked_for() {
+    let ws = bare(NEW);
+    let mirror = Mirror::start();
+    let served = serve_release(&mirror, NEW, "amd64");
+    let (tls, ca) = mirror.tls(ws.dir());
+    let ca = ca.to_str().unwrap();
+    let lock = |etcd: &str| {
+        ws.run(&[
+            "lock",
+            "--version",
+            NEW,
+            "--etcd-version",
+            etcd,
+            "--mirror",
+            &tls,
+            "--ca-cert",
+            ca,
+        ])
+    };
+    let out = lock("3.5.99");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("/etcd/v3.5.99/SHA256SUMS does not exist"),
+        "{}",
+        text(&out)
+    );
+    let out = lock("4.0.0");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--etcd-version 4.0.0"),
+        "{}",
+        text(&out)
+    );
+    assert!(!ws.path("cache/locks/kubernetes-v1.33.0.toml").exists());
+    // The release the mirror has: its SHA256SUMS line for the arch.
+    let out = lock("v3.6.5");
+    assert!(out.status.success(), "{}", text(&out));
+    let lock = fs::read_to_string(ws.path("cache/locks/kubernetes-v1.33.0.toml")).unwrap();
+    let name = support::etcd_tarball_name("v3.6.5", "amd64");
+    let (_, tarball) = served.iter().find(|(n, _)| *n == name).unwrap();
+    assert!(
+        lock.contains(&format!("amd64 = \"{}\"", sha256(tarball))),
+        "{lock}"
+    );
+    assert!(lock.contains("etcd-v3.6.5-linux-{arch}/etcdutl"), "{lock}");
+}
+
 #[test]
 fn lock_refuses_to_shadow_a_changelog_pin_and_needs_checksum_files() {
     let ws = bare(VERSION);

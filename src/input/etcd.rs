@@ -147,3 +147,146 @@ pub fn initial_cluster(inv: &Inventory) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INV: &str = r#"
+[cluster]
+name = "kubernetes"
+kubernetes_version = "v1.36.0"
+arch = "amd64"
+public_address = "203.0.113.10"
+service_cluster_ip_range = "10.32.0.0/24"
+cluster_cidr = "10.200.0.0/16"
+service_node_port_range = "30000-32767"
+pki_dir = "pki"
+
+[[controllers]]
+name = "controller-1"
+internal_ip = "10.240.0.11"
+
+[[controllers]]
+name = "controller-2"
+internal_ip = "fd00::12"
+"#;
+
+    fn load(text: &str) -> Result<Inventory> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(&path, text).unwrap();
+        Inventory::load(&path)
+    }
+
+    fn refused(text: &str, says: &[&str]) {
+        let err = load(text).unwrap_err().to_string();
+        for s in says {
+            assert!(err.contains(s), "{err:?} does not say {s:?}");
+        }
+        assert!(err.len() < 1000, "{err}");
+    }
+
+    #[test]
+    fn local_by_default_with_every_controller_in_the_cluster() {
+        let inv = load(INV).unwrap();
+        assert!(inv.etcd.local());
+        assert_eq!(inv.etcd.left_out(), None);
+        assert_eq!(
+            initial_cluster(&inv),
+            "controller-1=https://10.240.0.11:2380,controller-2=https://[fd00::12]:2380"
+        );
+        assert_eq!(
+            inv.etcd_servers(),
+            ["https://10.240.0.11:2379", "https://[fd00::12]:2379"]
+        );
+        // The controllers' own endpoints, given explicitly (in any order), are fine.
+        let same = INV.replace(
+            "pki_dir = \"pki\"",
+            "pki_dir = \"pki\"\netcd_servers = [\"https://[fd00::12]:2379\", \"https://10.240.0.11:2379\"]",
+        );
+        assert!(load(&same).is_ok());
+    }
+
+    #[test]
+    fn external_uses_etcd_servers_and_leaves_the_part_out() {
+        let text = INV.replace(
+            "pki_dir = \"pki\"",
+            "pki_dir = \"pki\"\netcd_servers = [\"https://etcd.internal:2379\"]",
+        ) + "\n[etcd]\nmode = \"external\"\n";
+        let inv = load(&text).unwrap();
+        assert!(!inv.etcd.local());
+        assert_eq!(inv.etcd.left_out().map(|(p, _)| p), Some(PART));
+        assert_eq!(inv.etcd_servers(), ["https://etcd.internal:2379"]);
+    }
+
+    #[test]
+    fn bad_etcd_settings_are_refused_by_name() {
+        // Someone else's etcd while the controllers run their own.
+        refused(
+            &INV.replace(
+                "pki_dir = \"pki\"",
+                "pki_dir = \"pki\"\netcd_servers = [\"https://etcd.internal:2379\"]",
+            ),
+            &["cluster.etcd_servers", "mode = \"external\""],
+        );
+        refused(
+            &format!("{INV}\n[etcd]\nmode = \"remote\"\n"),
+            &["mode", "local", "external"],
+        );
+        refused(
+            &format!("{INV}\n[etcd]\nmodes = \"local\"\n"),
+            &["unknown field"],
+        );
+        // Every controller joining an existing cluster: there is none to join.
+        let all = INV
+            .replace(
+                "internal_ip = \"10.240.0.11\"",
+                "internal_ip = \"10.240.0.11\"\ninitial_cluster_state = \"existing\"",
+            )
+            .replace(
+                "internal_ip = \"fd00::12\"",
+                "internal_ip = \"fd00::12\"\ninitial_cluster_state = \"existing\"",
+            );
+        refused(&all, &["initial_cluster_state", "at least one"]);
+        refused(
+            &INV.replace(
+                "internal_ip = \"fd00::12\"",
+                "internal_ip = \"fd00::12\"\ninitial_cluster_state = \"joining\"",
+            ),
+            &["initial_cluster_state", "new", "existing"],
+        );
+        // Settings for an etcd the image does not run.
+        let external = format!("{INV}\n[etcd]\nmode = \"external\"\n");
+        refused(
+            &external.replace(
+                "internal_ip = \"fd00::12\"",
+                "internal_ip = \"fd00::12\"\ninitial_cluster_state = \"existing\"",
+            ),
+            &[
+                "controllers[2] (controller-2).initial_cluster_state",
+                "external",
+            ],
+        );
+        refused(
+            &format!("{external}\n[etcd.extra_args]\nquota-backend-bytes = \"8589934592\"\n"),
+            &["[etcd.extra_args]", "external"],
+        );
+        // etcd's extra flags are held to the components' rules.
+        refused(
+            &format!("{INV}\n[etcd.extra_args]\nlog-level = \"debug --force-new-cluster\"\n"),
+            &["etcd.extra_args", "spaces"],
+        );
+    }
+
+    #[test]
+    fn a_controller_joins_an_existing_cluster() {
+        let text = INV.replace(
+            "internal_ip = \"fd00::12\"",
+            "internal_ip = \"fd00::12\"\ninitial_cluster_state = \"existing\"",
+        );
+        let inv = load(&text).unwrap();
+        assert_eq!(inv.controllers[0].initial_cluster_state, ClusterState::New);
+        assert_eq!(inv.controllers[1].initial_cluster_state.name(), "existing");
+    }
+}

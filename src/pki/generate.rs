@@ -792,6 +792,58 @@ internal_ip = "10.240.0.12"
         assert!(check(&inv, SystemTime::now()).fits_inventory());
     }
 
+    /// A controller's new address: its etcd certificate (and the API
+    /// server's) no longer cover it; --renew re-issues both for their keys;
+    /// an external etcd needs no etcd certificates at all.
+    #[test]
+    fn etcd_certificates_follow_their_controller() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inv = inventory(tmp.path(), INVENTORY);
+        init(&inv, &InitOptions::default(), &Collect::default()).unwrap();
+        let report = check(&inv, SystemTime::now()).to_string();
+        assert!(
+            report.contains("etcd-controller-2.pem: SANs cover the inventory (4 names)"),
+            "{report}"
+        );
+        let before = snapshot(&inv.pki_dir());
+        let moved = inventory(tmp.path(), &INVENTORY.replace("10.240.0.12", "10.240.0.22"));
+        let err = check(&moved, SystemTime::now())
+            .error()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("etcd-controller-2.pem: SANs do not cover 10.240.0.22 (controllers[2] (controller-2).internal_ip)"),
+            "{err}"
+        );
+        let renew = InitOptions {
+            renew: true,
+            ..Default::default()
+        };
+        let r = init(&moved, &renew, &Collect::default()).unwrap();
+        assert_eq!(r.renewed, ["kubernetes.pem", "etcd-controller-2.pem"]);
+        let after = snapshot(&inv.pki_dir());
+        assert_eq!(
+            before["etcd-controller-2-key.pem"],
+            after["etcd-controller-2-key.pem"]
+        );
+        assert_eq!(
+            before["etcd-controller-1.pem"],
+            after["etcd-controller-1.pem"]
+        );
+
+        let external = inventory(
+            tmp.path(),
+            &format!(
+                "{}\n[etcd]\nmode = \"external\"\n",
+                INVENTORY.replace("10.240.0.12", "10.240.0.22")
+            ),
+        );
+        std::fs::remove_file(external.pki_dir().join("etcd-controller-1.pem")).unwrap();
+        let report = check(&external, SystemTime::now());
+        assert!(report.fits_inventory(), "{report}");
+        assert!(!report.to_string().contains("etcd-"), "{report}");
+    }
+
     #[test]
     fn version_change_rewrites_encryption_format_keeping_key() {
         let tmp = tempfile::tempdir().unwrap();
