@@ -151,32 +151,11 @@ pub fn initial_cluster(inv: &Inventory) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::inventory::tests::{GOOD, load};
 
-    const INV: &str = r#"
-[cluster]
-name = "kubernetes"
-kubernetes_version = "v1.36.0"
-arch = "amd64"
-public_address = "203.0.113.10"
-service_cluster_ip_range = "10.32.0.0/24"
-cluster_cidr = "10.200.0.0/16"
-service_node_port_range = "30000-32767"
-pki_dir = "pki"
-
-[[controllers]]
-name = "controller-1"
-internal_ip = "10.240.0.11"
-
-[[controllers]]
-name = "controller-2"
-internal_ip = "fd00::12"
-"#;
-
-    fn load(text: &str) -> Result<Inventory> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cluster.toml");
-        std::fs::write(&path, text).unwrap();
-        Inventory::load(&path)
+    /// Two controllers, the second with an IPv6 address.
+    fn inv() -> String {
+        GOOD.replace("10.240.0.12", "fd00::12")
     }
 
     fn refused(text: &str, says: &[&str]) {
@@ -189,19 +168,19 @@ internal_ip = "fd00::12"
 
     #[test]
     fn local_by_default_with_every_controller_in_the_cluster() {
-        let inv = load(INV).unwrap();
-        assert!(inv.etcd.local());
-        assert_eq!(inv.etcd.left_out(), None);
+        let loaded = load(&inv()).unwrap();
+        assert!(loaded.etcd.local());
+        assert_eq!(loaded.etcd.left_out(), None);
         assert_eq!(
-            initial_cluster(&inv),
+            initial_cluster(&loaded),
             "controller-1=https://10.240.0.11:2380,controller-2=https://[fd00::12]:2380"
         );
         assert_eq!(
-            inv.etcd_servers(),
+            loaded.etcd_servers(),
             ["https://10.240.0.11:2379", "https://[fd00::12]:2379"]
         );
         // The controllers' own endpoints, given explicitly (in any order), are fine.
-        let same = INV.replace(
+        let same = inv().replace(
             "pki_dir = \"pki\"",
             "pki_dir = \"pki\"\netcd_servers = [\"https://[fd00::12]:2379\", \"https://10.240.0.11:2379\"]",
         );
@@ -210,36 +189,36 @@ internal_ip = "fd00::12"
 
     #[test]
     fn external_uses_etcd_servers_and_leaves_the_part_out() {
-        let text = INV.replace(
+        let text = inv().replace(
             "pki_dir = \"pki\"",
             "pki_dir = \"pki\"\netcd_servers = [\"https://etcd.internal:2379\"]",
         ) + "\n[etcd]\nmode = \"external\"\n";
-        let inv = load(&text).unwrap();
-        assert!(!inv.etcd.local());
-        assert_eq!(inv.etcd.left_out().map(|(p, _)| p), Some(PART));
-        assert_eq!(inv.etcd_servers(), ["https://etcd.internal:2379"]);
+        let loaded = load(&text).unwrap();
+        assert!(!loaded.etcd.local());
+        assert_eq!(loaded.etcd.left_out().map(|(p, _)| p), Some(PART));
+        assert_eq!(loaded.etcd_servers(), ["https://etcd.internal:2379"]);
     }
 
     #[test]
     fn bad_etcd_settings_are_refused_by_name() {
         // Someone else's etcd while the controllers run their own.
         refused(
-            &INV.replace(
+            &inv().replace(
                 "pki_dir = \"pki\"",
                 "pki_dir = \"pki\"\netcd_servers = [\"https://etcd.internal:2379\"]",
             ),
             &["cluster.etcd_servers", "mode = \"external\""],
         );
         refused(
-            &format!("{INV}\n[etcd]\nmode = \"remote\"\n"),
+            &format!("{}\n[etcd]\nmode = \"remote\"\n", inv()),
             &["mode", "local", "external"],
         );
         refused(
-            &format!("{INV}\n[etcd]\nmodes = \"local\"\n"),
+            &format!("{}\n[etcd]\nmodes = \"local\"\n", inv()),
             &["unknown field"],
         );
         // Every controller joining an existing cluster: there is none to join.
-        let all = INV
+        let all = inv()
             .replace(
                 "internal_ip = \"10.240.0.11\"",
                 "internal_ip = \"10.240.0.11\"\ninitial_cluster_state = \"existing\"",
@@ -250,14 +229,14 @@ internal_ip = "fd00::12"
             );
         refused(&all, &["initial_cluster_state", "at least one"]);
         refused(
-            &INV.replace(
+            &inv().replace(
                 "internal_ip = \"fd00::12\"",
                 "internal_ip = \"fd00::12\"\ninitial_cluster_state = \"joining\"",
             ),
             &["initial_cluster_state", "new", "existing"],
         );
         // Settings for an etcd the image does not run.
-        let external = format!("{INV}\n[etcd]\nmode = \"external\"\n");
+        let external = format!("{}\n[etcd]\nmode = \"external\"\n", inv());
         refused(
             &external.replace(
                 "internal_ip = \"fd00::12\"",
@@ -274,19 +253,28 @@ internal_ip = "fd00::12"
         );
         // etcd's extra flags are held to the components' rules.
         refused(
-            &format!("{INV}\n[etcd.extra_args]\nlog-level = \"debug --force-new-cluster\"\n"),
+            &format!(
+                "{}\n[etcd.extra_args]\nlog-level = \"debug --force-new-cluster\"\n",
+                inv()
+            ),
             &["etcd.extra_args", "spaces"],
         );
     }
 
     #[test]
     fn a_controller_joins_an_existing_cluster() {
-        let text = INV.replace(
+        let text = inv().replace(
             "internal_ip = \"fd00::12\"",
             "internal_ip = \"fd00::12\"\ninitial_cluster_state = \"existing\"",
         );
-        let inv = load(&text).unwrap();
-        assert_eq!(inv.controllers[0].initial_cluster_state, ClusterState::New);
-        assert_eq!(inv.controllers[1].initial_cluster_state.name(), "existing");
+        let loaded = load(&text).unwrap();
+        assert_eq!(
+            loaded.controllers[0].initial_cluster_state,
+            ClusterState::New
+        );
+        assert_eq!(
+            loaded.controllers[1].initial_cluster_state.name(),
+            "existing"
+        );
     }
 }

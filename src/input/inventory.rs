@@ -408,10 +408,11 @@ fn extra_arg(section: &str, key: &str, value: &str) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// A valid inventory (v1.10.2, two controllers), for tests here and elsewhere.
+    pub(crate) const GOOD: &str = r#"
 [cluster]
 name = "kubernetes"
 kubernetes_version = "v1.10.2"
@@ -431,7 +432,8 @@ name = "controller-2"
 internal_ip = "10.240.0.12"
 "#;
 
-    fn load(text: &str) -> Result<Inventory> {
+    /// `text` written to a temporary cluster.toml and loaded.
+    pub(crate) fn load(text: &str) -> Result<Inventory> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cluster.toml");
         std::fs::write(&path, text).unwrap();
