@@ -159,6 +159,17 @@ fn split_writes_one_shared_archive_and_verifies_as_a_pair() {
             );
         }
     }
+    // etcd's binaries are shared; its unit, certificate and data folder the node's.
+    for p in ["/usr/local/bin/etcd", "/usr/local/bin/etcdctl"] {
+        assert!(shared_list.contains_key(p), "{p} not in the shared archive");
+    }
+    for p in [
+        "/etc/systemd/system/etcd.service",
+        "/etc/etcd/etcd-key.pem",
+        "/var/lib/etcd",
+    ] {
+        assert!(!shared_list.contains_key(p), "{p} in the shared archive");
+    }
     let sums = fs::read_to_string(ws.path("out/SHA256SUMS")).unwrap();
     assert!(
         sums.contains(&format!(

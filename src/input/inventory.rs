@@ -365,7 +365,7 @@ fn etcd_url(field: &str, value: &str) -> Result<()> {
 
 /// `Ok` when `ok`, else an error naming the field and the value it refused
 /// (cut to a sensible length) and what was expected.
-pub(crate) fn require(ok: bool, field: &str, value: &str, expected: &str) -> Result<()> {
+fn require(ok: bool, field: &str, value: &str, expected: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {

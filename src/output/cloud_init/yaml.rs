@@ -773,18 +773,8 @@ mod tests {
     #[test]
     fn install_step_unpacks_a_pinned_archive() {
         let dir = tempfile::tempdir().unwrap();
-        let body = b"etcd binary";
-        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::fast(),
-        ));
-        let mut h = tar::Header::new_gnu();
-        h.set_size(body.len() as u64);
-        h.set_mode(0o755);
-        h.set_cksum();
-        tar.append_data(&mut h, "etcd-v3.6.5-linux-amd64/etcd", &body[..])
-            .unwrap();
-        let archive = tar.into_inner().unwrap().finish().unwrap();
+        let body: &[u8] = b"etcd binary";
+        let archive = crate::plan::fixture::tar_gz(&[("etcd-v3.6.5-linux-amd64/etcd", body)]);
         let src = dir.path().join("etcd-v3.6.5-linux-amd64.tar.gz");
         fs::write(&src, &archive).unwrap();
         let dest = dir.path().join("etcd");

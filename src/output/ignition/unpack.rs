@@ -189,18 +189,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        let body = b"#!/bin/sh\necho etcd\n";
-        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::fast(),
-        ));
-        let mut h = tar::Header::new_gnu();
-        h.set_size(body.len() as u64);
-        h.set_mode(0o755);
-        h.set_cksum();
-        tar.append_data(&mut h, "etcd-v3.6.5-linux-amd64/etcd", &body[..])
-            .unwrap();
-        let archive = tar.into_inner().unwrap().finish().unwrap();
+        let body: &[u8] = b"#!/bin/sh\necho etcd\n";
+        let archive = crate::plan::fixture::tar_gz(&[("etcd-v3.6.5-linux-amd64/etcd", body)]);
         let run = |sha: &str| {
             std::fs::create_dir_all(r.join("var/lib/imgbuild/archives")).unwrap();
             std::fs::write(r.join("var/lib/imgbuild/archives/e.tar.gz"), &archive).unwrap();
