@@ -191,7 +191,9 @@ impl Place {
 impl<'a> Fetcher<'a> {
     /// Check the options (mirror URL scheme, CA file); opens no connection.
     pub fn new(cache: &'a Cache, opts: &FetchOptions) -> Result<Fetcher<'a>> {
+        // `--mirror https://dl.k8s.io` is no mirror: each publisher's own base.
         let mirror = match opts.mirror.as_deref() {
+            Some(raw) if raw.trim_end_matches('/') == DEFAULT_BASE => None,
             Some(raw) => Some(parse_base(raw, opts.allow_http)?),
             None => None,
         };
