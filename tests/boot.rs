@@ -8,9 +8,12 @@
 //!   list, as an uncompressed newc archive;
 //! * `tests/boot/scaffold.sh` adds the test's probe unit, the fstab line of the
 //!   state disk and the kernel's virtio modules;
-//! * imgbuild itself builds node 1's overlay as a cpio.gz, with the test's
-//!   stand-ins for kube-apiserver / kube-controller-manager / kube-scheduler
-//!   (tests/boot/standins/) and the machine's real kubectl in its cache;
+//! * imgbuild itself builds the overlay of a one-controller inventory's node
+//!   (at 127.0.0.11: the machine has no network device) as a cpio.gz, with the
+//!   test's stand-ins for kube-apiserver / kube-controller-manager /
+//!   kube-scheduler and the etcd wrapper (tests/boot/standins/), the machine's
+//!   real kubectl and etcdctl in its cache, and Debian's real etcd behind the
+//!   wrapper (put in the guest by scaffold.sh);
 //! * the three archives are concatenated into one initramfs (the kernel unpacks
 //!   them in order, so the overlay lands on top of Debian), and the machine boots
 //!   with a small ext4 "state disk" mounted at /var/lib/imgbuild that is kept
@@ -38,7 +41,8 @@ use serde_json::{Value, json};
 const STATE_DIR: &str = "/var/lib/imgbuild";
 const DONE_FILE: &str = "/var/lib/imgbuild/kube-rbac-bootstrap.done";
 const ONESHOT: &str = "kube-rbac-bootstrap.service";
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
+    "etcd.service",
     "kube-apiserver.service",
     "kube-controller-manager.service",
     "kube-scheduler.service",
@@ -111,6 +115,8 @@ fn check_prerequisites(kernel: &Path, kubectl: &Path) {
         missing.push("root (debootstrap, chroot and root-owned archives need it)".to_string());
     }
     for (cmd, pkg) in [
+        ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("debootstrap", "debootstrap"),
         ("cpio", "cpio"),
@@ -316,6 +322,41 @@ fn standin_binaries(version: &str, kubectl: &Path) -> Vec<(&'static str, Vec<u8>
     ]
 }
 
+/// etcd's archive for the test recipe: `etcd` the stand-in wrapper
+/// (tests/boot/standins/etcd), which execs the real etcd that scaffold.sh
+/// puts in the guest; `etcdctl` this machine's real one (Debian's
+/// etcd-client); `etcdutl`, for the releases that have it, a stand-in nothing runs.
+fn etcd_binaries(version: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let etcd = support::etcd_version(version);
+    support::etcd_binaries(&etcd)
+        .into_iter()
+        .map(|name| {
+            let bytes = match name {
+                "etcd" => fs::read(manifest_dir().join("tests/boot/standins/etcd")).unwrap(),
+                "etcdctl" => fs::read(which("etcdctl").expect("etcdctl")).unwrap(),
+                other => support::stand_in(other, 4096),
+            };
+            (name, bytes)
+        })
+        .collect()
+}
+
+/// The one controller the boot test's inventory holds: the bundled example's
+/// first, at a loopback address (the machine has no network device, and the
+/// kernel serves all of 127.0.0.0/8 on lo), so its etcd can bind its
+/// internal_ip and form a cluster of one.
+const NODE_IP: &str = "127.0.0.11";
+
+fn one_controller_inventory(version: &str) -> String {
+    let full = support::example_inventory(version, "amd64");
+    let first = full
+        .split("[[controllers]]")
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("[[controllers]]");
+    first.replace("\"10.240.0.11\"", &format!("\"{NODE_IP}\""))
+}
+
 /// Packs a folder into a newc archive, every entry root-owned.
 fn cpio_of_dir(dir: &Path, out: &Path) {
     run(
@@ -354,7 +395,9 @@ fn build_overlay(
     // API server stand-in serves its kubernetes.pem, the one-shot's kubectl uses
     // its admin.kubeconfig. The stand-ins are imported into the cache.
     let ws = support::Workspace::builder(version)
+        .inventory(&one_controller_inventory(version))
         .binary_contents(standin_binaries(version, kubectl))
+        .etcd_contents(etcd_binaries(version))
         .build();
     let out = work.join("out");
     // `tar.gz-split`: the --split pair (shared binaries, then the node's files).
@@ -950,6 +993,7 @@ fn check_common(
             "the kube-apiserver stand-in is not listening on 6443",
         );
     }
+    check_etcd(c, f, version);
     for name in ["kube-controller-manager", "kube-scheduler"] {
         let ev = f.jsonl(&format!("standin/{name}.events.jsonl"));
         let start = ev.iter().find(|e| e["event"] == "start");
@@ -998,7 +1042,7 @@ fn check_common(
         let secret = path.ends_with("-key.pem")
             || path.ends_with(".kubeconfig")
             || path.ends_with("encryption-config.yaml");
-        if secret && path.starts_with("/var/lib/kubernetes/") {
+        if secret && (path.starts_with("/var/lib/kubernetes/") || path.starts_with("/etc/etcd/")) {
             c.check(
                 f,
                 mode == "600",
@@ -1049,6 +1093,91 @@ fn check_common(
             "the API server stand-in saw no /healthz from nginx",
         );
     }
+}
+
+/// etcd ran as a real systemd service from the overlay's unit, was ready
+/// before the API server started, and the API server reached it over TLS.
+fn check_etcd(c: &mut Checks, f: &Facts, version: &str) {
+    const ETCD: &str = "etcd.service";
+    // Ready (Type=notify: the real etcd said so) before the API server started.
+    let ready = f.mono(ETCD, "ActiveEnterTimestampMonotonic");
+    let api_started = f.mono("kube-apiserver.service", "ExecMainStartTimestampMonotonic");
+    c.check(
+        f,
+        f.prop(ETCD, "Type") == "notify" && ready > 0.0 && ready <= api_started,
+        format!(
+            "etcd.service ({}) was ready at {ready:.2}s, kube-apiserver started at {api_started:.2}s: not ordered after it",
+            f.prop(ETCD, "Type")
+        ),
+    );
+    // The API server's own first look at etcd (its --etcd-* flags): healthy.
+    let seen: Vec<Value> = f
+        .api_events()
+        .into_iter()
+        .filter(|e| e["event"] == "etcd")
+        .collect();
+    let want = format!("https://{NODE_IP}:2379");
+    c.check(
+        f,
+        seen.len() == 1
+            && seen[0]["server"] == want.as_str()
+            && seen[0]["status"] == 200
+            && seen[0]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("\"health\":\"true\"")),
+        format!("the API server's look at etcd ({want}/health over TLS) when it started: {seen:?}"),
+    );
+    // Still healthy when the boot was over, through the node's own 127.0.0.1.
+    let health = f.text("etcd-health.txt");
+    c.check(
+        f,
+        f.text("etcd-health.rc").trim() == "0"
+            && health.contains("https://127.0.0.1:2379 is healthy"),
+        format!("etcdctl endpoint health (API server's certificate): {health:?}"),
+    );
+    let members = f.text("etcd-members.txt");
+    c.check(
+        f,
+        members.contains(&format!(
+            "started, controller-1, https://{NODE_IP}:2380, https://{NODE_IP}:2379"
+        )),
+        format!("etcd member list: {members:?}"),
+    );
+    // The data folder as the overlay made it.
+    c.check(
+        f,
+        f.text("stat.txt")
+            .contains("root:root 700 directory /var/lib/etcd"),
+        format!(
+            "/var/lib/etcd: {:?}",
+            f.text("stat.txt")
+                .lines()
+                .find(|l| l.ends_with("/var/lib/etcd"))
+        ),
+    );
+    // The stand-in wrapper dropped only what etcd 3.4 does not know (3.6's flags).
+    let wrapper = f.text("standin/etcd.events.txt");
+    let dropped = wrapper
+        .lines()
+        .find_map(|l| l.strip_prefix("dropped:"))
+        .unwrap_or("(never ran)")
+        .trim()
+        .to_string();
+    let minor: u32 = support::etcd_version(version)
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    let want_dropped = if minor >= 6 {
+        "--feature-gates=InitialCorruptCheck=true --watch-progress-notify-interval=5s"
+    } else {
+        ""
+    };
+    c.check(
+        f,
+        dropped == want_dropped,
+        format!("the etcd stand-in dropped {dropped:?}, expected {want_dropped:?}"),
+    );
 }
 
 fn check_oneshot(

@@ -233,7 +233,9 @@ fn verify_units(version: &str) {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "service"))
         .collect();
-    assert_eq!(units.len(), 5, "{units:?}");
+    // etcd, the API server (with its drop-in ordering it after etcd), the
+    // controller manager, the scheduler and the two one-shots.
+    assert_eq!(units.len(), 6, "{units:?}");
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg("--man=no")
@@ -318,6 +320,7 @@ fn builds_are_byte_identical_across_folders_times_umasks_and_mtimes() {
         "pki",
         "recipes",
         "kubernetes-server-linux-amd64.tar.gz",
+        "etcd-v3.3.10-linux-amd64.tar.gz",
     ] {
         sh(Command::new("cp").arg("-r").arg(a.path(f)).arg(b.dir()));
     }
@@ -337,7 +340,13 @@ fn builds_are_byte_identical_across_folders_times_umasks_and_mtimes() {
         ))
     };
     let tarball = b.path("kubernetes-server-linux-amd64.tar.gz");
-    run_b(&["cache", "import", &tarball.display().to_string()]);
+    let etcd = b.path("etcd-v3.3.10-linux-amd64.tar.gz");
+    run_b(&[
+        "cache",
+        "import",
+        &tarball.display().to_string(),
+        &etcd.display().to_string(),
+    ]);
     let elsewhere = b.path("elsewhere");
     run_b(&[
         "controller",
@@ -441,12 +450,32 @@ fn all_nodes_and_dir_format() {
 #[test]
 fn etcd_servers_and_extra_args_from_the_inventory() {
     let ws = Workspace::new("v1.10.2");
-    let inv = fs::read_to_string(ws.path("cluster.toml")).unwrap().replace(
+    let local = fs::read_to_string(ws.path("cluster.toml")).unwrap().replace(
         "pki_dir = \"pki\"",
         "pki_dir = \"pki\"\netcd_servers = [\"https://10.0.0.5:2379\", \"https://etcd-b.internal:2379\"]",
     ) + "\n[apiserver.extra_args]\nfeature-gates = \"A=true,B=false\"\n\n[scheduler.extra_args]\nleader-elect-lease-duration = \"30s\"\n";
+    // Other endpoints than the controllers' own with etcd on the controllers: refused.
+    fs::write(ws.path("cluster.toml"), &local).unwrap();
+    let err = ws.fails(&["controller", "--node", "1"], 2);
+    assert!(
+        err.contains("cluster.etcd_servers") && err.contains("mode = \"external\""),
+        "{err}"
+    );
+    let inv = local + "\n[etcd]\nmode = \"external\"\n";
     fs::write(ws.path("cluster.toml"), inv).unwrap();
     let root = build_and_extract(&ws, "1");
+    // An external etcd: no etcd in the image at all.
+    for gone in [
+        "etc/systemd/system/etcd.service",
+        "etc/systemd/system/kube-apiserver.service.d/10-etcd.conf",
+        "etc/systemd/system/multi-user.target.wants/etcd.service",
+        "etc/etcd",
+        "var/lib/etcd",
+        "usr/local/bin/etcd",
+        "usr/local/bin/etcdctl",
+    ] {
+        assert!(!root.join(gone).exists(), "{gone} is in the image");
+    }
     let unit = fs::read_to_string(root.join("etc/systemd/system/kube-apiserver.service")).unwrap();
     let (_, flags) = imgbuild::input::unit::exec_start(&unit).unwrap();
     let get = |k: &str| {

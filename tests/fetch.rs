@@ -22,15 +22,20 @@ const TARBALL: &str = "v1.10.2/kubernetes-server-linux-amd64.tar.gz";
 
 // ---------------------------------------------------------------- helpers
 
-/// A workspace pinning a stand-in tarball (not in the cache), online, and a
-/// mirror serving the tarball.
+/// A workspace pinning stand-in tarballs (the server's and etcd's; not in the
+/// cache), online, and a mirror serving them.
 fn setup(size: usize) -> (Workspace, Mirror, Vec<u8>) {
-    let ws = Workspace::builder(VERSION)
-        .binaries(size)
-        .not_imported()
-        .online()
-        .mirror()
-        .build();
+    setup_with(Workspace::builder(VERSION).binaries(size))
+}
+
+/// [`setup`] for an inventory whose etcd is external: the server tarball is
+/// the only artifact (tests of one download's faults).
+fn setup_one(size: usize) -> (Workspace, Mirror, Vec<u8>) {
+    setup_with(Workspace::builder(VERSION).binaries(size).external_etcd())
+}
+
+fn setup_with(builder: support::Builder) -> (Workspace, Mirror, Vec<u8>) {
+    let ws = builder.not_imported().online().mirror().build();
     let (mirror, tarball) = (ws.mirror().clone(), ws.tarball().to_vec());
     (ws, mirror, tarball)
 }
@@ -95,18 +100,30 @@ fn fetch_downloads_verifies_and_build_uses_it() {
     let stderr = ws.ok_stderr(&fetch_args(&mirror, &[]));
     // Not a terminal: one line per finished artifact.
     assert!(
-        stderr.contains("downloaded kubernetes-server-linux-amd64.tar.gz"),
+        stderr.contains("downloaded kubernetes-server-linux-amd64.tar.gz")
+            && stderr.contains("downloaded etcd-v3.3.10-linux-amd64.tar.gz"),
         "{stderr}"
     );
+    // etcd's tarball from the mirror's etcd/ folder (docs/fetch.md).
+    let etcd = "etcd/v3.3.10/etcd-v3.3.10-linux-amd64.tar.gz";
     assert_eq!(mirror.requests(TARBALL).len(), 1);
+    assert_eq!(mirror.requests(etcd).len(), 1);
     ws.assert_cache_clean(false);
-    assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
-    assert_eq!(ws.cache_files("blobs/sha256").len(), 4);
+    let mut both = vec![sha256(&tarball), sha256(ws.etcd_tarball())];
+    both.sort();
+    assert_eq!(ws.cache_files("artifacts/sha256"), both);
+    // The server's four binaries, etcd and etcdctl (3.3 has no etcdutl).
+    assert_eq!(ws.cache_files("blobs/sha256").len(), 6);
     let ls = String::from_utf8(ws.run(&["cache", "ls"]).stdout).unwrap();
-    assert!(ls.contains("kubernetes-server-linux-amd64.tar.gz"), "{ls}");
-    // A second fetch finds it in the cache and makes no request.
+    assert!(
+        ls.contains("kubernetes-server-linux-amd64.tar.gz")
+            && ls.contains("etcd-v3.3.10-linux-amd64.tar.gz"),
+        "{ls}"
+    );
+    // A second fetch finds them in the cache and makes no request.
     ws.ok(&fetch_args(&mirror, &[]));
     assert_eq!(mirror.requests(TARBALL).len(), 1);
+    assert_eq!(mirror.requests(etcd).len(), 1);
     // The build reads the cache only.
     ws.ok(&["controller", "--node", "1", "--offline"]);
     assert!(ws.path("out/controller-1.tar.gz").is_file());
@@ -144,15 +161,19 @@ fn file_mirror() {
     let dir = ws.path("mirror/v1.10.2");
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("kubernetes-server-linux-amd64.tar.gz"), &tarball).unwrap();
+    // etcd's tarball under etcd/, as docs/fetch.md lays a mirror out.
+    let etcd = ws.path(&format!("mirror/{}", ws.etcd_mirror_path()));
+    fs::create_dir_all(etcd.parent().unwrap()).unwrap();
+    fs::write(&etcd, ws.etcd_tarball()).unwrap();
     let url = format!("file://{}", ws.path("mirror").display());
     ws.ok(&["fetch", "--mirror", &url]);
     ws.assert_cache_clean(false);
-    assert_eq!(ws.cache_files("index").len(), 1);
+    assert_eq!(ws.cache_files("index").len(), 2);
 }
 
 #[test]
 fn plain_http_is_refused_without_allow_http() {
-    let (ws, mirror, _) = setup(16 * 1024);
+    let (ws, mirror, _) = setup_one(16 * 1024);
     let url = mirror.url();
     let stderr = ws.fails(&["fetch", "--mirror", &url], 2);
     assert!(stderr.contains("--allow-http"), "{stderr}");
@@ -162,7 +183,7 @@ fn plain_http_is_refused_without_allow_http() {
 
 #[test]
 fn not_found_is_final() {
-    let (ws, mirror, _) = setup(16 * 1024);
+    let (ws, mirror, _) = setup_one(16 * 1024);
     mirror.put(TARBALL, Vec::new());
     let mirror2 = Mirror::start(); // serves nothing
     let stderr = ws.fails(&fetch_args(&mirror2, &[]), 5);
@@ -177,7 +198,7 @@ fn not_found_is_final() {
 
 #[test]
 fn server_error_then_success() {
-    let (ws, mirror, _) = setup(16 * 1024);
+    let (ws, mirror, _) = setup_one(16 * 1024);
     mirror.fault(TARBALL, Fault::Status(500, vec![]));
     let stderr = ws.ok_stderr(&fetch_args(&mirror, &[]));
     assert!(
@@ -191,7 +212,7 @@ fn server_error_then_success() {
 
 #[test]
 fn server_errors_until_the_last_try() {
-    let (ws, mirror, _) = setup(16 * 1024);
+    let (ws, mirror, _) = setup_one(16 * 1024);
     mirror.sticky(TARBALL, Fault::Status(503, vec![]));
     let args = fetch_args(&mirror, &["--tries", "3"]);
     let stderr = ws.fails(&args, 5);
@@ -206,7 +227,7 @@ fn server_errors_until_the_last_try() {
 
 #[test]
 fn too_many_requests_honours_retry_after() {
-    let (ws, mirror, _) = setup(16 * 1024);
+    let (ws, mirror, _) = setup_one(16 * 1024);
     mirror.fault(
         TARBALL,
         Fault::Status(429, vec![("Retry-After", "2".into())]),
@@ -228,7 +249,7 @@ fn too_many_requests_honours_retry_after() {
 
 #[test]
 fn connection_reset_mid_body_resumes_with_a_range_request() {
-    let (ws, mirror, tarball) = setup(512 * 1024);
+    let (ws, mirror, tarball) = setup_one(512 * 1024);
     let half = tarball.len() / 2;
     mirror.fault(TARBALL, Fault::Reset(half));
     let stderr = ws.ok_stderr(&fetch_args(&mirror, &[]));
@@ -248,7 +269,7 @@ fn connection_reset_mid_body_resumes_with_a_range_request() {
 
 #[test]
 fn truncated_body_resumes() {
-    let (ws, mirror, tarball) = setup(512 * 1024);
+    let (ws, mirror, tarball) = setup_one(512 * 1024);
     mirror.fault(TARBALL, Fault::Truncate(tarball.len() / 3));
     ws.ok(&fetch_args(&mirror, &[]));
     let reqs = mirror.requests(TARBALL);
@@ -260,7 +281,7 @@ fn truncated_body_resumes() {
 
 #[test]
 fn server_without_range_support_restarts_in_the_same_pass() {
-    let (ws, mirror, tarball) = setup(512 * 1024);
+    let (ws, mirror, tarball) = setup_one(512 * 1024);
     mirror.fault(TARBALL, Fault::Truncate(tarball.len() / 3));
     mirror.fault(TARBALL, Fault::IgnoreRange);
     let stderr = ws.ok_stderr(&fetch_args(&mirror, &[]));
@@ -271,7 +292,7 @@ fn server_without_range_support_restarts_in_the_same_pass() {
 
 #[test]
 fn truncated_body_of_unknown_length_is_a_digest_mismatch() {
-    let (ws, mirror, tarball) = setup(256 * 1024);
+    let (ws, mirror, tarball) = setup_one(256 * 1024);
     mirror.fault(TARBALL, Fault::TruncateUnsized(tarball.len() / 2));
     let stderr = ws.fails(&fetch_args(&mirror, &[]), 4);
     assert!(stderr.contains("digest mismatch"), "{stderr}");
@@ -281,7 +302,7 @@ fn truncated_body_of_unknown_length_is_a_digest_mismatch() {
 
 #[test]
 fn wrong_digest_stores_nothing() {
-    let (ws, mirror, tarball) = setup(64 * 1024);
+    let (ws, mirror, tarball) = setup_one(64 * 1024);
     let other = stand_in_tarball("tampered-", 64 * 1024);
     mirror.put(TARBALL, other.clone());
     let stderr = ws.fails(&fetch_args(&mirror, &[]), 4);
@@ -298,7 +319,7 @@ fn wrong_digest_stores_nothing() {
 
 #[test]
 fn server_slower_than_the_read_timeout() {
-    let (ws, mirror, _) = setup(256 * 1024);
+    let (ws, mirror, _) = setup_one(256 * 1024);
     // Headers, then nothing: no progress, so the tries run out. (A server that
     // trickles bytes makes progress, and progress resets the tries.)
     mirror.sticky(TARBALL, Fault::Stall(0, Duration::from_secs(5)));
@@ -317,7 +338,7 @@ fn server_slower_than_the_read_timeout() {
 
 #[test]
 fn a_stall_once_is_survived() {
-    let (ws, mirror, _) = setup(256 * 1024);
+    let (ws, mirror, _) = setup_one(256 * 1024);
     mirror.fault(TARBALL, Fault::Stall(1000, Duration::from_secs(20)));
     let args = fetch_args(&mirror, &["--read-timeout", "1"]);
     ws.ok(&args);
@@ -328,7 +349,7 @@ fn a_stall_once_is_survived() {
 
 #[test]
 fn redirect_on_the_same_server() {
-    let (ws, mirror, tarball) = setup(64 * 1024);
+    let (ws, mirror, tarball) = setup_one(64 * 1024);
     mirror.put(
         "moved/kubernetes-server-linux-amd64.tar.gz",
         tarball.clone(),
@@ -350,7 +371,7 @@ fn redirect_on_the_same_server() {
 
 #[test]
 fn two_processes_fetching_at_once_download_once() {
-    let (ws, mirror, tarball) = setup(256 * 1024);
+    let (ws, mirror, tarball) = setup_one(256 * 1024);
     mirror.fault(TARBALL, Fault::Delay(Duration::from_millis(800)));
     let args = fetch_args(&mirror, &[]);
     let (a, b) = (ws.spawn(&args), ws.spawn(&args));
@@ -369,7 +390,7 @@ fn two_processes_fetching_at_once_download_once() {
 
 #[test]
 fn https_mirror_needs_its_ca_and_refuses_a_downgrade() {
-    let (ws, mirror, tarball) = setup(64 * 1024);
+    let (ws, mirror, tarball) = setup_one(64 * 1024);
     let tls = TlsFront::start(mirror.addr);
     fs::write(ws.path("mirror-ca.pem"), &tls.ca_pem).unwrap();
     let url = tls.url();
@@ -383,7 +404,7 @@ fn https_mirror_needs_its_ca_and_refuses_a_downgrade() {
     ws.ok(&["fetch", "--mirror", &url, "--ca-cert", "mirror-ca.pem"]);
     assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
     // A redirect from https to plain http is refused without --allow-http.
-    let (ws2, _, _) = setup(64 * 1024);
+    let (ws2, _, _) = setup_one(64 * 1024);
     assert_eq!(ws2.tarball(), tarball, "the same pin");
     fs::write(ws2.path("mirror-ca.pem"), &tls.ca_pem).unwrap();
     mirror.fault(
@@ -422,8 +443,12 @@ fn offline_cache_miss_names_the_artifact_and_the_command() {
         let out = c.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{stderr}");
+        // Both tarballs, each with where to get it and how to import it.
         assert!(
             stderr.contains("kubernetes-server-linux-amd64.tar.gz")
+                && stderr.contains("etcd-v3.3.10-linux-amd64.tar.gz")
+                && stderr.contains("https://github.com/etcd-io/etcd/releases/download/v3.3.10/etcd-v3.3.10-linux-amd64.tar.gz")
+                && stderr.contains("imgbuild cache import kubernetes-server-linux-amd64.tar.gz etcd-v3.3.10-linux-amd64.tar.gz")
                 && stderr.contains("imgbuild fetch")
                 && stderr.contains("imgbuild airgap import"),
             "{stderr}"
@@ -447,6 +472,11 @@ fn no_network_fails_fast_with_a_way_out() {
         t.elapsed()
     );
     assert!(stderr.contains("https://dl.k8s.io/v1.10.2/"), "{stderr}");
+    // etcd's tarball comes from its own publisher.
+    assert!(
+        stderr.contains("https://github.com/etcd-io/etcd/releases/download/v3.3.10/"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("airgap import") && stderr.contains("--mirror"),
         "{stderr}"
@@ -472,7 +502,16 @@ fn https_proxy_is_honoured() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     let seen = proxy.seen.lock().unwrap().clone();
-    assert_eq!(seen, vec!["CONNECT dl.k8s.io:443 HTTP/1.1".to_string()]);
+    // Both publishers, through the proxy: dl.k8s.io and (etcd) github.com.
+    let mut seen = seen;
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            "CONNECT dl.k8s.io:443 HTTP/1.1".to_string(),
+            "CONNECT github.com:443 HTTP/1.1".to_string()
+        ]
+    );
     // A proxy at a closed loopback port: the connection is refused, retried a
     // bounded number of times, and the message says how to get the files.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -545,7 +584,18 @@ fn airgap_round_trip_builds_the_same_bytes_without_network() {
             .stdout,
     )
     .unwrap();
-    assert!(stdout.contains("1 artifact(s)"), "{stdout}");
+    // The server tarball and etcd's.
+    assert!(stdout.contains("2 artifact(s)"), "{stdout}");
+    let mut names = Vec::new();
+    let mut ar = tar::Archive::new(fs::File::open(ws.path("bundle.tar")).unwrap());
+    for e in ar.entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().display().to_string());
+    }
+    let etcd = format!("artifacts/sha256/{}", sha256(ws.etcd_tarball()));
+    assert!(
+        names.contains(&etcd),
+        "the bundle lacks etcd's tarball: {names:?}"
+    );
     // The other side: a fresh cache, no network.
     let out = airgap_import(&ws, "cache2", "bundle.tar");
     assert!(
@@ -558,6 +608,14 @@ fn airgap_round_trip_builds_the_same_bytes_without_network() {
         fetched == imported,
         "export → import → build differs from fetch → build"
     );
+    // The offline build holds etcd, from the imported tarball.
+    let root = ws.path("root");
+    fs::create_dir_all(&root).unwrap();
+    support::untar(&ws.path("out/controller-1.tar.gz"), &root);
+    for b in ["etcd", "etcdctl"] {
+        assert!(root.join("usr/local/bin").join(b).is_file(), "{b}");
+    }
+    assert!(root.join("etc/systemd/system/etcd.service").is_file());
 }
 
 /// A tar entry written with raw header fields (the tar crate's builder would
@@ -689,6 +747,21 @@ fn serve_release(mirror: &Mirror, version: &str, arch: &str) -> Vec<(String, Vec
         mirror.put(&path, bytes.clone());
         out.push((bin.to_string(), bytes));
     }
+    // etcd, which `lock` picks for the version, with its SHA256SUMS (the other
+    // arch's line too, as the release's file has every arch).
+    let etcd = support::etcd_version(version);
+    let name = support::etcd_tarball_name(&etcd, arch);
+    let bins = support::etcd_stand_ins(&etcd, &format!("{version}{arch}"), 50_000);
+    let tarball = support::etcd_tarball(&etcd, arch, &bins);
+    let other = support::etcd_tarball_name(&etcd, "s390x");
+    let sums = format!(
+        "{}  {other}\n{}  {name}\n",
+        sha256(b"another arch"),
+        sha256(&tarball)
+    );
+    mirror.put(&format!("etcd/{etcd}/SHA256SUMS"), sums.into_bytes());
+    mirror.put(&format!("etcd/{etcd}/{name}"), tarball.clone());
+    out.push((name, tarball));
     out
 }
 
@@ -707,12 +780,19 @@ fn lock_then_fetch_then_build_records_publisher_checksum_trust() {
         stdout.contains("kube-apiserver\tamd64\tsha512:"),
         "{stdout}"
     );
+    // etcd from its SHA256SUMS, the one the nearest shipped recipe (v1.34.7) carries.
+    assert!(
+        stdout.contains("etcd-v3.6.5-linux-amd64.tar.gz\tamd64\tsha256:"),
+        "{stdout}"
+    );
     let lock = fs::read_to_string(ws.path("cache/locks/kubernetes-v1.33.0.toml")).unwrap();
     assert!(lock.contains("trust = \"publisher-checksum\""), "{lock}");
     assert!(lock.contains("kind = \"file\""), "{lock}");
-    // Four files, two at a time.
+    assert!(lock.contains("etcd_version = \"v3.6.5\""), "{lock}");
+    assert!(lock.contains("/etcd/v3.6.5/SHA256SUMS"), "{lock}");
+    // Four files and etcd's tarball, two at a time.
     ws.ok(&["fetch", "--mirror", &url, "--allow-http", "--jobs", "2"]);
-    assert_eq!(ws.cache_files("index").len(), 4);
+    assert_eq!(ws.cache_files("index").len(), 5);
     ws.assert_cache_clean(false);
     ws.ok(&["controller", "--node", "1", "--offline"]);
     let manifest = fs::read_to_string(ws.path("out/controller-1.manifest.json")).unwrap();
@@ -743,7 +823,58 @@ fn lock_then_fetch_then_build_records_publisher_checksum_trust() {
         "{stderr}"
     );
     ws2.assert_cache_clean(false);
-    assert_eq!(ws2.cache_files("index").len(), 3);
+    assert_eq!(ws2.cache_files("index").len(), 4);
+}
+
+/// `--etcd-version` picks etcd's release: pinned from that release's
+/// SHA256SUMS (a missing file or line is an error naming it), and only etcd
+/// releases are taken.
+#[test]
+fn lock_pins_the_etcd_release_asked_for() {
+    let ws = bare(NEW);
+    let mirror = Mirror::start();
+    let served = serve_release(&mirror, NEW, "amd64");
+    let (tls, ca) = mirror.tls(ws.dir());
+    let ca = ca.to_str().unwrap();
+    let lock = |etcd: &str| {
+        ws.run(&[
+            "lock",
+            "--version",
+            NEW,
+            "--etcd-version",
+            etcd,
+            "--mirror",
+            &tls,
+            "--ca-cert",
+            ca,
+        ])
+    };
+    let out = lock("3.5.99");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("/etcd/v3.5.99/SHA256SUMS does not exist"),
+        "{}",
+        text(&out)
+    );
+    let out = lock("4.0.0");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--etcd-version 4.0.0"),
+        "{}",
+        text(&out)
+    );
+    assert!(!ws.path("cache/locks/kubernetes-v1.33.0.toml").exists());
+    // The release the mirror has: its SHA256SUMS line for the arch.
+    let out = lock("v3.6.5");
+    assert!(out.status.success(), "{}", text(&out));
+    let lock = fs::read_to_string(ws.path("cache/locks/kubernetes-v1.33.0.toml")).unwrap();
+    let name = support::etcd_tarball_name("v3.6.5", "amd64");
+    let (_, tarball) = served.iter().find(|(n, _)| *n == name).unwrap();
+    assert!(
+        lock.contains(&format!("amd64 = \"{}\"", sha256(tarball))),
+        "{lock}"
+    );
+    assert!(lock.contains("etcd-v3.6.5-linux-{arch}/etcdutl"), "{lock}");
 }
 
 #[test]
@@ -819,7 +950,7 @@ fn airgap_carries_a_lock() {
 
 #[test]
 fn cache_verify_drops_what_is_corrupt_and_gc_cleans_up() {
-    let (ws, mirror, _) = setup(64 * 1024);
+    let (ws, mirror, _) = setup_one(64 * 1024);
     ws.ok(&fetch_args(&mirror, &[]));
     ws.ok(&["cache", "verify"]);
     // Leftovers of a killed process and an orphan blob.

@@ -159,6 +159,17 @@ fn split_writes_one_shared_archive_and_verifies_as_a_pair() {
             );
         }
     }
+    // etcd's binaries are shared; its unit, certificate and data folder the node's.
+    for p in ["/usr/local/bin/etcd", "/usr/local/bin/etcdctl"] {
+        assert!(shared_list.contains_key(p), "{p} not in the shared archive");
+    }
+    for p in [
+        "/etc/systemd/system/etcd.service",
+        "/etc/etcd/etcd-key.pem",
+        "/var/lib/etcd",
+    ] {
+        assert!(!shared_list.contains_key(p), "{p} in the shared archive");
+    }
     let sums = fs::read_to_string(ws.path("out/SHA256SUMS")).unwrap();
     assert!(
         sums.contains(&format!(
@@ -278,6 +289,19 @@ fn decode_write_files(user_data: &Path) -> BTreeMap<String, serde_json::Value> {
     serde_json::from_value(doc["files"].clone()).unwrap()
 }
 
+/// The sha256 the manifest records for the binary `name` in /usr/local/bin.
+fn imgbuild_member_sha(m: &serde_json::Value, name: &str) -> String {
+    m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == format!("/usr/local/bin/{name}"))
+        .unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn cloud_init_folder_for_every_binaries_mode() {
     let ws = Workspace::new("v1.10.2");
@@ -320,7 +344,25 @@ fn cloud_init_folder_for_every_binaries_mode() {
         let text = fs::read_to_string(&ud).unwrap();
         assert!(!text.contains("PRIVATE KEY"), "a key in clear text");
         let installs = text.matches("\"imgbuild-install\"").count();
-        assert_eq!(installs, if mode == "baked" { 0 } else { 4 }, "{mode}");
+        // The server's four binaries, etcd and etcdctl (3.3 has no etcdutl).
+        assert_eq!(installs, if mode == "baked" { 0 } else { 6 }, "{mode}");
+        if mode.starts_with("mirror=") {
+            // etcd's binaries come only in its release archive: the node
+            // fetches it from the mirror's etcd/ folder, checks it against the
+            // pin, and takes each member out of it.
+            let archive = "http://127.0.0.1:9/k8s/etcd/v3.3.10/etcd-v3.3.10-linux-amd64.tar.gz";
+            let pin = format!("sha256:{}", support::sha256_bytes(ws.etcd_tarball()));
+            for b in ["etcd", "etcdctl"] {
+                let step = format!(
+                    "\"{archive}\", \"{}\", \"/usr/local/bin/{b}\", \"0755\", \"0:0\", \"etcd-v3.3.10-linux-amd64/{b}\", \"{pin}\"]",
+                    imgbuild_member_sha(&m, b)
+                );
+                assert!(text.contains(&step), "{step}\n{text}");
+            }
+            assert!(
+                text.contains("\"http://127.0.0.1:9/k8s/v1.10.2/bin/linux/amd64/kube-apiserver\"")
+            );
+        }
 
         let meta = fs::read_to_string(dir.join("meta-data")).unwrap();
         assert!(meta.contains("local-hostname: \"controller-1\""), "{meta}");
@@ -346,10 +388,13 @@ fn cloud_init_folder_for_every_binaries_mode() {
         for f in ["::/user-data", "::/meta-data", "::/network-config"] {
             assert!(listing.lines().any(|l| l == f), "{f}: {listing}");
         }
-        let bins_on_seed = listing.lines().filter(|l| l.starts_with("::/kube")).count();
+        let bins_on_seed = listing
+            .lines()
+            .filter(|l| l.starts_with("::/kube") || l.starts_with("::/etcd"))
+            .count();
         assert_eq!(
             bins_on_seed,
-            if mode == "seed" { 4 } else { 0 },
+            if mode == "seed" { 6 } else { 0 },
             "{listing}"
         );
         let copy = sh(Command::new("mtype")

@@ -358,6 +358,25 @@ fn layout_pki_file_absolute() {
     refused(&ws, &b, &["--allow-layouts"], 2, &["not a PKI file"]);
 }
 
+/// The per-node files are patterns whose `{node}` only a controller's name
+/// (a DNS label) replaces: anything but the exact patterns `pki init` knows
+/// is refused, even allowed, so no `{node}` can hide a path.
+#[test]
+fn layout_per_node_pki_file_is_a_pattern_not_a_path() {
+    for file in [
+        "etcd-{node}/../../../../etc/passwd",
+        "etcd-{node}.pem/../../x",
+        "../etcd-{node}.pem",
+        "{node}",
+        "etcd-{node}",
+        "/etc/{node}.pem",
+    ] {
+        let (ws, mut b) = lock_bundle();
+        with_layout(&mut b, |l| first_pki(l)["file"] = file.into());
+        refused(&ws, &b, &["--allow-layouts"], 2, &["not a PKI file"]);
+    }
+}
+
 /// A layout template that leaves the overlay.
 #[test]
 fn layout_template_with_dotdot() {
@@ -422,6 +441,7 @@ fn no_layout_brings_a_file_from_outside_pki_dir() {
     for file in [
         "../outside-secret".to_string(),
         ws.path("outside-secret").display().to_string(),
+        "etcd-{node}/../../outside-secret".to_string(),
     ] {
         let mut layout: toml::Value =
             toml::from_str(&fs::read_to_string(format!("{}/{LAYOUT}", support::REPO)).unwrap())
@@ -481,4 +501,14 @@ fn secret_follows_the_file() {
     assert_eq!(mode("admin.kubeconfig"), 0o600);
     assert_eq!(mode("encryption-config.yaml"), 0o600);
     assert_eq!(mode("ca.pem"), 0o644);
+    // The per-node files too: etcd's key is secret whatever the layout says.
+    let etcd = |f: &str| {
+        fs::metadata(ws.path("out/controller-1/etc/etcd").join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(etcd("etcd-key.pem"), 0o600);
+    assert_eq!(etcd("etcd.pem"), 0o644);
 }

@@ -17,11 +17,20 @@ const APISERVER: &str = "kubernetes/server/bin/kube-apiserver";
 
 // ---------------------------------------------------------------- helpers
 
-/// The only index of the workspace's cache.
+/// The index of the server tarball in the workspace's cache (etcd's is the other).
 fn index_path(ws: &Workspace) -> PathBuf {
     let names = ws.cache_files("index");
-    assert_eq!(names.len(), 1, "{names:?}");
-    ws.path("cache/index").join(&names[0])
+    let servers: Vec<PathBuf> = names
+        .iter()
+        .map(|n| ws.path("cache/index").join(n))
+        .filter(|p| {
+            fs::read_to_string(p)
+                .unwrap()
+                .contains("\"artifact\": \"kubernetes-server\"")
+        })
+        .collect();
+    assert_eq!(servers.len(), 1, "{names:?}");
+    servers[0].clone()
 }
 
 /// Rewrite the index as JSON, as a writer of a shared cache could.
@@ -66,7 +75,7 @@ fn pinned(tarball: &[u8]) -> Workspace {
     fs::write(ws.path("kubernetes-server-linux-amd64.tar.gz"), tarball).unwrap();
     fs::write(
         ws.path(&format!("recipes/kubernetes-{V}.toml")),
-        test_recipe(V, "amd64", tarball),
+        test_recipe(V, "amd64", tarball, ws.etcd_tarball()),
     )
     .unwrap();
     ws
@@ -179,7 +188,8 @@ fn cache_verify_finds_a_swapped_index() {
         stdout.contains("does not hold what its index says") && stdout.contains(APISERVER),
         "{stdout}"
     );
-    assert!(ws.cache_files("index").is_empty());
+    // The swapped index is gone; etcd's, untouched, stays.
+    assert_eq!(ws.cache_files("index").len(), 1);
     build_refused(&ws, 3, &["not in the cache"]);
 }
 

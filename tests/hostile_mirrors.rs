@@ -23,11 +23,13 @@ const NEW: &str = "v1.33.0";
 /// A workspace pinning a 64 KiB stand-in tarball, not in the cache, online,
 /// with a mirror serving it.
 fn setup() -> (Workspace, Mirror) {
+    // etcd external: the server tarball is the one artifact to fetch.
     let ws = Workspace::builder(V)
         .binaries(64 * 1024)
         .not_imported()
         .online()
         .mirror()
+        .external_etcd()
         .build();
     let mirror = ws.mirror().clone();
     (ws, mirror)
@@ -57,7 +59,8 @@ fn fetch_refused(ws: &Workspace, mirror: &Mirror, env: &[(&str, &str)], code: i3
 }
 
 /// A workspace for `lock` (no recipe for NEW), and a mirror serving NEW's
-/// binaries with their .sha512 files.
+/// binaries with their .sha512 files, and the SHA256SUMS of the etcd `lock`
+/// picks for NEW.
 fn lock_setup() -> (Workspace, Mirror) {
     let ws = Workspace::builder(NEW).no_binaries().online().build();
     let mirror = Mirror::start();
@@ -70,6 +73,15 @@ fn lock_setup() -> (Workspace, Mirror) {
         );
         mirror.put(&path, bytes);
     }
+    let etcd = support::etcd_version(NEW);
+    let name = support::etcd_tarball_name(&etcd, "amd64");
+    let bins = support::etcd_stand_ins(&etcd, NEW, 20_000);
+    let tarball = support::etcd_tarball(&etcd, "amd64", &bins);
+    mirror.put(
+        &format!("etcd/{etcd}/SHA256SUMS"),
+        format!("{}  {name}\n", support::sha256_bytes(&tarball)).into_bytes(),
+    );
+    mirror.put(&format!("etcd/{etcd}/{name}"), tarball);
     (ws, mirror)
 }
 

@@ -146,6 +146,7 @@ fn overlay_plan(work: &Path) -> Plan {
             network: None,
             os: "debian".into(),
             system_dirs: Vec::new(),
+            sources: Vec::new(),
         },
         entries,
     };

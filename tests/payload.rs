@@ -337,6 +337,12 @@ fn boot_script_waits_for_the_server_and_installs_the_folder_output() {
                 bytes.unwrap(),
             );
         }
+        // etcd comes only as its release archive: under the mirror's etcd/
+        // folder; the script checks it against the pin and unpacks each binary.
+        mirror.put(
+            &format!("k8s/{}", ws.etcd_mirror_path()),
+            ws.etcd_tarball().to_vec(),
+        );
         let out = child.wait_with_output().unwrap();
         let said = text(&out);
         assert!(out.status.success(), "{shell:?}: {said}");

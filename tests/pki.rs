@@ -310,10 +310,18 @@ fn added_controller_fails_check_until_renew() {
     );
     assert!(said.contains("imgbuild pki init --renew"), "{said}");
 
-    // A plain init adds nothing and says what to run.
+    assert!(said.contains("etcd-controller-3.pem: missing"), "{said}");
+
+    // A plain init adds only what is missing (the new controller's etcd
+    // certificate and key), changes nothing else, and says what to run.
     let said = fails_saying(&env, &["pki", "init"], 2);
     assert!(said.contains("--renew"), "{said}");
-    assert_eq!(before, snapshot(&pki));
+    let added = snapshot(&pki);
+    let new: Vec<&String> = added.keys().filter(|k| !before.contains_key(*k)).collect();
+    assert_eq!(new, ["etcd-controller-3-key.pem", "etcd-controller-3.pem"]);
+    for (name, value) in &before {
+        assert!(added.get(name) == Some(value), "plain init changed {name}");
+    }
 
     // The build refuses it too, naming the command.
     let said = fails_saying(&env, &["controller", "--node", "1"], 2);

@@ -221,6 +221,81 @@ fn section(component: &str) -> &'static str {
     }
 }
 
+/// etcd.service goes by the recipe's etcd release, not Kubernetes': a flag
+/// etcd 3.6 removed fails the build and `lint` of v1.36.0 (etcd 3.6.5) naming
+/// etcd's version, while v1.10.2's etcd 3.3.10 takes it; a flag 3.3 does not
+/// know yet (`--logger`, from 3.4) fails v1.10.2; a renamed one warns.
+#[test]
+fn etcd_flags_are_checked_against_etcds_release() {
+    let ws = Workspace::new("v1.36.0");
+    let original = fs::read_to_string(ws.path("cluster.toml")).unwrap();
+    let set = |ws: &Workspace, base: &str, flag: &str, value: &str| {
+        fs::write(
+            ws.path("cluster.toml"),
+            format!("{base}\n[etcd.extra_args]\n{flag} = \"{value}\"\n"),
+        )
+        .unwrap();
+    };
+    let rows = table().flags;
+    let removed: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.component == "etcd" && r.removed.is_some())
+        .collect();
+    assert!(removed.len() >= 6, "the table lists etcd's removed flags");
+    for r in removed {
+        set(&ws, &original, &r.flag, "x");
+        for cmd in [&["controller", "--node", "1"][..], &["lint"][..]] {
+            let out = ws.run(cmd);
+            assert_eq!(out.status.code(), Some(2), "{cmd:?} {}", r.flag);
+            let said = support::text(&out);
+            assert!(
+                said.contains(&format!("etcd --{}", r.flag))
+                    && said.contains(&format!("was removed in {}", r.removed.as_deref().unwrap()))
+                    && said.contains("etcd v3.6.5 refuses to start")
+                    && said.contains(&r.replacement)
+                    && said.contains("[etcd.extra_args]"),
+                "{cmd:?} with {}: {said}",
+                r.flag
+            );
+        }
+        assert!(ws.files_under("out").is_empty());
+    }
+    // Renamed in 3.6: accepted with a warning naming the new name.
+    set(&ws, &original, "experimental-corrupt-check-time", "5m");
+    let err = ws.ok_stderr(&["controller", "--node", "1"]);
+    assert!(
+        err.contains("warning:")
+            && err.contains("etcd --experimental-corrupt-check-time")
+            && err.contains("--corrupt-check-time"),
+        "{err}"
+    );
+    // A flag etcd 3.6 does not know at all (its flag set is in recipes/flagsets/).
+    set(&ws, &original, "made-up-flag", "1");
+    let err = ws.fails(&["lint"], 2);
+    let out = String::from_utf8_lossy(&ws.run(&["lint"]).stdout).into_owned();
+    assert!(
+        out.contains("etcd --made-up-flag") && out.contains("unknown to etcd v3.6"),
+        "{err}{out}"
+    );
+    // A flag the unit already sets.
+    set(&ws, &original, "data-dir", "/elsewhere");
+    let err = ws.fails(&["controller", "--node", "1"], 2);
+    assert!(err.contains("--data-dir is set twice"), "{err}");
+
+    // v1.10.2 carries etcd 3.3.10: --enable-v2 is still a flag there, --logger not yet.
+    let old = Workspace::new("v1.10.2");
+    let original = fs::read_to_string(old.path("cluster.toml")).unwrap();
+    set(&old, &original, "enable-v2", "true");
+    old.ok(&["lint"]);
+    old.ok(&["controller", "--node", "1"]);
+    set(&old, &original, "logger", "zap");
+    let err = old.fails(&["controller", "--node", "1"], 2);
+    assert!(
+        err.contains("etcd --logger") && err.contains("unknown to etcd v3.3"),
+        "{err}"
+    );
+}
+
 #[test]
 fn removed_flags_fail_the_build_and_lint_deprecated_ones_warn() {
     let ws = Workspace::new("v1.36.0");
@@ -228,6 +303,7 @@ fn removed_flags_fail_the_build_and_lint_deprecated_ones_warn() {
     let rows = table().flags;
     let removed: Vec<&Row> = rows
         .iter()
+        .filter(|r| r.component != "etcd")
         .filter(|r| r.removed.as_deref().is_some_and(|v| minor(v) <= 36))
         .collect();
     assert!(
@@ -328,7 +404,10 @@ fn the_seed_version_lints_clean_and_current_versions_refuse_seed_flags() {
     let text = "apiVersion: componentconfig/v1alpha1\nkind: KubeSchedulerConfiguration\n";
     let extra = BTreeMap::new();
     let findings = table.check(
-        imgbuild::input::recipe::Version::parse("v1.36.0").unwrap(),
+        imgbuild::input::Versions {
+            k8s: imgbuild::input::recipe::Version::parse("v1.36.0").unwrap(),
+            etcd: None,
+        },
         &[imgbuild::input::lint::Checked {
             path: "etc/kubernetes/config/kube-scheduler.yaml",
             text,
@@ -369,7 +448,9 @@ fn arm64_uses_the_arm64_pin() {
     );
 }
 
-/// The shipped pins are the changelogs', digit for digit (tests/fixtures/release-pins.toml).
+/// The shipped pins are the changelogs' (and, for etcd, the sources each
+/// recipe names), digit for digit (tests/fixtures/release-pins.toml); and
+/// every pin of every shipped recipe is in that table.
 #[test]
 fn shipped_pins_match_the_changelogs() {
     #[derive(serde::Deserialize)]
@@ -382,15 +463,16 @@ fn shipped_pins_match_the_changelogs() {
         file: String,
         algorithm: String,
         digest: String,
+        #[serde(default = "changelog")]
+        trust: String,
         source: String,
     }
+    fn changelog() -> String {
+        "changelog".into()
+    }
     let pins: Pins = toml::from_str(&support::fixture("release-pins.toml")).unwrap();
-    let mut checked = 0;
+    let mut checked = std::collections::BTreeSet::new();
     for p in &pins.pin {
-        let arch = p
-            .file
-            .trim_start_matches("kubernetes-server-linux-")
-            .trim_end_matches(".tar.gz");
         let recipe: toml::Value = toml::from_str(
             &fs::read_to_string(
                 Path::new(support::REPO).join(format!("recipes/kubernetes-{}.toml", p.version)),
@@ -398,22 +480,46 @@ fn shipped_pins_match_the_changelogs() {
             .unwrap(),
         )
         .unwrap();
-        let a = recipe["artifacts"]
+        let (a, arch) = recipe["artifacts"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|a| a["file"].as_str() == Some("kubernetes-server-linux-{arch}.tar.gz"))
-            .unwrap_or_else(|| panic!("{}: no server tarball", p.version));
+            .find_map(|a| {
+                ["amd64", "arm64"]
+                    .into_iter()
+                    .find(|arch| a["file"].as_str().unwrap().replace("{arch}", arch) == p.file)
+                    .map(|arch| (a, arch))
+            })
+            .unwrap_or_else(|| panic!("{}: no artifact {}", p.version, p.file));
         let v = &p.version;
         assert_eq!(a["algorithm"].as_str(), Some(p.algorithm.as_str()), "{v}");
         assert_eq!(
             a["digests"][arch].as_str(),
             Some(p.digest.as_str()),
-            "{v} {arch}"
+            "{v} {}",
+            p.file
         );
-        assert_eq!(a["trust"].as_str(), Some("changelog"), "{v}");
+        assert_eq!(
+            a["trust"].as_str(),
+            Some(p.trust.as_str()),
+            "{v} {}",
+            p.file
+        );
         assert_eq!(a["source"].as_str(), Some(p.source.as_str()), "{v}");
-        checked += 1;
+        checked.insert((v.clone(), p.file.clone()));
     }
-    assert_eq!(checked, 8);
+    // Every shipped recipe's every pin is in the table.
+    for (v, recipe) in support::shipped_recipes() {
+        let name = format!("kubernetes-{v}.toml");
+        for a in recipe["artifacts"].as_array().unwrap() {
+            for arch in a["digests"].as_table().unwrap().keys() {
+                let file = a["file"].as_str().unwrap().replace("{arch}", arch);
+                assert!(
+                    checked.contains(&(v.clone(), file.clone())),
+                    "{name}: {file} is pinned but not in release-pins.toml"
+                );
+            }
+        }
+    }
+    assert_eq!(checked.len(), 16);
 }

@@ -117,10 +117,11 @@ pub fn export(
     let recipe = Recipe::load(&session.assets, &inventory.cluster.kubernetes_version)?;
     let cache = Cache::open(&session.cache_dir)?;
     if let Some(opts) = fetch {
-        Fetcher::new(&cache, opts)?.fetch(&jobs_for(&recipe, &arch), progress)?;
+        Fetcher::new(&cache, opts)?.fetch(&jobs_for(&recipe, &inventory, &arch), progress)?;
     }
     // The same check (and message) as the build's.
-    cache.resolve(&recipe, &arch)?;
+    let needed = recipe.needed(&inventory);
+    cache.resolve(&recipe, &needed, &arch)?;
 
     let recipe_asset = session
         .assets
@@ -136,7 +137,7 @@ pub fn export(
         (format!("recipes/{layout_rel}"), layout_asset),
     ];
     let mut artifacts = Vec::new();
-    for a in &recipe.artifacts {
+    for a in needed {
         let hex = a.digest_for(&recipe.name, &arch)?;
         let index = cache
             .lookup(a.algorithm, hex)?
@@ -570,13 +571,14 @@ pub fn import(
         }
         let origin = format!("{}:recipes/{name}", bundle.display());
         let r = Recipe::parse(&staged, name, text, &origin)?;
-        if let Some(a) = r.artifacts.iter().find(|a| a.trust == Trust::Changelog) {
+        if let Some(a) = r.artifacts.iter().find(|a| a.trust.repository_only()) {
             return Err(Error::integrity(format!(
-                "bundle {}: refused: recipes/{name} claims changelog-pinned digests (artifact {}) but \
+                "bundle {}: refused: recipes/{name} claims {}-pinned digests (artifact {}) but \
                  this machine has no such recipe; a bundle can only bring locks (publisher-checksum \
                  or local trust). If you trust it, put it in a folder given with --recipes. \
                  Nothing was imported",
                 bundle.display(),
+                a.trust.name(),
                 a.name
             )));
         }

@@ -21,11 +21,11 @@ use crate::error::{Error, IoContext, Kind, Result};
 use crate::input::Session;
 use crate::input::inventory::Inventory;
 use crate::input::recipe::{Artifact, Recipe};
+
 use crate::progress::{Event, Progress};
 use crate::store::cache::{ArtifactIndex, Cache, Candidate};
 
-/// Where release files are published (the seed's storage.googleapis.com host is legacy).
-pub const DEFAULT_BASE: &str = "https://dl.k8s.io";
+pub use crate::input::recipe::DEFAULT_BASE;
 
 /// Largest checksum file read by `lock`.
 const TEXT_LIMIT: u64 = 64 * 1024;
@@ -33,7 +33,7 @@ const TEXT_LIMIT: u64 = 64 * 1024;
 /// What to tell a user whose download failed for good.
 pub const OFFLINE_HINT: &str = "Without network access: run `imgbuild airgap export` on a connected machine and \
      `imgbuild airgap import BUNDLE` here, or `imgbuild cache import FILE` for files downloaded elsewhere; \
-     use `--mirror URL` for an internal mirror laid out like https://dl.k8s.io (https://, file://)";
+     use `--mirror URL` for an internal mirror (https://, file://; its layout is in docs/fetch.md)";
 
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -101,11 +101,12 @@ impl Job<'_> {
     }
 }
 
-/// Every artifact `recipe` pins for `arch`.
-pub fn jobs_for<'a>(recipe: &'a Recipe, arch: &str) -> Vec<Job<'a>> {
+/// Every artifact `recipe` pins for `arch` that a node of `inv` needs (an
+/// external etcd's is not).
+pub fn jobs_for<'a>(recipe: &'a Recipe, inv: &Inventory, arch: &str) -> Vec<Job<'a>> {
     recipe
-        .artifacts
-        .iter()
+        .needed(inv)
+        .into_iter()
         .map(|artifact| Job {
             recipe,
             artifact,
@@ -122,18 +123,80 @@ pub struct FetchSummary {
     pub present: Vec<ArtifactIndex>,
 }
 
-/// Downloads from one base into one cache.
+/// Downloads into one cache, from each artifact's publisher or from one mirror.
 pub struct Fetcher<'a> {
     cache: &'a Cache,
-    base: Base,
+    /// `--mirror`: replaces every artifact's base (see [`Fetcher::place`]).
+    mirror: Option<Base>,
     opts: FetchOptions,
+}
+
+/// A file under a base: where it is downloaded from.
+#[derive(Debug, Clone)]
+pub struct Place {
+    base: Base,
+    path: String,
+}
+
+impl Place {
+    /// The URL (or path) as shown and recorded (credentials in the base
+    /// replaced by `***`).
+    pub fn url(&self) -> String {
+        match &self.base {
+            Base::Http { shown, .. } => format!("{shown}/{}", self.path.trim_start_matches('/')),
+            Base::File(dir) => dir
+                .join(self.path.trim_start_matches('/'))
+                .display()
+                .to_string(),
+        }
+    }
+
+    /// The URL requested for an http(s) base (credentials kept).
+    fn request_url(&self) -> String {
+        match &self.base {
+            Base::Http { url, .. } => format!("{url}/{}", self.path.trim_start_matches('/')),
+            Base::File(_) => self.url(),
+        }
+    }
+
+    /// A path under a folder base, refusing one that leaves it.
+    fn file_path(&self) -> Result<Option<PathBuf>> {
+        let Base::File(dir) = &self.base else {
+            return Ok(None);
+        };
+        let rel = self.path.trim_start_matches('/');
+        if rel.split('/').any(|c| c == "..") {
+            return Err(Error::input(format!(
+                "url_path {:?} leaves the mirror",
+                crate::error::clip(&self.path)
+            )));
+        }
+        Ok(Some(dir.join(rel)))
+    }
+
+    /// A sibling file: `name` in the same folder.
+    pub fn sibling(&self, name: &str) -> Place {
+        let dir = self.path.rsplit_once('/').map_or("", |(d, _)| d);
+        Place {
+            base: self.base.clone(),
+            path: if dir.is_empty() {
+                name.to_string()
+            } else {
+                format!("{dir}/{name}")
+            },
+        }
+    }
 }
 
 impl<'a> Fetcher<'a> {
     /// Check the options (mirror URL scheme, CA file); opens no connection.
     pub fn new(cache: &'a Cache, opts: &FetchOptions) -> Result<Fetcher<'a>> {
-        let raw = opts.mirror.as_deref().unwrap_or(DEFAULT_BASE);
-        let base = parse_base(raw, opts.allow_http)?;
+        // `--mirror https://dl.k8s.io` is no mirror: each publisher's own base.
+        let mirror = match opts.mirror.as_deref() {
+            Some(raw) if raw.trim_end_matches('/') == DEFAULT_BASE => None,
+            Some(raw) => Some(parse_base(raw, opts.allow_http)?),
+            None => None,
+        };
         if let Some(ca) = &opts.ca_cert
             && !ca.is_file()
         {
@@ -145,7 +208,11 @@ impl<'a> Fetcher<'a> {
         let mut opts = opts.clone();
         opts.jobs = opts.jobs.max(1);
         opts.tries = opts.tries.max(1);
-        Ok(Fetcher { cache, base, opts })
+        Ok(Fetcher {
+            cache,
+            mirror,
+            opts,
+        })
     }
 
     /// This fetcher for reading pins (`lock`): only over TLS or from a folder.
@@ -153,7 +220,7 @@ impl<'a> Fetcher<'a> {
     /// the pins written from it; redirects to http are refused too, whatever
     /// `--allow-http` says.
     pub fn for_pins(&self) -> Result<Fetcher<'a>> {
-        if let Base::Http { url, shown } = &self.base
+        if let Some(Base::Http { url, shown }) = &self.mirror
             && url.starts_with("http://")
         {
             return Err(Error::input(format!(
@@ -166,40 +233,35 @@ impl<'a> Fetcher<'a> {
         opts.allow_http = false;
         Ok(Fetcher {
             cache: self.cache,
-            base: self.base.clone(),
+            mirror: self.mirror.clone(),
             opts,
         })
     }
 
-    /// The URL (or path) a file under the base has, as shown and recorded
-    /// (credentials in the base replaced by `***`).
-    pub fn url(&self, url_path: &str) -> String {
-        match &self.base {
-            Base::Http { shown, .. } => format!("{shown}/{}", url_path.trim_start_matches('/')),
-            Base::File(dir) => dir
-                .join(url_path.trim_start_matches('/'))
-                .display()
-                .to_string(),
-        }
+    /// Where `under_base`, a path under `artifact`'s base, is fetched from:
+    /// the mirror (at [`Artifact::mirror_path`]), else the artifact's publisher.
+    pub fn place(&self, artifact: &Artifact, under_base: &str) -> Result<Place> {
+        Ok(match &self.mirror {
+            Some(m) => Place {
+                base: m.clone(),
+                path: artifact.mirror_path(under_base),
+            },
+            None => Place {
+                base: parse_base(artifact.base(), false)?,
+                path: under_base.to_string(),
+            },
+        })
     }
 
-    /// The URL requested for a file under an http(s) base (credentials kept).
-    fn request_url(&self, url_path: &str) -> String {
-        match &self.base {
-            Base::Http { url, .. } => format!("{url}/{}", url_path.trim_start_matches('/')),
-            Base::File(_) => self.url(url_path),
+    /// Where `url_path` under dl.k8s.io (or the mirror) is fetched from.
+    pub fn default_place(&self, url_path: &str) -> Place {
+        Place {
+            base: self.mirror.clone().unwrap_or(Base::Http {
+                url: DEFAULT_BASE.into(),
+                shown: DEFAULT_BASE.into(),
+            }),
+            path: url_path.to_string(),
         }
-    }
-
-    fn file_path(dir: &Path, url_path: &str) -> Result<PathBuf> {
-        let rel = url_path.trim_start_matches('/');
-        if rel.split('/').any(|c| c == "..") {
-            return Err(Error::input(format!(
-                "url_path {:?} leaves the mirror",
-                crate::error::clip(url_path)
-            )));
-        }
-        Ok(dir.join(rel))
     }
 
     /// Bring every job's artifact into the cache (those missing), `jobs` at once.
@@ -293,10 +355,9 @@ impl<'a> Fetcher<'a> {
             artifact,
             arch: &job.arch,
         }];
-        let url_path = artifact.url_path_for(&job.arch);
-        let index = match &self.base {
-            Base::File(dir) => {
-                let path = Self::file_path(dir, &url_path)?;
+        let place = self.place(artifact, &artifact.url_path_for(&job.arch))?;
+        let index = match place.file_path()? {
+            Some(path) => {
                 let file = File::open(&path).map_err(|e| {
                     let kind = if e.kind() == io::ErrorKind::NotFound {
                         Kind::Network
@@ -325,11 +386,11 @@ impl<'a> Fetcher<'a> {
                 };
                 self.cache.ingest(reader, &url, &candidates)?
             }
-            Base::Http { .. } => {
+            None => {
                 if client.is_none() {
                     *client = Some(http::client(&self.opts)?);
                 }
-                let url = self.request_url(&url_path);
+                let url = place.request_url();
                 let mut stream = Stream::new(
                     client.as_ref().unwrap(),
                     &url,
@@ -339,10 +400,7 @@ impl<'a> Fetcher<'a> {
                     OFFLINE_HINT,
                 )
                 .limit(self.cache.limits());
-                match self
-                    .cache
-                    .ingest(&mut stream, &self.url(&url_path), &candidates)
-                {
+                match self.cache.ingest(&mut stream, &place.url(), &candidates) {
                     Ok(index) => index,
                     // The reader's own account of a failed transfer beats the
                     // I/O error ingest saw.
@@ -357,28 +415,30 @@ impl<'a> Fetcher<'a> {
         Ok(Fetched::Downloaded(index))
     }
 
-    /// A small text file under the base (a checksum file), or None if the
-    /// server says it does not exist (404, 410). Retries like any download.
-    pub fn get_text(&self, url_path: &str, progress: &dyn Progress) -> Result<Option<String>> {
-        let bytes = match &self.base {
-            Base::File(dir) => {
-                let path = Self::file_path(dir, url_path)?;
-                match File::open(&path) {
-                    Ok(f) => {
-                        let mut v = Vec::new();
-                        f.take(TEXT_LIMIT + 1)
-                            .read_to_end(&mut v)
-                            .with_path("cannot read", &path)?;
-                        v
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(Error::io("cannot read", &path, e)),
+    /// A small text file (a checksum file), or None if the server says it
+    /// does not exist (404, 410). Retries like any download.
+    pub fn get_text(&self, place: &Place, progress: &dyn Progress) -> Result<Option<String>> {
+        let bytes = match place.file_path()? {
+            Some(path) => match File::open(&path) {
+                Ok(f) => {
+                    let mut v = Vec::new();
+                    f.take(TEXT_LIMIT + 1)
+                        .read_to_end(&mut v)
+                        .with_path("cannot read", &path)?;
+                    v
                 }
-            }
-            Base::Http { .. } => {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io("cannot read", &path, e)),
+            },
+            None => {
                 let client = http::client(&self.opts)?;
-                let url = self.request_url(url_path);
-                let name = url_path.rsplit('/').next().unwrap_or(url_path).to_string();
+                let url = place.request_url();
+                let name = place
+                    .path
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(&place.path)
+                    .to_string();
                 let retries_only = RetriesOnly(progress);
                 let mut stream = Stream::new(
                     &client,
@@ -395,9 +455,10 @@ impl<'a> Fetcher<'a> {
                         if matches!(stream.status.map(|s| s.as_u16()), Some(404 | 410)) {
                             return Ok(None);
                         }
-                        return Err(stream.failure.take().unwrap_or_else(|| {
-                            Error::network(format!("{}: {e}", self.url(url_path)))
-                        }));
+                        return Err(stream
+                            .failure
+                            .take()
+                            .unwrap_or_else(|| Error::network(format!("{}: {e}", place.url()))));
                     }
                 }
             }
@@ -405,20 +466,22 @@ impl<'a> Fetcher<'a> {
         if bytes.len() as u64 > TEXT_LIMIT {
             return Err(Error::integrity(format!(
                 "{}: larger than the {} KiB limit for a checksum file (one holds a digest and a \
-                 file name): refused",
-                self.url(url_path),
+                 file name per release file): refused",
+                place.url(),
                 TEXT_LIMIT >> 10
             )));
         }
         String::from_utf8(bytes)
             .map(Some)
-            .map_err(|_| Error::integrity(format!("{}: not text", self.url(url_path))))
+            .map_err(|_| Error::integrity(format!("{}: not text", place.url())))
     }
 
+    /// The mirror as shown, or that each publisher is used.
     pub fn base_description(&self) -> String {
-        match &self.base {
-            Base::Http { shown, .. } => shown.clone(),
-            Base::File(d) => format!("file://{}", d.display()),
+        match &self.mirror {
+            Some(Base::Http { shown, .. }) => shown.clone(),
+            Some(Base::File(d)) => format!("file://{}", d.display()),
+            None => format!("{DEFAULT_BASE} (and each artifact's own publisher)"),
         }
     }
 }
@@ -439,7 +502,10 @@ pub fn fetch_inventory(
     let recipe = Recipe::load(&session.assets, &inventory.cluster.kubernetes_version)?;
     let cache = Cache::open(&session.cache_dir)?;
     let fetcher = Fetcher::new(&cache, opts)?;
-    fetcher.fetch(&jobs_for(&recipe, &inventory.cluster.arch), progress)
+    fetcher.fetch(
+        &jobs_for(&recipe, &inventory, &inventory.cluster.arch),
+        progress,
+    )
 }
 
 /// `url` with its user name and password (if any) replaced by `***`: what

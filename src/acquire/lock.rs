@@ -8,9 +8,15 @@
 //! distinct from the `changelog` pins shipped in `recipes/`, and each build
 //! manifest records which trust each of its binaries had.
 //!
-//! A lock is an ordinary recipe (`kind = "file"` artifacts, `layout =
-//! "controller"`), written by default to `<cache>/locks/`, which the CLI searches
-//! after `--recipes` and before the built-in recipes.
+//! etcd is pinned the same way, from its release's `SHA256SUMS`
+//! (`<etcd base>/v<etcd version>/SHA256SUMS`, under `etcd/` on a mirror): the
+//! lines of `etcd-v<version>-linux-<arch>.tar.gz`. Which etcd: `--etcd-version`,
+//! else the one of the built-in recipe nearest the version (by minor).
+//!
+//! A lock is an ordinary recipe (`kind = "file"` artifacts for the Kubernetes
+//! binaries, a `kind = "tarball"` one for etcd, `layout = "controller"`),
+//! written by default to `<cache>/locks/`, which the CLI searches after
+//! `--recipes` and before the built-in recipes.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -19,7 +25,9 @@ use crate::acquire::fetch::Fetcher;
 use crate::error::{Error, Result};
 use crate::input::assets::Assets;
 use crate::input::recipe::Trust;
-use crate::input::recipe::{self, Algorithm, Recipe, Version};
+use crate::input::recipe::{
+    self, Algorithm, Artifact, ArtifactKind, ETCD, Member, Recipe, Version,
+};
 use crate::progress::{Event, Progress};
 use crate::util::atomic;
 
@@ -31,9 +39,15 @@ pub const BINARIES: [&str; 4] = [
     "kubectl",
 ];
 
+/// Where etcd publishes its releases.
+pub const ETCD_BASE: &str = "https://github.com/etcd-io/etcd/releases/download";
+
 #[derive(Debug, Clone)]
 pub struct LockOptions {
     pub version: String,
+    /// The etcd release to pin (`3.6.5` or `v3.6.5`); None: the one of the
+    /// built-in recipe nearest `version` (by minor).
+    pub etcd_version: Option<String>,
     pub arches: Vec<String>,
     /// Folder the lock is written to.
     pub out_dir: PathBuf,
@@ -44,8 +58,10 @@ pub struct LockOptions {
 #[derive(Debug)]
 pub struct Locked {
     pub path: PathBuf,
-    /// (binary, arch, `algorithm:hex`).
+    /// (binary or file, arch, `algorithm:hex`).
     pub digests: Vec<(String, String, String)>,
+    /// The etcd release pinned.
+    pub etcd_version: String,
 }
 
 pub fn lock(
@@ -74,21 +90,19 @@ pub fn lock(
             )));
         }
     }
+    let etcd = etcd_version(version, opts.etcd_version.as_deref())?;
     let name = recipe::file_name(version);
     let dest = opts.out_dir.join(&name);
     if let Some(existing) = assets.recipe_file(&name)?
         && !existing.lock
     {
         let shadowed = Recipe::parse(assets, &name, &existing.text, &existing.origin)?;
-        let stronger = shadowed
-            .artifacts
-            .iter()
-            .any(|a| a.trust == Trust::Changelog);
+        let stronger = shadowed.artifacts.iter().any(|a| a.trust.repository_only());
         if stronger && !opts.force {
             return Err(Error::input(format!(
-                "{} already pins {version} from the release changelog (a source independent \
-                     of the download server); a lock from publisher checksums would be weaker. \
-                     Pass --force to write one anyway",
+                "{} already pins {version} in this repository (from the release changelog, a source \
+                     independent of the download server, or from unrelated projects); a lock from \
+                     publisher checksums would replace every pin of it. Pass --force to write one anyway",
                 existing.origin
             )));
         }
@@ -105,10 +119,12 @@ pub fn lock(
     }
 
     let mut text = format!(
-        "# Lock for Kubernetes {version}, written by `imgbuild lock`.\n\
-         # Digests are the publisher's checksum files next to each binary on {base}:\n\
-         # they come from the same server as the binaries (trust = \"publisher-checksum\").\n\
+        "# Lock for Kubernetes {version} with etcd {etcd}, written by `imgbuild lock`.\n\
+         # Digests are the publisher's checksum files next to each binary on {base}\n\
+         # and etcd's SHA256SUMS: they come from the same server as the files\n\
+         # (trust = \"publisher-checksum\").\n\
          kubernetes_version = \"{version}\"\n\
+         etcd_version = \"{etcd}\"\n\
          layout = \"controller\"\n",
         base = fetcher.base_description()
     );
@@ -121,15 +137,16 @@ pub fn lock(
         let mut pins = Vec::new();
         for arch in &opts.arches {
             let url_path = format!("{version}/bin/linux/{arch}/{bin}");
+            let place = fetcher.default_place(&url_path);
             let order = match algorithm {
                 Some(a) => vec![a],
                 None => vec![Algorithm::Sha512, Algorithm::Sha256],
             };
             let mut found = None;
             for alg in order {
-                let sum_path = format!("{url_path}.{}", alg.name());
-                if let Some(body) = fetcher.get_text(&sum_path, progress)? {
-                    found = Some((alg, parse_checksum(&body, alg, &fetcher.url(&sum_path))?));
+                let sum = fetcher.default_place(&format!("{url_path}.{}", alg.name()));
+                if let Some(body) = fetcher.get_text(&sum, progress)? {
+                    found = Some((alg, parse_checksum(&body, alg, &sum.url())?));
                     break;
                 }
             }
@@ -142,7 +159,7 @@ pub fn lock(
                     "no checksum file for {bin} {version} {arch}: {}{tried} does not exist. \
                      Does release {version} exist there? Releases before about v1.12 publish only \
                      .md5/.sha1 files: pin their digests yourself in a recipe under --recipes",
-                    fetcher.url(&url_path)
+                    place.url()
                 )));
             };
             algorithm = Some(alg);
@@ -166,10 +183,12 @@ pub fn lock(
              source = \"{src}\"\n\
              \n[artifacts.digests]\n",
             alg = alg.name(),
-            src = fetcher.url(&format!(
-                "{version}/bin/linux/{{arch}}/{bin}.{}",
-                alg.name()
-            )),
+            src = fetcher
+                .default_place(&format!(
+                    "{version}/bin/linux/{{arch}}/{bin}.{}",
+                    alg.name()
+                ))
+                .url(),
         );
         for (arch, hex) in &pins {
             let _ = writeln!(text, "{arch} = \"{hex}\"");
@@ -182,12 +201,143 @@ pub fn lock(
              mode = 0o755\n"
         );
     }
+    lock_etcd(
+        fetcher,
+        etcd,
+        &opts.arches,
+        &mut text,
+        &mut digests,
+        progress,
+    )?;
     // What we write must load like any recipe.
     Recipe::parse(assets, &name, &text, &dest.display().to_string())?;
     atomic::ensure_dir(&opts.out_dir)?;
     let path = atomic::write(&dest, text.as_bytes(), 0o644)?;
     progress.event(Event::Wrote { path: &path });
-    Ok(Locked { path, digests })
+    Ok(Locked {
+        path,
+        digests,
+        etcd_version: etcd.to_string(),
+    })
+}
+
+/// The etcd release to pin: `asked` (`3.6.5` or `v3.6.5`), else the one of
+/// the built-in recipe nearest `version` (by minor; the newer of two as near).
+fn etcd_version(version: &str, asked: Option<&str>) -> Result<Version> {
+    if let Some(v) = asked {
+        let full = if v.starts_with('v') {
+            v.to_string()
+        } else {
+            format!("v{v}")
+        };
+        return Version::parse(&full)
+            .filter(|v| v.major == 3)
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "--etcd-version {}: expected an etcd release such as 3.6.5",
+                    crate::error::clip(v)
+                ))
+            });
+    }
+    let wanted = Version::parse(version).map_or(0, |v| v.minor);
+    let builtin = Assets::default();
+    let mut best: Option<(u32, Version, Version)> = None;
+    for name in builtin.recipe_names()? {
+        let v = name
+            .trim_start_matches("kubernetes-")
+            .trim_end_matches(".toml");
+        let Ok(r) = Recipe::load(&builtin, v) else {
+            continue;
+        };
+        let (Some(k), Some(e)) = (Version::parse(&r.kubernetes_version), r.etcd()) else {
+            continue;
+        };
+        let distance = k.minor.abs_diff(wanted);
+        if best.is_none_or(|(d, bk, _)| distance < d || (distance == d && k > bk)) {
+            best = Some((distance, k, e));
+        }
+    }
+    best.map(|(_, _, e)| e).ok_or_else(|| {
+        Error::input("--etcd-version: no built-in recipe says which etcd to pin; name one (e.g. --etcd-version 3.6.5)")
+    })
+}
+
+/// Append etcd's artifact for `etcd` to the lock `text`, pinned from the
+/// release's SHA256SUMS (one line per release file).
+fn lock_etcd(
+    fetcher: &Fetcher<'_>,
+    etcd: Version,
+    arches: &[String],
+    text: &mut String,
+    digests: &mut Vec<(String, String, String)>,
+    progress: &dyn Progress,
+) -> Result<()> {
+    progress.event(Event::Step {
+        what: &format!("reading etcd {etcd}'s SHA256SUMS"),
+    });
+    let file = format!("etcd-{etcd}-linux-{{arch}}.tar.gz");
+    let mut members = vec![
+        Member {
+            path: format!("etcd-{etcd}-linux-{{arch}}/etcd"),
+            install: "usr/local/bin/etcd".into(),
+            mode: 0o755,
+        },
+        Member {
+            path: format!("etcd-{etcd}-linux-{{arch}}/etcdctl"),
+            install: "usr/local/bin/etcdctl".into(),
+            mode: 0o755,
+        },
+    ];
+    if etcd.minor >= 5 {
+        members.push(Member {
+            path: format!("etcd-{etcd}-linux-{{arch}}/etcdutl"),
+            install: "usr/local/bin/etcdutl".into(),
+            mode: 0o755,
+        });
+    }
+    let mut artifact = Artifact {
+        name: ETCD.into(),
+        kind: ArtifactKind::Tarball,
+        file,
+        base: Some(ETCD_BASE.into()),
+        url_path: format!("{etcd}/etcd-{etcd}-linux-{{arch}}.tar.gz"),
+        members_url_path: None,
+        algorithm: Algorithm::Sha256,
+        trust: Trust::PublisherChecksum,
+        source: String::new(),
+        digests: Default::default(),
+        members,
+    };
+    let sums = fetcher.place(&artifact, &format!("{etcd}/SHA256SUMS"))?;
+    let Some(body) = fetcher.get_text(&sums, progress)? else {
+        return Err(Error::missing(format!(
+            "no checksum file for etcd {etcd}: {} does not exist. Does etcd release {etcd} exist there?",
+            sums.url()
+        )));
+    };
+    for arch in arches {
+        let name = artifact.file_for(arch);
+        let hex = body
+            .lines()
+            .find_map(|l| {
+                let mut it = l.split_whitespace();
+                let (hex, file) = (it.next()?, it.next()?);
+                (file.trim_start_matches('*') == name).then(|| hex.to_ascii_lowercase())
+            })
+            .ok_or_else(|| Error::missing(format!("{}: no line for {name}", sums.url())))?;
+        let hex = parse_checksum(&hex, Algorithm::Sha256, &sums.url())?;
+        digests.push((name, arch.clone(), format!("sha256:{hex}")));
+        artifact.digests.insert(arch.clone(), hex);
+    }
+    artifact.source = sums.url();
+    let mut table = toml::Table::new();
+    table.insert(
+        "artifacts".into(),
+        toml::Value::Array(vec![toml::Value::try_from(&artifact).expect("serializes")]),
+    );
+    text.push('\n');
+    text.push_str(&toml::to_string(&table).expect("serializes"));
+    Ok(())
 }
 
 /// A checksum file holds the hex digest, optionally followed by a file name.

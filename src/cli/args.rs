@@ -58,7 +58,8 @@ pub enum Command {
     Controller(ControllerArgs),
     /// Download every artifact the inventory's recipe needs into the cache, verified.
     Fetch(FetchArgs),
-    /// Write a recipe lock for a version from the publisher's checksum files.
+    /// Write a recipe lock for a version from the publishers' checksum files
+    /// (Kubernetes' and etcd's).
     Lock(LockArgs),
     /// Carry artifacts to an air-gapped site in one bundle file.
     #[command(subcommand)]
@@ -160,6 +161,10 @@ pub struct LockArgs {
     /// Kubernetes version, e.g. v1.33.0.
     #[arg(long, value_name = "vX.Y.Z")]
     pub version: String,
+    /// etcd release to pin from its SHA256SUMS, e.g. 3.6.5 [default: the one of
+    /// the built-in recipe nearest --version].
+    #[arg(long, value_name = "X.Y.Z")]
+    pub etcd_version: Option<String>,
     /// Arches to pin, comma-separated [default: the inventory's arch, else amd64].
     #[arg(long, value_delimiter = ',', value_name = "ARCH,...")]
     pub arch: Vec<String>,

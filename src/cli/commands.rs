@@ -86,6 +86,7 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> imgbuild::Result<()> {
             };
             let opts = LockOptions {
                 version: args.version.clone(),
+                etcd_version: args.etcd_version.clone(),
                 arches,
                 out_dir: args.out.clone().unwrap_or_else(|| cache.locks_dir()),
                 force: args.force,

@@ -67,8 +67,9 @@ impl Assets {
         Ok(builtin(&BUILTIN_OVERLAYS, "overlays", &rel))
     }
 
-    /// Complete flag sets: `flagsets/<component>-v1.<minor>.txt` → (component, minor, file).
-    pub fn flagsets(&self) -> Result<Vec<(String, u32, Asset)>> {
+    /// Complete flag sets: `flagsets/<component>-v<major>.<minor>.txt` →
+    /// (component, major, minor, file): Kubernetes' components are v1.x, etcd v3.x.
+    pub fn flagsets(&self) -> Result<Vec<(String, u32, u32, Asset)>> {
         let mut names = std::collections::BTreeSet::new();
         for dir in &self.recipe_dirs {
             if let Ok(rd) = std::fs::read_dir(dir.join("flagsets")) {
@@ -89,14 +90,17 @@ impl Assets {
             let Some(stem) = name.strip_suffix(".txt") else {
                 continue;
             };
-            let Some((component, v)) = stem.rsplit_once("-v1.") else {
+            let Some((component, v)) = stem.rsplit_once("-v") else {
                 continue;
             };
-            let Ok(minor) = v.parse::<u32>() else {
+            let Some((Ok(major), Ok(minor))) = v
+                .split_once('.')
+                .map(|(a, b)| (a.parse::<u32>(), b.parse::<u32>()))
+            else {
                 continue;
             };
             if let Some(a) = self.recipe_file(&format!("flagsets/{name}"))? {
-                out.push((component.to_string(), minor, a));
+                out.push((component.to_string(), major, minor, a));
             }
         }
         Ok(out)

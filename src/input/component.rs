@@ -1,4 +1,4 @@
-//! The control-plane components the inventory can add flags to: one table
+//! The control-plane components (and etcd) the inventory can add flags to: one table
 //! maps each between its binary (as the unit's ExecStart names it), its unit
 //! and its `[<section>.extra_args]` in cluster.toml.
 
@@ -14,7 +14,7 @@ pub struct Component {
     pub section: &'static str,
 }
 
-pub const COMPONENTS: [Component; 3] = [
+pub const COMPONENTS: [Component; 4] = [
     Component {
         binary: "kube-apiserver",
         section: "apiserver",
@@ -26,6 +26,12 @@ pub const COMPONENTS: [Component; 3] = [
     Component {
         binary: "kube-scheduler",
         section: "scheduler",
+    },
+    // `[etcd.extra_args]`: flags for this node's etcd (checked against the
+    // recipe's etcd release).
+    Component {
+        binary: "etcd",
+        section: "etcd",
     },
 ];
 
@@ -46,6 +52,7 @@ impl Component {
         match self.section {
             "apiserver" => &inv.apiserver.extra_args,
             "controller_manager" => &inv.controller_manager.extra_args,
+            "etcd" => &inv.etcd.extra_args,
             _ => &inv.scheduler.extra_args,
         }
     }

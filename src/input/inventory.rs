@@ -19,6 +19,9 @@ use crate::util::digest::sha256_hex;
 pub struct Inventory {
     pub cluster: Cluster,
     pub controllers: Vec<Controller>,
+    /// Where the cluster's etcd runs (`[etcd]`): on every controller (default).
+    #[serde(default)]
+    pub etcd: crate::input::etcd::Etcd,
     #[serde(default)]
     pub apiserver: Component,
     #[serde(default)]
@@ -64,6 +67,13 @@ pub struct Controller {
     pub gateway: Option<String>,
     #[serde(default)]
     pub dns: Vec<String>,
+    /// `existing` for a controller added to a running etcd cluster (after
+    /// `etcdctl member add`); `new` (the default) when the cluster is made.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::input::etcd::ClusterState::is_new"
+    )]
+    pub initial_cluster_state: crate::input::etcd::ClusterState,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -121,10 +131,7 @@ impl Inventory {
     /// etcd endpoints: explicit, or one per controller as in the seed.
     pub fn etcd_servers(&self) -> Vec<String> {
         if self.cluster.etcd_servers.is_empty() {
-            self.controllers
-                .iter()
-                .map(|c| format!("https://{}:2379", url_host(&c.internal_ip)))
-                .collect()
+            crate::input::etcd::local_endpoints(self)
         } else {
             self.cluster.etcd_servers.clone()
         }
@@ -211,6 +218,7 @@ impl Inventory {
         for (i, url) in c.etcd_servers.iter().enumerate() {
             etcd_url(&format!("cluster.etcd_servers[{i}]"), url)?;
         }
+
         if self.controllers.is_empty() {
             return Err(Error::input(
                 "no [[controllers]]: add one table per controller with name and internal_ip",
@@ -242,7 +250,7 @@ impl Inventory {
                 extra_arg(&format!("{}.extra_args", c.section), k, v)?;
             }
         }
-        Ok(())
+        self.etcd.validate(self)
     }
 }
 
@@ -400,10 +408,11 @@ fn extra_arg(section: &str, key: &str, value: &str) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// A valid inventory (v1.10.2, two controllers), for tests here and elsewhere.
+    pub(crate) const GOOD: &str = r#"
 [cluster]
 name = "kubernetes"
 kubernetes_version = "v1.10.2"
@@ -423,7 +432,8 @@ name = "controller-2"
 internal_ip = "10.240.0.12"
 "#;
 
-    fn load(text: &str) -> Result<Inventory> {
+    /// `text` written to a temporary cluster.toml and loaded.
+    pub(crate) fn load(text: &str) -> Result<Inventory> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cluster.toml");
         std::fs::write(&path, text).unwrap();

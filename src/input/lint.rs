@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::input::Versions;
 use crate::input::assets::Assets;
 use crate::input::component::Component;
 use crate::input::inventory::Inventory;
@@ -24,9 +25,9 @@ pub struct FlagTable {
     pub required: Vec<Required>,
     #[serde(default)]
     pub api_versions: Vec<ApiVersionRule>,
-    /// (component, minor) → every flag that version accepts, where known.
+    /// (component, major, minor) → every flag that version accepts, where known.
     #[serde(skip)]
-    pub flagsets: BTreeMap<(String, u32), (BTreeSet<String>, String)>,
+    pub flagsets: BTreeMap<(String, u32, u32), (BTreeSet<String>, String)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,7 +122,7 @@ impl FlagTable {
             .ok_or_else(|| Error::input("the flag table recipes/flags.toml is missing"))?;
         let mut table: FlagTable = toml::from_str(&asset.text)
             .map_err(|e| Error::input(format!("{}: {}", asset.origin, e.to_string().trim_end())))?;
-        for (component, minor, asset) in assets.flagsets()? {
+        for (component, major, minor, asset) in assets.flagsets()? {
             let set = asset
                 .text
                 .lines()
@@ -131,29 +132,45 @@ impl FlagTable {
                 .collect();
             table
                 .flagsets
-                .insert((component, minor), (set, asset.origin));
+                .insert((component, major, minor), (set, asset.origin));
         }
         Ok(table)
     }
 
-    /// Check the rendered files of one node for `version`.
-    pub fn check(&self, version: Version, files: &[Checked<'_>]) -> Vec<Finding> {
+    /// Check the rendered files of one node for `versions`: etcd's unit
+    /// against the recipe's etcd release, everything else against the
+    /// Kubernetes release.
+    pub fn check(&self, versions: Versions, files: &[Checked<'_>]) -> Vec<Finding> {
         let mut out = Vec::new();
         for f in files {
             if f.path.starts_with("etc/systemd/system/") && f.path.ends_with(".service") {
-                self.check_unit(version, f, &mut out);
+                self.check_unit(versions, f, &mut out);
             } else if f.path.ends_with(".yaml") || f.path.ends_with(".yml") {
-                self.check_manifest(version, f, &mut out);
+                self.check_manifest(versions.k8s, f, &mut out);
             }
         }
         out
     }
 
-    fn check_unit(&self, version: Version, f: &Checked<'_>, out: &mut Vec<Finding>) {
+    fn check_unit(&self, versions: Versions, f: &Checked<'_>, out: &mut Vec<Finding>) {
         let Some((cmd, flags)) = crate::input::unit::exec_start(f.text) else {
             return;
         };
         let component = cmd.rsplit('/').next().unwrap_or(&cmd).to_string();
+        // etcd has releases of its own; a recipe without one checks nothing.
+        let (version, product) = if component == ETCD_BINARY {
+            match versions.etcd {
+                Some(v) => (v, "etcd"),
+                None => return,
+            }
+        } else {
+            (versions.k8s, "Kubernetes")
+        };
+        // How messages name the release: `v1.36.0`, `etcd v3.6.5`.
+        let shown = match product {
+            "etcd" => format!("etcd {version}"),
+            _ => version.to_string(),
+        };
         let mut push = |severity, message: String| {
             out.push(Finding {
                 severity,
@@ -179,7 +196,7 @@ impl FlagTable {
                     push(
                         Severity::Error,
                         format!(
-                            "{component} --{flag}{} was removed in {} and {version} refuses to start with it; use: {}. Source: {}",
+                            "{component} --{flag}{} was removed in {} and {shown} refuses to start with it; use: {}. Source: {}",
                             from(flag),
                             since(&r.removed),
                             r.replacement,
@@ -190,7 +207,7 @@ impl FlagTable {
                     push(
                         Severity::Warning,
                         format!(
-                            "{component} --{flag}{} is deprecated since {} ({version} still accepts it); use: {}. Source: {}",
+                            "{component} --{flag}{} is deprecated since {} ({shown} still accepts it); use: {}. Source: {}",
                             from(flag),
                             since(&r.deprecated),
                             r.replacement,
@@ -220,7 +237,7 @@ impl FlagTable {
                         push(
                             Severity::Warning,
                             format!(
-                                "{what} may not work on {version}{note}; use: {}. Source: {}",
+                                "{what} may not work on {shown}{note}; use: {}. Source: {}",
                                 r.replacement, r.source
                             ),
                         );
@@ -234,7 +251,7 @@ impl FlagTable {
                 push(
                     Severity::Error,
                     format!(
-                        "{component} needs --{} since {} ({version} refuses to start without it). Source: {}",
+                        "{component} needs --{} since {} ({shown} refuses to start without it). Source: {}",
                         r.flag, r.since, r.source
                     ),
                 );
@@ -251,11 +268,14 @@ impl FlagTable {
             {
                 continue; // already judged by its row above
             }
-            match self.flagsets.get(&(component.clone(), version.minor)) {
+            match self
+                .flagsets
+                .get(&(component.clone(), version.major, version.minor))
+            {
                 Some((set, origin)) if !set.contains(flag) => push(
                     Severity::Error,
                     format!(
-                        "{component} --{flag}{} is unknown to Kubernetes v{}.{} (flag set {origin}); check its spelling. \
+                        "{component} --{flag}{} is unknown to {product} v{}.{} (flag set {origin}); check its spelling. \
                          A flag hidden from --help can be added to a flagsets/ file in a --recipes folder",
                         if f.extra.contains_key(flag) {
                             from(flag)
@@ -270,7 +290,7 @@ impl FlagTable {
                 None if f.extra.contains_key(flag) => push(
                     Severity::Notice,
                     format!(
-                        "{component} --{flag}{} is passed through unchecked: imgbuild knows no complete flag set for v{}.{}",
+                        "{component} --{flag}{} is passed through unchecked: imgbuild knows no complete flag set for {product} v{}.{}",
                         from(flag),
                         version.major,
                         version.minor
@@ -338,6 +358,9 @@ impl FlagTable {
     }
 }
 
+/// The binary etcd's unit runs: its flags go by the recipe's etcd release.
+pub const ETCD_BINARY: &str = "etcd";
+
 /// Turn error findings into one build error listing them all.
 pub fn fail_on_errors(version: Version, findings: &[Finding]) -> Result<()> {
     let errors: Vec<String> = findings
@@ -360,7 +383,7 @@ pub fn fail_on_errors(version: Version, findings: &[Finding]) -> Result<()> {
 pub fn check_rendered(
     inv: &Inventory,
     table: &FlagTable,
-    version: Version,
+    versions: Versions,
     rendered: &[Rendered],
 ) -> Result<Vec<Finding>> {
     let none = BTreeMap::new();
@@ -396,5 +419,5 @@ pub fn check_rendered(
             extra_section: name,
         });
     }
-    Ok(table.check(version, &checked))
+    Ok(table.check(versions, &checked))
 }

@@ -4,6 +4,7 @@
 
 pub mod assets;
 pub mod component;
+pub mod etcd;
 pub mod inventory;
 pub mod lint;
 pub mod network;
@@ -49,7 +50,21 @@ impl Inputs {
         let version = Version::parse(&inventory.cluster.kubernetes_version)
             .expect("validated by the inventory");
         let recipe = Recipe::load(&session.assets, &inventory.cluster.kubernetes_version)?;
-        let profile = Profile::resolve(&recipe.layout_def, &recipe.layout, os)?;
+        let mut profile = Profile::resolve(&recipe.layout_def, &recipe.layout, os)?;
+        if let Some((part, why)) = inventory.etcd.left_out() {
+            profile.leave_out(&recipe.layout_def, part, why);
+        }
+        if inventory.etcd.local() && recipe.etcd_version.is_none() {
+            return Err(crate::Error::input(format!(
+                "recipe {} carries no etcd, and the inventory {} runs etcd on the controllers \
+                 ([etcd] mode = \"local\", the default). Write a lock with one \
+                 (`imgbuild lock --version {} --etcd-version 3.6.5 --force`), or set [etcd] \
+                 mode = \"external\" and cluster.etcd_servers",
+                recipe.origin,
+                inventory.path.display(),
+                recipe.kubernetes_version
+            )));
+        }
         let overlay = Overlay::load(&session.assets, &recipe, profile)?;
         let flags = FlagTable::load(&session.assets)?;
         Ok(Inputs {
@@ -63,7 +78,15 @@ impl Inputs {
 
     /// The overlay's files rendered for node `index` (1-based).
     pub fn render(&self, index: usize) -> Result<Vec<Rendered>> {
-        self.overlay.render(&self.inventory, index, self.version)
+        self.overlay.render(&self.inventory, index, self.versions())
+    }
+
+    /// The Kubernetes release and, if the recipe has one, etcd's.
+    pub fn versions(&self) -> Versions {
+        Versions {
+            k8s: self.version,
+            etcd: self.recipe.etcd(),
+        }
     }
 
     /// The OS profile the build is for.
@@ -75,20 +98,18 @@ impl Inputs {
     /// note for every part the OS profile leaves out saying what to do instead.
     pub fn lint(&self, index: usize, rendered: &[Rendered]) -> Result<Vec<Finding>> {
         let mut findings =
-            lint::check_rendered(&self.inventory, &self.flags, self.version, rendered)?;
+            lint::check_rendered(&self.inventory, &self.flags, self.versions(), rendered)?;
         for l in self
             .overlay
-            .left_out(&self.inventory, index, self.version)?
+            .left_out(&self.inventory, index, self.versions())?
         {
+            let why = self.profile().why.get(&l.part).cloned().unwrap_or_default();
             findings.push(Finding {
                 severity: Severity::Notice,
                 file: l.file,
                 message: format!(
-                    "left out on {} ([parts.{}]): {}; {}",
-                    self.profile().name,
-                    l.part,
-                    l.what,
-                    l.instead
+                    "left out {why} ([parts.{}]): {}; {}",
+                    l.part, l.what, l.instead
                 ),
             });
         }
@@ -107,6 +128,14 @@ impl Inputs {
             .cloned()
             .collect()
     }
+}
+
+/// The releases templates and the flag table go by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    pub k8s: Version,
+    /// The recipe's etcd (`etcd_version`), if it has one.
+    pub etcd: Option<Version>,
 }
 
 /// Which nodes a command builds, and with which OS profile of the layout.

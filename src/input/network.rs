@@ -90,6 +90,7 @@ mod tests {
             prefix: None,
             gateway: None,
             dns: vec![],
+            initial_cluster_state: Default::default(),
         };
         assert_eq!(Network::of(&c).unwrap(), None);
         c.interface = Some("eth0".into());

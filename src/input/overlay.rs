@@ -2,10 +2,11 @@
 //! for one OS profile (which moves some paths and leaves some parts out).
 
 use crate::error::{Error, Result};
+use crate::input::Versions;
 use crate::input::assets::Assets;
 use crate::input::inventory::Inventory;
 use crate::input::profile::Profile;
-use crate::input::recipe::{Recipe, Version};
+use crate::input::recipe::Recipe;
 use crate::input::render::{Context, Renderer};
 
 /// One file of the layout, rendered for a node.
@@ -96,8 +97,13 @@ impl Overlay {
     }
 
     /// Every template rendered for node `index` (1-based), in layout order.
-    pub fn render(&self, inv: &Inventory, index: usize, version: Version) -> Result<Vec<Rendered>> {
-        let ctx = Context::new(inv, index, version, &self.profile.vars);
+    pub fn render(
+        &self,
+        inv: &Inventory,
+        index: usize,
+        versions: Versions,
+    ) -> Result<Vec<Rendered>> {
+        let ctx = Context::new(inv, index, versions, &self.profile.vars);
         self.templates
             .iter()
             .map(|t| {
@@ -117,9 +123,9 @@ impl Overlay {
         &self,
         inv: &Inventory,
         index: usize,
-        version: Version,
+        versions: Versions,
     ) -> Result<Vec<LeftOut>> {
-        let ctx = Context::new(inv, index, version, &self.profile.vars);
+        let ctx = Context::new(inv, index, versions, &self.profile.vars);
         self.profile
             .left_out
             .iter()

@@ -49,6 +49,16 @@ pub struct Part {
     /// Enabled units of the part.
     #[serde(default)]
     pub units: Vec<String>,
+    /// `[[pki]]` entries of the part, by rootfs path (as the layout gives it).
+    #[serde(default)]
+    pub pki: Vec<String>,
+    /// `[[dirs]]` of the part, by path.
+    #[serde(default)]
+    pub dirs: Vec<String>,
+    /// The recipe's artifacts (by name) whose members only this part uses:
+    /// without the part they are neither fetched nor installed.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
     /// What to do without it: a template rendered per node (like the overlay's).
     pub instead: String,
 }
@@ -63,6 +73,8 @@ pub struct Profile {
     moves: Vec<(String, String)>,
     /// Parts left out, by name.
     pub left_out: BTreeMap<String, Part>,
+    /// Why each part is left out (`on flatcar`, `by [etcd] mode = "external"`).
+    pub why: BTreeMap<String, String>,
     /// Relative paths of the folders the system already has.
     pub system_dirs: Vec<String>,
 }
@@ -84,6 +96,7 @@ impl Profile {
                 vars: BTreeMap::from([("name".to_string(), name.to_string())]),
                 moves: Vec::new(),
                 left_out: BTreeMap::new(),
+                why: BTreeMap::new(),
                 system_dirs: Vec::new(),
             });
         }
@@ -116,8 +129,22 @@ impl Profile {
                 .iter()
                 .map(|p| (p.clone(), layout.parts[p].clone()))
                 .collect(),
+            why: chosen
+                .leave_out
+                .iter()
+                .map(|p| (p.clone(), format!("on {name}")))
+                .collect(),
             system_dirs: chosen.system_dirs.iter().map(|d| rel(d).into()).collect(),
         })
+    }
+
+    /// Leave out the layout's part `part` too (the inventory does not want
+    /// it), saying `why`; nothing when the layout has no such part.
+    pub fn leave_out(&mut self, layout: &Layout, part: &str, why: &str) {
+        if let Some(p) = layout.parts.get(part) {
+            self.left_out.insert(part.to_string(), p.clone());
+            self.why.insert(part.to_string(), why.to_string());
+        }
     }
 
     /// Where a path the layout or a recipe names (relative) goes on this system.
@@ -132,20 +159,37 @@ impl Profile {
         path.to_string()
     }
 
-    /// Whether the layout file with this template is part of the node.
-    pub fn keeps_file(&self, template: &str) -> bool {
+    /// Whether no part left out names `name` in the list `of` gives.
+    fn keeps(&self, of: impl Fn(&Part) -> &Vec<String>, name: &str) -> bool {
         !self
             .left_out
             .values()
-            .any(|p| p.files.iter().any(|f| f == template))
+            .any(|p| of(p).iter().any(|n| n == name))
+    }
+
+    /// Whether the layout file with this template is part of the node.
+    pub fn keeps_file(&self, template: &str) -> bool {
+        self.keeps(|p| &p.files, template)
     }
 
     /// Whether this enabled unit is part of the node.
     pub fn keeps_unit(&self, unit: &str) -> bool {
-        !self
-            .left_out
-            .values()
-            .any(|p| p.units.iter().any(|u| u == unit))
+        self.keeps(|p| &p.units, unit)
+    }
+
+    /// Whether the `[[pki]]` entry with this (layout) path is part of the node.
+    pub fn keeps_pki(&self, path: &str) -> bool {
+        self.keeps(|p| &p.pki, path)
+    }
+
+    /// Whether the `[[dirs]]` entry with this (layout) path is part of the node.
+    pub fn keeps_dir(&self, path: &str) -> bool {
+        self.keeps(|p| &p.dirs, path)
+    }
+
+    /// Whether the recipe's artifact of this name is part of the node.
+    pub fn keeps_artifact(&self, name: &str) -> bool {
+        self.keeps(|p| &p.artifacts, name)
     }
 }
 
@@ -211,6 +255,20 @@ fn check_layout(layout: &Layout) -> std::result::Result<(), String> {
             if !enabled.contains(u) {
                 return Err(format!(
                     "[parts.{name}] names unit {u:?}, which its [enable] does not enable"
+                ));
+            }
+        }
+        for f in &part.pki {
+            if !layout.pki.iter().any(|p| &p.path == f) {
+                return Err(format!(
+                    "[parts.{name}] names PKI path {f:?}, which is not a path of its [[pki]]"
+                ));
+            }
+        }
+        for d in &part.dirs {
+            if !layout.dirs.iter().any(|ld| &ld.path == d) {
+                return Err(format!(
+                    "[parts.{name}] names folder {d:?}, which is not a path of its [[dirs]]"
                 ));
             }
         }

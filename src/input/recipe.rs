@@ -17,12 +17,36 @@ use crate::input::assets::Assets;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Trust {
-    /// Pinned in this repository from the release changelog (a second source).
+    /// Pinned in this repository from a second, independent upstream source
+    /// (a release changelog or Kubernetes' own build files), not the server
+    /// the file comes from.
     Changelog,
+    /// Pinned in this repository from unrelated third-party projects that
+    /// each quote the publisher's checksum file (the `source` names them):
+    /// weaker than `changelog`; `imgbuild lock` re-pins from the publisher.
+    ThirdParty,
     /// Taken from the publisher's checksum file next to the artifact (same source).
     PublisherChecksum,
     /// Pinned by the user in a local recipe or lock.
     Local,
+}
+
+impl Trust {
+    /// Pins only this repository's own recipes may claim: a lock or a bundle
+    /// cannot vouch for them.
+    pub fn repository_only(self) -> bool {
+        matches!(self, Trust::Changelog | Trust::ThirdParty)
+    }
+
+    /// The name recorded in manifests and printed (`publisher-checksum`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Trust::Changelog => "changelog",
+            Trust::ThirdParty => "third-party",
+            Trust::PublisherChecksum => "publisher-checksum",
+            Trust::Local => "local",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +84,11 @@ pub enum ArtifactKind {
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
     pub kubernetes_version: String,
+    /// The etcd release of the artifact named [`ETCD`] (`v3.6.5`); templates
+    /// and the flag table branch on it. None: the recipe carries no etcd
+    /// (only `[etcd] mode = "external"` inventories can use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_version: Option<String>,
     /// Layout file under `recipes/layouts/` (without `.toml`).
     pub layout: String,
     pub artifacts: Vec<Artifact>,
@@ -81,8 +110,18 @@ pub struct Artifact {
     pub kind: ArtifactKind,
     /// File name, `{arch}` expanded.
     pub file: String,
-    /// Path under the download base (https://dl.k8s.io or a mirror); `{arch}` expanded.
+    /// Where the publisher serves it (an `https://` URL); absent: [`DEFAULT_BASE`].
+    /// A `--mirror` replaces every base: see [`Artifact::mirror_path_for`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Path under the download base; `{arch}` expanded.
     pub url_path: String,
+    /// Where the publisher also serves each member on its own, under the same
+    /// base (`{arch}` and `{name}`, the member's file name, expanded): what a
+    /// node fetches at boot (`--binaries mirror=URL`). Absent: the members come
+    /// only in the artifact, which the node then fetches and unpacks itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members_url_path: Option<String>,
     pub algorithm: Algorithm,
     pub trust: Trust,
     /// Where the pins come from (a changelog section, a checksum URL, a lock).
@@ -96,7 +135,8 @@ pub struct Artifact {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Member {
-    /// Path inside the tarball (for `kind = "file"`, the file name).
+    /// Path inside the tarball (for `kind = "file"`, the file name); `{arch}`
+    /// expanded (`etcd-v3.6.5-linux-{arch}/etcd`).
     pub path: String,
     /// Where it goes in the rootfs (no leading `/`).
     pub install: String,
@@ -112,6 +152,10 @@ pub struct Layout {
     pub files: Vec<LayoutFile>,
     #[serde(default)]
     pub pki: Vec<PkiFile>,
+    /// Folders made with a mode of their own (`var/lib/etcd`, 0700); every
+    /// other folder is a parent, 0755.
+    #[serde(default)]
+    pub dirs: Vec<LayoutDir>,
     /// `target = ["unit", ...]`: units enabled into `<target>.wants/`.
     #[serde(default)]
     pub enable: BTreeMap<String, Vec<String>>,
@@ -144,8 +188,17 @@ pub struct LayoutFile {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct LayoutDir {
+    /// Rootfs path (relative).
+    pub path: String,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PkiFile {
-    /// File name in the inventory's `pki_dir`.
+    /// File name in the inventory's `pki_dir`; `{node}` stands for the
+    /// controller's name in the per-node files (`etcd-{node}.pem`).
     pub file: String,
     /// Where it goes in the rootfs.
     pub path: String,
@@ -154,12 +207,67 @@ pub struct PkiFile {
     pub secret: bool,
 }
 
+impl Member {
+    pub fn path_for(&self, arch: &str) -> String {
+        self.path.replace("{arch}", arch)
+    }
+}
+
+/// The download base of an artifact that names none: where Kubernetes
+/// publishes its releases (the seed's storage.googleapis.com host is legacy).
+pub const DEFAULT_BASE: &str = "https://dl.k8s.io";
+
+/// The name of the artifact that holds etcd (`etcd_version` is its release).
+pub const ETCD: &str = "etcd";
+
 impl Artifact {
     pub fn file_for(&self, arch: &str) -> String {
         self.file.replace("{arch}", arch)
     }
     pub fn url_path_for(&self, arch: &str) -> String {
         self.url_path.replace("{arch}", arch)
+    }
+    /// The publisher's base URL (no trailing `/`).
+    pub fn base(&self) -> &str {
+        self.base
+            .as_deref()
+            .unwrap_or(DEFAULT_BASE)
+            .trim_end_matches('/')
+    }
+    /// Whether the artifact has a base of its own (not [`DEFAULT_BASE`]).
+    pub fn own_base(&self) -> bool {
+        self.base() != DEFAULT_BASE
+    }
+    /// The publisher's URL of the artifact for `arch`.
+    pub fn upstream_url(&self, arch: &str) -> String {
+        format!("{}/{}", self.base(), self.url_path_for(arch))
+    }
+    /// Where a mirror holds a path under this artifact's base: as it is under
+    /// the base for artifacts on [`DEFAULT_BASE`] (a mirror is laid out like
+    /// dl.k8s.io), under `<name>/` for an artifact with a base of its own
+    /// (`etcd/v3.6.5/etcd-v3.6.5-linux-amd64.tar.gz`).
+    pub fn mirror_path(&self, under_base: &str) -> String {
+        if self.own_base() {
+            format!("{}/{under_base}", self.name)
+        } else {
+            under_base.to_string()
+        }
+    }
+    /// [`Artifact::mirror_path`] of the artifact itself, for `arch`.
+    pub fn mirror_path_for(&self, arch: &str) -> String {
+        self.mirror_path(&self.url_path_for(arch))
+    }
+    /// A member published on its own (see `members_url_path`), as a path
+    /// under the base, for `arch`: None when the node must unpack the artifact.
+    pub fn member_url_path(&self, arch: &str, member: &str) -> Option<String> {
+        let name = member.rsplit('/').next().unwrap_or(member);
+        match self.kind {
+            ArtifactKind::File => Some(self.url_path_for(arch)),
+            ArtifactKind::Tarball => self
+                .members_url_path
+                .as_ref()
+                .map(|p| p.replace("{arch}", arch).replace("{name}", name)),
+        }
     }
     /// The pinned digest for `arch`, or an error naming the recipe and what exists.
     pub fn digest_for(&self, recipe: &str, arch: &str) -> Result<&str> {
@@ -214,7 +322,18 @@ impl Layout {
             check_mode(f.mode)
                 .map_err(|e| e.context(format!("[[files]] {}", clip(&f.template))))?;
         }
-        let known = crate::pki::files();
+        for d in &self.dirs {
+            if !is_rel_path(&d.path) {
+                return Err(path("dirs", "path", &d.path));
+            }
+            check_mode(d.mode).map_err(|e| e.context(format!("[[dirs]] {}", clip(&d.path))))?;
+        }
+        // The fixed names, and the per-node patterns whose `{node}` becomes a
+        // controller's name (a DNS label): neither can name a path.
+        let known: Vec<crate::pki::PkiFile> = crate::pki::files()
+            .into_iter()
+            .chain(crate::pki::node_file_patterns())
+            .collect();
         for p in &mut self.pki {
             let Some(file) = known.iter().find(|k| k.name == p.file) else {
                 let names: Vec<&str> = known.iter().map(|k| k.name.as_str()).collect();
@@ -273,6 +392,18 @@ pub fn is_rel_path(p: &str) -> bool {
         && !p.starts_with('/')
         && !p.chars().any(|c| c.is_control() || c == '\\')
         && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// An `https://` download base: a host and maybe a path, nothing a URL
+/// could hide (credentials, a query, a fragment, spaces or quotes).
+fn is_base_url(s: &str) -> bool {
+    s.strip_prefix("https://").is_some_and(|rest| {
+        !rest.is_empty()
+            && !rest.starts_with('/')
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~/:".contains(&b))
+    })
 }
 
 /// Permission bits only: no setuid, setgid or sticky bit from a recipe or layout.
@@ -355,6 +486,26 @@ impl Recipe {
         if self.artifacts.is_empty() {
             return Err(Error::input("no [[artifacts]]"));
         }
+        let has_etcd = self.artifacts.iter().any(|a| a.name == ETCD);
+        match &self.etcd_version {
+            Some(v) if Version::parse(v).is_none_or(|v| v.major != 3) => {
+                return Err(Error::input(format!(
+                    "etcd_version = {:?}: expected an etcd release, e.g. \"v3.6.5\"",
+                    clip(v)
+                )));
+            }
+            Some(_) if !has_etcd => {
+                return Err(Error::input(format!(
+                    "etcd_version is set but no artifact is named {ETCD:?}"
+                )));
+            }
+            None if has_etcd => {
+                return Err(Error::input(format!(
+                    "artifact {ETCD:?} needs etcd_version (its release, e.g. \"v3.6.5\")"
+                )));
+            }
+            _ => {}
+        }
         if !is_plain(&self.layout) {
             return Err(Error::input(format!(
                 "layout = {:?}: expected the name of a file in layouts/ (no `/`, no leading `.`)",
@@ -392,6 +543,32 @@ impl Recipe {
             let url = a.url_path.replace("{arch}", "arch");
             if !is_rel_path(&url) || url.contains(['?', '#', '%']) {
                 return Err(field("url_path", &a.url_path));
+            }
+            if let Some(p) = &a.members_url_path {
+                let url = p.replace("{arch}", "arch").replace("{name}", "name");
+                if !is_rel_path(&url) || url.contains(['?', '#', '%']) || !p.contains("{name}") {
+                    return Err(Error::input(format!(
+                        "artifact {} members_url_path = {:?}: expected a relative path holding {{name}}",
+                        clip(&a.name),
+                        clip(p)
+                    )));
+                }
+            }
+            if let Some(base) = &a.base
+                && !is_base_url(base)
+            {
+                return Err(Error::input(format!(
+                    "artifact {} base = {:?}: expected an https:// URL without credentials, query or fragment",
+                    clip(&a.name),
+                    clip(base)
+                )));
+            }
+            if a.own_base() && !is_plain(&a.name) {
+                return Err(Error::input(format!(
+                    "artifact {:?} has a base of its own, so a mirror holds it under its name: \
+                     the name must be one path component",
+                    clip(&a.name)
+                )));
             }
             for m in &a.members {
                 if !is_rel_path(&m.path) {
@@ -445,6 +622,26 @@ impl Recipe {
             }
         }
         Ok(())
+    }
+
+    /// The etcd release the recipe carries, if any.
+    pub fn etcd(&self) -> Option<Version> {
+        self.etcd_version.as_deref().and_then(Version::parse)
+    }
+
+    /// The artifacts a node of `inv` needs: all, less those only a part the
+    /// inventory leaves out uses (an external etcd's).
+    pub fn needed(&self, inv: &crate::input::inventory::Inventory) -> Vec<&Artifact> {
+        let left_out: Vec<&String> = inv
+            .etcd
+            .left_out()
+            .and_then(|(part, _)| self.layout_def.parts.get(part))
+            .map(|p| p.artifacts.iter().collect())
+            .unwrap_or_default();
+        self.artifacts
+            .iter()
+            .filter(|a| !left_out.contains(&&a.name))
+            .collect()
     }
 
     /// The artifact pinned with `algorithm:hex` for some arch, if any.

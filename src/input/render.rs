@@ -5,9 +5,9 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
+use crate::input::Versions;
 use crate::input::component::COMPONENTS;
 use crate::input::inventory::{Controller, Inventory, url_host};
-use crate::input::recipe::Version;
 
 /// Everything a template may use. Only validated inventory values get here.
 #[derive(Debug, Serialize)]
@@ -17,6 +17,9 @@ pub struct Context<'a> {
     pub controllers: &'a [Controller],
     pub etcd_servers: Vec<String>,
     pub k8s: K8sCtx,
+    /// The datastore: where it runs, and for a local one its release and
+    /// this node's bootstrap values.
+    pub etcd: EtcdCtx,
     pub extra_args: BTreeMap<&'static str, &'a BTreeMap<String, String>>,
     /// The OS profile: `name` and its folders (`bin_dir`, ...).
     pub os: &'a BTreeMap<String, String>,
@@ -39,6 +42,8 @@ pub struct NodeCtx<'a> {
     pub index: usize,
     pub name: &'a str,
     pub internal_ip: &'a str,
+    /// The internal IP as it goes in a URL (IPv6 in brackets).
+    pub url_host: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,13 +54,30 @@ pub struct K8sCtx {
     pub patch: u32,
 }
 
+#[derive(Debug, Serialize)]
+pub struct EtcdCtx {
+    /// `local` or `external`.
+    pub mode: &'static str,
+    /// The recipe's etcd release (`v3.6.5`), and its parts; all empty or 0
+    /// when the recipe carries none.
+    pub version: String,
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+    /// `--initial-cluster`: every controller as `name=https://ip:2380`.
+    pub initial_cluster: String,
+    /// This node's `--initial-cluster-state`: `new` or `existing`.
+    pub initial_cluster_state: &'static str,
+}
+
 impl<'a> Context<'a> {
     pub fn new(
         inv: &'a Inventory,
         index: usize,
-        version: Version,
+        versions: Versions,
         os: &'a BTreeMap<String, String>,
     ) -> Context<'a> {
+        let version = versions.k8s;
         let node = &inv.controllers[index - 1];
         let c = &inv.cluster;
         Context {
@@ -72,6 +94,7 @@ impl<'a> Context<'a> {
                 index,
                 name: &node.name,
                 internal_ip: &node.internal_ip,
+                url_host: url_host(&node.internal_ip),
             },
             controllers: &inv.controllers,
             etcd_servers: inv.etcd_servers(),
@@ -80,6 +103,19 @@ impl<'a> Context<'a> {
                 major: version.major,
                 minor: version.minor,
                 patch: version.patch,
+            },
+            etcd: EtcdCtx {
+                mode: if inv.etcd.local() {
+                    "local"
+                } else {
+                    "external"
+                },
+                version: versions.etcd.map(|v| v.to_string()).unwrap_or_default(),
+                major: versions.etcd.map_or(0, |v| v.major),
+                minor: versions.etcd.map_or(0, |v| v.minor),
+                patch: versions.etcd.map_or(0, |v| v.patch),
+                initial_cluster: crate::input::etcd::initial_cluster(inv),
+                initial_cluster_state: node.initial_cluster_state.name(),
             },
             extra_args: COMPONENTS
                 .iter()
@@ -151,7 +187,11 @@ internal_ip = "10.0.0.1"
         )
         .unwrap();
         let os = BTreeMap::new();
-        let ctx = Context::new(&inv, 1, Version::parse("v1.10.2").unwrap(), &os);
+        let versions = Versions {
+            k8s: crate::input::recipe::Version::parse("v1.10.2").unwrap(),
+            etcd: None,
+        };
+        let ctx = Context::new(&inv, 1, versions, &os);
         let err = r.render("t", "overlays/x/t", &ctx).unwrap_err().to_string();
         assert!(
             err.contains("overlays/x/t") && err.contains("nope"),

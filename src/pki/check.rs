@@ -104,38 +104,7 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
     }
 
     for leaf in LEAVES {
-        let cert_file = leaf.cert_file();
-        let key_file = leaf.key_file();
-        let cert_exists = dir.join(&cert_file).exists();
-        // A missing key with a certificate present needs a new pair: --renew.
-        let key_fix = if cert_exists { Fix::Renew } else { Fix::Init };
-        let cert = load_cert(&mut r, &dir, &cert_file, Fix::Init, Fix::Renew);
-        let key = load_key(&mut r, &dir, &key_file, key_fix, Fix::Renew);
-        if let Some(der) = &cert {
-            let new_pair = format!(
-                "; for a new key pair remove {key_file} and {cert_file}, then run `imgbuild pki init --renew`"
-            );
-            let profile: ProfileFix = (
-                |remedy| match remedy {
-                    Remedy::Reissue => Fix::Renew,
-                    Remedy::NewKey => Fix::Manual,
-                },
-                &new_pair,
-            );
-            check_leaf(
-                &mut r,
-                leaf,
-                &cert_file,
-                der,
-                ca.as_deref(),
-                &sans,
-                now,
-                profile,
-            );
-            if let Some(key) = &key {
-                key_matches(&mut r, &cert_file, &key_file, der, key, Fix::Renew);
-            }
-        }
+        check_pair(&mut r, &dir, leaf, ca.as_deref(), &sans, now);
         if let Role::Client {
             kubeconfig: name,
             user,
@@ -144,10 +113,13 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
             check_kubeconfig(&mut r, &dir, name, user, leaf, inv, ca.as_deref(), now);
         }
     }
+    if inv.etcd.local() {
+        super::etcd::check(&mut r, inv, ca.as_deref(), now);
+    }
 
     check_encryption(&mut r, &dir, &inv.cluster.kubernetes_version);
-    // Per file, in the order of `files()`: a key's lines follow its certificate's.
-    let order: Vec<String> = super::files().into_iter().map(|f| f.name).collect();
+    // Per file, in the order of `files_for()`: a key's lines follow its certificate's.
+    let order: Vec<String> = super::files_for(inv).into_iter().map(|f| f.name).collect();
     r.findings.sort_by_key(|f| {
         let base = f.file.split(" (").next().unwrap_or_default();
         let key_of = order.iter().position(|n| {
@@ -163,6 +135,42 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
         }
     });
     r
+}
+
+/// A certificate and its key: each loads, the certificate fits `leaf` (see
+/// [`check_leaf`]; `sans` are the names it must carry, for the roles that
+/// serve) and the key matches it.
+pub(super) fn check_pair(
+    r: &mut CheckReport,
+    dir: &Path,
+    leaf: &Leaf,
+    ca: Option<&[u8]>,
+    sans: &[(San, String)],
+    now: i64,
+) {
+    let cert_file = leaf.cert_file();
+    let key_file = leaf.key_file();
+    let cert_exists = dir.join(&cert_file).exists();
+    // A missing key with a certificate present needs a new pair: --renew.
+    let key_fix = if cert_exists { Fix::Renew } else { Fix::Init };
+    let cert = load_cert(r, dir, &cert_file, Fix::Init, Fix::Renew);
+    let key = load_key(r, dir, &key_file, key_fix, Fix::Renew);
+    if let Some(der) = &cert {
+        let new_pair = format!(
+            "; for a new key pair remove {key_file} and {cert_file}, then run `imgbuild pki init --renew`"
+        );
+        let profile: ProfileFix = (
+            |remedy| match remedy {
+                Remedy::Reissue => Fix::Renew,
+                Remedy::NewKey => Fix::Manual,
+            },
+            &new_pair,
+        );
+        check_leaf(r, leaf, &cert_file, der, ca, sans, now, profile);
+        if let Some(key) = &key {
+            key_matches(r, &cert_file, &key_file, der, key, Fix::Renew);
+        }
+    }
 }
 
 /// Any group or other permission bit on `name` gives a finding (an error for
@@ -436,7 +444,7 @@ fn check_leaf(
             );
         }
     }
-    if leaf.role == Role::ApiServer {
+    if matches!(leaf.role, Role::ApiServer | Role::Etcd) {
         let missing = missing_sans(der, sans);
         if missing.is_empty() {
             r.push(

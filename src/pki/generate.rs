@@ -19,7 +19,7 @@ use super::keys::{cert_der, generate_key, key_kind, parse_private_key, random_se
 use super::report::{CheckReport, Fix, Severity};
 use super::{
     CA_CERT, CA_KEY, ENCRYPTION_CONFIG, LEAVES, LOCAL_SERVER, Leaf, Role, San, apiserver_sans,
-    encryption, files, kubeconfig, legacy_encryption_config, write_atomic,
+    encryption, kubeconfig, legacy_encryption_config, write_atomic,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::input::inventory::Inventory;
@@ -117,7 +117,7 @@ pub(crate) fn init_locked(
     let mut backup = None;
     ensure_dir(&dir, progress)?;
     if opts.force
-        && let Some((to, names)) = move_aside(&dir, now)?
+        && let Some((to, names)) = move_aside(&dir, inv, now)?
     {
         let msg = format!(
             "--force replaced {} in {}; the old files are in {} (they hold private keys: delete that folder once no node uses the old PKI). Every node of the cluster must be rebuilt with the new PKI.",
@@ -204,43 +204,21 @@ pub(crate) fn init_locked(
         not_after = ca_not_after;
     }
     let mut issued: BTreeSet<&str> = BTreeSet::new();
+    let validity = (now, not_after);
     for leaf in LEAVES {
-        let cert_file = leaf.cert_file();
-        let key_file = leaf.key_file();
-        let cert_exists = dir.join(&cert_file).exists();
-        let key_exists = dir.join(&key_file).exists();
-        let key = match (cert_exists, key_exists) {
-            (_, true) => {
-                let key = read_key(&dir.join(&key_file)).map_err(|e| {
-                    e.context(format!(
-                        "remove {key_file} and {cert_file} and run `imgbuild pki init` for a new pair"
-                    ))
-                })?;
-                if cert_exists && !(opts.renew && needs_renew(&cert_file)) {
-                    continue;
-                }
-                key
-            }
-            (false, false) => {
-                let key = generate_key().map_err(Error::input)?;
-                w.write(&key_file, key.serialize_pem().as_bytes(), true, false)?;
-                key
-            }
-            (true, false) => {
-                if !opts.renew {
-                    continue; // the final check reports it, naming --renew
-                }
-                let key = generate_key().map_err(Error::input)?;
-                w.write(&key_file, key.serialize_pem().as_bytes(), true, false)?;
-                key
-            }
-        };
-        let params = leaf_params(leaf, &sans, now, not_after, &key)?;
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(|e| Error::input(format!("cannot sign {cert_file}: {e}")))?;
-        w.write(&cert_file, cert.pem().as_bytes(), false, cert_exists)?;
-        issued.insert(leaf.stem);
+        let renew = opts.renew && needs_renew(&leaf.cert_file());
+        if issue(&mut w, leaf, &sans, validity, &issuer, opts.renew, renew)? {
+            issued.insert(leaf.stem);
+        }
+    }
+    if inv.etcd.local() {
+        for (i, c) in inv.controllers.iter().enumerate() {
+            let stem = super::etcd::stem(&c.name);
+            let leaf = super::etcd::leaf(&stem, &c.name);
+            let renew = opts.renew && needs_renew(&leaf.cert_file());
+            let sans = super::etcd::etcd_sans(inv, i + 1)?;
+            issue(&mut w, &leaf, &sans, validity, &issuer, opts.renew, renew)?;
+        }
     }
 
     // Kubeconfigs: from the client certificate and key files.
@@ -341,6 +319,57 @@ impl Writer<'_> {
         }
         Ok(())
     }
+}
+
+/// Issue `leaf` if it is missing (a new key too when that is missing), or
+/// for its old key when `reissue` (it no longer fits); with `renew`, a
+/// certificate whose key is gone gets a new pair. True when it was issued.
+fn issue(
+    w: &mut Writer,
+    leaf: &Leaf,
+    sans: &[(San, String)],
+    (now, not_after): (OffsetDateTime, OffsetDateTime),
+    issuer: &Issuer<'_, KeyPair>,
+    renew: bool,
+    reissue: bool,
+) -> Result<bool> {
+    let dir = w.dir;
+    let cert_file = leaf.cert_file();
+    let key_file = leaf.key_file();
+    let cert_exists = dir.join(&cert_file).exists();
+    let key_exists = dir.join(&key_file).exists();
+    let key = match (cert_exists, key_exists) {
+        (_, true) => {
+            let key = read_key(&dir.join(&key_file)).map_err(|e| {
+                e.context(format!(
+                    "remove {key_file} and {cert_file} and run `imgbuild pki init` for a new pair"
+                ))
+            })?;
+            if cert_exists && !reissue {
+                return Ok(false);
+            }
+            key
+        }
+        (false, false) => {
+            let key = generate_key().map_err(Error::input)?;
+            w.write(&key_file, key.serialize_pem().as_bytes(), true, false)?;
+            key
+        }
+        (true, false) => {
+            if !renew {
+                return Ok(false); // the final check reports it, naming --renew
+            }
+            let key = generate_key().map_err(Error::input)?;
+            w.write(&key_file, key.serialize_pem().as_bytes(), true, false)?;
+            key
+        }
+    };
+    let params = leaf_params(leaf, sans, now, not_after, &key)?;
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(|e| Error::input(format!("cannot sign {cert_file}: {e}")))?;
+    w.write(&cert_file, cert.pem().as_bytes(), false, cert_exists)?;
+    Ok(true)
 }
 
 /// Write a new encryption config, or change an existing one as `opts` asks:
@@ -506,9 +535,13 @@ fn ensure_dir(dir: &Path, progress: &dyn Progress) -> Result<()> {
 
 /// `--force`: move every PKI file into `replaced-<UTC time>/` inside the folder;
 /// returns that folder and the names moved, or None when there was nothing.
-fn move_aside(dir: &Path, now: OffsetDateTime) -> Result<Option<(PathBuf, Vec<String>)>> {
+fn move_aside(
+    dir: &Path,
+    inv: &Inventory,
+    now: OffsetDateTime,
+) -> Result<Option<(PathBuf, Vec<String>)>> {
     use std::os::unix::fs::DirBuilderExt;
-    let present: Vec<String> = files()
+    let present: Vec<String> = super::files_for(inv)
         .into_iter()
         .map(|f| f.name)
         .filter(|n| dir.join(n).exists())
@@ -563,7 +596,7 @@ fn ca_params(inv: &Inventory, now: OffsetDateTime, days: u32) -> Result<Certific
     Ok(p)
 }
 
-fn leaf_params(
+pub(super) fn leaf_params(
     leaf: &Leaf,
     sans: &[(San, String)],
     now: OffsetDateTime,
@@ -591,9 +624,10 @@ fn leaf_params(
         p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
     }
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    if leaf.role == Role::ApiServer {
+    if matches!(leaf.role, Role::ApiServer | Role::Etcd) {
         // It serves the API and is also the API server's client certificate
-        // towards etcd and the kubelets (as in the seed).
+        // towards etcd and the kubelets (as in the seed); or it serves etcd's
+        // clients and peers, and is its peers' client.
         p.extended_key_usages
             .push(ExtendedKeyUsagePurpose::ServerAuth);
         for (san, _) in sans {
@@ -614,6 +648,7 @@ fn leaf_params(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::{files, files_for};
     use crate::progress::Silent;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
@@ -652,10 +687,16 @@ internal_ip = "10.240.0.12"
         Inventory::load(&path).unwrap()
     }
 
+    /// Every file of the folder (not its subfolders) by name.
     fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-        files()
-            .into_iter()
-            .filter_map(|f| std::fs::read(dir.join(&f.name)).ok().map(|b| (f.name, b)))
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&p).unwrap())
+            })
             .collect()
     }
 
@@ -666,13 +707,14 @@ internal_ip = "10.240.0.12"
         let inv = inventory(tmp.path(), INVENTORY);
         let events = Collect::default();
         let r = init(&inv, &InitOptions::default(), &events).unwrap();
-        assert_eq!(r.created.len(), files().len(), "{:?}", r.created);
+        assert_eq!(r.created.len(), files_for(&inv).len(), "{:?}", r.created);
+        assert_eq!(files_for(&inv).len(), files().len() + 4);
         assert!(r.check.fits_inventory(), "{}", r.check);
         assert_eq!(r.check.warnings().count(), 0, "{}", r.check);
         let dir = inv.pki_dir();
         let mode = |p: &Path| p.metadata().unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
-        for f in files() {
+        for f in files_for(&inv) {
             let want = if f.secret { 0o600 } else { 0o644 };
             assert_eq!(mode(&dir.join(&f.name)), want, "{}", f.name);
         }
@@ -681,7 +723,7 @@ internal_ip = "10.240.0.12"
 
         // Nothing secret in what was reported.
         let said = events.0.lock().unwrap().join("\n");
-        for f in files().iter().filter(|f| f.secret) {
+        for f in files_for(&inv).iter().filter(|f| f.secret) {
             let text = std::fs::read_to_string(dir.join(&f.name)).unwrap();
             for line in text.lines().filter(|l| l.len() > 20) {
                 let probe = line.trim().rsplit(' ').next().unwrap();
@@ -724,9 +766,18 @@ internal_ip = "10.240.0.12"
         );
         assert!(err.contains("imgbuild pki init --renew"), "{err}");
 
+        assert!(err.contains("etcd-controller-3.pem: missing"), "{err}");
+
+        // Plain init adds what is missing (the new controller's etcd pair)
+        // and changes nothing that exists.
         let err = init(&inv, &InitOptions::default(), &Collect::default()).unwrap_err();
         assert!(err.to_string().contains("--renew"), "{err}");
-        assert_eq!(before, snapshot(&dir), "plain init must not change a thing");
+        let added = snapshot(&dir);
+        let new: Vec<&String> = added.keys().filter(|k| !before.contains_key(*k)).collect();
+        assert_eq!(new, ["etcd-controller-3-key.pem", "etcd-controller-3.pem"]);
+        for (name, bytes) in &before {
+            assert!(added.get(name) == Some(bytes), "plain init changed {name}");
+        }
 
         let renew = InitOptions {
             renew: true,
@@ -742,6 +793,58 @@ internal_ip = "10.240.0.12"
             }
         }
         assert!(check(&inv, SystemTime::now()).fits_inventory());
+    }
+
+    /// A controller's new address: its etcd certificate (and the API
+    /// server's) no longer cover it; --renew re-issues both for their keys;
+    /// an external etcd needs no etcd certificates at all.
+    #[test]
+    fn etcd_certificates_follow_their_controller() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inv = inventory(tmp.path(), INVENTORY);
+        init(&inv, &InitOptions::default(), &Collect::default()).unwrap();
+        let report = check(&inv, SystemTime::now()).to_string();
+        assert!(
+            report.contains("etcd-controller-2.pem: SANs cover the inventory (4 names)"),
+            "{report}"
+        );
+        let before = snapshot(&inv.pki_dir());
+        let moved = inventory(tmp.path(), &INVENTORY.replace("10.240.0.12", "10.240.0.22"));
+        let err = check(&moved, SystemTime::now())
+            .error()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("etcd-controller-2.pem: SANs do not cover 10.240.0.22 (controllers[2] (controller-2).internal_ip)"),
+            "{err}"
+        );
+        let renew = InitOptions {
+            renew: true,
+            ..Default::default()
+        };
+        let r = init(&moved, &renew, &Collect::default()).unwrap();
+        assert_eq!(r.renewed, ["kubernetes.pem", "etcd-controller-2.pem"]);
+        let after = snapshot(&inv.pki_dir());
+        assert_eq!(
+            before["etcd-controller-2-key.pem"],
+            after["etcd-controller-2-key.pem"]
+        );
+        assert_eq!(
+            before["etcd-controller-1.pem"],
+            after["etcd-controller-1.pem"]
+        );
+
+        let external = inventory(
+            tmp.path(),
+            &format!(
+                "{}\n[etcd]\nmode = \"external\"\n",
+                INVENTORY.replace("10.240.0.12", "10.240.0.22")
+            ),
+        );
+        std::fs::remove_file(external.pki_dir().join("etcd-controller-1.pem")).unwrap();
+        let report = check(&external, SystemTime::now());
+        assert!(report.fits_inventory(), "{report}");
+        assert!(!report.to_string().contains("etcd-"), "{report}");
     }
 
     #[test]
@@ -780,7 +883,7 @@ internal_ip = "10.240.0.12"
             ..Default::default()
         };
         let r = init(&inv, &force, &events).unwrap();
-        assert_eq!(r.replaced.len(), files().len());
+        assert_eq!(r.replaced.len(), files_for(&inv).len());
         let backup = r.backup.unwrap();
         assert_eq!(snapshot(&backup), old);
         assert_ne!(old[CA_KEY], snapshot(&dir)[CA_KEY]);
@@ -877,6 +980,7 @@ internal_ip = "10.240.0.12"
         let r = init(&inv, &renew, &Collect::default()).unwrap();
         assert!(r.created.is_empty(), "{:?}", r.created);
         let mut want: Vec<String> = LEAVES.iter().map(|l| l.cert_file()).collect();
+        want.extend(["etcd-controller-1.pem", "etcd-controller-2.pem"].map(String::from));
         want.extend(
             ["admin", "kube-controller-manager", "kube-scheduler"]
                 .map(|s| format!("{s}.kubeconfig")),
@@ -884,7 +988,10 @@ internal_ip = "10.240.0.12"
         assert_eq!(r.renewed, want);
         assert_eq!(r.check.warnings().count(), 0, "{}", r.check);
         let after = snapshot(&inv.pki_dir());
-        for f in files().iter().filter(|f| f.name.ends_with("-key.pem")) {
+        for f in files_for(&inv)
+            .iter()
+            .filter(|f| f.name.ends_with("-key.pem"))
+        {
             assert_eq!(before[&f.name], after[&f.name], "{} changed", f.name);
         }
         assert_eq!(before[CA_CERT], after[CA_CERT]);

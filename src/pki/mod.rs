@@ -17,6 +17,7 @@
 
 mod check;
 mod encryption;
+mod etcd;
 mod files;
 mod generate;
 mod keys;
@@ -34,6 +35,7 @@ use crate::progress::{Event, Progress};
 
 pub use check::check;
 pub use encryption::Cipher;
+pub use etcd::{etcd_sans, is_etcd_cert};
 pub use generate::{InitOptions, InitReport, init};
 pub use report::{CheckReport, Finding, Fix, Severity};
 
@@ -55,6 +57,8 @@ pub enum Role {
     ApiServer,
     /// The service-account token key pair; the certificate carries the public key.
     ServiceAccount,
+    /// A controller's etcd: serves clients and peers, and is its peers' client.
+    Etcd,
     /// A client identity; `kubeconfig` is written for it.
     Client {
         kubeconfig: &'static str,
@@ -64,14 +68,14 @@ pub enum Role {
 
 /// A certificate signed by the cluster CA: `<stem>.pem` and `<stem>-key.pem`.
 #[derive(Debug, Clone, Copy)]
-pub struct Leaf {
-    pub stem: &'static str,
-    pub common_name: &'static str,
-    pub organization: &'static str,
+pub struct Leaf<'a> {
+    pub stem: &'a str,
+    pub common_name: &'a str,
+    pub organization: &'a str,
     pub role: Role,
 }
 
-impl Leaf {
+impl Leaf<'_> {
     pub fn cert_file(&self) -> String {
         format!("{}.pem", self.stem)
     }
@@ -81,7 +85,7 @@ impl Leaf {
 }
 
 /// Names, subjects and users as in "Kubernetes the hard way", which the seed follows.
-pub const LEAVES: &[Leaf] = &[
+pub const LEAVES: &[Leaf<'static>] = &[
     Leaf {
         stem: "kubernetes",
         // The seed's ClusterRoleBinding grants the kubelet API to user `kubernetes`.
@@ -168,9 +172,42 @@ pub fn files() -> Vec<PkiFile> {
     out
 }
 
+/// The per-node files, as a layout names them: `{node}` stands for a
+/// controller's name (see `etcd`).
+pub fn node_file_patterns() -> Vec<PkiFile> {
+    vec![
+        PkiFile {
+            name: etcd::cert_file(NODE),
+            secret: false,
+        },
+        PkiFile {
+            name: etcd::key_file(NODE),
+            secret: true,
+        },
+    ]
+}
+
+/// What `{node}` in a per-node file's name stands for.
+pub const NODE: &str = "{node}";
+
+/// Every file `init` writes for `inv`: [`files`], then each controller's own
+/// (none with an external etcd).
+pub fn files_for(inv: &Inventory) -> Vec<PkiFile> {
+    let mut out = files();
+    if inv.etcd.local() {
+        for c in &inv.controllers {
+            out.extend(node_file_patterns().into_iter().map(|f| PkiFile {
+                name: f.name.replace(NODE, &c.name),
+                secret: f.secret,
+            }));
+        }
+    }
+    out
+}
+
 /// True for files whose content must never be shown.
 pub fn is_secret(name: &str) -> bool {
-    files().iter().any(|f| f.name == name && f.secret)
+    files().iter().any(|f| f.name == name && f.secret) || etcd::is_key_file(name)
 }
 
 /// A name the API server certificate must carry, and why.

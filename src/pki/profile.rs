@@ -13,6 +13,9 @@
 //!   (`--tls-cert-file`: serverAuth) and its client certificate towards etcd
 //!   (`--etcd-certfile`) and the kubelets (`--kubelet-client-certificate`):
 //!   clientAuth too.
+//! - `etcd-<name>.pem`, one per controller: its etcd's serving certificate
+//!   towards clients and peers (serverAuth), and its client certificate
+//!   towards its peers (clientAuth); see `etcd`.
 //! - `admin.pem`, `kube-controller-manager.pem`, `kube-scheduler.pem` (and the
 //!   copies in their kubeconfigs) are client certificates: clientAuth.
 //! - `service-account.pem` only carries the public key the API server checks
@@ -166,6 +169,24 @@ pub(crate) fn inspect(c: &X509Certificate, expect: Expect) -> (String, Vec<Probl
                             "has no extendedKeyUsage clientAuth: kube-apiserver also presents it \
                              to etcd (--etcd-certfile) and to the kubelets \
                              (--kubelet-client-certificate)"
+                                .into(),
+                            Remedy::Reissue,
+                        );
+                    }
+                }
+                Role::Etcd => {
+                    if !server {
+                        error(
+                            "has no extendedKeyUsage serverAuth: etcd serves its clients \
+                             (--cert-file) and peers (--peer-cert-file) with it"
+                                .into(),
+                            Remedy::Reissue,
+                        );
+                    }
+                    if !client {
+                        error(
+                            "has no extendedKeyUsage clientAuth: etcd presents it to its peers \
+                             (--peer-client-cert-auth refuses it otherwise)"
                                 .into(),
                             Remedy::Reissue,
                         );

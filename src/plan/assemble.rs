@@ -12,7 +12,7 @@ use crate::input::lint::{self, Severity};
 use crate::input::network::Network;
 use crate::input::profile::Profile;
 use crate::input::recipe::Recipe;
-use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan};
+use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, Source};
 use crate::progress::{Event, Progress};
 use crate::store::cache::Cache;
 use crate::util::digest::sha256_hex;
@@ -20,25 +20,26 @@ use crate::util::digest::sha256_hex;
 /// Everything needed to plan any node of the inventory.
 pub struct Planner {
     pub inputs: Inputs,
-    pki: Vec<Entry>,
+    /// Each node's PKI files (1-based index - 1).
+    pki: Vec<Vec<Entry>>,
     binaries: Vec<Entry>,
+    sources: Vec<Source>,
 }
 
 impl Planner {
     /// Read the PKI folder and resolve the recipe's artifacts in the cache.
     pub fn new(inputs: Inputs, cache: &Cache) -> Result<Planner> {
         let profile = inputs.profile();
-        let pki = read_pki(&inputs.inventory, &inputs.recipe, profile)?;
-        let binaries = binaries(
-            cache,
-            &inputs.recipe,
-            &inputs.inventory.cluster.arch,
-            profile,
-        )?;
+        let inv = &inputs.inventory;
+        let pki = (1..=inv.controllers.len())
+            .map(|i| read_pki(inv, i, &inputs.recipe, profile))
+            .collect::<Result<_>>()?;
+        let (binaries, sources) = binaries(cache, &inputs.recipe, &inv.cluster.arch, profile)?;
         Ok(Planner {
             inputs,
             pki,
             binaries,
+            sources,
         })
     }
 
@@ -73,8 +74,9 @@ impl Planner {
                 file_entry(&r.path, r.mode, r.secret, r.text.into_bytes(), origin)
             })
             .collect();
-        entries.extend(self.pki.iter().cloned());
+        entries.extend(self.pki[index - 1].iter().cloned());
         entries.extend(self.binaries.iter().cloned());
+        entries.extend(layout_dirs(&inputs.recipe, inputs.profile()));
         entries.extend(enablement(&inputs.recipe, inputs.profile(), &entries)?);
         add_parents(&mut entries);
         let mut plan = Plan {
@@ -92,6 +94,7 @@ impl Planner {
                 os: inputs.profile().name.clone(),
                 system_dirs: inputs.profile().system_dirs.clone(),
                 network: Network::of(node)?,
+                sources: self.sources.clone(),
             },
             entries,
         };
@@ -120,34 +123,50 @@ fn file_entry(path: &str, mode: u32, secret: bool, bytes: Vec<u8>, origin: Origi
 /// Largest PKI file read (certificates, keys and kubeconfigs are a few KiB).
 const PKI_FILE_LIMIT: u64 = 1 << 20;
 
-/// The PKI files the layout names, read from `pki_dir`. The layout names them
-/// from the fixed set `pki init` creates (checked when it is loaded), so no
-/// name leaves the folder; and each must be a regular file in it: a symbolic
-/// link is refused (it could bring any file the builder can read into the
-/// image), as is anything but a regular file or a file over 1 MiB.
-fn read_pki(inv: &Inventory, recipe: &Recipe, profile: &Profile) -> Result<Vec<Entry>> {
+/// The PKI files the layout names for node `index` (1-based), read from
+/// `pki_dir`. The layout names them from the fixed set `pki init` creates, or
+/// its per-node patterns whose `{node}` becomes the controller's name, a DNS
+/// label (checked when it is loaded), so no name leaves the folder; and each
+/// must be a regular file in it: a symbolic link is refused (it could bring
+/// any file the builder can read into the image), as is anything but a
+/// regular file or a file over 1 MiB.
+fn read_pki(
+    inv: &Inventory,
+    index: usize,
+    recipe: &Recipe,
+    profile: &Profile,
+) -> Result<Vec<Entry>> {
     let dir = inv.pki_dir();
+    let node = &inv.controllers[index - 1].name;
     let mut out = Vec::new();
     let mut missing = Vec::new();
-    for p in &recipe.layout_def.pki {
-        if !crate::pki::files().iter().any(|f| f.name == p.file) {
+    for p in recipe
+        .layout_def
+        .pki
+        .iter()
+        .filter(|p| profile.keeps_pki(&p.path))
+    {
+        let fixed = crate::pki::files().iter().any(|f| f.name == p.file);
+        let per_node = crate::pki::node_file_patterns()
+            .iter()
+            .any(|f| f.name == p.file);
+        if !fixed && !per_node {
             return Err(Error::input(format!(
                 "layout: [[pki]] file {:?} is not a PKI file",
                 crate::error::clip(&p.file)
             )));
         }
-        let path = dir.join(&p.file);
+        let file = p.file.replace(crate::pki::NODE, node);
+        let path = dir.join(&file);
         match read_regular(&path) {
             Ok(bytes) => out.push(file_entry(
                 &profile.relocate(&p.path),
                 p.mode,
                 p.secret,
                 bytes,
-                Origin::Pki {
-                    file: p.file.clone(),
-                },
+                Origin::Pki { file },
             )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(p.file.as_str()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(file),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
                 return Err(Error::input(format!(
                     "PKI file {}: {e}: refused; put the file itself in the PKI folder",
@@ -200,18 +219,32 @@ fn read_regular(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Every member every artifact of the recipe installs, from the cache, where
-/// the OS profile puts it.
-fn binaries(cache: &Cache, recipe: &Recipe, arch: &str, profile: &Profile) -> Result<Vec<Entry>> {
+/// Every member every artifact of the recipe installs (those the OS profile
+/// and the inventory keep), from the cache, where the OS profile puts it; and
+/// where a node can fetch each artifact itself.
+fn binaries(
+    cache: &Cache,
+    recipe: &Recipe,
+    arch: &str,
+    profile: &Profile,
+) -> Result<(Vec<Entry>, Vec<Source>)> {
     let mut out = Vec::new();
-    for (a, index) in cache.resolve(recipe, arch)? {
+    let mut sources = Vec::new();
+    let kept: Vec<_> = recipe
+        .artifacts
+        .iter()
+        .filter(|a| profile.keeps_artifact(&a.name))
+        .collect();
+    for (a, index) in cache.resolve(recipe, &kept, arch)? {
         let pin = a.pin_for(&recipe.name, arch)?;
+        sources.push(Source::of(a, arch, &pin));
         for m in &a.members {
-            let blob = index.members.get(&m.path).ok_or_else(|| {
+            let member = m.path_for(arch);
+            let blob = index.members.get(&member).ok_or_else(|| {
                 Error::integrity(format!(
                     "the cache's index of {} lacks member {}; run `imgbuild cache verify` and import or fetch it again",
                     a.file_for(arch),
-                    m.path
+                    member
                 ))
             })?;
             out.push(Entry {
@@ -226,7 +259,7 @@ fn binaries(cache: &Cache, recipe: &Recipe, arch: &str, profile: &Profile) -> Re
                 },
                 origin: Origin::Artifact {
                     artifact: a.file_for(arch),
-                    member: m.path.clone(),
+                    member: member.clone(),
                     pinned: pin.clone(),
                     trust: a.trust,
                     source: a.source.clone(),
@@ -236,7 +269,18 @@ fn binaries(cache: &Cache, recipe: &Recipe, arch: &str, profile: &Profile) -> Re
             });
         }
     }
-    Ok(out)
+    Ok((out, sources))
+}
+
+/// The layout's folders with modes of their own, where the OS profile puts them.
+fn layout_dirs(recipe: &Recipe, profile: &Profile) -> Vec<Entry> {
+    recipe
+        .layout_def
+        .dirs
+        .iter()
+        .filter(|d| profile.keeps_dir(&d.path))
+        .map(|d| Entry::folder(&profile.relocate(&d.path), d.mode, "folder", false))
+        .collect()
 }
 
 /// `systemctl enable`, offline: `<target>.wants/<unit>` symlinks, for the
@@ -275,9 +319,15 @@ fn enablement(recipe: &Recipe, profile: &Profile, files: &[Entry]) -> Result<Vec
     Ok(out)
 }
 
-/// Every parent folder as an entry (0755, root), shared when a shared entry needs it.
+/// Every parent folder as an entry (0755, root), shared when a shared entry
+/// needs it; a folder already in `entries` (the layout's own) is kept as it is.
 fn add_parents(entries: &mut Vec<Entry>) {
     let mut dirs: BTreeMap<String, bool> = BTreeMap::new();
+    let given: std::collections::BTreeSet<String> = entries
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::Dir))
+        .map(|e| e.path.clone())
+        .collect();
     for e in entries.iter() {
         let mut p = e.path.as_str();
         while let Some((parent, _)) = p.rsplit_once('/') {
@@ -286,18 +336,7 @@ fn add_parents(entries: &mut Vec<Entry>) {
             p = parent;
         }
     }
-    for (path, shared) in dirs {
-        entries.push(Entry {
-            path,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            kind: EntryKind::Dir,
-            origin: Origin::Generated {
-                what: "parent folder".into(),
-            },
-            shared,
-            secret: false,
-        });
+    for (path, shared) in dirs.into_iter().filter(|(p, _)| !given.contains(p)) {
+        entries.push(Entry::folder(&path, 0o755, "parent folder", shared));
     }
 }

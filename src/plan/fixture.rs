@@ -94,9 +94,27 @@ pub fn sample_plan() -> Plan {
             network: None,
             os: "debian".into(),
             system_dirs: Vec::new(),
+            sources: Vec::new(),
         },
         entries,
     };
     plan.finish().unwrap();
     plan
+}
+
+/// A gzipped tar holding `members` (path, bytes), each 0755: a release
+/// archive for tests of what unpacks one.
+pub fn tar_gz(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, bytes) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        tar.append_data(&mut h, path, *bytes).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
 }

@@ -86,6 +86,20 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A folder made by imgbuild, owned by root.
+    pub fn folder(path: &str, mode: u32, what: &str, shared: bool) -> Entry {
+        Entry {
+            path: path.to_string(),
+            mode,
+            uid: 0,
+            gid: 0,
+            kind: EntryKind::Dir,
+            origin: Origin::Generated { what: what.into() },
+            shared,
+            secret: false,
+        }
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self.kind {
             EntryKind::Dir => "dir",
@@ -220,6 +234,83 @@ pub struct Meta {
     /// a running system (Ignition) leave them to it.
     #[serde(skip)]
     pub system_dirs: Vec<String>,
+    /// Where a node can fetch each artifact's members itself (cloud-init's
+    /// and Ignition's `--binaries mirror=URL`).
+    #[serde(skip)]
+    pub sources: Vec<Source>,
+}
+
+/// Where the node can get an artifact's members at boot: each on its own
+/// (`single`), or by fetching the artifact and unpacking it (`single` None).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The artifact's file name (what [`Origin::Artifact`] names).
+    pub file: String,
+    /// The recipe's name for it (a mirror's folder for an artifact with a
+    /// base of its own).
+    pub name: String,
+    /// The publisher's base URL, and whether it is not dl.k8s.io.
+    pub base: String,
+    pub own_base: bool,
+    /// The artifact's path under the base.
+    pub url_path: String,
+    /// `algorithm:hex` of the artifact.
+    pub pin: String,
+    /// Member path → its path under the base when published on its own.
+    pub single: BTreeMap<String, Option<String>>,
+}
+
+impl Source {
+    pub fn of(a: &crate::input::recipe::Artifact, arch: &str, pin: &str) -> Source {
+        Source {
+            file: a.file_for(arch),
+            name: a.name.clone(),
+            base: a.base().to_string(),
+            own_base: a.own_base(),
+            url_path: a.url_path_for(arch),
+            pin: pin.to_string(),
+            single: a
+                .members
+                .iter()
+                .map(|m| (m.path_for(arch), a.member_url_path(arch, &m.path)))
+                .collect(),
+        }
+    }
+
+    /// The URL of `under_base` (a path under the publisher's base) for a node
+    /// told `mirror=URL`: `URL/<path>` for dl.k8s.io's artifacts,
+    /// `URL/<name>/<path>` for one with a base of its own; with
+    /// `URL` = https://dl.k8s.io (upstream), that one's own base.
+    pub fn url(&self, mirror: &str, under_base: &str) -> String {
+        let mirror = mirror.trim_end_matches('/');
+        match (self.own_base, mirror == crate::input::recipe::DEFAULT_BASE) {
+            (false, _) => format!("{mirror}/{under_base}"),
+            (true, true) => format!("{}/{under_base}", self.base),
+            (true, false) => format!("{mirror}/{}/{under_base}", self.name),
+        }
+    }
+
+    /// How the node gets `member` from `mirror`: `(url, None)` for a member
+    /// published on its own, `(artifact url, Some(algorithm:hex))` for one it
+    /// unpacks from the artifact.
+    pub fn fetch(&self, mirror: &str, member: &str) -> (String, Option<&str>) {
+        match self.single.get(member).cloned().flatten() {
+            Some(path) => (self.url(mirror, &path), None),
+            None => (self.url(mirror, &self.url_path), Some(&self.pin)),
+        }
+    }
+}
+
+impl Plan {
+    /// The source of an artifact entry, if it is one.
+    pub fn source_of(&self, e: &Entry) -> Option<&Source> {
+        match &e.origin {
+            Origin::Artifact { artifact, .. } => {
+                self.meta.sources.iter().find(|s| &s.file == artifact)
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -307,18 +398,7 @@ mod tests {
     use super::*;
 
     fn dir(path: &str) -> Entry {
-        Entry {
-            path: path.into(),
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            kind: EntryKind::Dir,
-            origin: Origin::Generated {
-                what: "folder".into(),
-            },
-            shared: false,
-            secret: false,
-        }
+        Entry::folder(path, 0o755, "folder", false)
     }
 
     fn meta() -> Meta {
@@ -336,6 +416,7 @@ mod tests {
             network: None,
             os: "debian".into(),
             system_dirs: Vec::new(),
+            sources: Vec::new(),
         }
     }
 

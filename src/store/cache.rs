@@ -186,32 +186,49 @@ impl Cache {
         Ok(self.read_index(algorithm, hex)?.map(|(index, _)| index))
     }
 
-    /// Every artifact of `recipe` for `arch` with its verified index, or an
-    /// error (exit 3) that says how to bring what is missing.
+    /// Each of `artifacts` (of `recipe`) for `arch` with its verified index,
+    /// or an error (exit 3) that names every one missing and says how to
+    /// bring each.
     pub fn resolve<'r>(
         &self,
         recipe: &'r Recipe,
+        artifacts: &[&'r Artifact],
         arch: &str,
     ) -> Result<Vec<(&'r Artifact, ArtifactIndex)>> {
         let mut out = Vec::new();
-        for a in &recipe.artifacts {
-            let Some(index) = self.verified_index(recipe, a, arch)? else {
-                return Err(Error::missing(format!(
-                    "artifact {} ({}) of recipe {} is not in the cache {}.\n\
-                     On a connected machine: `imgbuild fetch` (or `--mirror URL` for an internal mirror laid out like https://dl.k8s.io).\n\
-                     Offline: download https://dl.k8s.io/{} elsewhere and run `imgbuild cache import {}`, \
-                     or carry a bundle made by `imgbuild airgap export` and run `imgbuild airgap import BUNDLE`",
-                    a.file_for(arch),
-                    a.pin_for(&recipe.name, arch)?,
-                    recipe.name,
-                    self.root.display(),
-                    a.url_path_for(arch),
-                    a.file_for(arch),
-                )));
-            };
-            out.push((a, index));
+        let mut missing = Vec::new();
+        for a in artifacts {
+            match self.verified_index(recipe, a, arch)? {
+                Some(index) => out.push((*a, index)),
+                None => missing.push(*a),
+            }
         }
-        Ok(out)
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let mut what = Vec::new();
+        let mut urls = Vec::new();
+        for a in &missing {
+            what.push(format!(
+                "artifact {} ({})",
+                a.file_for(arch),
+                a.pin_for(&recipe.name, arch)?
+            ));
+            urls.push(a.upstream_url(arch));
+        }
+        let files: Vec<String> = missing.iter().map(|a| a.file_for(arch)).collect();
+        Err(Error::missing(format!(
+            "{} of recipe {} {} not in the cache {}.\n\
+             On a connected machine: `imgbuild fetch` (or `--mirror URL` for an internal mirror: see docs/fetch.md for its layout).\n\
+             Offline: download {} elsewhere and run `imgbuild cache import {}`, \
+             or carry a bundle made by `imgbuild airgap export` and run `imgbuild airgap import BUNDLE`",
+            what.join(" and "),
+            recipe.name,
+            if missing.len() == 1 { "is" } else { "are" },
+            self.root.display(),
+            urls.join(" and "),
+            files.join(" "),
+        )))
     }
 
     /// Every index in the cache.

@@ -158,7 +158,7 @@ impl Cache {
         let lacks = artifact
             .members
             .iter()
-            .any(|m| !index.members.contains_key(&m.path));
+            .any(|m| !index.members.contains_key(&m.path_for(arch)));
         if lacks {
             // Another recipe pinning the same artifact took other members:
             // take this recipe's from the kept original (verified again).

@@ -258,11 +258,12 @@ impl Cache {
                 // The verified original is the member: it becomes the blob by a hard link.
                 self.persist(received.file, &dest)?;
                 self.link_blob(&dest, &sha256)?;
-                BTreeMap::from([(member.path.clone(), BlobRef { sha256, size })])
+                BTreeMap::from([(member.path_for(arch), BlobRef { sha256, size })])
             }
             ArtifactKind::Tarball => {
-                let wanted: BTreeSet<&str> =
-                    artifact.members.iter().map(|m| m.path.as_str()).collect();
+                let paths: Vec<String> =
+                    artifact.members.iter().map(|m| m.path_for(arch)).collect();
+                let wanted: BTreeSet<&str> = paths.iter().map(String::as_str).collect();
                 let mut taken: BTreeMap<String, (NamedTempFile, String, u64)> = BTreeMap::new();
                 let copy = received
                     .file

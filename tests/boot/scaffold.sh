@@ -1,8 +1,10 @@
 #!/bin/sh
 # Writes the boot test's own additions to the Debian base as a newc cpio archive:
 # the probe unit and script, the fstab line for the state disk (tests/boot/guest/),
-# and the kernel's virtio modules (virtio_pci and virtio_blk are modules in
-# Debian's cloud kernel; udev loads them from here).
+# the kernel's virtio modules (virtio_pci and virtio_blk are modules in
+# Debian's cloud kernel; udev loads them from here), and the real etcd behind
+# the etcd stand-in: this machine's /usr/bin/etcd (Debian's etcd-server), at
+# /usr/lib/imgbuild-boot-test/etcd.
 #
 #   tests/boot/scaffold.sh OUT.cpio KERNEL_RELEASE
 #
@@ -17,6 +19,9 @@ moddir=/lib/modules/$kver
 tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
 cp -a "$here/guest/." "$tree/"
+[ -x /usr/bin/etcd ] || { echo "scaffold: /usr/bin/etcd not found (apt-get install etcd-server)" >&2; exit 1; }
+mkdir -p "$tree/usr/lib/imgbuild-boot-test"
+cp /usr/bin/etcd "$tree/usr/lib/imgbuild-boot-test/etcd"
 mkdir -p "$tree/usr/lib/modules/$kver"
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
     src=$(modinfo -k "$kver" -n "$m")

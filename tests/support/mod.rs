@@ -20,7 +20,8 @@ use sha2::{Digest, Sha256};
 // Each test binary uses a part of these.
 #[allow(unused_imports)]
 pub use release::{
-    BINARIES, example_inventory, server_tarball, stand_in, stand_in_tarball, test_recipe,
+    BINARIES, etcd_binaries, etcd_stand_ins, etcd_tarball, etcd_tarball_name, etcd_version,
+    example_inventory, server_tarball, shipped_recipes, stand_in, stand_in_tarball, test_recipe,
 };
 #[allow(unused_imports)]
 pub use seed::{SeedUnit, fixture, seed_rbac, seed_units};

@@ -1,7 +1,8 @@
 //! The one test workspace: a temporary folder with an inventory, a PKI, the
-//! stand-in release tarball and a test recipe pinning it, a cache, a recipes
-//! folder and, when asked, a loopback mirror serving the tarball; and the
-//! imgbuild command run in it with a scrubbed environment.
+//! stand-in release tarballs (the server's and etcd's) and a test recipe
+//! pinning them, a cache, a recipes folder and, when asked, a loopback mirror
+//! serving the tarballs; and the imgbuild command run in it with a scrubbed
+//! environment.
 //!
 //! ```ignore
 //! let ws = Workspace::new("v1.10.2"); // the usual: everything, tarball imported
@@ -17,7 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use super::http_mirror::Mirror;
-use super::release::{BINARIES, example_inventory, server_tarball, stand_in, test_recipe};
+use super::release::{
+    BINARIES, etcd_stand_ins, etcd_tarball, etcd_tarball_name, etcd_version, example_inventory,
+    server_tarball, stand_in, test_recipe,
+};
 use super::{BIN, REPO, files_under, text};
 
 /// Cleared for every run, whatever the machine running the tests has set, so
@@ -69,11 +73,14 @@ pub struct Builder {
     inventory: Option<String>,
     pki: Pki,
     binaries: Binaries,
+    /// etcd's binaries, when not stand-ins of the server binaries' size.
+    etcd: Option<Vec<(&'static str, Vec<u8>)>>,
     import: bool,
     mirror: bool,
     offline: bool,
     explicit_inventory: bool,
     guard_secrets: bool,
+    external_etcd: bool,
 }
 
 impl Builder {
@@ -95,13 +102,19 @@ impl Builder {
         self
     }
 
+    /// These binaries in etcd's tarball instead of stand-ins.
+    pub fn etcd_contents(mut self, bins: Vec<(&'static str, Vec<u8>)>) -> Builder {
+        self.etcd = Some(bins);
+        self
+    }
+
     /// No tarball and no test recipe (the recipes folder is empty).
     pub fn no_binaries(mut self) -> Builder {
         self.binaries = Binaries::None;
         self
     }
 
-    /// The tarball and its recipe, but not imported: the cache is empty.
+    /// The tarballs and their recipe, but not imported: the cache is empty.
     pub fn not_imported(mut self) -> Builder {
         self.import = false;
         self
@@ -110,6 +123,14 @@ impl Builder {
     /// This inventory instead of the bundled example's (at the version and arch).
     pub fn inventory(mut self, text: &str) -> Builder {
         self.inventory = Some(text.into());
+        self
+    }
+
+    /// `[etcd] mode = "external"` in the inventory: the image holds no etcd,
+    /// and nothing fetches, imports or pins etcd's tarball for it (tests about
+    /// one artifact's download).
+    pub fn external_etcd(mut self) -> Builder {
+        self.external_etcd = true;
         self
     }
 
@@ -132,7 +153,8 @@ impl Builder {
         self
     }
 
-    /// A loopback [`Mirror`], serving the tarball (if any) where dl.k8s.io would.
+    /// A loopback [`Mirror`], serving the server tarball (if any) where
+    /// dl.k8s.io would, and etcd's under `etcd/` (docs/fetch.md).
     pub fn mirror(mut self) -> Builder {
         self.mirror = true;
         self
@@ -153,14 +175,20 @@ impl Builder {
     }
 
     pub fn build(self) -> Workspace {
-        let inventory = self
+        let mut inventory = self
             .inventory
             .unwrap_or_else(|| example_inventory(&self.version, &self.arch));
+        if self.external_etcd {
+            inventory.push_str("\n[etcd]\nmode = \"external\"\n");
+        }
+        let etcd = etcd_version(&self.version);
         let mut ws = Workspace {
             tmp: tempfile::tempdir().unwrap(),
             version: self.version,
             arch: self.arch,
+            etcd,
             tarball: None,
+            etcd_tarball: None,
             mirror: None,
             offline: self.offline,
             explicit_inventory: self.explicit_inventory,
@@ -176,16 +204,27 @@ impl Builder {
             Pki::None => {}
         }
         let bins = match self.binaries {
-            Binaries::StandIns(size) => {
-                Some(BINARIES.iter().map(|n| (*n, stand_in(n, size))).collect())
-            }
-            Binaries::Given(bins) => Some(bins),
+            Binaries::StandIns(size) => Some((
+                BINARIES.iter().map(|n| (*n, stand_in(n, size))).collect(),
+                size,
+            )),
+            Binaries::Given(bins) => Some((bins, 64 * 1024)),
             Binaries::None => None,
         };
-        if let Some(bins) = bins {
-            ws.add_tarball(&bins);
-            if self.import {
+        if let Some((bins, size)) = bins {
+            let etcd_bins = self
+                .etcd
+                .unwrap_or_else(|| etcd_stand_ins(&ws.etcd, "", size));
+            ws.add_tarballs(&bins, &etcd_bins);
+            if self.import && self.external_etcd {
                 ws.ok(&["cache", "import", &ws.tarball_name()]);
+            } else if self.import {
+                ws.ok(&[
+                    "cache",
+                    "import",
+                    &ws.tarball_name(),
+                    &ws.etcd_tarball_name(),
+                ]);
             }
         }
         if self.mirror {
@@ -195,6 +234,9 @@ impl Builder {
                     &format!("{}/{}", ws.version, ws.tarball_name()),
                     tarball.clone(),
                 );
+            }
+            if let Some(tarball) = &ws.etcd_tarball {
+                mirror.put(&ws.etcd_mirror_path(), tarball.clone());
             }
             ws.mirror = Some(mirror);
         }
@@ -206,7 +248,10 @@ pub struct Workspace {
     tmp: tempfile::TempDir,
     version: String,
     arch: String,
+    /// The etcd release the version's recipe carries (`v3.6.5`).
+    etcd: String,
     tarball: Option<Vec<u8>>,
+    etcd_tarball: Option<Vec<u8>>,
     mirror: Option<Mirror>,
     offline: bool,
     explicit_inventory: bool,
@@ -228,11 +273,13 @@ impl Workspace {
             inventory: None,
             pki: Pki::Fresh,
             binaries: Binaries::StandIns(64 * 1024),
+            etcd: None,
             import: true,
             mirror: false,
             offline: true,
             explicit_inventory: false,
             guard_secrets: false,
+            external_etcd: false,
         }
     }
 
@@ -264,6 +311,28 @@ impl Workspace {
     /// The bytes of the workspace's server tarball (the recipe pins them).
     pub fn tarball(&self) -> &[u8] {
         self.tarball.as_deref().expect("a workspace with binaries")
+    }
+
+    /// The etcd release of the workspace's recipe (`v3.6.5`).
+    pub fn etcd(&self) -> &str {
+        &self.etcd
+    }
+
+    /// `etcd-<etcd>-linux-<arch>.tar.gz`
+    pub fn etcd_tarball_name(&self) -> String {
+        etcd_tarball_name(&self.etcd, &self.arch)
+    }
+
+    /// Where a mirror holds etcd's tarball: `etcd/<etcd>/<file>`.
+    pub fn etcd_mirror_path(&self) -> String {
+        format!("etcd/{}/{}", self.etcd, self.etcd_tarball_name())
+    }
+
+    /// The bytes of the workspace's etcd tarball (the recipe pins them).
+    pub fn etcd_tarball(&self) -> &[u8] {
+        self.etcd_tarball
+            .as_deref()
+            .expect("a workspace with binaries")
     }
 
     /// The mirror made by [`Builder::mirror`].
@@ -413,16 +482,19 @@ impl Workspace {
         }
     }
 
-    /// Write the server tarball and a recipe pinning it.
-    fn add_tarball(&mut self, bins: &[(&str, Vec<u8>)]) {
+    /// Write the server and etcd tarballs and a recipe pinning them.
+    fn add_tarballs(&mut self, bins: &[(&str, Vec<u8>)], etcd_bins: &[(&str, Vec<u8>)]) {
         let tarball = server_tarball(bins);
+        let etcd = etcd_tarball(&self.etcd, &self.arch, etcd_bins);
         fs::write(self.path(&self.tarball_name()), &tarball).unwrap();
+        fs::write(self.path(&self.etcd_tarball_name()), &etcd).unwrap();
         fs::write(
             self.path(&format!("recipes/kubernetes-{}.toml", self.version)),
-            test_recipe(&self.version, &self.arch, &tarball),
+            test_recipe(&self.version, &self.arch, &tarball, &etcd),
         )
         .unwrap();
         self.tarball = Some(tarball);
+        self.etcd_tarball = Some(etcd);
     }
 
     fn copy_fixed_pki(&self) {

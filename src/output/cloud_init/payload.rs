@@ -278,14 +278,20 @@ fn script(
         if *binaries == Binaries::Seed {
             let _ = writeln!(s, "{}", seed_mount());
         }
-        for (src, b) in &sources {
+        for src in &sources {
+            let b = src.entry;
             let EntryKind::File { sha256, .. } = &b.kind else {
                 unreachable!()
             };
+            let more: String = src
+                .unpack_args()
+                .iter()
+                .map(|a| format!(" {}", sh_quote(a)))
+                .collect();
             let _ = writeln!(
                 s,
-                "install_binary {} {sha256} \"$r\"{} {} {}",
-                sh_quote(src),
+                "install_binary {} {sha256} \"$r\"{} {} {}{more}",
+                sh_quote(&src.src),
                 sh_quote(&format!("/{}", b.path)),
                 yaml::mode_str(b.mode),
                 yaml::owner_spec(b)
@@ -380,7 +386,7 @@ pub(super) fn read_script(script: &str, what: &str) -> Result<(Fetch, Vec<Listed
                 sha256: None,
                 target: None,
             }),
-            ["install_binary", src, sha, dest, m, owner] => {
+            ["install_binary", src, sha, dest, m, owner, ..] => {
                 let (uid, gid) = owner.split_once(':').ok_or_else(|| bad("bad owner"))?;
                 entries.push(Listed {
                     path: dest.to_string(),

@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use super::{Binaries, Options, SEED_LABEL, SEED_MOUNT};
 use crate::error::{Error, Result, clip};
 use crate::output::manifest::Listed;
-use crate::plan::{Entry, EntryKind, Network, Plan};
+use crate::plan::{Entry, EntryKind, Network, Origin, Plan};
 use crate::util::digest::sha256_hex;
 
 /// What a user-data creates, as read back.
@@ -86,9 +86,12 @@ pub(super) fn mode_str(mode: u32) -> String {
 }
 
 /// Verify-then-install, run once per binary with positional arguments so no
-/// value is ever spliced into shell text. `$1` is fetched by `FETCH`.
+/// value is ever spliced into shell text. `$1` is fetched by `FETCH`; with
+/// `$6` (a member) and `$7` (`algorithm:hex`), `$1` is a release archive the
+/// publisher serves only whole (etcd's): it is checked against that pin, and
+/// the member taken from it.
 const INSTALL_SCRIPT: &str = r#"set -eu
-src="$1" sha="$2" dest="$3" mode="$4" owner="$5"
+src="$1" sha="$2" dest="$3" mode="$4" owner="$5" member="${6:-}" pin="${7:-}"
 tmp="$dest.imgbuild-new"
 FETCH
 actual=$(sha256sum "$tmp" | cut -d' ' -f1)
@@ -101,10 +104,16 @@ chmod "$mode" "$tmp"
 chown "$owner" "$tmp"
 mv -f "$tmp" "$dest""#;
 
-const FETCH_MIRROR: &str = r#"if command -v curl >/dev/null 2>&1; then
-  curl -fsSL --retry 5 -o "$tmp" "$src" || { rm -f "$tmp"; echo "imgbuild: cannot download $src" >&2; exit 1; }
-else
-  wget -q -O "$tmp" "$src" || { rm -f "$tmp"; echo "imgbuild: cannot download $src" >&2; exit 1; }
+const FETCH_MIRROR: &str = r#"get() {
+  { if command -v curl >/dev/null 2>&1; then curl -fsSL --retry 5 -o "$2" "$1"; else wget -q -O "$2" "$1"; fi; } ||
+    { rm -f "$2"; echo "imgbuild: cannot download $1" >&2; exit 1; }
+}
+if [ -z "$member" ]; then get "$src" "$tmp"; else
+  a="$tmp.archive"; get "$src" "$a"
+  got=$("${pin%%:*}sum" "$a" | cut -d' ' -f1)
+  [ "$got" = "${pin#*:}" ] || { rm -f "$a"; echo "imgbuild: $src has ${pin%%:*} $got, expected $pin: $dest not installed" >&2; exit 1; }
+  tar -xzOf "$a" "$member" >"$tmp" || { rm -f "$a" "$tmp"; echo "imgbuild: no $member in $src" >&2; exit 1; }
+  rm -f "$a"
 fi"#;
 
 const FETCH_SEED: &str = r#"cp "$src" "$tmp" || { rm -f "$tmp"; echo "imgbuild: cannot copy $src from the seed volume" >&2; exit 1; }"#;
@@ -122,9 +131,28 @@ pub(super) fn seed_mount() -> String {
     format!("mkdir -p {SEED_MOUNT} && mount -o ro LABEL={SEED_LABEL} {SEED_MOUNT}")
 }
 
+/// One binary the node installs: where it comes from, the entry, and for a
+/// member of an archive the node unpacks, that member's path in it and the
+/// archive's pin (`algorithm:hex`).
+pub(super) struct Source<'a> {
+    pub src: String,
+    pub entry: &'a Entry,
+    pub unpack: Option<(String, String)>,
+}
+
+impl Source<'_> {
+    /// The install step's arguments after `src sha dest mode owner`.
+    pub fn unpack_args(&self) -> Vec<&str> {
+        match &self.unpack {
+            Some((member, pin)) => vec![member, pin],
+            None => vec![],
+        }
+    }
+}
+
 /// What [`binary_sources`] returns: each binary with where it comes from, and
 /// the seed volume's files.
-pub(super) type Sources<'a> = (Vec<(String, &'a Entry)>, Vec<(String, Entry)>);
+pub(super) type Sources<'a> = (Vec<Source<'a>>, Vec<(String, Entry)>);
 
 /// Binaries the node installs at boot, each with where it comes from (a mirror
 /// URL, or its path on the seed volume), and the files the seed volume must
@@ -141,13 +169,19 @@ pub(super) fn binary_sources<'a>(plan: &'a Plan, binaries: &Binaries) -> Result<
         .filter(|e| matches!(e.kind, EntryKind::File { .. }))
     {
         let name = b.path.rsplit('/').next().unwrap_or(&b.path);
+        let mut unpack = None;
         let src = match binaries {
-            Binaries::Mirror(url) => {
-                format!(
+            Binaries::Mirror(url) => match (plan.source_of(b), &b.origin) {
+                (Some(s), Origin::Artifact { member, .. }) => {
+                    let (src, pin) = s.fetch(url, member);
+                    unpack = pin.map(|p| (member.clone(), p.to_string()));
+                    src
+                }
+                _ => format!(
                     "{url}/{}/bin/linux/{}/{name}",
                     meta.kubernetes_version, meta.arch
-                )
-            }
+                ),
+            },
             _ => {
                 if let Some((_, other)) = seed_files.iter().find(|(n, _)| n == name) {
                     return Err(Error::input(format!(
@@ -159,7 +193,11 @@ pub(super) fn binary_sources<'a>(plan: &'a Plan, binaries: &Binaries) -> Result<
                 format!("{SEED_MOUNT}/{name}")
             }
         };
-        sources.push((src, b));
+        sources.push(Source {
+            src,
+            entry: b,
+            unpack,
+        });
     }
     Ok((sources, seed_files))
 }
@@ -280,26 +318,26 @@ pub(super) fn user_data(plan: &Plan, opts: &Options) -> Result<(String, Vec<(Str
         if opts.binaries == Binaries::Seed {
             let _ = writeln!(y, "- {}", flow(&["sh", "-c", &seed_mount()]));
         }
-        for (src, b) in &sources {
+        for s in &sources {
+            let b = s.entry;
             let EntryKind::File { sha256, .. } = &b.kind else {
                 unreachable!()
             };
             let dest = format!("/{}", b.path);
-            let _ = writeln!(
-                y,
-                "- {}",
-                flow(&[
-                    "sh",
-                    "-c",
-                    &script,
-                    "imgbuild-install",
-                    src,
-                    sha256,
-                    &dest,
-                    &mode_str(b.mode),
-                    &owner_spec(b),
-                ])
-            );
+            let (mode, owner) = (mode_str(b.mode), owner_spec(b));
+            let mut args = vec![
+                "sh",
+                "-c",
+                &script,
+                "imgbuild-install",
+                &s.src,
+                sha256,
+                &dest,
+                &mode,
+                &owner,
+            ];
+            args.extend(s.unpack_args());
+            let _ = writeln!(y, "- {}", flow(&args));
         }
         if opts.binaries == Binaries::Seed {
             let _ = writeln!(y, "- {}", flow(&["umount", SEED_MOUNT]));
@@ -492,6 +530,7 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
                         dest,
                         mode,
                         owner,
+                        ..,
                     ] => {
                         carries = true;
                         let (uid, gid) = owner_ids(owner)?;
@@ -728,6 +767,51 @@ mod tests {
             0o750
         );
         assert_eq!(fs::read(&dest).unwrap(), b"binary");
+    }
+
+    /// The mirror step for a member of a release archive, run for real with
+    /// /bin/sh and curl (file:// URL): the archive is checked against its pin,
+    /// then the member against its sha256; either wrong installs nothing.
+    #[test]
+    fn install_step_unpacks_a_pinned_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let body: &[u8] = b"etcd binary";
+        let archive = crate::plan::fixture::tar_gz(&[("etcd-v3.6.5-linux-amd64/etcd", body)]);
+        let src = dir.path().join("etcd-v3.6.5-linux-amd64.tar.gz");
+        fs::write(&src, &archive).unwrap();
+        let dest = dir.path().join("etcd");
+        let script = INSTALL_SCRIPT.replace("FETCH", FETCH_MIRROR);
+        let run = |sha: &str, pin: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", &script, "imgbuild-install"])
+                .arg(format!("file://{}", src.display()))
+                .arg(sha)
+                .arg(&dest)
+                .args(["0755", &format!("{}:{}", own_ids().0, own_ids().1)])
+                .args(["etcd-v3.6.5-linux-amd64/etcd", pin])
+                .output()
+                .unwrap()
+        };
+        let pin = format!("sha256:{}", sha256_hex(&archive));
+        let bad_pin = run(&sha256_hex(body), &format!("sha256:{}", sha256_hex(b"x")));
+        let said = String::from_utf8_lossy(&bad_pin.stderr);
+        assert!(
+            !bad_pin.status.success() && said.contains("not installed"),
+            "{said}"
+        );
+        assert!(!dest.exists());
+        let bad_member = run(&sha256_hex(b"other"), &pin);
+        assert!(!bad_member.status.success());
+        assert!(!dest.exists());
+        let good = run(&sha256_hex(body), &pin);
+        assert!(
+            good.status.success(),
+            "{}",
+            String::from_utf8_lossy(&good.stderr)
+        );
+        assert_eq!(fs::read(&dest).unwrap(), body);
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 2, "temporary files left behind");
     }
 
     /// Our own uid and gid, so chown succeeds without privileges.

@@ -145,7 +145,7 @@ pub const GZIP: &str = "gzip";
 const GZIP_FIELD: usize = r#","compression":"gzip""#.len();
 
 /// A file's contents as a data URL: gzipped when the config gets smaller.
-fn data_contents(bytes: &[u8]) -> Contents {
+pub(super) fn data_contents(bytes: &[u8]) -> Contents {
     let raw = BASE64.encode(bytes);
     let gz = BASE64.encode(gzip_bytes(bytes));
     if gz.len() + GZIP_FIELD < raw.len() {
@@ -264,6 +264,7 @@ pub fn config(plan: &Plan, opts: &Options) -> Result<Config> {
 
     let mut storage = Storage::default();
     let mut units: Vec<Unit> = Vec::new();
+    let mut unpack = super::unpack::Unpack::default();
     for e in plan.ordered().filter(|e| wanted(e)) {
         let path = format!("/{}", e.path);
         let (user, group) = (Id { id: e.uid }, Id { id: e.gid });
@@ -299,18 +300,37 @@ pub fn config(plan: &Plan, opts: &Options) -> Result<Config> {
                     continue;
                 }
                 let contents = match (&e.origin, &opts.binaries) {
-                    (Origin::Artifact { .. }, Binaries::Mirror(url)) => Contents {
-                        source: format!(
-                            "{url}/{}/bin/linux/{}/{}",
-                            meta.kubernetes_version,
-                            meta.arch,
-                            binary_name(e)
-                        ),
-                        compression: None,
-                        verification: Some(Verification {
-                            hash: format!("sha256-{sha256}"),
-                        }),
-                    },
+                    (Origin::Artifact { member, .. }, Binaries::Mirror(url)) => {
+                        let source = match plan.source_of(e) {
+                            Some(s) => match s.fetch(url, member) {
+                                (single, None) => single,
+                                (archive, Some(pin)) => {
+                                    // Only in an archive: the node unpacks it.
+                                    let m = super::unpack::Member {
+                                        member: member.clone(),
+                                        sha256: sha256.clone(),
+                                        dest: path,
+                                        mode: e.mode,
+                                    };
+                                    unpack.add(&s.file, &archive, pin, m);
+                                    continue;
+                                }
+                            },
+                            None => format!(
+                                "{url}/{}/bin/linux/{}/{}",
+                                meta.kubernetes_version,
+                                meta.arch,
+                                binary_name(e)
+                            ),
+                        };
+                        Contents {
+                            source,
+                            compression: None,
+                            verification: Some(Verification {
+                                hash: format!("sha256-{sha256}"),
+                            }),
+                        }
+                    }
                     _ => data_contents(&e.read_bytes()?),
                 };
                 storage.files.push(File {
@@ -325,9 +345,15 @@ pub fn config(plan: &Plan, opts: &Options) -> Result<Config> {
         }
     }
 
-    // Enabled units first, in the layout's order; a unit the overlay does not
-    // ship (the distribution's) is enabled without contents.
+    // Enabled units first, in the layout's order (the unpacking one-shot
+    // before them all); a unit the overlay does not ship (the distribution's)
+    // is enabled without contents.
     let mut ordered: Vec<Unit> = Vec::new();
+    if !unpack.is_empty() {
+        let (files, unit) = unpack.into_config(&meta.unit_order)?;
+        storage.files.extend(files);
+        ordered.push(unit);
+    }
     for name in &meta.unit_order {
         let Some((target, _)) = enabled.iter().find(|(_, u)| u == name) else {
             continue;

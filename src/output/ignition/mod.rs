@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod read;
+pub mod unpack;
 
 use std::path::Path;
 

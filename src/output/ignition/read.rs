@@ -180,6 +180,50 @@ pub fn parse(bytes: &[u8], what: &str) -> Result<Listing> {
             enabled.push(u.name.clone());
         }
     }
+    // Binaries fetched in archives: what the unpacking one-shot installs,
+    // instead of the archives, its script and itself.
+    if let Some(unit) = config
+        .systemd
+        .units
+        .iter()
+        .find(|u| u.name == super::unpack::UNIT)
+    {
+        let text = unit.contents.as_deref().unwrap_or_default();
+        let groups = super::unpack::parse_unit(text).ok_or_else(|| {
+            Error::input(format!(
+                "{what}: {} is not the unit imgbuild writes",
+                super::unpack::UNIT
+            ))
+        })?;
+        for (archive, m) in groups {
+            let Some(src) = found.get(&archive).and_then(|a| a.target.clone()) else {
+                return Err(Error::input(format!(
+                    "{what}: {} takes {} from {archive}, which the config does not fetch",
+                    super::unpack::UNIT,
+                    m.member
+                )));
+            };
+            found.insert(
+                m.dest.clone(),
+                Listed {
+                    path: m.dest,
+                    kind: "file",
+                    mode: m.mode,
+                    uid: 0,
+                    gid: 0,
+                    size: None,
+                    sha256: Some(m.sha256),
+                    target: Some(format!("{src} ({})", m.member)),
+                },
+            );
+        }
+        found.retain(|p, _| {
+            !p.starts_with(&format!("{}/", super::unpack::ARCHIVES))
+                && p != super::unpack::SCRIPT
+                && *p != format!("/{UNIT_DIR}/{}", super::unpack::UNIT)
+        });
+        enabled.retain(|u| u != super::unpack::UNIT);
+    }
     let mut implied = BTreeSet::new();
     for path in found.keys() {
         let mut p = path.as_str();
