@@ -34,10 +34,11 @@ const ENABLED: [&str; 4] = [
     "kube-rbac-bootstrap.service",
 ];
 /// The budget for the bundled example's config (node 1, v1.36.0, binaries from
-/// a mirror): 20 KiB, well inside Hetzner's 32 KiB, the smallest user-data
-/// limit it can fit (AWS's 16 KiB cannot hold the keys and kubeconfigs). See
-/// README, "Flatcar and Fedora CoreOS".
-const BUDGET: usize = 20 * 1024;
+/// a mirror): 30 KiB, inside Hetzner's 32 KiB, the smallest user-data limit it
+/// can fit (AWS's 16 KiB cannot hold the keys and kubeconfigs). From v1.34 the
+/// audit policy, the front-proxy certificates and the check script take about
+/// 9 KB of it. See README, "Flatcar and Fedora CoreOS".
+const BUDGET: usize = 30 * 1024;
 
 fn ignition_validate(path: &Path) -> (bool, String) {
     let out = Command::new("ignition-validate")
@@ -366,7 +367,7 @@ fn applied_equals_folder(
         for p in binary_paths() {
             assert!(dir_form.remove(&p).is_some(), "{p}");
         }
-        assert!(dir_form.remove("opt/bin").is_some());
+        drop_empty_bin_dir(&mut dir_form);
     } else {
         assert_eq!(remote.len(), BINARIES.len());
     }
@@ -558,9 +559,10 @@ fn ignition_apply_lays_the_folder_form_and_checks_every_binary() {
     let mut applied = tree(&root);
     applied.remove("");
     let mut baked_form = dir_form.clone();
-    for p in binary_paths().iter().chain([&"opt/bin".to_string()]) {
-        baked_form.remove(p).unwrap();
+    for p in binary_paths() {
+        baked_form.remove(&p).unwrap();
     }
+    drop_empty_bin_dir(&mut baked_form);
     assert_same_tree(
         baked_form,
         applied,
@@ -689,6 +691,15 @@ fn systemd_enables_from_ignitions_preset_what_the_folder_form_links() {
     }
 }
 
+/// Without the binaries, the image's folder for them stays the image's: the
+/// config leaves it alone unless a node file of its own lives there (from
+/// v1.34, kube-control-plane-check), when Ignition makes it as a parent.
+fn drop_empty_bin_dir<V>(tree: &mut BTreeMap<String, V>) {
+    if !tree.keys().any(|k| k.starts_with("opt/bin/")) {
+        assert!(tree.remove("opt/bin").is_some());
+    }
+}
+
 #[test]
 fn the_example_config_stays_within_its_budget() {
     let ws = Workspace::builder("v1.36.0").fixed_pki().build();
@@ -804,9 +815,9 @@ fn flatcar_leaves_nginx_out_and_says_where_to_point_the_load_balancer() {
         let says = format!("https://10.240.0.12:6443{path}");
         assert!(
             lint.contains(&says)
-                && lint.starts_with(
+                && lint.lines().any(|l| l.starts_with(
                     "note: node 2: /etc/nginx/conf.d/kubernetes-healthz.conf: left out on flatcar"
-                ),
+                )),
             "{lint}"
         );
         assert!(!ws.ok(&["lint", "--node", "2"]).contains("left out"));

@@ -54,12 +54,14 @@ impl Overlay {
     /// The templates the recipe's layout names for `profile`, parsed.
     pub fn load(assets: &Assets, recipe: &Recipe, profile: Profile) -> Result<Overlay> {
         let layout = &recipe.layout_def;
+        let version = Version::parse(&recipe.kubernetes_version);
         let mut templates = Vec::new();
         let mut sources = Vec::new();
         for f in layout
             .files
             .iter()
             .filter(|f| profile.keeps_file(&f.template))
+            .filter(|f| version.is_none_or(|v| crate::input::recipe::since_applies(&f.since, v)))
         {
             let asset = assets
                 .overlay_file(&layout.overlay, &f.template)?

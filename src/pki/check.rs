@@ -146,6 +146,7 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
     }
 
     check_encryption(&mut r, &dir, &inv.cluster.kubernetes_version);
+    super::front_proxy::check(&mut r, &dir, inv, now, ca.as_deref());
     // Per file, in the order of `files()`: a key's lines follow its certificate's.
     let order: Vec<String> = super::files().into_iter().map(|f| f.name).collect();
     r.findings.sort_by_key(|f| {
@@ -222,7 +223,7 @@ fn read_text(
     }
 }
 
-fn load_cert(
+pub(super) fn load_cert(
     r: &mut CheckReport,
     dir: &Path,
     name: &str,
@@ -251,7 +252,7 @@ fn load_cert(
     }
 }
 
-fn load_key(
+pub(super) fn load_key(
     r: &mut CheckReport,
     dir: &Path,
     name: &str,
@@ -277,7 +278,7 @@ fn load_key(
     }
 }
 
-fn expiry(r: &mut CheckReport, file: &str, der: &[u8], now: i64, fix: Fix) {
+pub(super) fn expiry(r: &mut CheckReport, file: &str, der: &[u8], now: i64, fix: Fix) {
     let Ok((nb, na)) = with_cert(der, |c| {
         (
             c.validity().not_before.timestamp(),
@@ -319,7 +320,7 @@ fn expiry(r: &mut CheckReport, file: &str, der: &[u8], now: i64, fix: Fix) {
     }
 }
 
-fn key_matches(
+pub(super) fn key_matches(
     r: &mut CheckReport,
     cert_file: &str,
     key_file: &str,
@@ -350,10 +351,10 @@ fn key_matches(
 
 /// How a file's profile problems are fixed: each remedy's fix, and what to add
 /// to the message of a problem that needs a new key.
-type ProfileFix<'a> = (fn(Remedy) -> Fix, &'a str);
+pub(super) type ProfileFix<'a> = (fn(Remedy) -> Fix, &'a str);
 
 /// The profile's findings for the certificate in `file` (see `profile`).
-fn check_profile(
+pub(super) fn check_profile(
     r: &mut CheckReport,
     file: &str,
     der: &[u8],

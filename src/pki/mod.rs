@@ -18,6 +18,7 @@
 mod check;
 mod encryption;
 mod files;
+mod front_proxy;
 mod generate;
 mod keys;
 mod kubeconfig;
@@ -165,6 +166,8 @@ pub fn files() -> Vec<PkiFile> {
         name: ENCRYPTION_CONFIG.into(),
         secret: true,
     });
+    // The aggregation layer's, from v1.34 (`pki init` makes them only then).
+    out.extend(front_proxy::files());
     out
 }
 
@@ -421,7 +424,7 @@ mod tests {
                 "{name}"
             );
         }
-        assert_eq!(secret.len(), 6 + 3 + 1);
+        assert_eq!(secret.len(), 6 + 3 + 1 + 2);
         assert!(!is_secret("ca.pem"));
         assert!(is_secret("ca-key.pem"));
     }

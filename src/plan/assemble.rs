@@ -129,7 +129,13 @@ fn read_pki(inv: &Inventory, recipe: &Recipe, profile: &Profile) -> Result<Vec<E
     let dir = inv.pki_dir();
     let mut out = Vec::new();
     let mut missing = Vec::new();
-    for p in &recipe.layout_def.pki {
+    let version = crate::input::recipe::Version::parse(&recipe.kubernetes_version);
+    for p in recipe
+        .layout_def
+        .pki
+        .iter()
+        .filter(|p| version.is_none_or(|v| crate::input::recipe::since_applies(&p.since, v)))
+    {
         if !crate::pki::files().iter().any(|f| f.name == p.file) {
             return Err(Error::input(format!(
                 "layout: [[pki]] file {:?} is not a PKI file",
