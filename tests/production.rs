@@ -690,6 +690,12 @@ fn nginx_verifies_the_api_server_and_is_this_nodes_default_server() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // s_server listens once it has read its key: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", upstream)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let local = |c: &str| {
         c.replace(
             "https://127.0.0.1:6443",
@@ -764,4 +770,56 @@ fn nginx_verifies_the_api_server_and_is_this_nodes_default_server() {
     }
     let _ = server.kill();
     let _ = server.wait();
+}
+
+// ---------------------------------------------------------------------------
+// cloud-init
+// ---------------------------------------------------------------------------
+
+/// `packages: [nginx]` unless `--no-packages` (nginx already in the image, as
+/// on an air-gapped node), and `cloud-init schema` accepts both; the seed's
+/// version keeps its user-data (runcmd, no packages).
+#[test]
+fn cloud_init_installs_nginx_unless_told_not_to() {
+    let schema = |ud: &Path| {
+        let out = Command::new("cloud-init")
+            .args(["schema", "--config-file"])
+            .arg(ud)
+            .output()
+            .expect("cloud-init must be installed");
+        assert!(
+            out.status.success() && support::text(&out).contains("Valid cloud-config"),
+            "{}",
+            support::text(&out)
+        );
+    };
+    let ws = Workspace::new("v1.36.0");
+    ws.ok(&["cloud-init", "--node", "1", "--out", "with"]);
+    ws.ok(&[
+        "cloud-init",
+        "--node",
+        "1",
+        "--no-packages",
+        "--out",
+        "without",
+    ]);
+    let with = ws.path("with/controller-1-cloud-init/user-data");
+    let without = ws.path("without/controller-1-cloud-init/user-data");
+    schema(&with);
+    schema(&without);
+    let (with, without) = (
+        fs::read_to_string(&with).unwrap(),
+        fs::read_to_string(&without).unwrap(),
+    );
+    assert!(with.contains("\npackages:\n- \"nginx\"\n"), "{with}");
+    assert!(!without.contains("\npackages:"), "{without}");
+    assert!(with.contains("/var/lib/cloud/scripts/per-boot/imgbuild-node"));
+    ws.ok(&["inspect", "--verify", "with/controller-1-cloud-init"]);
+    let seed = Workspace::new("v1.10.2");
+    seed.ok(&["cloud-init", "--node", "1"]);
+    let ud = fs::read_to_string(seed.path("out/controller-1-cloud-init/user-data")).unwrap();
+    assert!(
+        !ud.contains("\npackages:") && ud.contains("runcmd:"),
+        "{ud}"
+    );
 }

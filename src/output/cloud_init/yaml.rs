@@ -87,7 +87,7 @@ pub(super) fn mode_str(mode: u32) -> String {
 
 /// Verify-then-install, run once per binary with positional arguments so no
 /// value is ever spliced into shell text. `$1` is fetched by `FETCH`.
-const INSTALL_SCRIPT: &str = r#"set -eu
+pub(super) const INSTALL_SCRIPT: &str = r#"set -eu
 src="$1" sha="$2" dest="$3" mode="$4" owner="$5"
 tmp="$dest.imgbuild-new"
 FETCH
@@ -232,7 +232,13 @@ pub(super) fn user_data(plan: &Plan, opts: &Options) -> Result<(String, Vec<(Str
     let binaries_on_node = opts.binaries != Binaries::Baked;
     let wanted = |e: &Entry| !e.shared || binaries_on_node;
 
+    let current = plan.meta.current_control_plane();
     let mut y = header(plan, &opts.binaries, "");
+    // From v1.34: nginx from the distribution, unless the image has it (--no-packages).
+    let units = units_to_start(plan, binaries_on_node);
+    if current && opts.packages && units.iter().any(|u| u == "nginx.service") {
+        y.push_str("packages:\n- \"nginx\"\n");
+    }
 
     // Folders first (bootcmd runs before write_files), with their modes and owners.
     let dirs: Vec<&Entry> = plan
@@ -271,10 +277,22 @@ pub(super) fn user_data(plan: &Plan, opts: &Options) -> Result<(String, Vec<(Str
         }
     }
 
+    let (sources, seed_files) = binary_sources(plan, &opts.binaries)?;
+    if current {
+        // The boot step, retried at every boot until it succeeds (see `boot`).
+        let script = super::boot::script(plan, &opts.binaries, &(sources, Vec::new()));
+        write_files_item(
+            &mut y,
+            super::boot::SCRIPT_PATH,
+            0o700,
+            script.as_bytes(),
+            false,
+        );
+        return Ok((y, seed_files));
+    }
     y.push_str("runcmd:\n");
     // runcmd is one /bin/sh script: stop at the first failure, before any unit starts.
     y.push_str("- \"set -e\"\n");
-    let (sources, seed_files) = binary_sources(plan, &opts.binaries)?;
     if !sources.is_empty() {
         let script = install_script(&opts.binaries);
         if opts.binaries == Binaries::Seed {
@@ -315,7 +333,7 @@ pub(super) fn user_data(plan: &Plan, opts: &Options) -> Result<(String, Vec<(Str
         }
     }
     y.push_str("- [\"systemctl\", \"daemon-reload\"]\n");
-    for u in &units_to_start(plan, binaries_on_node) {
+    for u in &units {
         let _ = writeln!(y, "- {}", flow(&["systemctl", "enable", "--now", u]));
     }
     Ok((y, seed_files))
@@ -439,6 +457,8 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
             Ok((uid, g.parse().map_err(|_| bad("bad gid"))?))
         };
         match section {
+            // Packages the node installs (nginx): not entries of its tree.
+            "packages" => continue,
             "bootcmd" | "runcmd" => {
                 let item = line
                     .strip_prefix("- ")
@@ -574,6 +594,16 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
                 )));
             }
         };
+        if path == super::boot::SCRIPT_PATH {
+            // The v1.34+ boot step: the binaries it installs, its links and owners.
+            let script = String::from_utf8(bytes)
+                .map_err(|_| Error::input(format!("{what}: {path}: not UTF-8")))?;
+            let (installed, owners) = super::boot::read_script(&script, what)?;
+            carries |= installed.iter().any(|e| e.kind == "file");
+            entries.extend(installed);
+            chowns.extend(owners);
+            continue;
+        }
         if path == super::payload::SCRIPT_PATH {
             // The boot script of --payload-url: not a file of the node's tree.
             let script = String::from_utf8(bytes)
@@ -650,6 +680,7 @@ mod tests {
             binaries: Binaries::Baked,
             provider: Provider::Nocloud,
             payload: None,
+            packages: true,
         };
         let r = render(&plan, &opts).unwrap();
         let found = parse_user_data(r.user_data_text.as_bytes(), "user-data").unwrap();
