@@ -775,6 +775,7 @@ mod tests {
                 binaries: binaries.clone(),
                 provider: Provider::Nocloud,
                 payload: None,
+                packages: true,
             };
             let r = cloud_init::render(&plan, &opts).unwrap();
             let dest = dir
@@ -803,6 +804,7 @@ mod tests {
             binaries: Binaries::Seed,
             provider: Provider::Nocloud,
             payload: None,
+            packages: true,
         };
         let r = cloud_init::render(&bad, &opts).unwrap();
         let dest = dir.path().join("bad");

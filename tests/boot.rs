@@ -816,6 +816,12 @@ enum Expect {
     Applies,
     /// Same state disk again: the one-shot must not run.
     Skips,
+    /// v1.34 on, fresh state disk: the API server comes up LATE seconds
+    /// late; the one-shot retries with growing waits and applies RBAC once.
+    HealsAfterOutage,
+    /// v1.34 on, same state disk again: the one-shot runs, applies nothing,
+    /// removes admin.kubeconfig again (the initramfs brings it back).
+    AlreadyDone,
 }
 
 fn check_common(
@@ -1287,6 +1293,8 @@ fn check_oneshot(
             );
             None
         }
+        Expect::HealsAfterOutage => check_healed(c, f, rbac_versions),
+        Expect::AlreadyDone => check_already_done(c, f),
         Expect::Applies => {
             c.check(
                 f,
@@ -1314,100 +1322,7 @@ fn check_oneshot(
                     u("ExecMainStatus")
                 ),
             );
-            // Ordering: nothing but health checks before the API server was healthy.
-            let healthy = f
-                .api_events()
-                .iter()
-                .find(|e| e["event"] == "healthy")
-                .and_then(|e| e["mono"].as_f64());
-            c.check(f, healthy.is_some(), "the stand-in never became healthy");
-            let healthy = healthy.unwrap_or(f64::MAX);
-            let api: Vec<&Value> = requests
-                .iter()
-                .filter(|r| !is_health(r["path"].as_str().unwrap_or("")) && r["path"] != "/version")
-                .filter(|r| r["method"].is_string())
-                .collect();
-            let first_api = api
-                .iter()
-                .filter_map(|r| r["mono"].as_f64())
-                .fold(f64::MAX, f64::min);
-            c.check(f, !api.is_empty(), "kubectl never reached the API server");
-            c.check(
-                f,
-                first_api >= healthy,
-                format!(
-                    "the first API request came {:.2}s before the API server was healthy",
-                    healthy - first_api
-                ),
-            );
-            c.check(
-                f,
-                api.iter().all(|r| r["status"] != 503),
-                "an API request was turned away as not ready",
-            );
-            c.check(
-                f,
-                requests.iter().any(|r| {
-                    is_health(r["path"].as_str().unwrap_or(""))
-                        && r["status"] == 200
-                        && r["mono"]
-                            .as_f64()
-                            .is_some_and(|m| m >= t0 && m <= first_api)
-                }),
-                format!("{ONESHOT} did not see a healthy API server before applying"),
-            );
-            c.check(
-                f,
-                api.iter().all(|r| r["client"]["user"] == "admin" && r["client"]["groups"].as_array().is_some_and(|g| g.iter().any(|g| g == "system:masters"))),
-                "kubectl did not authenticate as admin (system:masters) with admin.kubeconfig's client certificate",
-            );
-            // The two objects, with the seed's content, created once each.
-            for (resource, want) in [
-                ("clusterroles", seed_clusterrole()),
-                ("clusterrolebindings", seed_clusterrolebinding()),
-            ] {
-                let got: Vec<&&Value> = creates
-                    .iter()
-                    .filter(|r| {
-                        r["path"]
-                            .as_str()
-                            .is_some_and(|p| p.ends_with(&format!("/{resource}")))
-                    })
-                    .collect();
-                c.check(
-                    f,
-                    got.len() == 1,
-                    format!("{} {resource} created, expected 1", got.len()),
-                );
-                if let Some(r) = got.first() {
-                    let path = r["path"].as_str().unwrap_or("");
-                    let served = rbac_versions
-                        .iter()
-                        .any(|v| path == format!("/apis/rbac.authorization.k8s.io/{v}/{resource}"));
-                    c.check(f, served, format!("{resource} created through {path}, not a served rbac version ({rbac_versions:?})"));
-                    let api_version = r["body"]["apiVersion"].as_str().unwrap_or("");
-                    c.check(
-                        f,
-                        path.contains(&format!("/{api_version}/")),
-                        format!("body apiVersion {api_version} does not match {path}"),
-                    );
-                    let norm = normalize(&r["body"]);
-                    c.check(
-                        f,
-                        norm == want,
-                        format!(
-                            "{resource}: received\n{}\nexpected the seed's\n{}",
-                            serde_json::to_string_pretty(&norm).unwrap(),
-                            serde_json::to_string_pretty(&want).unwrap()
-                        ),
-                    );
-                }
-            }
-            c.check(
-                f,
-                done,
-                format!("{DONE_FILE} was not recorded on the state disk"),
-            );
+            let (healthy, first_api) = check_rbac_applied(c, f, rbac_versions);
             let done_text = f.text("state-done.txt");
             eprintln!(
                 "  [{}] {ONESHOT}: ran {:.1}s; API healthy at {:.1}s, first API request at {:.1}s (monotonic); {} objects created",
@@ -1473,6 +1388,369 @@ fn check_oneshot(
     }
 }
 
+/// The one-shot applied the seed's RBAC: only after the API server was healthy
+/// (and a health check said so), authenticated as admin, each object once,
+/// through a served rbac version; the done file is on the state disk.
+/// Returns when the stand-in became healthy and the first API request came.
+fn check_rbac_applied(c: &mut Checks, f: &Facts, rbac_versions: &[&str]) -> (f64, f64) {
+    let requests = f.api_requests();
+    let (t0, _) = f.oneshot_window();
+    let creates: Vec<&Value> = requests
+        .iter()
+        .filter(|r| r["method"] == "POST" && r["status"] == 201)
+        .collect();
+    let done = f.text("state-ls.txt").contains("kube-rbac-bootstrap.done");
+    // Ordering: nothing but health checks before the API server was healthy.
+    let healthy = f
+        .api_events()
+        .iter()
+        .find(|e| e["event"] == "healthy")
+        .and_then(|e| e["mono"].as_f64());
+    c.check(f, healthy.is_some(), "the stand-in never became healthy");
+    let healthy = healthy.unwrap_or(f64::MAX);
+    let api: Vec<&Value> = requests
+        .iter()
+        .filter(|r| !is_health(r["path"].as_str().unwrap_or("")) && r["path"] != "/version")
+        .filter(|r| r["method"].is_string())
+        .collect();
+    let first_api = api
+        .iter()
+        .filter_map(|r| r["mono"].as_f64())
+        .fold(f64::MAX, f64::min);
+    c.check(f, !api.is_empty(), "kubectl never reached the API server");
+    c.check(
+        f,
+        first_api >= healthy,
+        format!(
+            "the first API request came {:.2}s before the API server was healthy",
+            healthy - first_api
+        ),
+    );
+    c.check(
+        f,
+        api.iter().all(|r| r["status"] != 503),
+        "an API request was turned away as not ready",
+    );
+    c.check(
+        f,
+        requests.iter().any(|r| {
+            is_health(r["path"].as_str().unwrap_or(""))
+                && r["status"] == 200
+                && r["mono"]
+                    .as_f64()
+                    .is_some_and(|m| m >= t0 && m <= first_api)
+        }),
+        format!("{ONESHOT} did not see a healthy API server before applying"),
+    );
+    c.check(
+        f,
+        api.iter().all(|r| r["client"]["user"] == "admin" && r["client"]["groups"].as_array().is_some_and(|g| g.iter().any(|g| g == "system:masters"))),
+        "kubectl did not authenticate as admin (system:masters) with admin.kubeconfig's client certificate",
+    );
+    // The two objects, with the seed's content, created once each.
+    for (resource, want) in [
+        ("clusterroles", seed_clusterrole()),
+        ("clusterrolebindings", seed_clusterrolebinding()),
+    ] {
+        let got: Vec<&&Value> = creates
+            .iter()
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(&format!("/{resource}")))
+            })
+            .collect();
+        c.check(
+            f,
+            got.len() == 1,
+            format!("{} {resource} created, expected 1", got.len()),
+        );
+        if let Some(r) = got.first() {
+            let path = r["path"].as_str().unwrap_or("");
+            let served = rbac_versions
+                .iter()
+                .any(|v| path == format!("/apis/rbac.authorization.k8s.io/{v}/{resource}"));
+            c.check(f, served, format!("{resource} created through {path}, not a served rbac version ({rbac_versions:?})"));
+            let api_version = r["body"]["apiVersion"].as_str().unwrap_or("");
+            c.check(
+                f,
+                path.contains(&format!("/{api_version}/")),
+                format!("body apiVersion {api_version} does not match {path}"),
+            );
+            let norm = normalize(&r["body"]);
+            c.check(
+                f,
+                norm == want,
+                format!(
+                    "{resource}: received\n{}\nexpected the seed's\n{}",
+                    serde_json::to_string_pretty(&norm).unwrap(),
+                    serde_json::to_string_pretty(&want).unwrap()
+                ),
+            );
+        }
+    }
+    c.check(
+        f,
+        done,
+        format!("{DONE_FILE} was not recorded on the state disk"),
+    );
+    (healthy, first_api)
+}
+
+/// LATE seconds of API server outage in the v1.34+ boot (IMGBUILD_BOOT_LATE;
+/// the 12 minutes by default).
+fn late_seconds() -> u64 {
+    env_or("IMGBUILD_BOOT_LATE", "720")
+        .parse()
+        .expect("IMGBUILD_BOOT_LATE: seconds")
+}
+
+/// The shipped one-shot's knobs, read from the unit as the boot loaded it.
+fn oneshot_env(f: &Facts) -> BTreeMap<String, u64> {
+    f.prop(ONESHOT, "Environment")
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.trim_end_matches('s').parse().ok()?)))
+        .collect()
+}
+
+/// The journal lines of the one-shot's own script (not systemd's).
+fn oneshot_messages(f: &Facts) -> Vec<String> {
+    f.jsonl("journal-rbac.jsonl")
+        .iter()
+        .filter(|e| e["SYSLOG_IDENTIFIER"] != "systemd")
+        .filter_map(|e| e["MESSAGE"].as_str().map(String::from))
+        .collect()
+}
+
+/// v1.34+, API server LATE seconds late on a fresh state disk: the one-shot
+/// failed attempt after attempt, each bounded, waiting longer each time up to
+/// its cap, never gave up, applied RBAC once soon after the API server came
+/// up, and removed admin.kubeconfig; the boot did not wait for it.
+fn check_healed(c: &mut Checks, f: &Facts, rbac_versions: &[&str]) -> Option<String> {
+    let u = |k: &str| f.prop(ONESHOT, k);
+    let late = late_seconds() as f64;
+    c.check(
+        f,
+        u("Result") == "success" && u("ExecMainStatus") == "0" && u("ActiveState") == "inactive",
+        format!(
+            "{ONESHOT} ended {}/{} with result {} status {}, expected success",
+            u("ActiveState"),
+            u("SubState"),
+            u("Result"),
+            u("ExecMainStatus")
+        ),
+    );
+    c.check(
+        f,
+        u("Restart") == "on-failure" && u("StartLimitIntervalUSec") == "0",
+        format!(
+            "{ONESHOT}: Restart={} StartLimitIntervalUSec={}",
+            u("Restart"),
+            u("StartLimitIntervalUSec")
+        ),
+    );
+    let events = f.api_events();
+    let mono = |name: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == name)
+            .and_then(|e| e["mono"].as_f64())
+    };
+    let (started, listening) = (mono("start"), mono("listening"));
+    c.check(
+        f,
+        started
+            .zip(listening)
+            .is_some_and(|(s, l)| l - s >= late - 1.0),
+        format!(
+            "the stand-in was not down for {late}s: started {started:?}, listening {listening:?}"
+        ),
+    );
+    // Many attempts, each failed one waiting longer: 5, 10, 20, ... up to BACKOFF_MAX.
+    let env = oneshot_env(f);
+    let (first, cap) = (env["BACKOFF_FIRST"], env["BACKOFF_MAX"]);
+    let messages = oneshot_messages(f);
+    let waits: Vec<u64> = messages
+        .iter()
+        .filter(|m| m.contains(" failed: "))
+        .filter_map(|m| {
+            m.split("starts in ")
+                .nth(1)?
+                .split('s')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let expected: Vec<u64> = (0..waits.len() as u32)
+        .map(|n| (first << n.min(20)).min(cap))
+        .collect();
+    c.check(
+        f,
+        waits.len() >= 3 && waits == expected,
+        format!("waits between attempts {waits:?}, expected {expected:?} (at least 3)"),
+    );
+    let restarts: usize = u("NRestarts").parse().unwrap_or(0);
+    c.check(
+        f,
+        restarts == waits.len(),
+        format!(
+            "{ONESHOT} restarted {restarts} times for {} failed attempts",
+            waits.len()
+        ),
+    );
+    let journal = f.text("journal-rbac.txt");
+    c.check(
+        f,
+        !journal.contains("timed out") && !journal.contains("'timeout'"),
+        format!("an attempt of {ONESHOT} overran its TimeoutStartSec:\n{journal}"),
+    );
+    let (healthy, first_api) = check_rbac_applied(c, f, rbac_versions);
+    // Healed soon after the API server came up: within one wait, one
+    // RestartSec and one attempt (two bounded kubectl calls).
+    let bound = (cap + 5 + 2 * env["CALL_TIMEOUT"]) as f64;
+    c.check(
+        f,
+        first_api - healthy <= bound,
+        format!(
+            "RBAC applied {:.0}s after the API server became healthy, over {bound}s",
+            first_api - healthy
+        ),
+    );
+    let reached = f.mono("multi-user.target", "ActiveEnterTimestampMonotonic");
+    c.check(
+        f,
+        reached > 0.0 && listening.is_some_and(|l| reached < l),
+        format!("multi-user.target was reached at {reached:.1}s, after the API server came up: the boot waited"),
+    );
+    check_admin_kubeconfig_removed(c, f, &messages);
+    // The check during the outage: the node does not serve.
+    let outage = f.text("check-outage.txt");
+    c.check(
+        f,
+        f.text("check-outage.rc").trim() == "2"
+            && outage.contains("CRITICAL API server https://127.0.0.1:6443/readyz")
+            && outage.ends_with("kube-control-plane-check: CRITICAL\n"),
+        format!(
+            "kube-control-plane-check during the outage: rc {} (expected 2, CRITICAL)\n{outage}",
+            f.text("check-outage.rc").trim()
+        ),
+    );
+    eprintln!(
+        "  [{}] {ONESHOT}: API server down {late}s, {} failed attempts (waits {waits:?}), RBAC applied {:.1}s after it became healthy",
+        f.name,
+        waits.len(),
+        first_api - healthy
+    );
+    Some(f.text("state-done.txt"))
+}
+
+/// v1.34+, a later boot: the one-shot ran, applied nothing, and removed the
+/// admin.kubeconfig the initramfs brought back.
+fn check_already_done(c: &mut Checks, f: &Facts) -> Option<String> {
+    let u = |k: &str| f.prop(ONESHOT, k);
+    c.check(
+        f,
+        u("Result") == "success" && u("ExecMainStatus") == "0" && u("NRestarts") == "0",
+        format!(
+            "{ONESHOT}: result {} status {} restarts {}",
+            u("Result"),
+            u("ExecMainStatus"),
+            u("NRestarts")
+        ),
+    );
+    let messages = oneshot_messages(f);
+    c.check(
+        f,
+        messages
+            .iter()
+            .any(|m| m.starts_with("RBAC already applied")),
+        format!("{ONESHOT} does not say RBAC was applied before: {messages:?}"),
+    );
+    let requests = f.api_requests();
+    let kubectl = requests
+        .iter()
+        .filter(|r| {
+            r["user_agent"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("kubectl"))
+        })
+        .count();
+    c.check(
+        f,
+        kubectl == 0,
+        format!("kubectl talked to the API server on a later boot: {kubectl} requests"),
+    );
+    c.check(
+        f,
+        !requests.iter().any(|r| r["method"] == "POST"),
+        "objects were created again on a later boot",
+    );
+    check_admin_kubeconfig_removed(c, f, &messages);
+    Some(f.text("state-done.txt"))
+}
+
+fn check_admin_kubeconfig_removed(c: &mut Checks, f: &Facts, messages: &[String]) {
+    let ls = f.text("kubernetes-ls.txt");
+    c.check(
+        f,
+        !ls.contains("admin.kubeconfig") && ls.contains("kube-scheduler.kubeconfig"),
+        format!("admin.kubeconfig is still on the node (remove_admin_kubeconfig):\n{ls}"),
+    );
+    c.check(
+        f,
+        messages
+            .iter()
+            .any(|m| m.starts_with("removed /var/lib/kubernetes/admin.kubeconfig")),
+        format!("{ONESHOT} does not say it removed admin.kubeconfig: {messages:?}"),
+    );
+}
+
+/// v1.34+, once the API server serves: kube-control-plane-check passes
+/// everything on the node (0 with --local, also through the one-shot's
+/// --check) and warns (1) about the unreachable load balancer.
+fn check_control_plane_check(c: &mut Checks, f: &Facts) {
+    let all = f.text("check.txt");
+    for line in [
+        "OK       API server https://127.0.0.1:6443/livez: live",
+        "OK       API server https://127.0.0.1:6443/readyz: ready (3 checks passed)",
+        "OK       nginx http://127.0.0.1/healthz (Host: kubernetes.default.svc.cluster.local): ok",
+        "OK       nginx http://127.0.0.1/readyz (the load balancer's check): ok",
+        "WARNING  load balancer https://203.0.113.10:6443/version: HTTP 000",
+        "OK       RBAC for kube-apiserver to kubelet: applied",
+    ] {
+        c.check(
+            f,
+            all.lines().any(|l| l.starts_with(line)),
+            format!("kube-control-plane-check lacks {line:?}:\n{all}"),
+        );
+    }
+    c.check(
+        f,
+        all.lines()
+            .any(|l| l.starts_with("OK       API server https://127.0.0.1:6443/version: v1.")),
+        format!("kube-control-plane-check did not see the version:\n{all}"),
+    );
+    for (file, rc) in [("check", "1"), ("check-local", "0"), ("check-oneshot", "0")] {
+        c.check(
+            f,
+            f.text(&format!("{file}.rc")).trim() == rc,
+            format!(
+                "{file}: exit {} expected {rc}:\n{}",
+                f.text(&format!("{file}.rc")).trim(),
+                f.text(&format!("{file}.txt"))
+            ),
+        );
+    }
+    c.check(
+        f,
+        f.text("check-local.txt")
+            .ends_with("kube-control-plane-check: OK\n"),
+        format!("--local:\n{}", f.text("check-local.txt")),
+    );
+}
+
 /// ATTEMPTS in the failing boot's drop-in (tests/boot/failing/...), read once,
 /// when the test packs the drop-in.
 fn narrowed_attempts() -> usize {
@@ -1488,6 +1766,12 @@ fn narrowed_attempts() -> usize {
             .find_map(|w| w.strip_prefix("ATTEMPTS=").and_then(|n| n.parse().ok()))
             .expect("ATTEMPTS= in the drop-in")
     })
+}
+
+/// Whether `version` gets the v1.34+ control plane (input::control_plane).
+fn is_current(version: &str) -> bool {
+    imgbuild::input::recipe::Version::parse(version)
+        .is_some_and(imgbuild::input::control_plane::is_current)
 }
 
 /// Which rbac.authorization.k8s.io versions a server of `version` serves.
@@ -1785,49 +2069,86 @@ fn boot_version(r: &Run) -> (String, Checks) {
         reuse: r.reuse,
     };
 
-    // 5. Three boots.
-    fresh_state_disk();
-    let failing = Machine {
-        initrd: initrd_failing,
-        ..machine.clone()
-    }
-    .boot(clock, work, "1-apiserver-failing", FAIL_SWITCH);
-    let first = machine.boot(clock, work, "2-first-healthy", "");
-    let second = machine.boot(clock, work, "3-second-same-disk", "");
-
-    // 6. Assertions.
+    // 5. The boots, and 6. the assertions. From v1.34 the one-shot retries
+    // until it succeeds: the API server comes up LATE seconds late on a fresh
+    // state disk, then a later boot. Before, the seed's bounded one-shot:
+    // failing, first healthy boot, a later one.
     let mut c = Checks::default();
     let served = rbac_versions(&version);
-    for (f, expect) in [
-        (&failing, Expect::ApiServerFailing),
-        (&first, Expect::Applies),
-        (&second, Expect::Skips),
-    ] {
-        check_common(&mut c, f, &version, &overlay, expect);
-    }
-    check_oneshot(&mut c, &failing, Expect::ApiServerFailing, &served);
-    let done_first = check_oneshot(&mut c, &first, Expect::Applies, &served);
-    let done_second = check_oneshot(&mut c, &second, Expect::Skips, &served);
-    c.check(
-        &second,
-        done_first == done_second,
-        format!("the done file changed: {done_first:?} -> {done_second:?}"),
-    );
-    c.check(
-        &second,
-        first.text("boot-id.txt") != second.text("boot-id.txt"),
-        "the second boot has the first boot's boot id",
-    );
-    c.check(
-        &failing,
-        failing.text("cmdline.txt").contains(FAIL_SWITCH)
-            && !first.text("cmdline.txt").contains(FAIL_SWITCH),
-        "the failure switch is not where it should be on the kernel command lines",
-    );
+    fresh_state_disk();
+    let boots = if is_current(&version) {
+        let late = late_seconds();
+        let healed = Machine {
+            timeout: timeout + Duration::from_secs(late),
+            ..machine.clone()
+        }
+        .boot(
+            clock,
+            work,
+            &format!("1-apiserver-{late}s-late"),
+            &format!("imgbuild_test.apiserver=late:{late}"),
+        );
+        let again = machine.boot(clock, work, "2-later-same-disk", "");
+        for (f, expect) in [
+            (&healed, Expect::HealsAfterOutage),
+            (&again, Expect::AlreadyDone),
+        ] {
+            check_common(&mut c, f, &version, &overlay, expect);
+            check_control_plane_check(&mut c, f);
+        }
+        let done_first = check_oneshot(&mut c, &healed, Expect::HealsAfterOutage, &served);
+        let done_again = check_oneshot(&mut c, &again, Expect::AlreadyDone, &served);
+        c.check(
+            &again,
+            done_first == done_again && done_first.as_ref().is_some_and(|d| !d.is_empty()),
+            format!("the done file changed: {done_first:?} -> {done_again:?}"),
+        );
+        c.check(
+            &again,
+            healed.text("boot-id.txt") != again.text("boot-id.txt"),
+            "the later boot has the first boot's boot id",
+        );
+        vec![healed, again]
+    } else {
+        let failing = Machine {
+            initrd: initrd_failing,
+            ..machine.clone()
+        }
+        .boot(clock, work, "1-apiserver-failing", FAIL_SWITCH);
+        let first = machine.boot(clock, work, "2-first-healthy", "");
+        let second = machine.boot(clock, work, "3-second-same-disk", "");
+        for (f, expect) in [
+            (&failing, Expect::ApiServerFailing),
+            (&first, Expect::Applies),
+            (&second, Expect::Skips),
+        ] {
+            check_common(&mut c, f, &version, &overlay, expect);
+        }
+        check_oneshot(&mut c, &failing, Expect::ApiServerFailing, &served);
+        let done_first = check_oneshot(&mut c, &first, Expect::Applies, &served);
+        let done_second = check_oneshot(&mut c, &second, Expect::Skips, &served);
+        c.check(
+            &second,
+            done_first == done_second,
+            format!("the done file changed: {done_first:?} -> {done_second:?}"),
+        );
+        c.check(
+            &second,
+            first.text("boot-id.txt") != second.text("boot-id.txt"),
+            "the second boot has the first boot's boot id",
+        );
+        c.check(
+            &failing,
+            failing.text("cmdline.txt").contains(FAIL_SWITCH)
+                && !first.text("cmdline.txt").contains(FAIL_SWITCH),
+            "the failure switch is not where it should be on the kernel command lines",
+        );
+        vec![failing, first, second]
+    };
 
     let mut summary = String::new();
     writeln!(summary, "  {version} (imgbuild output {format}):").unwrap();
-    for f in [&failing, &first, &second] {
+    for f in &boots {
         writeln!(
             summary,
             "    boot {:<22} {:6.1}s wall, boot finished at {}s uptime ({})",
@@ -1842,7 +2163,7 @@ fn boot_version(r: &Run) -> (String, Checks) {
         .unwrap();
     }
     if !c.failed.is_empty() {
-        for f in [&failing, &first, &second] {
+        for f in &boots {
             eprintln!(
                 "--- {version} {}: console {}; journal of {ONESHOT}:\n{}",
                 f.name,

@@ -109,6 +109,38 @@ fn first_pki(layout: &mut toml::Value) -> &mut toml::Value {
 // ---------------------------------------------------------------- the good case
 
 /// The helpers make a bundle that imports: the hostile cases differ from it in one thing.
+/// The bundle's manifest says where each recipe file came from without the
+/// exporting machine's paths: the workspace's recipe folder (given with
+/// --recipes) appears as `recipe folder:` and the path inside it.
+#[test]
+fn the_manifest_records_no_path_of_the_exporting_machine() {
+    let (ws, b) = exported();
+    let m = b.manifest();
+    let text = m.to_string();
+    let here = ws.dir().display().to_string();
+    assert!(!text.contains(&here), "{text}");
+    let origins: Vec<&str> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["origin"].as_str().unwrap())
+        .collect();
+    for o in &origins {
+        assert!(
+            o.starts_with("built-in:") || o.starts_with("recipe folder:") || o.starts_with("lock:"),
+            "{o}"
+        );
+        assert!(
+            !o.contains("/tmp") && !o.contains("/home") && !o.contains("/root"),
+            "{o}"
+        );
+    }
+    assert!(
+        origins.contains(&format!("recipe folder:kubernetes-{V}.toml").as_str()),
+        "{origins:?}"
+    );
+}
+
 #[test]
 fn a_lock_bundle_imports() {
     let (ws, b) = lock_bundle();

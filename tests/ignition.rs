@@ -35,11 +35,12 @@ const ENABLED: [&str; 5] = [
     "kube-rbac-bootstrap.service",
 ];
 /// The budget for the bundled example's config (node 1, v1.36.0, binaries from
-/// a mirror): 28 KiB, inside Hetzner's 32 KiB, the smallest user-data limit it
-/// can fit (AWS's 16 KiB cannot hold the keys and kubeconfigs). It was 20 KiB
-/// before etcd: its unit, certificate and key and the unpacking one-shot add
-/// about 6 KB. See README, "Flatcar and Fedora CoreOS".
-const BUDGET: usize = 28 * 1024;
+/// a mirror): 40 KiB, inside the 64 KiB of Azure and OpenStack (AWS's 16 KiB
+/// cannot hold the keys and kubeconfigs; Hetzner's 32 KiB no longer holds
+/// etcd's certificates and unit with v1.34's audit policy, front-proxy
+/// certificates and check script). It was 20 KiB before those. See README,
+/// "Flatcar and Fedora CoreOS".
+const BUDGET: usize = 40 * 1024;
 
 fn ignition_validate(path: &Path) -> (bool, String) {
     let out = Command::new("ignition-validate")
@@ -448,7 +449,7 @@ fn applied_equals_folder(
         for p in binary_paths().iter().chain(&etcd_paths(ws)) {
             assert!(dir_form.remove(p).is_some(), "{p}");
         }
-        assert!(dir_form.remove("opt/bin").is_some());
+        drop_empty_bin_dir(&mut dir_form);
     } else {
         // Each binary, and etcd's archive.
         assert_eq!(remote.len(), BINARIES.len() + 1);
@@ -671,13 +672,12 @@ fn ignition_apply_lays_the_folder_form_and_checks_every_binary() {
     let mut applied = tree(&root);
     applied.remove("");
     let mut baked_form = dir_form.clone();
-    for p in binary_paths()
-        .iter()
-        .chain(&etcd_paths(&ws))
-        .chain([&"opt/bin".to_string()])
-    {
+    // /opt/bin stays only for what is not a binary of the release (the check
+    // script).
+    for p in binary_paths().iter().chain(&etcd_paths(&ws)) {
         baked_form.remove(p).unwrap();
     }
+    drop_empty_bin_dir(&mut baked_form);
     assert_same_tree(
         baked_form,
         applied,
@@ -848,6 +848,15 @@ fn systemd_enables_from_ignitions_preset_what_the_folder_form_links() {
     }
 }
 
+/// Without the binaries, the image's folder for them stays the image's: the
+/// config leaves it alone unless a node file of its own lives there (from
+/// v1.34, kube-control-plane-check), when Ignition makes it as a parent.
+fn drop_empty_bin_dir<V>(tree: &mut BTreeMap<String, V>) {
+    if !tree.keys().any(|k| k.starts_with("opt/bin/")) {
+        assert!(tree.remove("opt/bin").is_some());
+    }
+}
+
 #[test]
 fn the_example_config_stays_within_its_budget() {
     let ws = Workspace::builder("v1.36.0").fixed_pki().build();
@@ -977,9 +986,9 @@ fn flatcar_leaves_nginx_out_and_says_where_to_point_the_load_balancer() {
         let says = format!("https://10.240.0.12:6443{path}");
         assert!(
             lint.contains(&says)
-                && lint.starts_with(
+                && lint.lines().any(|l| l.starts_with(
                     "note: node 2: /etc/nginx/conf.d/kubernetes-healthz.conf: left out on flatcar"
-                ),
+                )),
             "{lint}"
         );
         assert!(!ws.ok(&["lint", "--node", "2"]).contains("left out"));

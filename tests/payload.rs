@@ -92,21 +92,21 @@ fn folder_output(ws: &Workspace, node: usize) -> (Tree, Vec<String>) {
     (tree(&ws.path(&format!("{out}/controller-{node}"))), shared)
 }
 
-/// The units the non-payload user-data of node 1 enables and starts, in order,
-/// as `systemctl` arguments.
+/// The units the non-payload user-data of node 1 starts, in order, as the
+/// `systemctl` arguments its per-boot script (v1.34 on) passes.
 fn units_started_by_runcmd(ws: &Workspace) -> String {
     ws.ok(&["cloud-init", "--node", "1", "--out", "runcmd"]);
     let ud = fs::read_to_string(ws.path("runcmd/controller-1-cloud-init/user-data")).unwrap();
     let mut calls = String::new();
-    for line in ud.lines() {
-        if let Some(rest) = line.strip_prefix("- [\"systemctl\", ") {
-            let args: Vec<String> = serde_json::from_str(&format!("[{rest}")).unwrap();
-            calls.push_str(&args.join(" "));
-            calls.push('\n');
+    for line in ud.lines().map(str::trim) {
+        if line == "systemctl daemon-reload" {
+            calls.push_str("daemon-reload\n");
+        } else if let Some(unit) = line.strip_prefix("start ") {
+            calls.push_str(&format!("start --no-block {unit}\n"));
         }
     }
     assert!(
-        calls.contains("enable --now kube-apiserver.service"),
+        calls.contains("start --no-block kube-apiserver.service"),
         "{ud}"
     );
     calls
@@ -600,4 +600,209 @@ fn bad_urls_headers_and_sizes_are_refused() {
         "{err}"
     );
     assert!(!ws.path("out/controller-1-payload.tar.gz").exists());
+}
+
+/// v1.34+, the user-data with the node's files: its per-boot script, run by
+/// cloud-init's own scripts-per-boot module. A failed step (a binary with a
+/// wrong byte on the mirror) records which step in cloud-init.failed, starts
+/// nothing and marks nothing done; the next boot installs, starts every unit
+/// without waiting (the RBAC one-shot last), names a unit it could not start
+/// (nginx not installed) and tries again at the boot after, which finishes;
+/// the one after that does nothing.
+#[test]
+fn the_node_boot_step_leaves_a_marker_and_is_retried_at_the_next_boot() {
+    let ws = Workspace::new("v1.36.0");
+    ws.ok(&[
+        "controller",
+        "--node",
+        "1",
+        "--format",
+        "dir",
+        "--out",
+        "dir-1",
+    ]);
+    let bin = |name: &str| {
+        fs::read(ws.path(&format!("dir-1/controller-1/usr/local/bin/{name}"))).unwrap()
+    };
+    let mirror = Mirror::start();
+    let put_all = |flip: bool| {
+        for b in support::BINARIES {
+            let name = b.rsplit('/').next().unwrap();
+            let mut bytes = bin(name);
+            if flip && name == "kube-apiserver" {
+                let at = bytes.len() / 2;
+                bytes[at] ^= 1;
+            }
+            mirror.put(&format!("k8s/v1.36.0/bin/linux/amd64/{name}"), bytes);
+        }
+    };
+    put_all(true);
+    ws.ok(&[
+        "cloud-init",
+        "--node",
+        "1",
+        "--binaries",
+        &format!("mirror={}/k8s", mirror.url()),
+    ]);
+    let ud_path = ws.path("out/controller-1-cloud-init/user-data");
+    let ud = fs::read_to_string(&ud_path).unwrap();
+    assert!(ud.contains("packages:\n- \"nginx\"\n"), "{ud}");
+    assert!(!ud.contains("runcmd:"), "{ud}");
+    let node = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // bootcmd's folders, then cloud-init's write_files.
+    for line in ud
+        .lines()
+        .filter(|l| l.starts_with("- [\"install\", \"-d\""))
+    {
+        let argv: Vec<String> = serde_json::from_str(&line[2..]).unwrap();
+        fs::create_dir_all(
+            node.path()
+                .join(argv.last().unwrap().trim_start_matches('/')),
+        )
+        .unwrap();
+    }
+    let tool = Path::new(REPO).join("tests/tools/cloud_init_write_files.py");
+    let out = Command::new("/usr/bin/python3")
+        .arg(tool)
+        .arg(&ud_path)
+        .arg(node.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let script = node
+        .path()
+        .join("var/lib/cloud/scripts/per-boot/imgbuild-node");
+    assert_eq!(
+        fs::metadata(&script).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    // systemctl: logs its calls; nginx.service is not installed at first.
+    let stubs = work.path().join("stubs");
+    fs::create_dir_all(&stubs).unwrap();
+    let log = work.path().join("systemctl.log");
+    let no_nginx = work.path().join("no-nginx");
+    fs::write(&no_nginx, "").unwrap();
+    fs::write(
+        stubs.join("systemctl"),
+        format!(
+            "#!/bin/sh\necho \"$*\" >>'{}'\ncase \"$*\" in *nginx.service) if [ -e '{}' ]; then echo 'Failed to start nginx.service: Unit nginx.service not found.' >&2; exit 5; fi ;; esac\n",
+            log.display(),
+            no_nginx.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(stubs.join("systemctl"), fs::Permissions::from_mode(0o755)).unwrap();
+    let boot = || {
+        let _ = fs::remove_file(&log);
+        Command::new("/usr/bin/python3")
+            .arg(Path::new(REPO).join("tests/tools/cloud_init_per_boot.py"))
+            .arg(node.path().join("var/lib/cloud"))
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", stubs.display()))
+            .env("IMGBUILD_ROOT", node.path())
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap()
+    };
+    let marker =
+        |name: &str| fs::read_to_string(node.path().join("var/lib/imgbuild").join(name)).ok();
+
+    // Boot 1: the mirror serves a wrong kube-apiserver.
+    let first = boot();
+    let said = text(&first);
+    assert!(
+        !first.status.success() && said.contains("scripts_per_boot"),
+        "{said}"
+    );
+    assert!(
+        said.contains("kube-apiserver") && said.contains("not installed"),
+        "{said}"
+    );
+    let failed = marker("cloud-init.failed").expect("no failure marker");
+    assert!(
+        failed.contains("installing the binaries failed (exit 1)"),
+        "{failed}"
+    );
+    assert!(marker("cloud-init.done").is_none());
+    assert!(!node.path().join("usr/local/bin/kube-apiserver").exists());
+    assert_eq!(
+        fs::read_to_string(&log).unwrap_or_default(),
+        "",
+        "units were started"
+    );
+
+    // Boot 2: the mirror is fixed; nginx is still missing.
+    put_all(false);
+    let second = boot();
+    let said = text(&second);
+    assert!(!second.status.success(), "{said}");
+    assert!(said.contains("imgbuild: nginx is not installed"), "{said}");
+    let calls = fs::read_to_string(&log).unwrap();
+    let starts: Vec<&str> = calls
+        .lines()
+        .filter_map(|l| l.strip_prefix("start --no-block "))
+        .collect();
+    assert_eq!(
+        starts.last(),
+        Some(&"kube-rbac-bootstrap.service"),
+        "{calls}"
+    );
+    let pos = |u: &str| {
+        starts
+            .iter()
+            .position(|s| *s == u)
+            .unwrap_or_else(|| panic!("{u} not started: {calls}"))
+    };
+    assert!(pos("nginx.service") < pos("kube-rbac-bootstrap.service"));
+    for u in [
+        "kube-apiserver.service",
+        "kube-controller-manager.service",
+        "kube-scheduler.service",
+    ] {
+        pos(u);
+    }
+    assert!(calls.starts_with("daemon-reload\n"), "{calls}");
+    let failed = marker("cloud-init.failed").unwrap();
+    assert!(failed.contains("starting nginx.service failed"), "{failed}");
+    assert!(marker("cloud-init.done").is_none());
+    for b in support::BINARIES {
+        let name = b.rsplit('/').next().unwrap();
+        assert_eq!(
+            fs::read(node.path().join("usr/local/bin").join(name)).unwrap(),
+            bin(name)
+        );
+    }
+    assert!(
+        fs::symlink_metadata(
+            node.path()
+                .join("etc/systemd/system/multi-user.target.wants/kube-apiserver.service")
+        )
+        .unwrap()
+        .file_type()
+        .is_symlink()
+    );
+
+    // Boot 3: nginx installed; the binaries in place are kept (not downloaded again).
+    fs::remove_file(&no_nginx).unwrap();
+    let fetched = mirror.requests("k8s/v1.36.0/bin/linux/amd64/kubectl").len();
+    let third = boot();
+    assert!(third.status.success(), "{}", text(&third));
+    assert_eq!(
+        mirror.requests("k8s/v1.36.0/bin/linux/amd64/kubectl").len(),
+        fetched
+    );
+    assert!(marker("cloud-init.failed").is_none());
+    assert!(marker("cloud-init.done").is_some());
+
+    // Boot 4: nothing to do.
+    let fourth = boot();
+    assert!(fourth.status.success());
+    assert!(
+        text(&fourth).contains("node configured already"),
+        "{}",
+        text(&fourth)
+    );
+    assert_eq!(fs::read_to_string(&log).unwrap_or_default(), "");
 }

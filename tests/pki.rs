@@ -1100,3 +1100,116 @@ fn encryption_cipher_defaults_and_switch_in_steps() {
     let said = fails_saying(&env, &["pki", "init", "--drop-old-keys"], 2);
     assert!(said.contains("--encryption"), "{said}");
 }
+
+/// From v1.34 `pki init` adds the aggregation layer's PKI: a front-proxy CA of
+/// its own (not the cluster CA) and the client certificate the API server
+/// presents to extension API servers. openssl checks the chain, the purpose
+/// and that the cluster CA does not vouch for it; `pki check` knows the files.
+#[test]
+fn front_proxy_chain_is_its_own_and_satisfies_openssl() {
+    let env = workspace(&INVENTORY.replace("v1.10.2", "v1.36.0"));
+    let stdout = env.ok(&["pki", "init"]);
+    for f in [
+        "front-proxy-ca.pem",
+        "front-proxy-ca-key.pem",
+        "front-proxy-client.pem",
+        "front-proxy-client-key.pem",
+    ] {
+        assert!(stdout.contains(&format!("created  {f}")), "{stdout}");
+    }
+    let pki = env.pki_dir();
+    let verified = tool_ok(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            "front-proxy-ca.pem",
+            "-purpose",
+            "sslclient",
+            "front-proxy-client.pem",
+        ],
+        &pki,
+    );
+    assert_eq!(verified.trim(), "front-proxy-client.pem: OK");
+    assert_key_fits(&pki, "front-proxy-client-key.pem", "front-proxy-client.pem");
+    assert_key_fits(&pki, "front-proxy-ca-key.pem", "front-proxy-ca.pem");
+    // Its own CA: the cluster CA does not verify it, nor it the cluster's leaves.
+    let cross = tool(
+        "openssl",
+        &["verify", "-CAfile", "ca.pem", "front-proxy-client.pem"],
+        &pki,
+    );
+    assert!(!cross.status.success(), "{}", text(&cross));
+    let cross = tool(
+        "openssl",
+        &["verify", "-CAfile", "front-proxy-ca.pem", "admin.pem"],
+        &pki,
+    );
+    assert!(!cross.status.success(), "{}", text(&cross));
+    let client = cert_text(&pki, "front-proxy-client.pem");
+    assert!(
+        client.contains("Subject: CN = front-proxy-client"),
+        "{client}"
+    );
+    assert!(client.contains("TLS Web Client Authentication"), "{client}");
+    assert!(
+        !client.contains("TLS Web Server Authentication"),
+        "{client}"
+    );
+    assert!(client.contains("CA:FALSE"), "{client}");
+    let ca = cert_text(&pki, "front-proxy-ca.pem");
+    assert!(ca.contains("CA:TRUE, pathlen:0"), "{ca}");
+    assert!(ca.contains("front-proxy CA"), "{ca}");
+    assert_ne!(
+        tool_ok(
+            "openssl",
+            &["x509", "-in", "ca.pem", "-noout", "-pubkey"],
+            &pki
+        ),
+        tool_ok(
+            "openssl",
+            &["x509", "-in", "front-proxy-ca.pem", "-noout", "-pubkey"],
+            &pki
+        )
+    );
+    let check = env.ok(&["pki", "check"]);
+    assert!(
+        check.contains("ok     front-proxy-client.pem: chains to front-proxy-ca.pem"),
+        "{check}"
+    );
+
+    // A front-proxy CA that is the cluster CA is refused; a missing client
+    // certificate is what `pki init` adds.
+    std::fs::copy(pki.join("ca.pem"), pki.join("front-proxy-ca.pem")).unwrap();
+    std::fs::copy(pki.join("ca-key.pem"), pki.join("front-proxy-ca-key.pem")).unwrap();
+    let err = env.fails(&["pki", "check"], 2);
+    let out = String::from_utf8_lossy(&env.run(&["pki", "check"]).stdout).into_owned();
+    assert!(
+        out.contains("front-proxy-ca.pem: is the cluster CA"),
+        "{out}{err}"
+    );
+    for f in ["front-proxy-ca.pem", "front-proxy-ca-key.pem"] {
+        std::fs::remove_file(pki.join(f)).unwrap();
+    }
+    std::fs::remove_file(pki.join("front-proxy-client.pem")).unwrap();
+    let out = String::from_utf8_lossy(&env.run(&["pki", "check"]).stdout).into_owned();
+    assert!(
+        out.contains("ERROR  front-proxy-ca.pem: missing") && out.contains("imgbuild pki init"),
+        "{out}"
+    );
+    env.ok(&["pki", "init"]);
+    tool_ok(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            "front-proxy-ca.pem",
+            "front-proxy-client.pem",
+        ],
+        &pki,
+    );
+    // The seed's version has no aggregation layer: nothing of it.
+    let seed = workspace(INVENTORY);
+    let stdout = seed.ok(&["pki", "init"]);
+    assert!(!stdout.contains("front-proxy"), "{stdout}");
+}

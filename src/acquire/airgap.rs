@@ -162,7 +162,7 @@ pub fn export(
             .map(|(path, asset)| BundleFile {
                 path: path.clone(),
                 sha256: sha256_hex(asset.text.as_bytes()),
-                origin: asset.origin.clone(),
+                origin: session.assets.portable_origin(&asset.origin, path),
             })
             .collect(),
         artifacts,

@@ -302,6 +302,10 @@ pub struct CloudInitArgs {
     /// Allow an http:// payload URL (for tests: the payload holds keys).
     #[arg(long, requires = "payload_url")]
     pub allow_http: bool,
+    /// v1.34 and later: no `packages: [nginx]` in the user-data, for images
+    /// that have nginx already (air-gapped nodes without a package mirror).
+    #[arg(long)]
+    pub no_packages: bool,
     /// Output folder.
     #[arg(long, default_value = "out", value_name = "DIR")]
     pub out: PathBuf,

@@ -163,6 +163,7 @@ impl CloudInitArgs {
                 binaries: self.binaries.parse()?,
                 provider: self.provider,
                 payload: self.payload()?,
+                packages: !self.no_packages,
             },
             out_dir: self.out.clone(),
         })

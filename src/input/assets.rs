@@ -106,6 +106,25 @@ impl Assets {
         Ok(out)
     }
 
+    /// Where the file `path` (`recipes/...`) whose origin is `origin` came
+    /// from, without this machine's paths (for bundles, carried elsewhere):
+    /// built-in, a lock of the cache, or a `--recipes` folder, with the path
+    /// relative to that folder.
+    pub fn portable_origin(&self, origin: &str, path: &str) -> String {
+        if origin.starts_with("built-in:") {
+            return origin.to_string();
+        }
+        let rel = path.strip_prefix("recipes/").unwrap_or(path);
+        let from_locks = self.recipe_dirs.iter().any(|d| {
+            d.file_name().is_some_and(|n| n == "locks") && Path::new(origin).starts_with(d)
+        });
+        if from_locks {
+            format!("lock:{rel}")
+        } else {
+            format!("recipe folder:{rel}")
+        }
+    }
+
     /// Names of `kubernetes-*.toml` recipes available, deduplicated and sorted.
     pub fn recipe_names(&self) -> Result<Vec<String>> {
         let mut names = std::collections::BTreeSet::new();

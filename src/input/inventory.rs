@@ -3,7 +3,7 @@
 //! Everything that reaches a unit file is validated here, before rendering, so
 //! nothing from the inventory can inject a newline or an extra flag.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::input::component::COMPONENTS;
+pub use crate::input::control_plane::{ApiServer, ControllerManager, RbacBootstrap, Scheduler};
 use crate::input::recipe::Version;
 use crate::util::digest::sha256_hex;
 
@@ -23,11 +24,13 @@ pub struct Inventory {
     #[serde(default)]
     pub etcd: crate::input::etcd::Etcd,
     #[serde(default)]
-    pub apiserver: Component,
+    pub apiserver: ApiServer,
     #[serde(default)]
-    pub controller_manager: Component,
+    pub controller_manager: ControllerManager,
     #[serde(default)]
-    pub scheduler: Component,
+    pub scheduler: Scheduler,
+    #[serde(default)]
+    pub rbac_bootstrap: RbacBootstrap,
 
     /// The file this was read from; relative paths inside resolve against its folder.
     #[serde(skip)]
@@ -74,14 +77,6 @@ pub struct Controller {
         skip_serializing_if = "crate::input::etcd::ClusterState::is_new"
     )]
     pub initial_cluster_state: crate::input::etcd::ClusterState,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Component {
-    /// Flags the recipe does not set, as `flag-name = "value"` (without `--`).
-    #[serde(default)]
-    pub extra_args: BTreeMap<String, String>,
 }
 
 pub const ARCHES: &[&str] = &["amd64", "arm64"];
@@ -250,6 +245,7 @@ impl Inventory {
                 extra_arg(&format!("{}.extra_args", c.section), k, v)?;
             }
         }
+        crate::input::control_plane::validate(self)?;
         self.etcd.validate(self)
     }
 }

@@ -25,6 +25,10 @@ pub struct FlagTable {
     pub required: Vec<Required>,
     #[serde(default)]
     pub api_versions: Vec<ApiVersionRule>,
+    #[serde(default)]
+    pub needs: Vec<Needs>,
+    #[serde(default)]
+    pub added: Vec<Added>,
     /// (component, major, minor) → every flag that version accepts, where known.
     #[serde(skip)]
     pub flagsets: BTreeMap<(String, u32, u32), (BTreeSet<String>, String)>,
@@ -66,6 +70,31 @@ pub struct Required {
     pub component: String,
     pub flag: String,
     pub since: String,
+    pub source: String,
+}
+
+/// A flag that does nothing without another (with `needs_value`, set to it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Needs {
+    pub component: String,
+    pub flag: String,
+    pub needs: String,
+    #[serde(default)]
+    pub needs_value: Option<String>,
+    pub why: String,
+    pub source: String,
+}
+
+/// A flag the templates add from `since` on, and why (documentation; the
+/// tests check every added flag has its row).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Added {
+    pub component: String,
+    pub flag: String,
+    pub since: String,
+    pub why: String,
     pub source: String,
 }
 
@@ -246,6 +275,33 @@ impl FlagTable {
             }
         }
         let present: BTreeSet<&str> = flags.iter().map(|(f, _)| f.as_str()).collect();
+        for r in self.needs.iter().filter(|r| r.component == component) {
+            if !present.contains(r.flag.as_str()) {
+                continue;
+            }
+            let given = flags.iter().find(|(f, _)| *f == r.needs).map(|(_, v)| v);
+            let fits = match (&r.needs_value, given) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(want), Some(v)) => v.as_deref().unwrap_or("true") == want,
+            };
+            if !fits {
+                let needed = match &r.needs_value {
+                    Some(v) => format!("--{}={v}", r.needs),
+                    None => format!("--{}", r.needs),
+                };
+                push(
+                    Severity::Warning,
+                    format!(
+                        "{component} --{}{} has no effect without {needed}: {}. Source: {}",
+                        r.flag,
+                        from(&r.flag),
+                        r.why,
+                        r.source
+                    ),
+                );
+            }
+        }
         for r in self.required.iter().filter(|r| r.component == component) {
             if at_least(version, &Some(r.since.clone())) && !present.contains(r.flag.as_str()) {
                 push(

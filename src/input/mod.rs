@@ -4,6 +4,7 @@
 
 pub mod assets;
 pub mod component;
+pub mod control_plane;
 pub mod etcd;
 pub mod inventory;
 pub mod lint;

@@ -6,7 +6,7 @@ use crate::input::Versions;
 use crate::input::assets::Assets;
 use crate::input::inventory::Inventory;
 use crate::input::profile::Profile;
-use crate::input::recipe::Recipe;
+use crate::input::recipe::{Recipe, Version};
 use crate::input::render::{Context, Renderer};
 
 /// One file of the layout, rendered for a node.
@@ -55,12 +55,14 @@ impl Overlay {
     /// The templates the recipe's layout names for `profile`, parsed.
     pub fn load(assets: &Assets, recipe: &Recipe, profile: Profile) -> Result<Overlay> {
         let layout = &recipe.layout_def;
+        let version = Version::parse(&recipe.kubernetes_version);
         let mut templates = Vec::new();
         let mut sources = Vec::new();
         for f in layout
             .files
             .iter()
             .filter(|f| profile.keeps_file(&f.template))
+            .filter(|f| version.is_none_or(|v| crate::input::recipe::since_applies(&f.since, v)))
         {
             let asset = assets
                 .overlay_file(&layout.overlay, &f.template)?

@@ -184,6 +184,10 @@ pub struct LayoutFile {
     pub mode: u32,
     #[serde(default)]
     pub secret: bool,
+    /// The first Kubernetes version (`v1.34`) whose nodes get this file; every
+    /// version when absent.
+    #[serde(default)]
+    pub since: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,6 +209,28 @@ pub struct PkiFile {
     pub mode: u32,
     #[serde(default)]
     pub secret: bool,
+    /// As [`LayoutFile::since`].
+    #[serde(default)]
+    pub since: Option<String>,
+}
+
+/// Whether a layout entry with `since` belongs on a node of `version`; a
+/// bound that does not parse was refused by [`Layout::check`].
+pub fn since_applies(since: &Option<String>, version: Version) -> bool {
+    since
+        .as_deref()
+        .and_then(Version::parse_loose)
+        .is_none_or(|first| version >= first)
+}
+
+fn check_since(since: &Option<String>, what: &str) -> Result<()> {
+    match since {
+        Some(s) if Version::parse_loose(s).is_none() => Err(Error::input(format!(
+            "{what}: since = {:?}: expected a Kubernetes version such as \"v1.34\"",
+            clip(s)
+        ))),
+        _ => Ok(()),
+    }
 }
 
 impl Member {
@@ -321,6 +347,7 @@ impl Layout {
             }
             check_mode(f.mode)
                 .map_err(|e| e.context(format!("[[files]] {}", clip(&f.template))))?;
+            check_since(&f.since, &format!("[[files]] {}", clip(&f.template)))?;
         }
         for d in &self.dirs {
             if !is_rel_path(&d.path) {
@@ -348,6 +375,7 @@ impl Layout {
                 return Err(path("pki", "path", &p.path));
             }
             check_mode(p.mode).map_err(|e| e.context(format!("[[pki]] {}", p.file)))?;
+            check_since(&p.since, &format!("[[pki]] {}", p.file))?;
             p.secret = file.secret;
         }
         for (target, units) in &self.enable {

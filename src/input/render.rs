@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::input::Versions;
 use crate::input::component::COMPONENTS;
+use crate::input::control_plane::ControlPlaneCtx;
 use crate::input::inventory::{Controller, Inventory, url_host};
 
 /// Everything a template may use. Only validated inventory values get here.
@@ -23,6 +24,8 @@ pub struct Context<'a> {
     pub extra_args: BTreeMap<&'static str, &'a BTreeMap<String, String>>,
     /// The OS profile: `name` and its folders (`bin_dir`, ...).
     pub os: &'a BTreeMap<String, String>,
+    /// The inventory's control-plane choices for current versions.
+    pub control_plane: ControlPlaneCtx,
 }
 
 #[derive(Debug, Serialize)]
@@ -122,6 +125,7 @@ impl<'a> Context<'a> {
                 .map(|c| (c.section, c.extra_args(inv)))
                 .collect(),
             os,
+            control_plane: ControlPlaneCtx::of(inv),
         }
     }
 }

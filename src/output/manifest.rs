@@ -145,6 +145,22 @@ pub struct Listed {
     pub target: Option<String>,
 }
 
+impl Listed {
+    /// A symbolic link as readers list it: mode 0777, size 0.
+    pub fn symlink(path: &str, target: &str, uid: u32, gid: u32) -> Self {
+        Listed {
+            path: path.to_string(),
+            kind: "symlink",
+            mode: 0o777,
+            uid,
+            gid,
+            size: Some(0),
+            sha256: None,
+            target: Some(target.to_string()),
+        }
+    }
+}
+
 impl Manifest {
     /// The manifest of `plan` built as `format`, which wrote `outputs`.
     pub fn new(plan: &Plan, format: &str, outputs: Vec<OutputFile>) -> Self {

@@ -118,6 +118,7 @@ pub fn check(inv: &Inventory, now: SystemTime) -> CheckReport {
     }
 
     check_encryption(&mut r, &dir, &inv.cluster.kubernetes_version);
+    super::front_proxy::check(&mut r, &dir, inv, now, ca.as_deref());
     // Per file, in the order of `files_for()`: a key's lines follow its certificate's.
     let order: Vec<String> = super::files_for(inv).into_iter().map(|f| f.name).collect();
     r.findings.sort_by_key(|f| {
@@ -230,7 +231,7 @@ fn read_text(
     }
 }
 
-fn load_cert(
+pub(super) fn load_cert(
     r: &mut CheckReport,
     dir: &Path,
     name: &str,
@@ -259,7 +260,7 @@ fn load_cert(
     }
 }
 
-fn load_key(
+pub(super) fn load_key(
     r: &mut CheckReport,
     dir: &Path,
     name: &str,
@@ -285,7 +286,7 @@ fn load_key(
     }
 }
 
-fn expiry(r: &mut CheckReport, file: &str, der: &[u8], now: i64, fix: Fix) {
+pub(super) fn expiry(r: &mut CheckReport, file: &str, der: &[u8], now: i64, fix: Fix) {
     let Ok((nb, na)) = with_cert(der, |c| {
         (
             c.validity().not_before.timestamp(),
@@ -327,7 +328,7 @@ fn expiry(r: &mut CheckReport, file: &str, der: &[u8], now: i64, fix: Fix) {
     }
 }
 
-fn key_matches(
+pub(super) fn key_matches(
     r: &mut CheckReport,
     cert_file: &str,
     key_file: &str,
@@ -358,10 +359,10 @@ fn key_matches(
 
 /// How a file's profile problems are fixed: each remedy's fix, and what to add
 /// to the message of a problem that needs a new key.
-type ProfileFix<'a> = (fn(Remedy) -> Fix, &'a str);
+pub(super) type ProfileFix<'a> = (fn(Remedy) -> Fix, &'a str);
 
 /// The profile's findings for the certificate in `file` (see `profile`).
-fn check_profile(
+pub(super) fn check_profile(
     r: &mut CheckReport,
     file: &str,
     der: &[u8],

@@ -254,6 +254,7 @@ pub(crate) fn init_locked(
 
     // The encryption config: its keys are never replaced but by --force.
     encryption_config(inv, opts, needs_renew(ENCRYPTION_CONFIG), &mut w)?;
+    super::front_proxy::init(inv, opts, &mut w, now, &needs_renew)?;
 
     let report = InitReport {
         dir: dir.clone(),
@@ -301,15 +302,21 @@ impl std::fmt::Display for InitReport {
 }
 
 /// Writes files and records which were new and which replaced.
-struct Writer<'a> {
-    dir: &'a Path,
+pub(super) struct Writer<'a> {
+    pub(super) dir: &'a Path,
     progress: &'a dyn Progress,
     created: Vec<String>,
     renewed: Vec<String>,
 }
 
 impl Writer<'_> {
-    fn write(&mut self, name: &str, bytes: &[u8], secret: bool, replacing: bool) -> Result<()> {
+    pub(super) fn write(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        secret: bool,
+        replacing: bool,
+    ) -> Result<()> {
         let path = write_atomic(self.dir, name, bytes, secret)?;
         self.progress.event(Event::Wrote { path: &path });
         if replacing {
@@ -458,7 +465,7 @@ fn read(dir: &Path, name: &str) -> Result<String> {
     })
 }
 
-fn read_key(path: &Path) -> Result<KeyPair> {
+pub(super) fn read_key(path: &Path) -> Result<KeyPair> {
     let text = read_path(path)?;
     parse_private_key(&text).map_err(|e| Error::input(format!("{}: {e}", path.display())))
 }
@@ -472,7 +479,7 @@ fn read_path(path: &Path) -> Result<String> {
     read(dir, name)
 }
 
-fn read_cert(path: &Path) -> Result<Vec<u8>> {
+pub(super) fn read_cert(path: &Path) -> Result<Vec<u8>> {
     let text = read_path(path)?;
     let der = cert_der(&text).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
     with_cert(&der, |_| ()).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
@@ -583,8 +590,17 @@ fn dn(cn: &str, org: &str) -> DistinguishedName {
 }
 
 fn ca_params(inv: &Inventory, now: OffsetDateTime, days: u32) -> Result<CertificateParams> {
+    ca_params_named(&format!("{} CA", inv.cluster.name), now, days)
+}
+
+/// A CA named `common_name` (O=Kubernetes), valid `days` from `now`.
+pub(super) fn ca_params_named(
+    common_name: &str,
+    now: OffsetDateTime,
+    days: u32,
+) -> Result<CertificateParams> {
     let mut p = CertificateParams::default();
-    p.distinguished_name = dn(&format!("{} CA", inv.cluster.name), "Kubernetes");
+    p.distinguished_name = dn(common_name, "Kubernetes");
     // Only leaves below it (pathlen:0): a certificate it signed with CA:TRUE
     // is no intermediate CA to any verifier. basicConstraints and keyUsage
     // are critical (rcgen marks both so).
@@ -648,10 +664,18 @@ pub(super) fn leaf_params(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::{files, files_for};
+    use crate::pki::files_for;
     use crate::progress::Silent;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
+
+    /// The files of the test inventory's v1.10.2 PKI: the seed's, no front proxy.
+    fn files() -> Vec<super::super::PkiFile> {
+        crate::pki::files()
+            .into_iter()
+            .filter(|f| !f.name.starts_with("front-proxy"))
+            .collect()
+    }
 
     const INVENTORY: &str = r#"
 [cluster]

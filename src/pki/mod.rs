@@ -19,6 +19,7 @@ mod check;
 mod encryption;
 mod etcd;
 mod files;
+mod front_proxy;
 mod generate;
 mod keys;
 mod kubeconfig;
@@ -169,6 +170,8 @@ pub fn files() -> Vec<PkiFile> {
         name: ENCRYPTION_CONFIG.into(),
         secret: true,
     });
+    // The aggregation layer's, from v1.34 (`pki init` makes them only then).
+    out.extend(front_proxy::files());
     out
 }
 
@@ -190,10 +193,14 @@ pub fn node_file_patterns() -> Vec<PkiFile> {
 /// What `{node}` in a per-node file's name stands for.
 pub const NODE: &str = "{node}";
 
-/// Every file `init` writes for `inv`: [`files`], then each controller's own
-/// (none with an external etcd).
+/// Every file `init` writes for `inv`: [`files`] (the front proxy's only from
+/// v1.34), then each controller's own (none with an external etcd).
 pub fn files_for(inv: &Inventory) -> Vec<PkiFile> {
-    let mut out = files();
+    let proxy = front_proxy::files();
+    let mut out: Vec<PkiFile> = files()
+        .into_iter()
+        .filter(|f| front_proxy::wanted(inv) || !proxy.contains(f))
+        .collect();
     if inv.etcd.local() {
         for c in &inv.controllers {
             out.extend(node_file_patterns().into_iter().map(|f| PkiFile {
@@ -464,7 +471,7 @@ mod tests {
                 "{name}"
             );
         }
-        assert_eq!(secret.len(), 6 + 3 + 1);
+        assert_eq!(secret.len(), 6 + 3 + 1 + 2);
         assert!(!is_secret("ca.pem"));
         assert!(is_secret("ca-key.pem"));
     }

@@ -140,11 +140,13 @@ fn read_pki(
     let node = &inv.controllers[index - 1].name;
     let mut out = Vec::new();
     let mut missing = Vec::new();
+    let version = crate::input::recipe::Version::parse(&recipe.kubernetes_version);
     for p in recipe
         .layout_def
         .pki
         .iter()
         .filter(|p| profile.keeps_pki(&p.path))
+        .filter(|p| version.is_none_or(|v| crate::input::recipe::since_applies(&p.since, v)))
     {
         let fixed = crate::pki::files().iter().any(|f| f.name == p.file);
         let per_node = crate::pki::node_file_patterns()

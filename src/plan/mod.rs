@@ -313,6 +313,16 @@ impl Plan {
     }
 }
 
+impl Meta {
+    /// Whether the node gets the v1.34+ control plane (see
+    /// `input::control_plane`): outputs that install it at boot (cloud-init)
+    /// start its units without waiting and retry a failed boot step.
+    pub fn current_control_plane(&self) -> bool {
+        crate::input::recipe::Version::parse(&self.kubernetes_version)
+            .is_some_and(crate::input::control_plane::is_current)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub meta: Meta,

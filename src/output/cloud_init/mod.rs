@@ -12,6 +12,7 @@
 //! do not either: they go in `controller-N-payload.tar.gz`, and the user-data
 //! is a small boot script that fetches and verifies it.
 
+pub mod boot;
 pub mod payload;
 pub mod seed;
 pub mod yaml;
@@ -146,6 +147,9 @@ pub struct Options {
     pub provider: Provider,
     /// `--payload-url`: the node's files in a payload the user-data fetches.
     pub payload: Option<payload::Payload>,
+    /// From v1.34, `packages: [nginx]` in the user-data (`--no-packages`: the
+    /// image has nginx, e.g. air-gapped nodes without a package mirror).
+    pub packages: bool,
 }
 
 /// A node's payload: its bytes and where the user-data fetches it from.
@@ -204,7 +208,7 @@ pub fn render(plan: &Plan, opts: &Options) -> Result<CloudInit> {
     );
     let meta_data = yaml::meta_data(&instance_id, &meta.node_name);
     let (user_data, gzipped) = match &opts.payload {
-        None => fit_budget(&y, opts.provider, meta)?,
+        None => fit_budget(&y, opts.provider, plan)?,
         Some(p) => (fit_raw(&y, opts.provider, meta, p)?, false),
     };
     Ok(CloudInit {
@@ -241,8 +245,34 @@ fn fit_raw(text: &str, provider: Provider, meta: &Meta, p: &payload::Payload) ->
     }
 }
 
-/// Raw when it fits the provider's limit, else gzipped; else an error with both sizes.
-fn fit_budget(text: &str, provider: Provider, meta: &Meta) -> Result<(Vec<u8>, bool)> {
+/// The largest of the node's files in a user-data (bytes as written there:
+/// keys and anything not plain text as base64), largest first.
+fn biggest_parts(plan: &Plan, n: usize) -> String {
+    let mut parts: Vec<(u64, &str)> = plan
+        .per_node()
+        .filter(|e| matches!(e.kind, crate::plan::EntryKind::File { .. }))
+        .map(|e| {
+            let size = if e.secret {
+                e.size().div_ceil(3) * 4
+            } else {
+                e.size()
+            };
+            (size, e.path.as_str())
+        })
+        .collect();
+    parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    parts
+        .iter()
+        .take(n)
+        .map(|(size, path)| format!("/{path} ({size} bytes)"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Raw when it fits the provider's limit, else gzipped; else an error with
+/// both sizes, the biggest parts and the ways to make it fit.
+fn fit_budget(text: &str, provider: Provider, plan: &Plan) -> Result<(Vec<u8>, bool)> {
+    let meta = &plan.meta;
     let Some(limit) = provider.limit() else {
         return Ok((text.as_bytes().to_vec(), false));
     };
@@ -255,12 +285,17 @@ fn fit_budget(text: &str, provider: Provider, meta: &Meta) -> Result<(Vec<u8>, b
     }
     Err(Error::input(format!(
         "user-data for node {} ({}) is {} bytes raw and {} bytes gzipped; the {} limit is {limit} bytes. \
-         Use --binaries baked or seed (binaries are not in user-data then), or --provider nocloud with the seed volume",
+         The biggest parts: {}. To fit: --payload-url URL moves the node's files, keys included, into \
+         a payload the node downloads at boot (the user-data shrinks to a few KB; see README, \
+         \"EC2 and other small user-data limits\"); or --provider nocloud --binaries seed puts \
+         everything on the seed volume instead; or split the secrets out of the user-data (deliver \
+         the keys and kubeconfigs another way, e.g. a secrets manager or the payload)",
         meta.node_index,
         meta.node_name,
         text.len(),
         gz.len(),
-        provider.name()
+        provider.name(),
+        biggest_parts(plan, 5)
     )))
 }
 
@@ -395,6 +430,7 @@ mod tests {
             binaries,
             provider: Provider::Nocloud,
             payload: None,
+            packages: true,
         }
     }
 
@@ -413,9 +449,17 @@ mod tests {
             !y.contains("kube-apiserver\"\n  owner"),
             "baked binaries must not be in user-data"
         );
-        assert!(y.contains("[\"systemctl\", \"enable\", \"--now\", \"kube-apiserver.service\"]"));
+        // v1.34+: the units start from the per-boot script, without waiting.
+        assert!(y.contains("start kube-apiserver.service\n"), "{y}");
+        assert!(y.contains("packages:\n- \"nginx\"\n") == plan_enables_nginx(&plan));
         assert_eq!(r.user_data, y.as_bytes());
         assert!(r.seed_files.is_empty());
+    }
+
+    fn plan_enables_nginx(plan: &Plan) -> bool {
+        plan.entries
+            .iter()
+            .any(|e| e.path.ends_with(".wants/nginx.service"))
     }
 
     #[test]
@@ -472,7 +516,11 @@ mod tests {
         assert!(
             msg.contains("bytes raw")
                 && msg.contains("bytes gzipped")
-                && msg.contains("aws limit is 16384"),
+                && msg.contains("aws limit is 16384")
+                && msg.contains("The biggest parts: /etc/noise.key (53336 bytes), ")
+                && msg.contains("--payload-url URL")
+                && msg.contains("--binaries seed")
+                && msg.contains("split the secrets out"),
             "{msg}"
         );
         o.provider = Provider::Nocloud;
@@ -515,13 +563,8 @@ mod tests {
     }
 
     /// cloud-init's own code reads the user-data and its write_files module
-    /// writes the files under a temporary root (tests/tools/cloud_init_write_files.py);
+    /// writes the files under `root` (tests/tools/cloud_init_write_files.py);
     /// returns {"files": {path: [mode, owner, sha256, size]}, "runcmd", "bootcmd"}.
-    fn decode_with_cloud_init(user_data: &Path) -> serde_json::Value {
-        write_files_with_cloud_init(user_data, tempfile::tempdir().unwrap().path())
-    }
-
-    /// [`decode_with_cloud_init`], the files written under `root`.
     pub(super) fn write_files_with_cloud_init(user_data: &Path, root: &Path) -> serde_json::Value {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/cloud_init_write_files.py");
@@ -580,17 +623,41 @@ mod tests {
             false,
         ));
         plan.finish().unwrap();
-        for mode in [
+        let modes = [
             Binaries::Baked,
             Binaries::Mirror("http://127.0.0.1:8080/k8s".into()),
             Binaries::Seed,
-        ] {
+        ];
+        // v1.36.0: the per-boot script (boot.rs); the seed's v1.10.2: runcmd.
+        for (version, mode) in ["v1.36.0", "v1.10.2"]
+            .into_iter()
+            .flat_map(|v| modes.clone().map(|m| (v, m)))
+        {
+            plan.meta.kubernetes_version = version.into();
             let r = render(&plan, &opts(mode.clone())).unwrap();
-            let ud = dir.path().join(format!("user-data-{}", mode.name()));
+            let ud = dir
+                .path()
+                .join(format!("user-data-{}-{version}", mode.name()));
             fs::write(&ud, &r.user_data).unwrap();
             cloud_init_schema(&ud);
-            let doc = decode_with_cloud_init(&ud);
-            let files = doc["files"].as_object().unwrap();
+            let root = tempfile::tempdir().unwrap();
+            let doc = write_files_with_cloud_init(&ud, root.path());
+            let mut files = doc["files"].as_object().unwrap().clone();
+            if version != "v1.10.2" {
+                let script = files
+                    .remove(boot::SCRIPT_PATH)
+                    .expect("the per-boot script");
+                assert_eq!(script[0], "0700");
+                let text =
+                    fs::read_to_string(root.path().join(boot::SCRIPT_PATH.trim_start_matches('/')))
+                        .unwrap();
+                current_script_checks(&text, &mode, &plan);
+                assert!(
+                    doc["runcmd"].as_array().is_none_or(|a| a.is_empty()),
+                    "{}",
+                    doc["runcmd"]
+                );
+            }
             let expected: Vec<&Entry> = plan
                 .per_node()
                 .filter(|e| matches!(e.kind, EntryKind::File { .. }))
@@ -605,6 +672,9 @@ mod tests {
                 assert_eq!(f[1], "root:root");
                 assert_eq!(f[2], sha256.as_str(), "{}", e.path);
                 assert_eq!(f[3], *size, "{}", e.path);
+            }
+            if version != "v1.10.2" {
+                continue;
             }
             let runcmd = doc["runcmd"].to_string();
             assert!(
@@ -641,7 +711,7 @@ mod tests {
                         unreachable!()
                     };
                     assert!(runcmd.contains(&format!(
-                        r#""imgbuild-install","http://127.0.0.1:8080/k8s/v1.36.0/bin/linux/amd64/kube-apiserver","{sha256}","/usr/local/bin/kube-apiserver","0755","0:0"]"#
+                        r#""imgbuild-install","http://127.0.0.1:8080/k8s/{version}/bin/linux/amd64/kube-apiserver","{sha256}","/usr/local/bin/kube-apiserver","0755","0:0"]"#
                     )), "{runcmd}");
                 }
                 Binaries::Seed => {
@@ -654,6 +724,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// What the v1.34+ per-boot script does, in its order: binaries (by mode),
+    /// owners, links, then the units without waiting, the RBAC one-shot last.
+    fn current_script_checks(text: &str, mode: &Binaries, plan: &Plan) {
+        let at = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} missing in\n{text}"))
+        };
+        let chown = at("chown 1234:4321 \"$r\"/var/lib/kubernetes/etcd.conf\n");
+        let link = at(
+            "ln -sfnT /etc/systemd/system/kube-apiserver.service \"$r\"/etc/systemd/system/multi-user.target.wants/kube-apiserver.service\n",
+        );
+        let start = at("start kube-apiserver.service\n");
+        assert!(chown < link && link < start);
+        let installs = text.matches("\ninstall_binary ").count();
+        match mode {
+            Binaries::Baked => assert_eq!(installs, 0),
+            Binaries::Mirror(_) => {
+                assert_eq!(installs, 2);
+                assert!(text.contains(
+                    "--retry-connrefused --retry-all-errors --connect-timeout 10 --max-time 900"
+                ));
+                assert!(text.contains("install_binary http://127.0.0.1:8080/k8s/v1.36.0/bin/linux/amd64/kube-apiserver "));
+            }
+            Binaries::Seed => {
+                assert_eq!(installs, 2);
+                assert!(text.contains("mount -o ro LABEL=cidata /run/imgbuild-seed"));
+            }
+        }
+        let (read, owners) = boot::read_script(text, "user-data").unwrap();
+        assert_eq!(owners["/var/lib/kubernetes/etcd.conf"], (1234, 4321));
+        assert_eq!(read.iter().filter(|e| e.kind == "file").count(), installs);
+        let links = plan
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::Symlink { .. }))
+            .filter(|e| !e.shared || *mode != Binaries::Baked)
+            .count();
+        assert_eq!(read.iter().filter(|e| e.kind == "symlink").count(), links);
+        assert!(text.contains(boot::FAILED) && text.contains(boot::DONE));
     }
 
     #[test]

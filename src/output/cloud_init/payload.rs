@@ -263,7 +263,12 @@ fn script(
         // The other modes' verify-then-install script, as a function; the
         // binaries' folders as they make them, without `install -d`, which
         // some busybox builds (Debian's) do not have.
-        let _ = writeln!(s, "install_binary() (\n{}\n)", install_script(binaries));
+        let install = if plan.meta.current_control_plane() {
+            super::boot::install_script(binaries)
+        } else {
+            install_script(binaries)
+        };
+        let _ = writeln!(s, "install_binary() (\n{install}\n)");
         s.push_str("folder() { mkdir -p \"$4\"; chown \"$2:$3\" \"$4\"; chmod \"$1\" \"$4\"; }\n");
         for d in plan.shared().filter(|e| matches!(e.kind, EntryKind::Dir)) {
             let _ = writeln!(
@@ -275,42 +280,55 @@ fn script(
                 sh_quote(&format!("/{}", d.path))
             );
         }
-        if *binaries == Binaries::Seed {
-            let _ = writeln!(s, "{}", seed_mount());
-        }
-        for src in &sources {
-            let b = src.entry;
-            let EntryKind::File { sha256, .. } = &b.kind else {
-                unreachable!()
-            };
-            let more: String = src
-                .unpack_args()
-                .iter()
-                .map(|a| format!(" {}", sh_quote(a)))
-                .collect();
-            let _ = writeln!(
-                s,
-                "install_binary {} {sha256} \"$r\"{} {} {}{more}",
-                sh_quote(&src.src),
-                sh_quote(&format!("/{}", b.path)),
-                yaml::mode_str(b.mode),
-                yaml::owner_spec(b)
-            );
-        }
-        if *binaries == Binaries::Seed {
-            let _ = writeln!(s, "umount {SEED_MOUNT}");
-        }
+        install_lines(&mut s, binaries, &sources);
     }
     s.push_str("systemctl daemon-reload\n");
-    for u in units_to_start(plan, *binaries != Binaries::Baked) {
-        let _ = writeln!(s, "systemctl enable --now {}", sh_quote(&u));
+    let units = units_to_start(plan, *binaries != Binaries::Baked);
+    if plan.meta.current_control_plane() {
+        // From v1.34: started without waiting, the RBAC one-shot last.
+        super::boot::start_units(&mut s, units);
+    } else {
+        for u in units {
+            let _ = writeln!(s, "systemctl enable --now {}", sh_quote(&u));
+        }
     }
     s.push_str(DONE);
     Ok((s, seed_files))
 }
 
+/// One `install_binary SRC SHA "$r"DEST MODE OWNER` line per binary (between
+/// mounting and unmounting the seed volume in `seed` mode).
+pub(super) fn install_lines(s: &mut String, binaries: &Binaries, sources: &[yaml::Source]) {
+    if *binaries == Binaries::Seed {
+        let _ = writeln!(s, "{}", seed_mount());
+    }
+    for src in sources {
+        let b = src.entry;
+        let EntryKind::File { sha256, .. } = &b.kind else {
+            unreachable!()
+        };
+        // A member of a release archive (etcd's): the archive's member and pin follow.
+        let more: String = src
+            .unpack_args()
+            .iter()
+            .map(|a| format!(" {}", sh_quote(a)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "install_binary {} {sha256} \"$r\"{} {} {}{more}",
+            sh_quote(&src.src),
+            sh_quote(&format!("/{}", b.path)),
+            yaml::mode_str(b.mode),
+            yaml::owner_spec(b)
+        );
+    }
+    if *binaries == Binaries::Seed {
+        let _ = writeln!(s, "umount {SEED_MOUNT}");
+    }
+}
+
 /// A shell word for `s`: as it is when plain, else single-quoted.
-fn sh_quote(s: &str) -> String {
+pub(super) fn sh_quote(s: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "._/:@%+=,-".contains(c);
     if !s.is_empty() && s.chars().all(plain) {
         s.to_string()
@@ -322,7 +340,7 @@ fn sh_quote(s: &str) -> String {
 /// The words of a line of the script as the shell reads them, for what this
 /// module writes: plain characters, single quotes, backslashes, and `"$r"`
 /// (the root, which reads as nothing).
-fn sh_words(line: &str) -> Option<Vec<String>> {
+pub(super) fn sh_words(line: &str) -> Option<Vec<String>> {
     let mut words = Vec::new();
     let mut cur: Option<String> = None;
     let mut chars = line.chars().peekable();
@@ -433,6 +451,7 @@ mod tests {
             binaries,
             provider: Provider::Aws,
             payload: Some(Payload::new(url, true, vec!["X-Token: t0ken".into()]).unwrap()),
+            packages: true,
         }
     }
 
@@ -472,7 +491,7 @@ mod tests {
             tar::write_node_half(&plan, Compression::Gzip, half.path()).unwrap();
             assert_eq!(p.bytes, fs::read(half.path()).unwrap());
             assert!(!r.gzipped && r.user_data == r.user_data_text.as_bytes());
-            assert!(r.user_data.len() < 4096, "{}", r.user_data_text);
+            assert!(r.user_data.len() < 6144, "{}", r.user_data_text);
             assert!(
                 !r.user_data_text.contains("secret"),
                 "a key in the user-data"
@@ -629,7 +648,7 @@ mod tests {
             );
             assert_eq!(
                 fs::read_to_string(&log).unwrap(),
-                "daemon-reload\nenable --now kube-apiserver.service\n",
+                "daemon-reload\nstart --no-block kube-apiserver.service\n",
                 "{shell:?}"
             );
             assert!(

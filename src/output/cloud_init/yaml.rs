@@ -90,7 +90,7 @@ pub(super) fn mode_str(mode: u32) -> String {
 /// `$6` (a member) and `$7` (`algorithm:hex`), `$1` is a release archive the
 /// publisher serves only whole (etcd's): it is checked against that pin, and
 /// the member taken from it.
-const INSTALL_SCRIPT: &str = r#"set -eu
+pub(super) const INSTALL_SCRIPT: &str = r#"set -eu
 src="$1" sha="$2" dest="$3" mode="$4" owner="$5" member="${6:-}" pin="${7:-}"
 tmp="$dest.imgbuild-new"
 FETCH
@@ -104,10 +104,16 @@ chmod "$mode" "$tmp"
 chown "$owner" "$tmp"
 mv -f "$tmp" "$dest""#;
 
-const FETCH_MIRROR: &str = r#"get() {
+/// `get URL FILE` for v1.10.2 nodes (v1.34+ nodes bound and retry more:
+/// `boot::install_script`).
+const GET: &str = r#"get() {
   { if command -v curl >/dev/null 2>&1; then curl -fsSL --retry 5 -o "$2" "$1"; else wget -q -O "$2" "$1"; fi; } ||
     { rm -f "$2"; echo "imgbuild: cannot download $1" >&2; exit 1; }
-}
+}"#;
+
+/// Fetch `$src` with `get` (defined by `GET` or its v1.34+ form), or the
+/// archive holding `$member`, checked against `$pin` before the member is taken.
+pub(super) const FETCH_MIRROR: &str = r#"GET
 if [ -z "$member" ]; then get "$src" "$tmp"; else
   a="$tmp.archive"; get "$src" "$a"
   got=$("${pin%%:*}sum" "$a" | cut -d' ' -f1)
@@ -116,12 +122,12 @@ if [ -z "$member" ]; then get "$src" "$tmp"; else
   rm -f "$a"
 fi"#;
 
-const FETCH_SEED: &str = r#"cp "$src" "$tmp" || { rm -f "$tmp"; echo "imgbuild: cannot copy $src from the seed volume" >&2; exit 1; }"#;
+pub(super) const FETCH_SEED: &str = r#"cp "$src" "$tmp" || { rm -f "$tmp"; echo "imgbuild: cannot copy $src from the seed volume" >&2; exit 1; }"#;
 
 /// The verify-then-install script of a binaries mode that installs (mirror or seed).
 pub(super) fn install_script(binaries: &Binaries) -> String {
     match binaries {
-        Binaries::Mirror(_) => INSTALL_SCRIPT.replace("FETCH", FETCH_MIRROR),
+        Binaries::Mirror(_) => INSTALL_SCRIPT.replace("FETCH", &FETCH_MIRROR.replace("GET", GET)),
         _ => INSTALL_SCRIPT.replace("FETCH", FETCH_SEED),
     }
 }
@@ -270,7 +276,13 @@ pub(super) fn user_data(plan: &Plan, opts: &Options) -> Result<(String, Vec<(Str
     let binaries_on_node = opts.binaries != Binaries::Baked;
     let wanted = |e: &Entry| !e.shared || binaries_on_node;
 
+    let current = plan.meta.current_control_plane();
     let mut y = header(plan, &opts.binaries, "");
+    // From v1.34: nginx from the distribution, unless the image has it (--no-packages).
+    let units = units_to_start(plan, binaries_on_node);
+    if current && opts.packages && units.iter().any(|u| u == "nginx.service") {
+        y.push_str("packages:\n- \"nginx\"\n");
+    }
 
     // Folders first (bootcmd runs before write_files), with their modes and owners.
     let dirs: Vec<&Entry> = plan
@@ -309,10 +321,22 @@ pub(super) fn user_data(plan: &Plan, opts: &Options) -> Result<(String, Vec<(Str
         }
     }
 
+    let (sources, seed_files) = binary_sources(plan, &opts.binaries)?;
+    if current {
+        // The boot step, retried at every boot until it succeeds (see `boot`).
+        let script = super::boot::script(plan, &opts.binaries, &(sources, Vec::new()));
+        write_files_item(
+            &mut y,
+            super::boot::SCRIPT_PATH,
+            0o700,
+            script.as_bytes(),
+            false,
+        );
+        return Ok((y, seed_files));
+    }
     y.push_str("runcmd:\n");
     // runcmd is one /bin/sh script: stop at the first failure, before any unit starts.
     y.push_str("- \"set -e\"\n");
-    let (sources, seed_files) = binary_sources(plan, &opts.binaries)?;
     if !sources.is_empty() {
         let script = install_script(&opts.binaries);
         if opts.binaries == Binaries::Seed {
@@ -353,7 +377,7 @@ pub(super) fn user_data(plan: &Plan, opts: &Options) -> Result<(String, Vec<(Str
         }
     }
     y.push_str("- [\"systemctl\", \"daemon-reload\"]\n");
-    for u in &units_to_start(plan, binaries_on_node) {
+    for u in &units {
         let _ = writeln!(y, "- {}", flow(&["systemctl", "enable", "--now", u]));
     }
     Ok((y, seed_files))
@@ -477,6 +501,8 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
             Ok((uid, g.parse().map_err(|_| bad("bad gid"))?))
         };
         match section {
+            // Packages the node installs (nginx): not entries of its tree.
+            "packages" => continue,
             "bootcmd" | "runcmd" => {
                 let item = line
                     .strip_prefix("- ")
@@ -507,16 +533,9 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
                             target: None,
                         })
                     }
-                    ["ln", "-sfnT", target, path] => entries.push(Listed {
-                        path: path.to_string(),
-                        kind: "symlink",
-                        mode: 0o777,
-                        uid: 0,
-                        gid: 0,
-                        size: Some(0),
-                        sha256: None,
-                        target: Some(target.to_string()),
-                    }),
+                    ["ln", "-sfnT", target, path] => {
+                        entries.push(Listed::symlink(path, target, 0, 0))
+                    }
                     ["chown", owner, path] => {
                         chowns.insert(path.to_string(), owner_ids(owner)?);
                     }
@@ -615,6 +634,16 @@ pub fn parse_user_data(text: &[u8], what: &str) -> Result<UserData> {
                 )));
             }
         };
+        if path == super::boot::SCRIPT_PATH {
+            // The v1.34+ boot step: the binaries it installs, its links and owners.
+            let script = String::from_utf8(bytes)
+                .map_err(|_| Error::input(format!("{what}: {path}: not UTF-8")))?;
+            let (installed, owners) = super::boot::read_script(&script, what)?;
+            carries |= installed.iter().any(|e| e.kind == "file");
+            entries.extend(installed);
+            chowns.extend(owners);
+            continue;
+        }
         if path == super::payload::SCRIPT_PATH {
             // The boot script of --payload-url: not a file of the node's tree.
             let script = String::from_utf8(bytes)
@@ -691,6 +720,7 @@ mod tests {
             binaries: Binaries::Baked,
             provider: Provider::Nocloud,
             payload: None,
+            packages: true,
         };
         let r = render(&plan, &opts).unwrap();
         let found = parse_user_data(r.user_data_text.as_bytes(), "user-data").unwrap();
@@ -780,7 +810,7 @@ mod tests {
         let src = dir.path().join("etcd-v3.6.5-linux-amd64.tar.gz");
         fs::write(&src, &archive).unwrap();
         let dest = dir.path().join("etcd");
-        let script = INSTALL_SCRIPT.replace("FETCH", FETCH_MIRROR);
+        let script = INSTALL_SCRIPT.replace("FETCH", &FETCH_MIRROR.replace("GET", GET));
         let run = |sha: &str, pin: &str| {
             std::process::Command::new("sh")
                 .args(["-c", &script, "imgbuild-install"])

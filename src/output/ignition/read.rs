@@ -159,16 +159,7 @@ pub fn parse(bytes: &[u8], what: &str) -> Result<Listing> {
         }
     }
     for l in &config.storage.links {
-        add(Listed {
-            path: l.path.clone(),
-            kind: "symlink",
-            mode: 0o777,
-            uid: l.user.id,
-            gid: l.group.id,
-            size: Some(0),
-            sha256: None,
-            target: Some(l.target.clone()),
-        })?;
+        add(Listed::symlink(&l.path, &l.target, l.user.id, l.group.id))?;
     }
     let mut enabled = Vec::new();
     for u in &config.systemd.units {
