@@ -236,28 +236,13 @@ fn verify_units(version: &str) {
     // etcd, the API server (with its drop-in ordering it after etcd), the
     // controller manager, the scheduler and the two one-shots.
     assert_eq!(units.len(), 6, "{units:?}");
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg("--man=no")
-        .arg(format!("--root={}", root.display()))
-        .args(&units)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "{version}: systemd-analyze verify: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_systemd_verifies(&root, &units, &format!("{version}: "));
     // The check has teeth: a missing binary is reported.
     fs::remove_file(root.join("usr/local/bin/kube-scheduler")).unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg("--man=no")
-        .arg(format!("--root={}", root.display()))
-        .arg(root.join("etc/systemd/system/kube-scheduler.service"))
-        .output()
-        .unwrap();
+    let out = support::systemd_verify(
+        &root,
+        &[root.join("etc/systemd/system/kube-scheduler.service")],
+    );
     assert!(!out.status.success());
 }
 
@@ -402,15 +387,7 @@ fn all_nodes_and_dir_format() {
         3
     );
     // By name, as a folder.
-    ws.ok(&[
-        "controller",
-        "--node",
-        "controller-3",
-        "--format",
-        "dir",
-        "--out",
-        "tree",
-    ]);
+    ws.ok_dir("controller-3", "tree", &[]);
     let unit =
         fs::read_to_string(ws.path("tree/controller-3/etc/systemd/system/kube-apiserver.service"))
             .unwrap();

@@ -532,15 +532,7 @@ fn names_with_terminal_escapes_are_printed_escaped() {
 #[test]
 fn folder_holding_a_fifo_is_refused() {
     let ws = Workspace::new(V);
-    ws.ok(&[
-        "controller",
-        "--node",
-        "1",
-        "--format",
-        "dir",
-        "--out",
-        "tree",
-    ]);
+    ws.ok_dir("1", "tree", &[]);
     let fifo = ws.path("tree/controller-1/etc/fifo");
     support::sh(std::process::Command::new("mkfifo").arg(&fifo));
     let out = inspect(&ws, &[&ws.path("tree/controller-1")]);

@@ -17,13 +17,13 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 use support::http_mirror::Mirror;
-use support::{BINARIES, Workspace, sha256_file, stand_in};
+use support::{BINARIES, Node, Workspace, sha256_file, stand_in, tree};
 
 const VERSIONS: [&str; 2] = ["v1.10.2", "v1.36.0"];
 /// The units the layout enables on Flatcar and Fedora CoreOS, in its order.
@@ -58,54 +58,6 @@ fn ignition_validate(path: &Path) -> (bool, String) {
 fn config(ws: &Workspace, node: usize) -> Value {
     serde_json::from_slice(&fs::read(ws.path(&format!("out/controller-{node}.ign"))).unwrap())
         .unwrap()
-}
-
-/// One entry of a tree as found on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Node {
-    kind: &'static str,
-    mode: u32,
-    owner: (u32, u32),
-    /// sha256 of a file, target of a symlink.
-    what: String,
-}
-
-/// Every entry under `root` (relative paths), recursively.
-fn tree(root: &Path) -> BTreeMap<String, Node> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
-        for e in fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            let m = fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            let (kind, what) = if m.file_type().is_symlink() {
-                ("symlink", fs::read_link(&p).unwrap().display().to_string())
-            } else if m.is_dir() {
-                ("dir", String::new())
-            } else {
-                ("file", sha256_file(&p))
-            };
-            let mode = if kind == "symlink" {
-                0o777
-            } else {
-                m.permissions().mode() & 0o7777
-            };
-            out.insert(
-                rel,
-                Node {
-                    kind,
-                    mode,
-                    owner: (m.uid(), m.gid()),
-                    what,
-                },
-            );
-            if kind == "dir" {
-                walk(root, &p, out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
 }
 
 /// The folder form with its `.wants` symlinks (and their folder) taken out:
@@ -398,17 +350,7 @@ fn applied_equals_folder(
     let root = ws.path(&format!("applied-{os}-{node}-{baked}"));
     fs::create_dir(&root).unwrap();
     let remote = applier::apply(&config(ws, node), &root);
-    ws.ok(&[
-        "controller",
-        "--node",
-        &node.to_string(),
-        "--format",
-        "dir",
-        "--os",
-        os,
-        "--out",
-        "dir-out",
-    ]);
+    ws.ok_dir(&node.to_string(), "dir-out", &["--os", os]);
     let mut dir_form = tree(&ws.path(&format!("dir-out/controller-{node}")));
     // Binaries excepted: the folder holds them, the config fetches them (or,
     // baked, leaves them and their folder to the image). etcd's come in its
@@ -614,17 +556,7 @@ fn with_mirrored_binaries() -> (Workspace, Mirror) {
 fn ignition_apply_lays_the_folder_form_and_checks_every_binary() {
     let (ws, mirror) = with_mirrored_binaries();
     let url = format!("mirror={}/", mirror.url());
-    ws.ok(&[
-        "controller",
-        "--node",
-        "1",
-        "--format",
-        "dir",
-        "--os",
-        "flatcar",
-        "--out",
-        "dir-out",
-    ]);
+    ws.ok_dir("1", "dir-out", &["--os", "flatcar"]);
     let mut dir_form = tree(&ws.path("dir-out/controller-1"));
     dir_form.remove("");
 
@@ -742,17 +674,7 @@ fn systemctl_preset(root: &Path, units: &[String]) {
 #[test]
 fn systemd_enables_from_ignitions_preset_what_the_folder_form_links() {
     let (ws, mirror) = with_mirrored_binaries();
-    ws.ok(&[
-        "controller",
-        "--node",
-        "3",
-        "--format",
-        "dir",
-        "--os",
-        "fcos",
-        "--out",
-        "dir-out",
-    ]);
+    ws.ok_dir("3", "dir-out", &["--os", "fcos"]);
     let folder = tree(&ws.path("dir-out/controller-3"));
     ws.ok(&[
         "ignition",
@@ -832,19 +754,7 @@ fn systemd_enables_from_ignitions_preset_what_the_folder_form_links() {
             .chain([&UNPACK])
             .map(|u| root.join("etc/systemd/system").join(u))
             .collect();
-        let out = Command::new("systemd-analyze")
-            .arg("verify")
-            .arg("--man=no")
-            .arg(format!("--root={}", root.display()))
-            .args(&units)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success() && out.stderr.is_empty(),
-            "systemd-analyze verify: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::assert_systemd_verifies(&root, &units, "");
     }
 }
 

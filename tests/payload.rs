@@ -9,13 +9,13 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::http_mirror::Mirror;
-use support::{REPO, Workspace, sha256_bytes, sha256_file, text};
+use support::{REPO, Workspace, sha256_bytes, sha256_file, text, tree};
 
 /// Where the user-data writes the boot script (cloud-init's per-boot folder).
 const SCRIPT: &str = "var/lib/cloud/scripts/per-boot/imgbuild-payload";
@@ -27,51 +27,29 @@ fn manifest(ws: &Workspace, node: usize) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-/// Path → (type, mode, uid, gid, sha256 or link target) of everything under `root`.
-type Tree = BTreeMap<String, (&'static str, u32, u32, u32, String)>;
+/// Path → what is there, for everything under a folder.
+type Tree = BTreeMap<String, support::Node>;
 
-fn tree(root: &Path) -> Tree {
-    let mut out = Tree::new();
-    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
-        for e in fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            let md = fs::symlink_metadata(&p).unwrap();
-            let (kind, what) = if md.file_type().is_symlink() {
-                ("symlink", fs::read_link(&p).unwrap().display().to_string())
-            } else if md.is_dir() {
-                ("dir", String::new())
-            } else {
-                ("file", sha256_file(&p))
-            };
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            let mode = if kind == "symlink" {
-                0o777
-            } else {
-                md.mode() & 0o7777
-            };
-            out.insert(rel, (kind, mode, md.uid(), md.gid(), what));
-            if kind == "dir" {
-                walk(root, &p, out);
-            }
-        }
-    }
-    walk(root, root, &mut out);
-    out
+/// A boot of the node whose root is `root`: cloud-init's scripts-per-boot
+/// module (tests/tools/cloud_init_per_boot.py) with the stand-ins of `stubs`
+/// first on the PATH.
+fn per_boot(root: &Path, stubs: &Path, tmp: &Path) -> std::process::Output {
+    Command::new("/usr/bin/python3")
+        .arg(Path::new(REPO).join("tests/tools/cloud_init_per_boot.py"))
+        .arg(root.join("var/lib/cloud"))
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", stubs.display()))
+        .env("IMGBUILD_ROOT", root)
+        .env("TMPDIR", tmp)
+        .output()
+        .unwrap()
 }
 
 /// The tree `--format dir` writes for node `node`, and the paths of the
 /// binaries and their folders in it (the manifest's shared entries).
 fn folder_output(ws: &Workspace, node: usize) -> (Tree, Vec<String>) {
     let out = format!("dir-{node}");
-    ws.ok(&[
-        "controller",
-        "--node",
-        &node.to_string(),
-        "--format",
-        "dir",
-        "--out",
-        &out,
-    ]);
+    ws.ok_dir(&node.to_string(), &out, &[]);
     let m: serde_json::Value = serde_json::from_slice(
         &fs::read(ws.path(&format!("{out}/controller-{node}.manifest.json"))).unwrap(),
     )
@@ -361,7 +339,7 @@ fn boot_script_waits_for_the_server_and_installs_the_folder_output() {
 
         let mut got = tree(&root);
         let marker = got.remove(MARKER).expect("the done-marker");
-        assert_eq!(marker.1, 0o644);
+        assert_eq!(marker.mode, 0o644);
         got.remove("var/lib/imgbuild");
         assert_eq!(got, want, "{shell:?}");
         assert_eq!(
@@ -420,17 +398,7 @@ fn a_flipped_byte_is_refused_and_the_next_boot_installs() {
         node.path(),
     );
     let written = tree(node.path());
-    let boot = || {
-        Command::new("/usr/bin/python3")
-            .arg(Path::new(REPO).join("tests/tools/cloud_init_per_boot.py"))
-            .arg(node.path().join("var/lib/cloud"))
-            .env_clear()
-            .env("PATH", format!("{}:/usr/bin:/bin", stubs.display()))
-            .env("IMGBUILD_ROOT", node.path())
-            .env("TMPDIR", tmp.path())
-            .output()
-            .unwrap()
-    };
+    let boot = || per_boot(node.path(), &stubs, tmp.path());
     let first = boot();
     let said = text(&first);
     assert!(!first.status.success(), "{said}");
@@ -612,15 +580,7 @@ fn bad_urls_headers_and_sizes_are_refused() {
 #[test]
 fn the_node_boot_step_leaves_a_marker_and_is_retried_at_the_next_boot() {
     let ws = Workspace::new("v1.36.0");
-    ws.ok(&[
-        "controller",
-        "--node",
-        "1",
-        "--format",
-        "dir",
-        "--out",
-        "dir-1",
-    ]);
+    ws.ok_dir("1", "dir-1", &[]);
     let bin = |name: &str| {
         fs::read(ws.path(&format!("dir-1/controller-1/usr/local/bin/{name}"))).unwrap()
     };
@@ -696,15 +656,7 @@ fn the_node_boot_step_leaves_a_marker_and_is_retried_at_the_next_boot() {
     fs::set_permissions(stubs.join("systemctl"), fs::Permissions::from_mode(0o755)).unwrap();
     let boot = || {
         let _ = fs::remove_file(&log);
-        Command::new("/usr/bin/python3")
-            .arg(Path::new(REPO).join("tests/tools/cloud_init_per_boot.py"))
-            .arg(node.path().join("var/lib/cloud"))
-            .env_clear()
-            .env("PATH", format!("{}:/usr/bin:/bin", stubs.display()))
-            .env("IMGBUILD_ROOT", node.path())
-            .env("TMPDIR", tmp.path())
-            .output()
-            .unwrap()
+        per_boot(node.path(), &stubs, tmp.path())
     };
     let marker =
         |name: &str| fs::read_to_string(node.path().join("var/lib/imgbuild").join(name)).ok();

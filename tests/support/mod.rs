@@ -11,8 +11,10 @@ mod release;
 mod seed;
 mod workspace;
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
@@ -47,6 +49,54 @@ pub fn files_under(root: &Path) -> Vec<String> {
     }
     walk(root, root, &mut out);
     out.sort();
+    out
+}
+
+/// One entry of a tree as found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub owner: (u32, u32),
+    /// sha256 of a file, target of a symlink.
+    pub what: String,
+}
+
+/// Every entry under `root` (relative paths), recursively.
+pub fn tree(root: &Path) -> BTreeMap<String, Node> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let (kind, what) = if m.file_type().is_symlink() {
+                ("symlink", fs::read_link(&p).unwrap().display().to_string())
+            } else if m.is_dir() {
+                ("dir", String::new())
+            } else {
+                ("file", sha256_file(&p))
+            };
+            let mode = if kind == "symlink" {
+                0o777
+            } else {
+                m.mode() & 0o7777
+            };
+            out.insert(
+                rel,
+                Node {
+                    kind,
+                    mode,
+                    owner: (m.uid(), m.gid()),
+                    what,
+                },
+            );
+            if kind == "dir" {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
     out
 }
 
@@ -120,6 +170,29 @@ pub fn add_static_network(ws: &Workspace) {
         "internal_ip = \"10.240.0.11\"\ninterface = \"ens3\"\nprefix = 24\ngateway = \"10.240.0.1\"\ndns = [\"10.240.0.2\", \"10.240.0.3\"]\n",
     );
     fs::write(ws.path("cluster.toml"), inv).unwrap();
+}
+
+/// `systemd-analyze verify` of `units` against the tree at `root`.
+pub fn systemd_verify(root: &Path, units: &[PathBuf]) -> Output {
+    Command::new("systemd-analyze")
+        .arg("verify")
+        .arg("--man=no")
+        .arg(format!("--root={}", root.display()))
+        .args(units)
+        .output()
+        .unwrap()
+}
+
+/// `systemd-analyze verify` accepts `units` in the tree at `root` without a
+/// word; a failure's message starts with `context`.
+pub fn assert_systemd_verifies(root: &Path, units: &[PathBuf], context: &str) {
+    let out = systemd_verify(root, units);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{context}systemd-analyze verify: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `cloud-init schema` accepts the (plain YAML) user-data.

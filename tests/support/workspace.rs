@@ -405,6 +405,15 @@ impl Workspace {
         String::from_utf8(self.succeeds(env, args).stdout).unwrap()
     }
 
+    /// `controller --node NODE --format dir` with `more` arguments, into the
+    /// folder `out` (the node's tree is `out/controller-N`); returns stdout.
+    pub fn ok_dir(&self, node: &str, out: &str, more: &[&str]) -> String {
+        let mut args = vec!["controller", "--node", node, "--format", "dir"];
+        args.extend(more);
+        args.extend(["--out", out]);
+        self.ok(&args)
+    }
+
     /// Run and require success; returns stderr (progress and warnings).
     pub fn ok_stderr<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
         String::from_utf8(self.succeeds(&[], args).stderr).unwrap()
