@@ -28,6 +28,18 @@ fn setup(size: usize) -> (Workspace, Mirror, Vec<u8>) {
     setup_with(Workspace::builder(VERSION).binaries(size))
 }
 
+/// The cache is clean (no leftovers) and holds `tarball` and nothing else.
+fn assert_stored(ws: &Workspace, tarball: &[u8]) {
+    ws.assert_cache_clean(false);
+    assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(tarball)]);
+}
+
+/// The cache is clean (no leftovers) and its index lists `n` artifacts.
+fn assert_indexed(ws: &Workspace, n: usize) {
+    ws.assert_cache_clean(false);
+    assert_eq!(ws.cache_files("index").len(), n);
+}
+
 /// [`setup`] for an inventory whose etcd is external: the server tarball is
 /// the only artifact (tests of one download's faults).
 fn setup_one(size: usize) -> (Workspace, Mirror, Vec<u8>) {
@@ -167,8 +179,7 @@ fn file_mirror() {
     fs::write(&etcd, ws.etcd_tarball()).unwrap();
     let url = format!("file://{}", ws.path("mirror").display());
     ws.ok(&["fetch", "--mirror", &url]);
-    ws.assert_cache_clean(false);
-    assert_eq!(ws.cache_files("index").len(), 2);
+    assert_indexed(&ws, 2);
 }
 
 #[test]
@@ -206,8 +217,7 @@ fn server_error_then_success() {
         "{stderr}"
     );
     assert_eq!(mirror.requests(TARBALL).len(), 2);
-    ws.assert_cache_clean(false);
-    assert_eq!(ws.cache_files("index").len(), 1);
+    assert_indexed(&ws, 1);
 }
 
 #[test]
@@ -263,8 +273,7 @@ fn connection_reset_mid_body_resumes_with_a_range_request() {
         .unwrap();
     assert!(from > 0 && from <= half, "resumed from {from}");
     assert!(stderr.contains("retrying"), "{stderr}");
-    ws.assert_cache_clean(false);
-    assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
+    assert_stored(&ws, &tarball);
 }
 
 #[test]
@@ -275,8 +284,7 @@ fn truncated_body_resumes() {
     let reqs = mirror.requests(TARBALL);
     assert_eq!(reqs.len(), 2);
     assert!(reqs[1].range.is_some(), "{reqs:?}");
-    ws.assert_cache_clean(false);
-    assert_eq!(ws.cache_files("index").len(), 1);
+    assert_indexed(&ws, 1);
 }
 
 #[test]
@@ -286,8 +294,7 @@ fn server_without_range_support_restarts_in_the_same_pass() {
     mirror.fault(TARBALL, Fault::IgnoreRange);
     let stderr = ws.ok_stderr(&fetch_args(&mirror, &[]));
     assert!(stderr.contains("does not resume"), "{stderr}");
-    ws.assert_cache_clean(false);
-    assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
+    assert_stored(&ws, &tarball);
 }
 
 #[test]
@@ -365,8 +372,7 @@ fn redirect_on_the_same_server() {
             .len(),
         1
     );
-    ws.assert_cache_clean(false);
-    assert_eq!(ws.cache_files("index").len(), 1);
+    assert_indexed(&ws, 1);
 }
 
 #[test]
@@ -384,8 +390,7 @@ fn two_processes_fetching_at_once_download_once() {
         );
     }
     assert_eq!(mirror.requests(TARBALL).len(), 1);
-    ws.assert_cache_clean(false);
-    assert_eq!(ws.cache_files("artifacts/sha256"), vec![sha256(&tarball)]);
+    assert_stored(&ws, &tarball);
 }
 
 #[test]
