@@ -14,8 +14,17 @@ const CURRENT: [&str; 3] = ["v1.34.7", "v1.35.4", "v1.36.0"];
 
 type Flags = Vec<(String, Option<String>)>;
 
-fn flags_of(unit: &str) -> Flags {
-    imgbuild::input::unit::exec_start(unit).unwrap().1
+/// The units whose flags follow the seed's, as upstream changed them.
+const CONTROL_UNITS: [&str; 3] = [
+    "kube-apiserver.service",
+    "kube-controller-manager.service",
+    "kube-scheduler.service",
+];
+
+/// The flags of `unit` (a file name) in the built tree at `root`.
+fn unit_flags(root: &Path, unit: &str) -> Flags {
+    let text = fs::read_to_string(root.join("etc/systemd/system").join(unit)).unwrap();
+    imgbuild::input::unit::exec_start(&text).unwrap().1
 }
 
 /// The seed's flags for `unit` turned into what a current release needs, per
@@ -129,13 +138,8 @@ fn current_releases_render_what_each_version_needs() {
     for version in CURRENT {
         let ws = Workspace::new(version);
         let root = build(&ws, "1");
-        for unit in [
-            "kube-apiserver.service",
-            "kube-controller-manager.service",
-            "kube-scheduler.service",
-        ] {
-            let mut ours =
-                flags_of(&fs::read_to_string(root.join("etc/systemd/system").join(unit)).unwrap());
+        for unit in CONTROL_UNITS {
+            let mut ours = unit_flags(&root, unit);
             ours.sort();
             assert_eq!(
                 ours,
@@ -614,14 +618,9 @@ fn every_flag_added_since_the_seed_has_a_row_with_its_source() {
     for version in CURRENT {
         let ws = Workspace::new(version);
         let root = build(&ws, "1");
-        for unit in [
-            "kube-apiserver.service",
-            "kube-controller-manager.service",
-            "kube-scheduler.service",
-        ] {
+        for unit in CONTROL_UNITS {
             let component = unit.trim_end_matches(".service");
-            let ours =
-                flags_of(&fs::read_to_string(root.join("etc/systemd/system").join(unit)).unwrap());
+            let ours = unit_flags(&root, unit);
             let theirs: Vec<String> = seed[component]
                 .flags_for(
                     "10.240.0.11",
