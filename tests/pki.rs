@@ -11,25 +11,16 @@ use support::{Workspace, assert_no_secret, text};
 
 const KUBECTL: &str = "kubectl";
 
-const INVENTORY: &str = r#"
-[cluster]
-name = "test-cluster"
-kubernetes_version = "v1.10.2"
-arch = "amd64"
-public_address = "203.0.113.10"
-service_cluster_ip_range = "10.32.0.0/24"
-cluster_cidr = "10.200.0.0/16"
-service_node_port_range = "30000-32767"
-pki_dir = "secrets/pki"
-
-[[controllers]]
-name = "controller-1"
-internal_ip = "10.240.0.11"
-
-[[controllers]]
-name = "controller-2"
-internal_ip = "10.240.0.12"
-"#;
+/// The unit tests' two controllers (tests/fixtures/two-controllers.toml),
+/// with a cluster name of its own and the PKI in a subfolder.
+fn inventory() -> String {
+    let text = support::fixture("two-controllers.toml");
+    let ours = text
+        .replacen("name = \"kubernetes\"", "name = \"test-cluster\"", 1)
+        .replacen("pki_dir = \"pki\"", "pki_dir = \"secrets/pki\"", 1);
+    assert!(ours.contains("\"test-cluster\"") && ours.contains("\"secrets/pki\""));
+    ours
+}
 
 const CERTS: &[&str] = &[
     "kubernetes",
@@ -141,7 +132,7 @@ fn assert_key_fits(dir: &Path, key: &str, cert: &str) {
 #[test]
 fn init_output_satisfies_openssl_and_kubectl() {
     use std::os::unix::fs::PermissionsExt;
-    let env = workspace(INVENTORY);
+    let env = workspace(&inventory());
     let stdout = env.ok(&["pki", "init", "--days", "100"]);
     assert!(stdout.contains("created  ca.pem"), "{stdout}");
     let pki = env.pki_dir();
@@ -282,7 +273,7 @@ fn init_output_satisfies_openssl_and_kubectl() {
 
 #[test]
 fn second_init_changes_nothing() {
-    let env = workspace(INVENTORY);
+    let env = workspace(&inventory());
     env.ok(&["pki", "init"]);
     let before = snapshot(&env.pki_dir());
     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -293,13 +284,14 @@ fn second_init_changes_nothing() {
 
 #[test]
 fn added_controller_fails_check_until_renew() {
-    let env = workspace(INVENTORY);
+    let env = workspace(&inventory());
     env.ok(&["pki", "init"]);
     let pki = env.pki_dir();
     let before = snapshot(&pki);
 
     let grown = format!(
-        "{INVENTORY}\n[[controllers]]\nname = \"controller-3\"\ninternal_ip = \"10.240.0.13\"\n"
+        "{}\n[[controllers]]\nname = \"controller-3\"\ninternal_ip = \"10.240.0.13\"\n",
+        inventory()
     );
     std::fs::write(env.path("cluster.toml"), grown).unwrap();
 
@@ -344,7 +336,7 @@ fn added_controller_fails_check_until_renew() {
 
 #[test]
 fn force_says_what_it_replaced() {
-    let env = workspace(INVENTORY);
+    let env = workspace(&inventory());
     env.ok(&["pki", "init"]);
     let old_ca = std::fs::read(env.pki_dir().join("ca.pem")).unwrap();
     let out = env.run(&["pki", "init", "--force"]);
@@ -366,7 +358,7 @@ fn force_says_what_it_replaced() {
 
 #[test]
 fn current_versions_get_encryption_configuration() {
-    let env = workspace(&INVENTORY.replace("v1.10.2", "v1.34.7"));
+    let env = workspace(&inventory().replace("v1.10.2", "v1.34.7"));
     env.ok(&["pki", "init"]);
     let enc = std::fs::read_to_string(env.pki_dir().join("encryption-config.yaml")).unwrap();
     assert!(
@@ -380,7 +372,7 @@ fn current_versions_get_encryption_configuration() {
 /// kubeconfig's client certificate (it echoes the subject back).
 #[test]
 fn kubectl_and_openssl_complete_mutual_tls() {
-    let env = workspace(INVENTORY);
+    let env = workspace(&inventory());
     env.ok(&["pki", "init"]);
     let pki = env.pki_dir();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -484,7 +476,7 @@ fn bundled_example_gets_its_pki_on_first_build_others_do_not() {
     assert_eq!(before, snapshot(&pki));
 
     // Any other inventory without a PKI: no CA appears by itself.
-    let other = workspace(INVENTORY);
+    let other = workspace(&inventory());
     let said = fails_saying(&other, &["controller", "--node", "1"], 2);
     assert!(said.contains("imgbuild pki init --inventory"), "{said}");
     assert!(!other.pki_dir().exists());
@@ -496,7 +488,7 @@ fn bundled_example_gets_its_pki_on_first_build_others_do_not() {
 #[test]
 fn concurrent_inits_and_first_builds_make_one_pki() {
     for _ in 0..3 {
-        let env = workspace(INVENTORY);
+        let env = workspace(&inventory());
         let (a, b) = (env.spawn(&["pki", "init"]), env.spawn(&["pki", "init"]));
         for out in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
             assert!(out.status.success(), "{}", text(&out));
@@ -531,7 +523,7 @@ fn concurrent_inits_and_first_builds_make_one_pki() {
 #[test]
 fn foreign_rsa_ca_and_key_formats() {
     use std::os::unix::fs::PermissionsExt;
-    let env = workspace(INVENTORY);
+    let env = workspace(&inventory());
     let pki = env.pki_dir();
     std::fs::create_dir_all(&pki).unwrap();
     std::fs::set_permissions(&pki, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -679,7 +671,7 @@ fn extension(text: &str, name: &str) -> Option<(String, String)> {
 /// (pathlen:0).
 #[test]
 fn openssl_reads_each_certificate_for_what_it_is_used() {
-    let env = workspace(INVENTORY);
+    let env = workspace(&inventory());
     env.ok(&["pki", "init"]);
     let pki = env.pki_dir();
     let critical = |v: &str| format!("X509v3 {v}: critical");
@@ -836,7 +828,7 @@ fn openssl_reads_each_certificate_for_what_it_is_used() {
     );
 }
 
-/// The API server certificate's SANs for [`INVENTORY`], as openssl's config says them.
+/// The API server certificate's SANs for [`inventory`], as openssl's config says them.
 const API_SANS: &str = "subjectAltName=IP:10.240.0.11,IP:10.240.0.12,IP:203.0.113.10,IP:10.32.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster,DNS:kubernetes.default.svc.cluster.local";
 
 /// openssl issues `cert` (in the PKI folder) for `key` from the folder's CA,
@@ -912,7 +904,7 @@ fn hand_made_bad_certificates_are_refused() {
         ),
     ];
     for (what, ext, digest, said) in cases {
-        let env = workspace(INVENTORY);
+        let env = workspace(&inventory());
         env.ok(&["pki", "init"]);
         let pki = env.pki_dir();
         openssl_issue(
@@ -941,7 +933,7 @@ fn hand_made_bad_certificates_are_refused() {
     }
 
     // A 1024-bit RSA key: refused in the key file and in the certificate.
-    let env = workspace(INVENTORY);
+    let env = workspace(&inventory());
     env.ok(&["pki", "init"]);
     let pki = env.pki_dir();
     tool_ok(
@@ -985,7 +977,7 @@ fn readable_secrets_are_errors_naming_chmod() {
         ("encryption-config.yaml", 0o604),
         ("ca-key.pem", 0o620),
     ] {
-        let env = workspace(INVENTORY);
+        let env = workspace(&inventory());
         env.ok(&["pki", "init"]);
         let path = env.pki_dir().join(file);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -1012,7 +1004,7 @@ fn encryption_cipher_defaults_and_switch_in_steps() {
     let enc = |env: &Workspace| {
         std::fs::read_to_string(env.pki_dir().join("encryption-config.yaml")).unwrap()
     };
-    let seed = workspace(INVENTORY);
+    let seed = workspace(&inventory());
     seed.ok(&["pki", "init"]);
     assert!(enc(&seed).contains("      - aescbc:\n"));
     let out = seed.ok(&["pki", "check"]);
@@ -1022,7 +1014,7 @@ fn encryption_cipher_defaults_and_switch_in_steps() {
     );
     assert!(out.contains("(0 warning(s))"), "{out}");
 
-    let env = workspace(&INVENTORY.replace("v1.10.2", "v1.34.7"));
+    let env = workspace(&inventory().replace("v1.10.2", "v1.34.7"));
     env.ok(&["pki", "init", "--encryption", "aescbc"]);
     let aescbc = enc(&env);
     let out = env.ok(&["pki", "check"]);
@@ -1107,7 +1099,7 @@ fn encryption_cipher_defaults_and_switch_in_steps() {
 /// and that the cluster CA does not vouch for it; `pki check` knows the files.
 #[test]
 fn front_proxy_chain_is_its_own_and_satisfies_openssl() {
-    let env = workspace(&INVENTORY.replace("v1.10.2", "v1.36.0"));
+    let env = workspace(&inventory().replace("v1.10.2", "v1.36.0"));
     let stdout = env.ok(&["pki", "init"]);
     for f in [
         "front-proxy-ca.pem",
@@ -1209,7 +1201,7 @@ fn front_proxy_chain_is_its_own_and_satisfies_openssl() {
         &pki,
     );
     // The seed's version has no aggregation layer: nothing of it.
-    let seed = workspace(INVENTORY);
+    let seed = workspace(&inventory());
     let stdout = seed.ok(&["pki", "init"]);
     assert!(!stdout.contains("front-proxy"), "{stdout}");
 }

@@ -408,25 +408,8 @@ pub(crate) mod tests {
     use super::*;
 
     /// A valid inventory (v1.10.2, two controllers), for tests here and elsewhere.
-    pub(crate) const GOOD: &str = r#"
-[cluster]
-name = "kubernetes"
-kubernetes_version = "v1.10.2"
-arch = "amd64"
-public_address = "203.0.113.10"
-service_cluster_ip_range = "10.32.0.0/24"
-cluster_cidr = "10.200.0.0/16"
-service_node_port_range = "30000-32767"
-pki_dir = "pki"
-
-[[controllers]]
-name = "controller-1"
-internal_ip = "10.240.0.11"
-
-[[controllers]]
-name = "controller-2"
-internal_ip = "10.240.0.12"
-"#;
+    /// (Its first line is a comment: `syntax_errors_give_the_line` counts it.)
+    pub(crate) const GOOD: &str = include_str!("../../tests/fixtures/two-controllers.toml");
 
     /// `text` written to a temporary cluster.toml and loaded.
     pub(crate) fn load(text: &str) -> Result<Inventory> {

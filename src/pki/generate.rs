@@ -664,6 +664,7 @@ pub(super) fn leaf_params(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::inventory::tests::GOOD as INVENTORY;
     use crate::pki::files_for;
     use crate::progress::Silent;
     use std::collections::BTreeMap;
@@ -676,26 +677,6 @@ mod tests {
             .filter(|f| !f.name.starts_with("front-proxy"))
             .collect()
     }
-
-    const INVENTORY: &str = r#"
-[cluster]
-name = "kubernetes"
-kubernetes_version = "v1.10.2"
-arch = "amd64"
-public_address = "203.0.113.10"
-service_cluster_ip_range = "10.32.0.0/24"
-cluster_cidr = "10.200.0.0/16"
-service_node_port_range = "30000-32767"
-pki_dir = "pki"
-
-[[controllers]]
-name = "controller-1"
-internal_ip = "10.240.0.11"
-
-[[controllers]]
-name = "controller-2"
-internal_ip = "10.240.0.12"
-"#;
 
     #[derive(Default)]
     struct Collect(Mutex<Vec<String>>);
