@@ -11,43 +11,15 @@ use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imgbuild::output::cpio::{self, Part};
 use imgbuild::output::format::Compression;
-use imgbuild::plan::{Content, Entry, EntryKind, Meta, Origin, Plan};
+use imgbuild::plan::fixture::{self, dir, entry, file};
+use imgbuild::plan::{Content, Entry, EntryKind, Meta, Plan};
 use imgbuild::util::digest::sha256_hex;
 
 mod support;
-
-fn entry(path: &str, mode: u32, kind: EntryKind, shared: bool) -> Entry {
-    Entry {
-        path: path.into(),
-        mode,
-        uid: 0,
-        gid: 0,
-        kind,
-        origin: Origin::Generated {
-            what: "boot test".into(),
-        },
-        shared,
-        secret: false,
-    }
-}
-
-fn inline(path: &str, mode: u32, bytes: &[u8], shared: bool) -> Entry {
-    entry(
-        path,
-        mode,
-        EntryKind::File {
-            size: bytes.len() as u64,
-            sha256: sha256_hex(bytes),
-            content: Content::Inline(Arc::from(bytes)),
-        },
-        shared,
-    )
-}
 
 fn blob(path: &str, mode: u32, file: &Path, shared: bool) -> Entry {
     let bytes = std::fs::read(file).unwrap();
@@ -61,10 +33,6 @@ fn blob(path: &str, mode: u32, file: &Path, shared: bool) -> Entry {
         },
         shared,
     )
-}
-
-fn dir(path: &str, mode: u32, shared: bool) -> Entry {
-    entry(path, mode, EntryKind::Dir, shared)
 }
 
 /// Deterministic incompressible-ish bytes standing in for a binary.
@@ -82,7 +50,7 @@ fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
 fn overlay_plan(work: &Path) -> Plan {
     let big = work.join("kube-apiserver.blob");
     std::fs::write(&big, pseudo_random(3 << 20, 1)).unwrap();
-    let mut key = inline(
+    let mut key = file(
         "var/lib/kubernetes/kubernetes-key.pem",
         0o600,
         b"-----BEGIN PRIVATE KEY-----\nnot really\n-----END PRIVATE KEY-----\n",
@@ -97,56 +65,31 @@ fn overlay_plan(work: &Path) -> Plan {
         dir("usr/local", 0o755, true),
         dir("usr/local/bin", 0o755, true),
         blob("usr/local/bin/kube-apiserver", 0o755, &big, true),
-        inline(
+        file(
             "usr/local/bin/kubectl",
             0o750,
             &pseudo_random(100_003, 2),
             true,
         ),
-        dir("etc", 0o755, false),
-        dir("etc/systemd", 0o755, false),
-        dir("etc/systemd/system", 0o755, false),
-        inline(
-            "etc/systemd/system/kube-apiserver.service",
-            0o644,
-            b"[Service]\nExecStart=/usr/local/bin/kube-apiserver\n",
-            false,
-        ),
-        dir("etc/systemd/system/multi-user.target.wants", 0o755, false),
-        entry(
-            "etc/systemd/system/multi-user.target.wants/kube-apiserver.service",
-            0o777,
-            EntryKind::Symlink {
-                target: "/etc/systemd/system/kube-apiserver.service".into(),
-            },
-            false,
-        ),
         dir("var", 0o755, false),
         dir("var/lib", 0o755, false),
         dir("var/lib/kubernetes", 0o700, false),
         key,
-        inline("var/lib/kubernetes/empty.conf", 0o640, b"", false),
+        file("var/lib/kubernetes/empty.conf", 0o640, b"", false),
         etcd_dir,
         // A per-node file beside the binaries: usr/local goes into both halves.
-        inline("usr/local/node-name", 0o644, b"controller-1\n", false),
+        file("usr/local/node-name", 0o644, b"controller-1\n", false),
     ];
+    entries.extend(fixture::enabled_unit(
+        "kube-apiserver.service",
+        b"[Service]\nExecStart=/usr/local/bin/kube-apiserver\n",
+    ));
     entries.reverse();
     let mut plan = Plan {
         meta: Meta {
             imgbuild_version: "test".into(),
-            recipe: "test".into(),
-            kubernetes_version: "v1.36.0".into(),
-            arch: "amd64".into(),
             cluster: "boot-test".into(),
-            node_index: 1,
-            node_name: "controller-1".into(),
-            inventory_sha256: String::new(),
-            mtime: 1_700_000_000,
-            unit_order: Vec::new(),
-            network: None,
-            os: "debian".into(),
-            system_dirs: Vec::new(),
-            sources: Vec::new(),
+            ..fixture::meta()
         },
         entries,
     };
@@ -193,7 +136,7 @@ fn busybox_archive(paths: &[&str], work: &Path) -> Vec<u8> {
     let entries = [
         dir("bin", 0o755, false),
         blob("bin/busybox", 0o755, &copy, false),
-        inline("init", 0o755, init.as_bytes(), false),
+        file("init", 0o755, init.as_bytes(), false),
     ];
     cpio::write_cpio(&entries, 0, 0x7000_0001, Vec::new()).unwrap()
 }

@@ -1,4 +1,6 @@
-//! Plans for unit tests: a small control-plane-like plan and entry makers.
+//! Plans for tests: a small control-plane-like plan, its meta and entry
+//! makers. The unit tests use it, and so do the integration tests that write
+//! archives of plans of their own (tests/initramfs_boot.rs); the CLI never does.
 
 use std::sync::Arc;
 
@@ -37,6 +39,47 @@ pub fn dir(path: &str, mode: u32, shared: bool) -> Entry {
     entry(path, mode, EntryKind::Dir, shared)
 }
 
+/// `etc/systemd/system` (its folders per node, 0755) holding the unit `name`
+/// (0644, `text`), enabled: linked from `multi-user.target.wants`.
+pub fn enabled_unit(name: &str, text: &[u8]) -> Vec<Entry> {
+    vec![
+        dir("etc", 0o755, false),
+        dir("etc/systemd", 0o755, false),
+        dir("etc/systemd/system", 0o755, false),
+        file(&format!("etc/systemd/system/{name}"), 0o644, text, false),
+        dir("etc/systemd/system/multi-user.target.wants", 0o755, false),
+        entry(
+            &format!("etc/systemd/system/multi-user.target.wants/{name}"),
+            0o777,
+            EntryKind::Symlink {
+                target: format!("/etc/systemd/system/{name}"),
+            },
+            false,
+        ),
+    ]
+}
+
+/// The meta of [`sample_plan`]: node 1 (`controller-1`) of v1.36.0 on amd64
+/// and Debian, entries dated 2023-11-14.
+pub fn meta() -> Meta {
+    Meta {
+        imgbuild_version: "0".into(),
+        recipe: "test".into(),
+        kubernetes_version: "v1.36.0".into(),
+        arch: "amd64".into(),
+        cluster: "c".into(),
+        node_index: 1,
+        node_name: "controller-1".into(),
+        inventory_sha256: String::new(),
+        mtime: 1_700_000_000,
+        unit_order: Vec::new(),
+        network: None,
+        os: "debian".into(),
+        system_dirs: Vec::new(),
+        sources: Vec::new(),
+    }
+}
+
 /// A small control-plane-like plan: binaries shared, configuration per node.
 pub fn sample_plan() -> Plan {
     let mut key = file(
@@ -47,28 +90,15 @@ pub fn sample_plan() -> Plan {
     );
     key.secret = true;
     let mut entries = vec![
-        dir("etc", 0o755, false),
-        dir("etc/systemd", 0o755, false),
-        dir("etc/systemd/system", 0o755, false),
-        file(
-            "etc/systemd/system/kube-apiserver.service",
-            0o644,
-            b"[Unit]\nDescription=Kubernetes API Server\n\n[Service]\nExecStart=/usr/local/bin/kube-apiserver\n",
-            false,
-        ),
-        dir("etc/systemd/system/multi-user.target.wants", 0o755, false),
-        entry(
-            "etc/systemd/system/multi-user.target.wants/kube-apiserver.service",
-            0o777,
-            EntryKind::Symlink {
-                target: "/etc/systemd/system/kube-apiserver.service".into(),
-            },
-            false,
-        ),
         dir("usr", 0o755, true),
         dir("usr/local", 0o755, true),
         dir("usr/local/bin", 0o755, true),
-        file("usr/local/bin/kube-apiserver", 0o755, &[0x7f, b'E', b'L', b'F', 1, 2, 3], true),
+        file(
+            "usr/local/bin/kube-apiserver",
+            0o755,
+            &[0x7f, b'E', b'L', b'F', 1, 2, 3],
+            true,
+        ),
         file("usr/local/bin/kubectl", 0o755, &vec![0xAB; 70_001], true),
         dir("var", 0o755, false),
         dir("var/lib", 0o755, false),
@@ -78,24 +108,11 @@ pub fn sample_plan() -> Plan {
         // Per-node file in a folder the binaries also need: the folder goes in both halves.
         file("usr/local/node.conf", 0o644, b"per node\n", false),
     ];
+    let unit = b"[Unit]\nDescription=Kubernetes API Server\n\n[Service]\nExecStart=/usr/local/bin/kube-apiserver\n";
+    entries.extend(enabled_unit("kube-apiserver.service", unit));
     entries.reverse();
     let mut plan = Plan {
-        meta: Meta {
-            imgbuild_version: "0".into(),
-            recipe: "test".into(),
-            kubernetes_version: "v1.36.0".into(),
-            arch: "amd64".into(),
-            cluster: "c".into(),
-            node_index: 1,
-            node_name: "controller-1".into(),
-            inventory_sha256: String::new(),
-            mtime: 1_700_000_000,
-            unit_order: Vec::new(),
-            network: None,
-            os: "debian".into(),
-            system_dirs: Vec::new(),
-            sources: Vec::new(),
-        },
+        meta: meta(),
         entries,
     };
     plan.finish().unwrap();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub mod assemble;
-#[cfg(test)]
+#[doc(hidden)]
 pub mod fixture;
 
 use crate::error::{Error, IoContext, Result};
@@ -413,20 +413,11 @@ mod tests {
 
     fn meta() -> Meta {
         Meta {
-            imgbuild_version: "0".into(),
             recipe: "r".into(),
             kubernetes_version: "v1".into(),
-            arch: "amd64".into(),
-            cluster: "c".into(),
-            node_index: 1,
             node_name: "n".into(),
-            inventory_sha256: String::new(),
             mtime: 0,
-            unit_order: Vec::new(),
-            network: None,
-            os: "debian".into(),
-            system_dirs: Vec::new(),
-            sources: Vec::new(),
+            ..super::fixture::meta()
         }
     }
 
