@@ -770,16 +770,28 @@ fn serve_release(mirror: &Mirror, version: &str, arch: &str) -> Vec<(String, Vec
     out
 }
 
-#[test]
-fn lock_then_fetch_then_build_records_publisher_checksum_trust() {
+/// `lock --version NEW` in `ws` against `mirror` through a TLS front (`lock`
+/// reads pins only over TLS, never plain http); returns its stdout.
+fn lock_over_tls(ws: &Workspace, mirror: &Mirror) -> String {
+    let (tls, ca) = mirror.tls(ws.dir());
+    let ca = ca.to_str().unwrap();
+    ws.ok(&["lock", "--version", NEW, "--mirror", &tls, "--ca-cert", ca])
+}
+
+/// A bare workspace for NEW, a mirror serving its release (amd64), and the
+/// release locked from the mirror ([`lock_over_tls`], whose stdout is third).
+fn locked_release() -> (Workspace, Mirror, String) {
     let ws = bare(NEW);
     let mirror = Mirror::start();
     serve_release(&mirror, NEW, "amd64");
+    let stdout = lock_over_tls(&ws, &mirror);
+    (ws, mirror, stdout)
+}
+
+#[test]
+fn lock_then_fetch_then_build_records_publisher_checksum_trust() {
+    let (ws, mirror, stdout) = locked_release();
     let url = mirror.url();
-    // Pins are read over TLS (`lock` refuses plain http).
-    let (tls, ca) = mirror.tls(ws.dir());
-    let ca = ca.to_str().unwrap();
-    let stdout = ws.ok(&["lock", "--version", NEW, "--mirror", &tls, "--ca-cert", ca]);
     assert!(stdout.contains("kubectl\tamd64\tsha256:"), "{stdout}");
     assert!(
         stdout.contains("kube-apiserver\tamd64\tsha512:"),
@@ -811,17 +823,7 @@ fn lock_then_fetch_then_build_records_publisher_checksum_trust() {
     );
     let ws2 = bare(NEW);
     let url2 = mirror2.url();
-    let (tls2, ca2) = mirror2.tls(ws2.dir());
-    let ca2 = ca2.to_str().unwrap();
-    ws2.ok(&[
-        "lock",
-        "--version",
-        NEW,
-        "--mirror",
-        &tls2,
-        "--ca-cert",
-        ca2,
-    ]);
+    lock_over_tls(&ws2, &mirror2);
     let stderr = ws2.fails(&["fetch", "--mirror", &url2, "--allow-http"], 4);
     assert!(
         stderr.contains("kube-scheduler") && stderr.contains("digest mismatch"),
@@ -923,13 +925,8 @@ fn lock_refuses_to_shadow_a_changelog_pin_and_needs_checksum_files() {
 
 #[test]
 fn airgap_carries_a_lock() {
-    let ws = bare(NEW);
-    let mirror = Mirror::start();
-    serve_release(&mirror, NEW, "amd64");
+    let (ws, mirror, _) = locked_release();
     let url = mirror.url();
-    let (tls, ca) = mirror.tls(ws.dir());
-    let ca = ca.to_str().unwrap();
-    ws.ok(&["lock", "--version", NEW, "--mirror", &tls, "--ca-cert", ca]);
     ws.ok(&[
         "airgap",
         "export",
