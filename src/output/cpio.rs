@@ -373,9 +373,11 @@ mod tests {
     use super::*;
     use crate::codec::cpio::{Member, read_members};
     use crate::error::Kind;
-    use crate::plan::fixture::{file, sample_plan};
+    use crate::plan::fixture::{file, run_ok, sample_plan};
     use crate::util::digest::sha256_hex;
     use std::process::Command;
+
+    const CPIO: &str = "GNU cpio must be installed (apt-get install cpio)";
 
     #[test]
     fn gzip_file_is_reproducible_and_private_when_secret() {
@@ -598,17 +600,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.cpio");
         std::fs::write(&path, archive).unwrap();
-        let out = Command::new("cpio")
-            .args(["-itv", "--quiet", "--numeric-uid-gid", "-F"])
-            .arg(&path)
-            .output()
-            .expect("GNU cpio must be installed (apt-get install cpio)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let stdout = run_ok(
+            Command::new("cpio")
+                .args(["-itv", "--quiet", "--numeric-uid-gid", "-F"])
+                .arg(&path),
+            CPIO,
         );
-        String::from_utf8(out.stdout).unwrap()
+        String::from_utf8(stdout).unwrap()
     }
 
     /// `ls -l`-style type and permission string of a plan entry.
@@ -678,16 +676,12 @@ mod tests {
             for half in halves {
                 let h = dir.path().join("half.cpio");
                 std::fs::write(&h, half).unwrap();
-                let out = Command::new("cpio")
-                    .args(["-idm", "--quiet", "--no-absolute-filenames", "-F"])
-                    .arg(&h)
-                    .current_dir(&dest)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
+                run_ok(
+                    Command::new("cpio")
+                        .args(["-idm", "--quiet", "--no-absolute-filenames", "-F"])
+                        .arg(&h)
+                        .current_dir(&dest),
+                    CPIO,
                 );
             }
             for e in &plan.entries {

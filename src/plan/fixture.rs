@@ -1,7 +1,9 @@
 //! Plans for tests: a small control-plane-like plan, its meta and entry
-//! makers. The unit tests use it, and so do the integration tests that write
-//! archives of plans of their own (tests/initramfs_boot.rs); the CLI never does.
+//! makers, and [`run_ok`] for the real tools that judge outputs. The unit
+//! tests use it, and so do the integration tests that write archives of plans
+//! of their own (tests/initramfs_boot.rs); the CLI never does.
 
+use std::process::Command;
 use std::sync::Arc;
 
 use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan};
@@ -134,4 +136,18 @@ pub fn tar_gz(members: &[(&str, &[u8])]) -> Vec<u8> {
         tar.append_data(&mut h, path, *bytes).unwrap();
     }
     tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// Runs `cmd` (a tool that `install` says how to get), requires success and
+/// returns its stdout; a failure shows the tool's stderr.
+pub fn run_ok(cmd: &mut Command, install: &str) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}: {install}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }

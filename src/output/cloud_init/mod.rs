@@ -422,7 +422,7 @@ mod tests {
 
     use super::*;
     use crate::codec::vfat;
-    use crate::plan::fixture::sample_plan;
+    use crate::plan::fixture::{run_ok, sample_plan};
     use crate::plan::{EntryKind, Network};
 
     fn opts(binaries: Binaries) -> Options {
@@ -568,20 +568,14 @@ mod tests {
     pub(super) fn write_files_with_cloud_init(user_data: &Path, root: &Path) -> serde_json::Value {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/cloud_init_write_files.py");
-        let out = std::process::Command::new("/usr/bin/python3")
-            .arg(script)
-            .arg(user_data)
-            .arg(root)
-            .output()
-            .expect(
-                "Debian's python3 with cloud-init must be installed (apt-get install cloud-init)",
-            );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let stdout = run_ok(
+            std::process::Command::new("/usr/bin/python3")
+                .arg(script)
+                .arg(user_data)
+                .arg(root),
+            "Debian's python3 with cloud-init must be installed (apt-get install cloud-init)",
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_slice(&stdout).unwrap()
     }
 
     pub(super) fn cloud_init_schema(user_data: &Path) {
@@ -774,27 +768,14 @@ mod tests {
         let p = dir.path().join("network-config");
         fs::write(&p, yaml::network_config(&n)).unwrap();
         let out_dir = dir.path().join("out");
-        let out = std::process::Command::new("cloud-init")
-            .args([
-                "devel",
-                "net-convert",
-                "-k",
-                "yaml",
-                "-D",
-                "debian",
-                "-O",
-                "networkd",
-                "-p",
-            ])
-            .arg(&p)
-            .arg("-d")
-            .arg(&out_dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            std::process::Command::new("cloud-init")
+                .args(["devel", "net-convert", "-k", "yaml", "-D", "debian"])
+                .args(["-O", "networkd", "-p"])
+                .arg(&p)
+                .arg("-d")
+                .arg(&out_dir),
+            "cloud-init must be installed (apt-get install cloud-init)",
         );
         let mut text = String::new();
         for e in walk(&out_dir) {
