@@ -595,6 +595,11 @@ fn the_node_boot_step_leaves_a_marker_and_is_retried_at_the_next_boot() {
             }
             mirror.put(&format!("k8s/v1.36.0/bin/linux/amd64/{name}"), bytes);
         }
+        // etcd's binaries come out of its pinned release archive.
+        mirror.put(
+            &format!("k8s/{}", ws.etcd_mirror_path()),
+            ws.etcd_tarball().to_vec(),
+        );
     };
     put_all(true);
     ws.ok(&[
@@ -719,11 +724,16 @@ fn the_node_boot_step_leaves_a_marker_and_is_retried_at_the_next_boot() {
     let failed = marker("cloud-init.failed").unwrap();
     assert!(failed.contains("starting nginx.service failed"), "{failed}");
     assert!(marker("cloud-init.done").is_none());
-    for b in support::BINARIES {
-        let name = b.rsplit('/').next().unwrap();
+    assert!(pos("etcd.service") < pos("kube-apiserver.service"));
+    for name in support::BINARIES
+        .iter()
+        .map(|b| b.rsplit('/').next().unwrap())
+        .chain(["etcd", "etcdctl", "etcdutl"])
+    {
         assert_eq!(
             fs::read(node.path().join("usr/local/bin").join(name)).unwrap(),
-            bin(name)
+            bin(name),
+            "{name}"
         );
     }
     assert!(
@@ -738,13 +748,16 @@ fn the_node_boot_step_leaves_a_marker_and_is_retried_at_the_next_boot() {
 
     // Boot 3: nginx installed; the binaries in place are kept (not downloaded again).
     fs::remove_file(&no_nginx).unwrap();
+    let etcd_archive = format!("k8s/{}", ws.etcd_mirror_path());
     let fetched = mirror.requests("k8s/v1.36.0/bin/linux/amd64/kubectl").len();
+    let fetched_etcd = mirror.requests(&etcd_archive).len();
     let third = boot();
     assert!(third.status.success(), "{}", text(&third));
     assert_eq!(
         mirror.requests("k8s/v1.36.0/bin/linux/amd64/kubectl").len(),
         fetched
     );
+    assert_eq!(mirror.requests(&etcd_archive).len(), fetched_etcd);
     assert!(marker("cloud-init.failed").is_none());
     assert!(marker("cloud-init.done").is_some());
 
