@@ -23,6 +23,7 @@ use imgbuild::Error;
 use imgbuild::acquire::lock::parse_checksum;
 use imgbuild::codec::{cpio, vfat};
 use imgbuild::input::assets::Assets;
+use imgbuild::inspect::MAX_USER_DATA;
 use imgbuild::input::inventory::Inventory;
 use imgbuild::input::profile::Profile;
 use imgbuild::input::recipe::{self, Algorithm, Recipe, Version};
@@ -262,6 +263,7 @@ pub fn layout(data: &[u8]) {
     write(&file, data);
     let assets = Assets {
         recipe_dirs: vec![dir.path().to_path_buf()],
+        lock_dirs: Vec::new(),
         overlay_dir: None,
     };
     let r = match Recipe::parse(&assets, "", LAYOUT_RECIPE, "fuzz-recipe") {
@@ -478,7 +480,7 @@ pub fn vfat(data: &[u8]) {
                 {
                     continue;
                 }
-                let bytes = match vfat::read_vfat_file(&path, &e.path) {
+                let bytes = match vfat::read_vfat_file(&path, &e.path, MAX_USER_DATA) {
                     Ok(Some(b)) => b,
                     other => panic!(
                         "{:?} is listed, yet reads as {:?}",
@@ -493,7 +495,7 @@ pub fn vfat(data: &[u8]) {
         }
         Err(e) => check_error(&e, data),
     }
-    if let Err(e) = vfat::read_vfat_file(&path, "user-data") {
+    if let Err(e) = vfat::read_vfat_file(&path, "user-data", MAX_USER_DATA) {
         check_error(&e, data);
     }
 }
