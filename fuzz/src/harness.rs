@@ -21,13 +21,14 @@ use std::path::{Path, PathBuf};
 
 use imgbuild::Error;
 use imgbuild::acquire::lock::parse_checksum;
-use imgbuild::codec::{cpio, vfat};
+use imgbuild::codec::{cpio, vfat, zstd};
 use imgbuild::input::assets::Assets;
-use imgbuild::inspect::MAX_USER_DATA;
 use imgbuild::input::inventory::Inventory;
 use imgbuild::input::profile::Profile;
 use imgbuild::input::recipe::{self, Algorithm, Recipe, Version};
+use imgbuild::inspect::MAX_USER_DATA;
 use imgbuild::output::cloud_init::yaml;
+use imgbuild::output::manifest::Listed;
 use imgbuild::store::cache::parse_pin;
 use sha2::Digest as _;
 
@@ -210,7 +211,10 @@ pub fn recipe(data: &[u8]) {
         // Versions are compared parsed: `v1.01.2` is the version of
         // kubernetes-v1.1.2.toml.
         if let Err(e) = Recipe::parse(&assets, &name, text, "fuzz/recipe.toml") {
-            panic!("{name} refused for kubernetes_version {:?}: {e}", r.kubernetes_version);
+            panic!(
+                "{name} refused for kubernetes_version {:?}: {e}",
+                r.kubernetes_version
+            );
         }
     }
     for a in &r.artifacts {
@@ -366,10 +370,20 @@ pub fn user_data(data: &[u8]) {
 /// target's round trip.
 const ROUND_TRIP_DATA: u64 = 1 << 20;
 
-/// `cpio::read_members` of the input. Property: what it reads, written again
-/// with `CpioWriter` (files with zero bytes of their size), reads back with
-/// the same names, types, permissions, owners, sizes and link targets.
+/// `cpio::read_members` of the input, and `inspect` of it as a `.cpio` and
+/// as a `.cpio.zst` (two zstd frames, as the split writer makes). Properties:
+/// both `inspect`s list the same entries, or both refuse; what the reader
+/// reads, written again with `CpioWriter` (files with zero bytes of their
+/// size), reads back with the same names, types, permissions, owners, sizes
+/// and link targets.
 pub fn cpio(data: &[u8]) {
+    // Only a plain cpio reads as one: other first bytes sniff as gzip, an
+    // Ignition config or a seed image, which a zstd stream never holds.
+    if data.starts_with(b"070701") {
+        let plain = inspect_as(data, "controller-1.cpio", Packing::Plain);
+        let zstd = inspect_as(data, "controller-1.cpio.zst", Packing::Zstd);
+        same_listing(plain, zstd, "cpio", "cpio.zst");
+    }
     let members = match cpio::read_members(data) {
         Ok(m) => m,
         Err(e) => return check_error(&e, data),
@@ -427,24 +441,70 @@ pub fn cpio(data: &[u8]) {
 
 // ------------------------------------------------------------ tar
 
-/// `inspect` of the input gzipped into a `.tar.gz` (so the mutations are in
-/// the tar, not in the deflate stream). Property: every entry listed has an
-/// absolute path.
-pub fn tar(data: &[u8]) {
+/// How the tar and cpio targets wrap their input before `inspect` reads it
+/// (the mutations are in the archive, not in the compressed stream).
+#[derive(Clone, Copy)]
+enum Packing {
+    Plain,
+    Gzip,
+    /// Two frames, cut at a 4-byte boundary half-way (the writers end a frame
+    /// at a cpio entry; the readers take frames one after the other).
+    Zstd,
+}
+
+/// `inspect` of `data`, packed, in a file named `name`. Errors are checked.
+fn inspect_as(data: &[u8], name: &str, packing: Packing) -> Option<Vec<Listed>> {
     let dir = tempdir();
-    let path = dir.path().join("controller-1.tar.gz");
-    let file = File::create(&path).unwrap();
-    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
-    gz.write_all(data).unwrap();
-    gz.finish().unwrap();
+    let path = dir.path().join(name);
+    let bytes = match packing {
+        Packing::Plain => data.to_vec(),
+        Packing::Gzip => {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(data).unwrap();
+            gz.finish().unwrap()
+        }
+        Packing::Zstd => {
+            let cut = (data.len() / 2) & !3;
+            let mut out = zstd::frame(&data[..cut], 1).unwrap();
+            out.extend(zstd::frame(&data[cut..], 1).unwrap());
+            out
+        }
+    };
+    write(&path, &bytes);
     match imgbuild::inspect::inspect(&[path]) {
         Ok(found) => {
             for e in &found.entries {
                 assert!(e.path.starts_with('/'), "entry {:?}", e.path);
             }
+            Some(found.entries)
         }
-        Err(e) => check_error(&e, data),
+        Err(e) => {
+            check_error(&e, data);
+            None
+        }
     }
+}
+
+/// The same archive, packed two ways, lists the same or is refused both times.
+fn same_listing(a: Option<Vec<Listed>>, b: Option<Vec<Listed>>, an: &str, bn: &str) {
+    match (&a, &b) {
+        (Some(x), Some(y)) => assert_eq!(x, y, "{an} and {bn} list different entries"),
+        (None, None) => {}
+        _ => panic!(
+            "{an} {} and {bn} {}",
+            if a.is_some() { "reads" } else { "is refused" },
+            if b.is_some() { "reads" } else { "is refused" }
+        ),
+    }
+}
+
+/// `inspect` of the input as a `.tar.gz` and as a `.tar.zst` (two frames).
+/// Properties: every entry listed has an absolute path; both list the same
+/// entries, or both refuse.
+pub fn tar(data: &[u8]) {
+    let gz = inspect_as(data, "controller-1.tar.gz", Packing::Gzip);
+    let zst = inspect_as(data, "controller-1.tar.zst", Packing::Zstd);
+    same_listing(gz, zst, "tar.gz", "tar.zst");
 }
 
 // ------------------------------------------------------------ vfat
