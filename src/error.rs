@@ -38,6 +38,14 @@ pub struct Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A parser's message that quotes the input (TOML's shows the offending line
+/// and a caret under it), each line cut like [`clip`]: a megabyte-long line
+/// must not come back whole.
+pub fn clip_lines(message: &str) -> String {
+    let lines: Vec<String> = message.trim_end().lines().map(clip).collect();
+    lines.join("\n")
+}
+
 impl Error {
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
         Error {

@@ -341,7 +341,9 @@ fn lock_etcd(
 }
 
 /// A checksum file holds the hex digest, optionally followed by a file name.
-fn parse_checksum(body: &str, alg: Algorithm, url: &str) -> Result<String> {
+/// Public for the fuzz harness (`fuzz/`) only.
+#[doc(hidden)]
+pub fn parse_checksum(body: &str, alg: Algorithm, url: &str) -> Result<String> {
     let token = body.split_whitespace().next().unwrap_or("");
     let hex = token.to_ascii_lowercase();
     if hex.len() != alg.hex_len() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {

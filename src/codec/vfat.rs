@@ -270,19 +270,218 @@ static READ_TIME: FixedTime = FixedTime(DateTime {
     },
 });
 
-/// The filesystem of the image at `path`, read-only.
+/// The filesystem of the image at `path`, read-only, its cluster numbers
+/// checked ([`check_clusters`]).
 fn open_image(path: &Path) -> Result<FileSystem<ReadOnly>> {
     let file = File::open(path).with_path("cannot open", path)?;
     let size = file.metadata().with_path("cannot stat", path)?.len();
+    let raw = file.try_clone().with_path("cannot open", path)?;
     // Every byte read about twice (folders, then files), plus FAT look-ups.
     let left = size.saturating_mul(3).saturating_add(64 << 20);
-    FileSystem::new(
+    let fs = FileSystem::new(
         ReadOnly { file, left },
         FsOptions::new()
             .time_provider(&READ_TIME)
             .update_accessed_date(false),
     )
-    .map_err(|e| Error::input(format!("{} is not a vfat image: {e}", path.display())))
+    .map_err(|e| Error::input(format!("{} is not a vfat image: {e}", path.display())))?;
+    check_clusters(&raw, &fs).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => Error::input(format!("{}: {e}", path.display())),
+        _ => Error::io("cannot read", path, e),
+    })?;
+    Ok(fs)
+}
+
+/// Bytes of `file` at `at`, as many as there are up to `buf.len()` (the
+/// file's offset, shared with fatfs's handle, is left alone).
+fn read_at(file: &File, mut at: u64, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], at) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                at += k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Refuse an image where a cluster number fatfs would follow lies outside
+/// the data area (`2..=clusters + 1`): a FAT entry linking there, an entry of
+/// a folder reachable from the root starting there, or FAT32's root folder.
+/// fatfs 0.3 computes where cluster `c` lies as `(c - 2) * sectors_per_cluster`
+/// in `u32`: cluster 1 or a huge one overflows (a panic where overflow is
+/// checked, some other place of the image read as the file where not).
+/// `fs` has checked the boot sector's fields.
+fn check_clusters(disk: &File, fs: &FileSystem<ReadOnly>) -> io::Result<()> {
+    use fatfs::FatType::{Fat12, Fat16, Fat32};
+    let fat_type = fs.fat_type();
+    let fat32 = fat_type == Fat32;
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+
+    let mut bs = [0u8; 512];
+    if read_at(disk, 0, &mut bs)? < bs.len() {
+        return Err(bad("no boot sector".into()));
+    }
+    let le16 = |at: usize| u64::from(u16::from_le_bytes([bs[at], bs[at + 1]]));
+    let le32 = |at: usize| u32::from_le_bytes([bs[at], bs[at + 1], bs[at + 2], bs[at + 3]]);
+    let sector = le16(11);
+    let (reserved, fats, root_entries) = (le16(14), u64::from(bs[16]), le16(17));
+    let per_fat = if fat32 { u64::from(le32(36)) } else { le16(22) };
+    let total = match le16(19) {
+        0 => u64::from(le32(32)),
+        n => n,
+    };
+    let root_start = (reserved + fats * per_fat) * sector;
+    let root_len = root_entries * 32;
+    let data_start = root_start + root_len.div_ceil(sector) * sector;
+    let per_cluster = u64::from(bs[13]).max(1);
+    let cluster_len = per_cluster * sector;
+    // As fatfs counts clusters (it checked that the data area is not empty).
+    let clusters = (total * sector).saturating_sub(data_start) / cluster_len;
+    let last = u32::try_from(clusters + 1).unwrap_or(u32::MAX);
+    let in_range = |c: u32| (2..=last).contains(&c);
+    // The FAT fatfs reads: the first, or FAT32's active one when not mirrored.
+    let flags = le16(40);
+    let active = if fat32 && flags & 0x80 != 0 {
+        flags & 0x0f
+    } else {
+        0
+    };
+    let fat_start = (reserved + active * per_fat) * sector;
+    let fat_len = per_fat * sector;
+    // A value at or above "bad cluster" ends a chain, as 0 (free) does.
+    let special = match fat_type {
+        Fat12 => 0xff7,
+        Fat16 => 0xfff7,
+        Fat32 => 0x0fff_fff7,
+    };
+    // FAT entry `i` of `fat` (which starts at entry `first`, even for FAT12).
+    let value = |fat: &[u8], first: u64, i: u64| -> Option<u32> {
+        let (at, len) = match fat_type {
+            Fat12 => ((i + i / 2 - (first + first / 2)) as usize, 2),
+            Fat16 => (((i - first) * 2) as usize, 2),
+            Fat32 => (((i - first) * 4) as usize, 4),
+        };
+        let mut b = [0u8; 4];
+        b[..len].copy_from_slice(fat.get(at..at + len)?);
+        let v = u32::from_le_bytes(b);
+        Some(match fat_type {
+            Fat12 if i % 2 == 1 => v >> 4,
+            Fat12 => v & 0xfff,
+            Fat16 => v,
+            Fat32 => v & 0x0fff_ffff,
+        })
+    };
+
+    // Every FAT entry of a data cluster, 8192 at a time. What lies past the
+    // image's end is not checked: fatfs fails there with a short read.
+    let mut piece = vec![0u8; 3 * 8192];
+    let mut first = 0u64;
+    'fat: while first <= u64::from(last) {
+        let at = match fat_type {
+            Fat12 => first + first / 2,
+            Fat16 => first * 2,
+            Fat32 => first * 4,
+        };
+        let want = (piece.len() as u64).min(fat_len.saturating_sub(at)) as usize;
+        let n = read_at(disk, fat_start + at, &mut piece[..want])?;
+        let count = match fat_type {
+            Fat12 => 8192,
+            Fat16 => 3 * 4096,
+            Fat32 => 3 * 2048,
+        };
+        for i in first.max(2)..(first + count).min(u64::from(last) + 1) {
+            let Some(v) = value(&piece[..n], first, i) else {
+                break 'fat;
+            };
+            if v != 0 && v < special && !in_range(v) {
+                return Err(bad(format!(
+                    "cluster {i} links to cluster {v}, outside the volume's 2..={last}"
+                )));
+            }
+        }
+        first += count;
+    }
+    // The next cluster of `c` (checked above), if any.
+    let next = |c: u32| -> io::Result<Option<u32>> {
+        let mut b = [0u8; 4];
+        let i = u64::from(c);
+        let at = match fat_type {
+            Fat12 => i + i / 2,
+            Fat16 => i * 2,
+            Fat32 => i * 4,
+        };
+        let n = read_at(disk, fat_start + at, &mut b)?;
+        Ok(value(&b[..n], i, i).filter(|&v| in_range(v)))
+    };
+
+    // Every entry of every folder reachable from the root folder, each
+    // cluster read at most once.
+    let mut seen = std::collections::HashSet::new();
+    let mut folders: Vec<(String, Option<u32>)> = Vec::new();
+    if fat32 {
+        let root = le32(44);
+        if !in_range(root) {
+            return Err(bad(format!(
+                "the root folder starts at cluster {root}, outside the volume's 2..={last}"
+            )));
+        }
+        folders.push(("/".into(), Some(root)));
+    } else {
+        folders.push(("/".into(), None));
+    }
+    while let Some((folder, start)) = folders.pop() {
+        // Where the folder lies: FAT12/16's root region, else its clusters.
+        let mut pieces = Vec::new();
+        match start {
+            None => pieces.push((root_start, root_len)),
+            Some(mut c) => {
+                while seen.insert(c) {
+                    pieces.push((data_start + u64::from(c - 2) * cluster_len, cluster_len));
+                    match next(c)? {
+                        Some(n) => c = n,
+                        None => break,
+                    }
+                }
+            }
+        }
+        'folder: for (at, len) in pieces {
+            let mut bytes = vec![0u8; len as usize];
+            let n = read_at(disk, at, &mut bytes)?;
+            for e in bytes[..n].chunks_exact(32) {
+                if e[0] == 0 {
+                    break 'folder;
+                }
+                // Deleted entries and long-name pieces hold no cluster.
+                if e[0] == 0xe5 || e[11] & 0x3f == 0x0f {
+                    continue;
+                }
+                let hi = if fat32 {
+                    u16::from_le_bytes([e[20], e[21]])
+                } else {
+                    0
+                };
+                let c = u32::from(hi) << 16 | u32::from(u16::from_le_bytes([e[26], e[27]]));
+                let name = || crate::error::clip(String::from_utf8_lossy(&e[..11]).trim_end());
+                if c != 0 && !in_range(c) {
+                    return Err(bad(format!(
+                        "{} in folder {folder} starts at cluster {c}, outside the volume's 2..={last}",
+                        name()
+                    )));
+                }
+                if e[11] & 0x10 != 0 && c != 0 && !seen.contains(&c) {
+                    folders.push((name(), Some(c)));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The label (from the root folder entry, else the boot sector) and every entry.
@@ -517,6 +716,58 @@ mod tests {
         assert_eq!(
             read_vfat_file(&a, "user-data", 1 << 20).unwrap().unwrap(),
             b"#cloud-config\n"
+        );
+    }
+
+    /// A cluster number outside the data area, where a file starts or where
+    /// its chain leads, is refused (fatfs would compute its place with an
+    /// overflow: a panic in a debug build).
+    #[test]
+    fn clusters_outside_the_volume_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.img");
+        build(&p, &[mem("kubelet", &[7u8; 10_000])]);
+        let img = std::fs::read(&p).unwrap();
+        let at = img.windows(11).position(|w| w == b"KUBELET    ").unwrap();
+        let first = u16::from_le_bytes([img[at + 26], img[at + 27]]);
+        let refused = |img: &[u8], want: &str| {
+            std::fs::write(&p, img).unwrap();
+            let e = read_vfat(&p).unwrap_err();
+            assert_eq!(e.kind, Kind::Input, "{e}");
+            assert!(e.message().contains(want), "{e}");
+            let e = read_vfat_file(&p, "kubelet", 1 << 20).unwrap_err();
+            assert!(e.message().contains(want), "{e}");
+        };
+        for c in [1u16, u16::MAX] {
+            let mut bad = img.clone();
+            bad[at + 26..at + 28].copy_from_slice(&c.to_le_bytes());
+            refused(
+                &bad,
+                &format!("KUBELET in folder / starts at cluster {c}, outside"),
+            );
+        }
+        // The file's first FAT entry links to cluster 1 (the image is FAT12:
+        // 12-bit entries, two in three bytes).
+        std::fs::write(&p, &img).unwrap();
+        let disk = File::options().read(true).write(true).open(&p).unwrap();
+        let fs = FileSystem::new(disk, FsOptions::new()).unwrap();
+        assert_eq!(fs.fat_type(), fatfs::FatType::Fat12);
+        drop(fs);
+        let fat = usize::from(u16::from_le_bytes([img[14], img[15]]))
+            * usize::from(u16::from_le_bytes([img[11], img[12]]));
+        let i = usize::from(first);
+        let mut bad = img.clone();
+        let o = fat + i + i / 2;
+        let pair = u16::from_le_bytes([bad[o], bad[o + 1]]);
+        let pair = if i % 2 == 0 {
+            pair & 0xf000 | 1
+        } else {
+            pair & 0x000f | 1 << 4
+        };
+        bad[o..o + 2].copy_from_slice(&pair.to_le_bytes());
+        refused(
+            &bad,
+            &format!("cluster {first} links to cluster 1, outside"),
         );
     }
 

@@ -149,8 +149,13 @@ impl FlagTable {
         let asset = assets
             .recipe_file("flags.toml")?
             .ok_or_else(|| Error::input("the flag table recipes/flags.toml is missing"))?;
-        let mut table: FlagTable = toml::from_str(&asset.text)
-            .map_err(|e| Error::input(format!("{}: {}", asset.origin, e.to_string().trim_end())))?;
+        let mut table: FlagTable = toml::from_str(&asset.text).map_err(|e| {
+            Error::input(format!(
+                "{}: {}",
+                asset.origin,
+                crate::error::clip_lines(&e.to_string())
+            ))
+        })?;
         for (component, major, minor, asset) in assets.flagsets()? {
             let set = asset
                 .text

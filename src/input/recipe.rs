@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result, clip};
+use crate::error::{Error, Result, clip, clip_lines};
 use crate::input::assets::Assets;
 
 /// How much to trust an artifact's pin.
@@ -481,8 +481,9 @@ impl Recipe {
     }
 
     pub fn parse(assets: &Assets, name: &str, text: &str, origin: &str) -> Result<Recipe> {
-        let mut recipe: Recipe = toml::from_str(text)
-            .map_err(|e| Error::input(format!("recipe {origin}: {}", e.to_string().trim_end())))?;
+        let mut recipe: Recipe = toml::from_str(text).map_err(|e| {
+            Error::input(format!("recipe {origin}: {}", clip_lines(&e.to_string())))
+        })?;
         recipe.name = name.to_string();
         recipe.origin = origin.to_string();
         recipe
@@ -500,7 +501,7 @@ impl Recipe {
             Error::input(format!(
                 "layout {}: {}",
                 layout.origin,
-                e.to_string().trim_end()
+                clip_lines(&e.to_string())
             ))
         })?;
         recipe

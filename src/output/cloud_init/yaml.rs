@@ -452,7 +452,8 @@ pub(super) fn meta_data(instance_id: &str, node_name: &str) -> String {
 fn scalar(v: &str, what: &str) -> Result<String> {
     serde_json::from_str::<String>(v.trim()).map_err(|_| {
         Error::input(format!(
-            "{what}: {v:?} is not a quoted string (was the user-data edited?)"
+            "{what}: {:?} is not a quoted string (was the user-data edited?)",
+            crate::error::clip(v)
         ))
     })
 }
