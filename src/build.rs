@@ -82,7 +82,7 @@ pub fn controller(
         progress.event(Event::Step {
             what: &format!(
                 "writing {} for node {index} ({})",
-                target.format, plan.meta.node_name
+                target.format, plan.meta.made_from.node_name
             ),
         });
         let w = output::write_node(&plan, target, &shared, &cache, progress)?;

@@ -742,10 +742,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller-1.tar.gz");
         let mut out = Vec::new();
-        crate::output::tar::write_shared(plan.shared().collect(), plan.meta.mtime, &mut out, 2)
-            .unwrap();
-        let out = crate::output::tar::write_per_node(plan.per_node(), plan.meta.mtime, Gzip, out)
-            .unwrap();
+        crate::output::tar::write_shared(
+            plan.shared().collect(),
+            plan.meta.made_from.mtime,
+            &mut out,
+            2,
+        )
+        .unwrap();
+        let out = crate::output::tar::write_per_node(
+            plan.per_node(),
+            plan.meta.made_from.mtime,
+            Gzip,
+            out,
+        )
+        .unwrap();
         std::fs::write(&path, out).unwrap();
         let found = inspect(std::slice::from_ref(&path)).unwrap();
         assert_eq!(found.artifact, Artifact::TarGz);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use imgbuild::output::cpio::{self, Part};
 use imgbuild::output::format::Compression;
 use imgbuild::plan::fixture::{self, dir, entry, file};
-use imgbuild::plan::{Content, Entry, EntryKind, Meta, Plan};
+use imgbuild::plan::{Content, Entry, EntryKind, Plan};
 use imgbuild::util::digest::sha256_hex;
 
 mod support;
@@ -85,14 +85,10 @@ fn overlay_plan(work: &Path) -> Plan {
         b"[Service]\nExecStart=/usr/local/bin/kube-apiserver\n",
     ));
     entries.reverse();
-    let mut plan = Plan {
-        meta: Meta {
-            imgbuild_version: "test".into(),
-            cluster: "boot-test".into(),
-            ..fixture::meta()
-        },
-        entries,
-    };
+    let mut meta = fixture::meta();
+    meta.made_from.imgbuild_version = "test".into();
+    meta.made_from.cluster = "boot-test".into();
+    let mut plan = Plan { meta, entries };
     plan.finish().unwrap();
     plan
 }
@@ -273,7 +269,7 @@ fn kernel_unpacks_split_initramfs_to_the_plan() {
             EntryKind::File { size, sha256, .. } => {
                 assert_eq!(f[4], size.to_string(), "{}", e.path);
                 assert_eq!(&f[6], sha256, "{}", e.path);
-                assert_eq!(f[5], plan.meta.mtime.to_string(), "{}", e.path);
+                assert_eq!(f[5], plan.meta.made_from.mtime.to_string(), "{}", e.path);
             }
             EntryKind::Symlink { target } => assert_eq!(&f[6], target, "{}", e.path),
             EntryKind::Dir => {}

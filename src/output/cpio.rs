@@ -138,13 +138,18 @@ pub fn write_cpio<'a, W: Write>(
 
 /// Write the `part` of `plan` as one archive.
 pub fn write_part<W: Write>(plan: &Plan, part: Part, out: W) -> Result<W> {
-    write_cpio(select(plan, part), plan.meta.mtime, part.first_ino(), out)
+    write_cpio(
+        select(plan, part),
+        plan.meta.made_from.mtime,
+        part.first_ino(),
+        out,
+    )
 }
 
 /// Key of a split's shared archive (compressed or not): everything its bytes
 /// depend on, so a cached copy can stand in for it.
 pub fn shared_key(plan: &Plan, compression: Compression) -> String {
-    let (mtime, ino) = (plan.meta.mtime, Part::Shared.first_ino());
+    let (mtime, ino) = (plan.meta.made_from.mtime, Part::Shared.first_ino());
     let mut key = match compression {
         Compression::None | Compression::Gzip => format!(
             "imgbuild cpio shared part v2; gzip {}, zlib-rs level {}, a member per file from {OWN_PIECE} bytes; mtime {mtime}; first inode {ino}\n",
@@ -188,7 +193,7 @@ pub fn write_entries<W: Write>(
     out: &mut W,
 ) -> Result<u32> {
     let entries = select(plan, part);
-    let (mtime, first_ino) = (plan.meta.mtime, part.first_ino());
+    let (mtime, first_ino) = (plan.meta.made_from.mtime, part.first_ino());
     frames::write_pieces(
         &entries,
         compression,
@@ -234,7 +239,7 @@ pub fn write_rest<W: Write>(
         .filter(|e| !shared.contains(e.path.as_str()));
     write_cpio(
         rest,
-        plan.meta.mtime,
+        plan.meta.made_from.mtime,
         next_ino,
         Encoder::new(compression, out)?,
     )?
@@ -249,7 +254,11 @@ pub fn write_part_to<W: Write>(
     compression: Compression,
     out: W,
 ) -> Result<W> {
-    let (entries, mtime, first_ino) = (select(plan, part), plan.meta.mtime, part.first_ino());
+    let (entries, mtime, first_ino) = (
+        select(plan, part),
+        plan.meta.made_from.mtime,
+        part.first_ino(),
+    );
     write_cpio(entries, mtime, first_ino, Encoder::new(compression, out)?)?.finish()
 }
 
@@ -314,7 +323,11 @@ pub fn shared_segment(
         let entries = entries_segment(plan, compression, cache, threads, progress)?;
         let hasher = segment::copy_into(&entries, tmp.as_file_mut())?;
         let mut w = HashingWriter::resume(io::BufWriter::new(tmp), hasher);
-        segment::append(&mut w, &trailer(compression, plan.meta.mtime)?, cache)?;
+        segment::append(
+            &mut w,
+            &trailer(compression, plan.meta.made_from.mtime)?,
+            cache,
+        )?;
         Ok(w)
     })
 }
@@ -697,7 +710,7 @@ mod tests {
                             "{}",
                             e.path
                         );
-                        assert_eq!(md.mtime(), plan.meta.mtime as i64);
+                        assert_eq!(md.mtime(), plan.meta.made_from.mtime as i64);
                     }
                     EntryKind::Symlink { target } => {
                         assert_eq!(std::fs::read_link(&p).unwrap().to_str().unwrap(), target)

@@ -17,7 +17,7 @@ pub fn write_dir(plan: &Plan, dest: &Path) -> Result<Option<String>> {
     let tmp = TempFolder::beside(dest)?;
     let root = tmp.path();
     let is_root = is_root();
-    let mtime = UNIX_EPOCH + Duration::from_secs(plan.meta.mtime);
+    let mtime = UNIX_EPOCH + Duration::from_secs(plan.meta.made_from.mtime);
     for e in plan.ordered() {
         let p = root.join(&e.path);
         match &e.kind {

@@ -14,53 +14,19 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::plan::{Entry, EntryKind, Meta, Origin, Plan};
+use crate::plan::{Entry, EntryKind, Origin, Plan, Provenance};
 
 /// A node's manifest, as written and as read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     #[serde(flatten)]
-    pub meta: ManifestMeta,
+    pub meta: Provenance,
     /// The format of the build that wrote the file last (e.g. `tar.gz`,
     /// `cpio.gz (split)`, `cloud-init (binaries seed)`).
     pub format: String,
     /// Output files of every format built from the same inputs, by name.
     pub outputs: Vec<Output>,
     pub entries: Vec<ManifestEntry>,
-}
-
-/// What the build was made from: the fields of [`Meta`] that the manifest
-/// records (not the unit order nor the network, which only shape the files).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManifestMeta {
-    pub imgbuild_version: String,
-    pub recipe: String,
-    pub kubernetes_version: String,
-    pub arch: String,
-    pub cluster: String,
-    /// 1-based index of the node in the inventory.
-    pub node_index: usize,
-    pub node_name: String,
-    /// sha256 of the inventory file's bytes.
-    pub inventory_sha256: String,
-    /// Entry mtimes (seconds since the epoch).
-    pub mtime: u64,
-}
-
-impl From<&Meta> for ManifestMeta {
-    fn from(m: &Meta) -> Self {
-        ManifestMeta {
-            imgbuild_version: m.imgbuild_version.clone(),
-            recipe: m.recipe.clone(),
-            kubernetes_version: m.kubernetes_version.clone(),
-            arch: m.arch.clone(),
-            cluster: m.cluster.clone(),
-            node_index: m.node_index,
-            node_name: m.node_name.clone(),
-            inventory_sha256: m.inventory_sha256.clone(),
-            mtime: m.mtime,
-        }
-    }
 }
 
 /// A file a build wrote: its name (relative to the output folder), sha256, size.
@@ -165,7 +131,7 @@ impl Manifest {
     /// The manifest of `plan` built as `format`, which wrote `outputs`.
     pub fn new(plan: &Plan, format: &str, outputs: Vec<OutputFile>) -> Self {
         Manifest {
-            meta: ManifestMeta::from(&plan.meta),
+            meta: plan.meta.made_from.clone(),
             format: format.to_string(),
             outputs: outputs
                 .into_iter()
@@ -272,7 +238,7 @@ mod tests {
 
         // Other inputs: the other formats' outputs are dropped.
         let mut other = plan.clone();
-        other.meta.mtime += 1;
+        other.meta.made_from.mtime += 1;
         write(&path, &other, "dir", vec![]).unwrap();
         assert!(read(&path).unwrap().outputs.is_empty());
     }

@@ -60,7 +60,7 @@ pub fn write_node(
 ) -> Result<Written> {
     let (format, dir, threads) = (target.format, target.out_dir.as_path(), target.threads);
     let compression = format.compression;
-    let node = plan.meta.node_index;
+    let node = plan.meta.made_from.node_index;
     let (artifact, outputs) = match (format.archive, target.split) {
         (Archive::Dir, _) => {
             let dest = dir.join(format.whole(node));
@@ -94,7 +94,10 @@ pub fn write_node(
             // full disk fails there, with nothing written), and one left by a
             // failure of the node's half is whole and reused.
             let seg = tar::segment(plan, compression, cache, threads, progress)?;
-            let dest = dir.join(format.shared_half(&plan.meta.kubernetes_version, &plan.meta.arch));
+            let dest = dir.join(format.shared_half(
+                &plan.meta.made_from.kubernetes_version,
+                &plan.meta.made_from.arch,
+            ));
             let shared_out = shared.place(plan, cache, seg, &dest, 0o644, progress)?;
             let half = dir.join(format.node_half(node));
             let node_out = tar::write_node_half(plan, compression, &half)?;
@@ -103,7 +106,10 @@ pub fn write_node(
         (Archive::Cpio, true) => {
             // The shared part first, as above.
             let seg = cpio::shared_segment(plan, compression, cache, threads, progress)?;
-            let dest = dir.join(format.shared_half(&plan.meta.kubernetes_version, &plan.meta.arch));
+            let dest = dir.join(format.shared_half(
+                &plan.meta.made_from.kubernetes_version,
+                &plan.meta.made_from.arch,
+            ));
             let mode = cpio::part_mode(plan, Part::Shared);
             let shared_out = shared.place(plan, cache, seg, &dest, mode, progress)?;
             let half = dir.join(format.node_half(node));
@@ -126,12 +132,12 @@ pub fn finish_node(
     outputs: Vec<OutputFile>,
     progress: &dyn Progress,
 ) -> Result<Written> {
-    let manifest = out_dir.join(format::manifest_name(plan.meta.node_index));
+    let manifest = out_dir.join(format::manifest_name(plan.meta.made_from.node_index));
     manifest::write(&manifest, plan, label, outputs.clone())?;
     progress.event(Event::Wrote { path: &manifest });
     Ok(Written {
-        node_index: plan.meta.node_index,
-        node_name: plan.meta.node_name.clone(),
+        node_index: plan.meta.made_from.node_index,
+        node_name: plan.meta.made_from.node_name.clone(),
         artifact,
         manifest,
         outputs,

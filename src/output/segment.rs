@@ -150,7 +150,7 @@ impl SharedHalf {
             Some(_) => {
                 return Err(Error::input(format!(
                     "node {}: its binaries differ from the previous node's, so they cannot share one archive; build it without --split",
-                    plan.meta.node_index
+                    plan.meta.made_from.node_index
                 )));
             }
             None => {}

@@ -53,7 +53,7 @@ pub fn segment(
     progress: &dyn Progress,
 ) -> Result<Cached> {
     let shared: Vec<&Entry> = plan.shared().collect();
-    let mtime = plan.meta.mtime;
+    let mtime = plan.meta.made_from.mtime;
     let step = match compression {
         Compression::None => ARCHIVING,
         _ => COMPRESSING,
@@ -96,7 +96,7 @@ pub fn write_whole(
     dest: &Path,
 ) -> Result<OutputFile> {
     segment::whole_archive(seg, dest, 0o600, |out| {
-        write_per_node(plan.per_node(), plan.meta.mtime, compression, out)
+        write_per_node(plan.per_node(), plan.meta.made_from.mtime, compression, out)
     })
 }
 
@@ -113,7 +113,7 @@ pub fn write_node_half(plan: &Plan, compression: Compression, dest: &Path) -> Re
     let file = AtomicFile::create(dest, mode)?;
     let out = write_per_node(
         plan.per_node(),
-        plan.meta.mtime,
+        plan.meta.made_from.mtime,
         compression,
         HashingWriter::new(file),
     )?;
@@ -357,9 +357,20 @@ mod tests {
     fn shared_and_node_parts_make_one_archive() {
         let plan = sample_plan();
         let mut bytes = Vec::new();
-        write_shared(plan.shared().collect(), plan.meta.mtime, &mut bytes, 2).unwrap();
-        let bytes =
-            write_per_node(plan.per_node(), plan.meta.mtime, Compression::Gzip, bytes).unwrap();
+        write_shared(
+            plan.shared().collect(),
+            plan.meta.made_from.mtime,
+            &mut bytes,
+            2,
+        )
+        .unwrap();
+        let bytes = write_per_node(
+            plan.per_node(),
+            plan.meta.made_from.mtime,
+            Compression::Gzip,
+            bytes,
+        )
+        .unwrap();
         let mut archive = ::tar::Archive::new(flate2::read::MultiGzDecoder::new(&bytes[..]));
         let paths: Vec<String> = archive
             .entries()

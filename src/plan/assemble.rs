@@ -12,7 +12,7 @@ use crate::input::lint::{self, Severity};
 use crate::input::network::Network;
 use crate::input::profile::Profile;
 use crate::input::recipe::Recipe;
-use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, Source};
+use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, Provenance, Source};
 use crate::progress::{Event, Progress};
 use crate::store::cache::Cache;
 use crate::util::digest::sha256_hex;
@@ -81,15 +81,17 @@ impl Planner {
         add_parents(&mut entries);
         let mut plan = Plan {
             meta: Meta {
-                imgbuild_version: env!("CARGO_PKG_VERSION").to_string(),
-                recipe: inputs.recipe.name.clone(),
-                kubernetes_version: inputs.recipe.kubernetes_version.clone(),
-                arch: inv.cluster.arch.clone(),
-                cluster: inv.cluster.name.clone(),
-                node_index: index,
-                node_name: node.name.clone(),
-                inventory_sha256: inv.sha256.clone(),
-                mtime,
+                made_from: Provenance {
+                    imgbuild_version: env!("CARGO_PKG_VERSION").to_string(),
+                    recipe: inputs.recipe.name.clone(),
+                    kubernetes_version: inputs.recipe.kubernetes_version.clone(),
+                    arch: inv.cluster.arch.clone(),
+                    cluster: inv.cluster.name.clone(),
+                    node_index: index,
+                    node_name: node.name.clone(),
+                    inventory_sha256: inv.sha256.clone(),
+                    mtime,
+                },
                 unit_order: inputs.unit_order(),
                 os: inputs.profile().name.clone(),
                 system_dirs: inputs.profile().system_dirs.clone(),

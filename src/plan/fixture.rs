@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan};
+use crate::plan::{Content, Entry, EntryKind, Meta, Origin, Plan, Provenance};
 use crate::util::digest::sha256_hex;
 
 pub fn entry(path: &str, mode: u32, kind: EntryKind, shared: bool) -> Entry {
@@ -65,15 +65,17 @@ pub fn enabled_unit(name: &str, text: &[u8]) -> Vec<Entry> {
 /// and Debian, entries dated 2023-11-14.
 pub fn meta() -> Meta {
     Meta {
-        imgbuild_version: "0".into(),
-        recipe: "test".into(),
-        kubernetes_version: "v1.36.0".into(),
-        arch: "amd64".into(),
-        cluster: "c".into(),
-        node_index: 1,
-        node_name: "controller-1".into(),
-        inventory_sha256: String::new(),
-        mtime: 1_700_000_000,
+        made_from: Provenance {
+            imgbuild_version: "0".into(),
+            recipe: "test".into(),
+            kubernetes_version: "v1.36.0".into(),
+            arch: "amd64".into(),
+            cluster: "c".into(),
+            node_index: 1,
+            node_name: "controller-1".into(),
+            inventory_sha256: String::new(),
+            mtime: 1_700_000_000,
+        },
         unit_order: Vec::new(),
         network: None,
         os: "debian".into(),

@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub mod assemble;
 #[doc(hidden)]
@@ -206,9 +206,10 @@ fn corrupt(path: &std::path::Path, why: &str) -> io::Error {
     )
 }
 
-/// Facts about the build recorded in the manifest.
-#[derive(Debug, Clone, Serialize)]
-pub struct Meta {
+/// What a node's build was made from: the facts every manifest records
+/// (`output::manifest` writes and reads them as they are).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
     pub imgbuild_version: String,
     pub recipe: String,
     pub kubernetes_version: String,
@@ -221,6 +222,13 @@ pub struct Meta {
     pub inventory_sha256: Sha256Hex,
     /// Entry mtimes (seconds since the epoch): SOURCE_DATE_EPOCH or a fixed default.
     pub mtime: u64,
+}
+
+/// Facts about the build: what it was made from, and what shapes the files.
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    #[serde(flatten)]
+    pub made_from: Provenance,
     /// Enabled units in the layout's start order (dependencies first).
     #[serde(skip)]
     pub unit_order: Vec<String>,
@@ -318,7 +326,7 @@ impl Meta {
     /// `input::control_plane`): outputs that install it at boot (cloud-init)
     /// start its units without waiting and retry a failed boot step.
     pub fn current_control_plane(&self) -> bool {
-        crate::input::recipe::Version::parse(&self.kubernetes_version)
+        crate::input::recipe::Version::parse(&self.made_from.kubernetes_version)
             .is_some_and(crate::input::control_plane::is_current)
     }
 }
@@ -412,13 +420,15 @@ mod tests {
     }
 
     fn meta() -> Meta {
-        Meta {
+        let mut m = super::fixture::meta();
+        m.made_from = Provenance {
             recipe: "r".into(),
             kubernetes_version: "v1".into(),
             node_name: "n".into(),
             mtime: 0,
-            ..super::fixture::meta()
-        }
+            ..m.made_from
+        };
+        m
     }
 
     #[test]

@@ -187,7 +187,7 @@ pub fn render(plan: &Plan, opts: &Options) -> Result<CloudInit> {
         Some(p) => {
             let bytes = payload::payload_bytes(plan)?;
             let fetch = payload::Fetch {
-                url: p.url_for(meta.node_index, &meta.node_name),
+                url: p.url_for(meta.made_from.node_index, &meta.made_from.node_name),
                 sha256: sha256_hex(&bytes),
             };
             let (y, seed_files) = payload::user_data(plan, opts, &p.headers, &fetch)?;
@@ -201,12 +201,12 @@ pub fn render(plan: &Plan, opts: &Options) -> Result<CloudInit> {
             format!(
                 "{y}\0{}\0{}",
                 network_config.as_deref().unwrap_or(""),
-                meta.node_name
+                meta.made_from.node_name
             )
             .as_bytes()
         )[..20]
     );
-    let meta_data = yaml::meta_data(&instance_id, &meta.node_name);
+    let meta_data = yaml::meta_data(&instance_id, &meta.made_from.node_name);
     let (user_data, gzipped) = match &opts.payload {
         None => fit_budget(&y, opts.provider, plan)?,
         Some(p) => (fit_raw(&y, opts.provider, meta, p)?, false),
@@ -235,8 +235,8 @@ fn fit_raw(text: &str, provider: Provider, meta: &Meta, p: &payload::Payload) ->
             };
             Err(Error::input(format!(
                 "user-data for node {} ({}) is {} bytes{of_which}; the {} limit is {limit} bytes",
-                meta.node_index,
-                meta.node_name,
+                meta.made_from.node_index,
+                meta.made_from.node_name,
                 text.len(),
                 provider.name()
             )))
@@ -290,8 +290,8 @@ fn fit_budget(text: &str, provider: Provider, plan: &Plan) -> Result<(Vec<u8>, b
          \"EC2 and other small user-data limits\"); or --provider nocloud --binaries seed puts \
          everything on the seed volume instead; or split the secrets out of the user-data (deliver \
          the keys and kubeconfigs another way, e.g. a secrets manager or the payload)",
-        meta.node_index,
-        meta.node_name,
+        meta.made_from.node_index,
+        meta.made_from.node_name,
         text.len(),
         gz.len(),
         provider.name(),
@@ -364,14 +364,14 @@ pub fn write_node(
     progress.event(Event::Step {
         what: &format!(
             "writing cloud-init for node {} ({}), {mode}",
-            m.node_index, m.node_name
+            m.made_from.node_index, m.made_from.node_name
         ),
     });
     let rendered = render(plan, opts)?;
     let mut outputs = Vec::new();
     if let Some(p) = &rendered.payload {
         // The payload first: a user-data never names a digest no file has.
-        let name = format::payload_name(m.node_index);
+        let name = format::payload_name(m.made_from.node_index);
         let path = out_dir.join(&name);
         crate::util::atomic::write(&path, &p.bytes, 0o600)?;
         progress.event(Event::Wrote { path: &path });
@@ -385,7 +385,7 @@ pub fn write_node(
         progress.event(Event::Notice {
             message: &format!(
                 "user-data of node {} is {} bytes, over the {} limit of {} bytes: written gzipped ({} bytes)",
-                m.node_index,
+                m.made_from.node_index,
                 rendered.user_data_text.len(),
                 opts.provider.name(),
                 opts.provider.limit().unwrap_or_default(),
@@ -393,7 +393,7 @@ pub fn write_node(
             ),
         });
     }
-    let folder = format::cloud_init_dir(m.node_index);
+    let folder = format::cloud_init_dir(m.made_from.node_index);
     let dest = out_dir.join(&folder);
     let written = write_folder(plan, &rendered, &dest)?;
     progress.event(Event::Wrote { path: &dest });
@@ -627,7 +627,7 @@ mod tests {
             .into_iter()
             .flat_map(|v| modes.clone().map(|m| (v, m)))
         {
-            plan.meta.kubernetes_version = version.into();
+            plan.meta.made_from.kubernetes_version = version.into();
             let r = render(&plan, &opts(mode.clone())).unwrap();
             let ud = dir
                 .path()

@@ -159,7 +159,7 @@ pub fn parse_headers(text: &str, file: &str) -> Result<Vec<String>> {
 pub fn payload_bytes(plan: &Plan) -> Result<Vec<u8>> {
     tar::write_per_node(
         plan.per_node(),
-        plan.meta.mtime,
+        plan.meta.made_from.mtime,
         Compression::Gzip,
         Vec::new(),
     )

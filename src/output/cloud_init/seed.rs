@@ -42,7 +42,7 @@ pub fn write_seed(plan: &Plan, rendered: &CloudInit, dest: &Path) -> Result<()> 
         dest,
         SEED_LABEL,
         volume_id,
-        plan.meta.mtime,
+        plan.meta.made_from.mtime,
         &files,
     )?;
     out.commit().map(drop)

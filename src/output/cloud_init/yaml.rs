@@ -185,7 +185,7 @@ pub(super) fn binary_sources<'a>(plan: &'a Plan, binaries: &Binaries) -> Result<
                 }
                 _ => format!(
                     "{url}/{}/bin/linux/{}/{name}",
-                    meta.kubernetes_version, meta.arch
+                    meta.made_from.kubernetes_version, meta.made_from.arch
                 ),
             },
             _ => {
@@ -261,11 +261,11 @@ pub(super) fn header(plan: &Plan, binaries: &Binaries, more: &str) -> String {
     let meta = &plan.meta;
     format!(
         "#cloud-config\n# imgbuild {} | recipe {} | cluster {} | node {} ({}) | binaries {}{more}\n",
-        meta.imgbuild_version,
-        meta.recipe,
-        meta.cluster,
-        meta.node_index,
-        meta.node_name,
+        meta.made_from.imgbuild_version,
+        meta.made_from.recipe,
+        meta.made_from.cluster,
+        meta.made_from.node_index,
+        meta.made_from.node_name,
         binaries.name()
     )
 }

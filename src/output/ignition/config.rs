@@ -318,8 +318,8 @@ pub fn config(plan: &Plan, opts: &Options) -> Result<Config> {
                             },
                             None => format!(
                                 "{url}/{}/bin/linux/{}/{}",
-                                meta.kubernetes_version,
-                                meta.arch,
+                                meta.made_from.kubernetes_version,
+                                meta.made_from.arch,
                                 binary_name(e)
                             ),
                         };

@@ -162,14 +162,14 @@ pub fn write_node(
         what: &format!(
             "writing Ignition {} for node {} ({}), {}, binaries {}",
             opts.spec.version(),
-            m.node_index,
-            m.node_name,
+            m.made_from.node_index,
+            m.made_from.node_name,
             m.os,
             opts.binaries.name()
         ),
     });
     let bytes = render(plan, opts)?;
-    let name = format::ignition_name(m.node_index);
+    let name = format::ignition_name(m.made_from.node_index);
     let dest = out_dir.join(&name);
     atomic::write(&dest, &bytes, 0o600)?;
     progress.event(Event::Wrote { path: &dest });
