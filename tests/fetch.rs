@@ -999,3 +999,23 @@ fn cache_verify_drops_what_is_corrupt_and_gc_cleans_up() {
     ws.ok(&["cache", "verify"]);
     ws.ok(&["controller", "--node", "1", "--offline"]);
 }
+
+#[test]
+fn several_failed_downloads_name_each_file_and_advise_once() {
+    let ws = Workspace::builder("v1.36.0")
+        .binaries(1000)
+        .not_imported()
+        .build();
+    // Nothing listens on the discard port: every connection is refused.
+    let err = ws.fails(
+        &["fetch", "--mirror", "http://127.0.0.1:9", "--allow-http"],
+        5,
+    );
+    assert!(
+        err.contains("kubernetes-server-linux-amd64.tar.gz") && err.contains("also: "),
+        "{err}"
+    );
+    assert!(err.contains(&ws.etcd_tarball_name()), "{err}");
+    assert_eq!(err.matches("Without network access").count(), 1, "{err}");
+    assert!(err.trim_end().ends_with("docs/fetch.md)"), "{err}");
+}

@@ -325,9 +325,22 @@ impl<'a> Fetcher<'a> {
             return Err(first);
         }
         let kind = first.kind;
-        let mut msg = first.message().to_string();
+        // The offline advice once, at the end, not after every failed file.
+        let hint = format!("\n{OFFLINE_HINT}");
+        let mut offline = false;
+        let mut without_hint = |m: &str| match m.strip_suffix(&hint) {
+            Some(rest) => {
+                offline = true;
+                rest.to_string()
+            }
+            None => m.to_string(),
+        };
+        let mut msg = without_hint(first.message());
         for e in errors {
-            msg.push_str(&format!("\nalso: {e}"));
+            msg.push_str(&format!("\nalso: {}", without_hint(e.message())));
+        }
+        if offline {
+            msg.push_str(&hint);
         }
         Err(Error::new(kind, msg))
     }
