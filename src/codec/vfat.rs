@@ -408,8 +408,8 @@ fn check_clusters(disk: &File, fs: &FileSystem<ReadOnly>) -> io::Result<()> {
         }
         first += count;
     }
-    // The next cluster of `c` (checked above), if any.
-    let next = |c: u32| -> io::Result<Option<u32>> {
+    // The FAT entry of `c` as it is (checked above).
+    let raw_next = |c: u32| -> io::Result<Option<u32>> {
         let mut b = [0u8; 4];
         let i = u64::from(c);
         let at = match fat_type {
@@ -418,7 +418,23 @@ fn check_clusters(disk: &File, fs: &FileSystem<ReadOnly>) -> io::Result<()> {
             Fat32 => i * 4,
         };
         let n = read_at(disk, fat_start + at, &mut b)?;
-        Ok(value(&b[..n], i, i).filter(|&v| in_range(v)))
+        Ok(value(&b[..n], i, i))
+    };
+    // The next cluster of `c`, if any: fatfs follows a chain until an
+    // end-of-chain mark, so a free (0) or bad cluster in one is refused
+    // (fatfs would read "cluster 0", below the data area).
+    let end_of_chain = special + 1;
+    let next = |c: u32, what: &dyn Fn() -> String| -> io::Result<Option<u32>> {
+        match raw_next(c)? {
+            Some(v) if in_range(v) => Ok(Some(v)),
+            Some(v) if v >= end_of_chain => Ok(None),
+            // Past the image's end: fatfs fails there with a short read.
+            None => Ok(None),
+            Some(v) => Err(bad(format!(
+                "{}: cluster {c} is followed by {v}, a free or bad cluster, not the end of its chain",
+                what()
+            ))),
+        }
     };
 
     // Every entry of every folder reachable from the root folder, each
@@ -440,11 +456,12 @@ fn check_clusters(disk: &File, fs: &FileSystem<ReadOnly>) -> io::Result<()> {
         // Where the folder lies: FAT12/16's root region, else its clusters.
         let mut pieces = Vec::new();
         match start {
-            None => pieces.push((root_start, root_len)),
+            // Whole sectors, as fatfs reads it (root_entries may be fewer).
+            None => pieces.push((root_start, root_len.div_ceil(sector) * sector)),
             Some(mut c) => {
                 while seen.insert(c) {
                     pieces.push((data_start + u64::from(c - 2) * cluster_len, cluster_len));
-                    match next(c)? {
+                    match next(c, &|| format!("folder {folder}"))? {
                         Some(n) => c = n,
                         None => break,
                     }
@@ -477,6 +494,16 @@ fn check_clusters(disk: &File, fs: &FileSystem<ReadOnly>) -> io::Result<()> {
                 }
                 if e[11] & 0x10 != 0 && c != 0 && !seen.contains(&c) {
                     folders.push((name(), Some(c)));
+                } else if e[11] & 0x18 == 0 && c != 0 {
+                    // A file: fatfs reads as many clusters as its size needs.
+                    let size = u64::from(u32::from_le_bytes([e[28], e[29], e[30], e[31]]));
+                    let mut at = c;
+                    for _ in 1..size.div_ceil(cluster_len).min(u64::from(last)) {
+                        match next(at, &|| format!("{} in folder {folder}", name()))? {
+                            Some(n) => at = n,
+                            None => break,
+                        }
+                    }
                 }
             }
         }

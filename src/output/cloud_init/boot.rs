@@ -229,7 +229,13 @@ pub(super) fn read_script(script: &str, what: &str) -> Result<ReadBack> {
         {
             continue;
         }
-        let words = sh_words(line).ok_or_else(|| bad(&format!("cannot read the line {line:?}")))?;
+        let unreadable = || {
+            bad(&format!(
+                "cannot read the line {:?}",
+                crate::error::clip(line)
+            ))
+        };
+        let words = sh_words(line).ok_or_else(unreadable)?;
         let w: Vec<&str> = words.iter().map(String::as_str).collect();
         match w.as_slice() {
             ["install_binary", src, sha, dest, m, owner, ..] => {
@@ -249,7 +255,7 @@ pub(super) fn read_script(script: &str, what: &str) -> Result<ReadBack> {
                 owners.insert(path.to_string(), ids(owner)?);
             }
             ["ln", "-sfnT", target, path] => entries.push(Listed::symlink(path, target, 0, 0)),
-            _ => return Err(bad(&format!("cannot read the line {line:?}"))),
+            _ => return Err(unreadable()),
         }
     }
     Ok((entries, owners))
