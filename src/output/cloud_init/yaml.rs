@@ -771,7 +771,7 @@ mod tests {
         let src = dir.path().join("kube-apiserver");
         fs::write(&src, b"binary").unwrap();
         let dest = dir.path().join("installed");
-        let script = INSTALL_SCRIPT.replace("FETCH", FETCH_SEED);
+        let script = install_script(&Binaries::Seed);
         let run = |sha: &str| {
             std::process::Command::new("sh")
                 .args(["-c", &script, "imgbuild-install"])
@@ -801,20 +801,30 @@ mod tests {
     }
 
     /// The mirror step for a member of a release archive, run for real with
-    /// /bin/sh and curl (file:// URL): the archive is checked against its pin,
-    /// then the member against its sha256; either wrong installs nothing.
+    /// /bin/sh and curl (file:// URL), as v1.10.2's runcmd and v1.34's boot
+    /// script run it: the archive is checked against its pin, then the member
+    /// against its sha256; either wrong installs nothing.
     #[test]
     fn install_step_unpacks_a_pinned_archive() {
+        let mirror = Binaries::Mirror("file:///unused".into());
+        for script in [
+            install_script(&mirror),
+            super::super::boot::install_script(&mirror),
+        ] {
+            unpacks_a_pinned_archive(&script);
+        }
+    }
+
+    fn unpacks_a_pinned_archive(script: &str) {
         let dir = tempfile::tempdir().unwrap();
         let body: &[u8] = b"etcd binary";
         let archive = crate::plan::fixture::tar_gz(&[("etcd-v3.6.5-linux-amd64/etcd", body)]);
         let src = dir.path().join("etcd-v3.6.5-linux-amd64.tar.gz");
         fs::write(&src, &archive).unwrap();
         let dest = dir.path().join("etcd");
-        let script = INSTALL_SCRIPT.replace("FETCH", &FETCH_MIRROR.replace("GET", GET));
         let run = |sha: &str, pin: &str| {
             std::process::Command::new("sh")
-                .args(["-c", &script, "imgbuild-install"])
+                .args(["-c", script, "imgbuild-install"])
                 .arg(format!("file://{}", src.display()))
                 .arg(sha)
                 .arg(&dest)
