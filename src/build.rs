@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::input::inventory::Inventory;
 use crate::input::lint::Finding;
 use crate::input::{Inputs, Selection, Session, select_nodes};
-use crate::output::segment::SharedHalf;
+use crate::output::segment::{Shared, Starts};
 use crate::output::{self, Target, Written, cloud_init, format, ignition, sums};
 use crate::plan::assemble::Planner;
 use crate::progress::{Event, Progress};
@@ -74,7 +74,26 @@ pub fn controller(
         });
     }
     atomic::ensure_dir(&target.out_dir)?;
-    let shared = SharedHalf::default();
+    // Whole archives begin with the binaries' segment, a split's shared half
+    // is it: if this build makes the segment, they are written while it is
+    // made (see `segment::Starts`). A shared half on the cache's filesystem
+    // is linked to the segment instead.
+    let wanted = match (target.format.splits(), target.split) {
+        (false, _) => Vec::new(),
+        (true, false) => indices
+            .iter()
+            .map(|i| target.out_dir.join(target.format.whole(*i)))
+            .collect(),
+        (true, true) if same_filesystem(&target.out_dir, cache.root()) => Vec::new(),
+        (true, true) => vec![target.out_dir.join(target.format.shared_half(
+            &planner.inputs.recipe.kubernetes_version,
+            &planner.inputs.inventory.cluster.arch,
+        ))],
+    };
+    let shared = Shared {
+        half: Default::default(),
+        starts: Starts::new(wanted),
+    };
     // Every node written, as it is: on a failure, SHA256SUMS still gets their lines.
     let done = Mutex::new(Vec::new());
     let one = |index: &usize| -> Result<Written> {
@@ -126,6 +145,14 @@ pub fn controller(
                 Err(sums) => Err(crate::Error::new(e.kind, format!("{e}; and {sums}"))),
             }
         }
+    }
+}
+
+fn same_filesystem(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
     }
 }
 

@@ -106,6 +106,51 @@ fn swapped_blob() {
     build_refused(&ws, 4, &["is corrupt", "cache verify"]);
 }
 
+/// Rewrite a cache file in place (same inode, mode and size) and set its
+/// mtime back: only ctime shows it.
+fn rewrite_keeping_mtime(path: &std::path::Path) {
+    use std::io::{Seek, Write};
+    let mtime = fs::metadata(path).unwrap().modified().unwrap();
+    let mut bytes = fs::read(path).unwrap();
+    bytes[100] ^= 0x5a;
+    let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.rewind().unwrap();
+    f.write_all(&bytes).unwrap();
+    f.set_modified(mtime).unwrap();
+}
+
+/// Blobs this user verified are read without hashing while their stamp is
+/// the one recorded and only this user may write them. A blob another user
+/// owns is hashed as it streams into every build, verified or not: that user
+/// can rewrite it in place and set its mtime back. The same done to this
+/// user's own blob is what `cache verify` finds.
+#[test]
+fn a_blob_another_user_owns_is_hashed_every_time() {
+    let ws = Workspace::new(V);
+    ws.ok(&["controller", "--node", "1"]);
+    let blob = ws
+        .path("cache/blobs/sha256")
+        .join(&ws.cache_files("blobs/sha256")[0]);
+    let mine = fs::metadata("/proc/self").unwrap();
+    if std::os::unix::fs::MetadataExt::uid(&mine) == 0 {
+        std::os::unix::fs::chown(&blob, Some(65534), Some(65534)).unwrap();
+        rewrite_keeping_mtime(&blob);
+        // The binaries are read again only when their segment is made again.
+        fs::remove_dir_all(ws.path("cache/segments")).unwrap();
+        build_refused(&ws, 4, &["is corrupt", "cache verify"]);
+    }
+    let ws = Workspace::new(V);
+    ws.ok(&["controller", "--node", "1"]);
+    let blob = ws
+        .path("cache/blobs/sha256")
+        .join(&ws.cache_files("blobs/sha256")[0]);
+    rewrite_keeping_mtime(&blob);
+    let out = ws.run(&["cache", "verify"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("corrupt"));
+    assert!(!blob.exists());
+}
+
 /// An index rewritten to name another blob, after this user's build verified
 /// it: the ledger no longer matches, the members are derived again from the
 /// pinned original, and the build is refused naming the member.

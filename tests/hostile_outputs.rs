@@ -298,6 +298,23 @@ fn a_node_that_fails_leaves_sha256sums_true() {
     assert_eq!(digest("controller-2.tar.gz"), None, "{lines:?}");
     // Node 3 was not rebuilt: its line stays, still true.
     assert!(digest("controller-3.tar.gz").is_some(), "{lines:?}");
+
+    // Node 1 failing on a cold build, where every node's archive is begun
+    // while the binaries compress: those of nodes 2 and 3, never finished,
+    // leave no temp file.
+    fs::remove_dir_all(ws.path("cache/segments")).unwrap();
+    let manifest = ws.path("out/controller-1.manifest.json");
+    fs::remove_file(&manifest).unwrap();
+    fs::create_dir_all(manifest.join("x")).unwrap();
+    let out = ws.run_with_env(&[("SOURCE_DATE_EPOCH", "3000")], &["controller", "--all"]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    assert!(
+        text(&out).contains("controller-1.manifest.json"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(temps(&ws.path("out")), Vec::<String>::new());
+    sums_check(&ws.path("out"));
 }
 
 // ---------------------------------------------------------------- folders swapped in
@@ -414,7 +431,9 @@ fn a_full_disk_leaves_nothing_partial() {
 
 /// Under strace: every output file is synced under its temp name before it
 /// is renamed to its name, and its folder is synced after the rename (so a
-/// crash right after the build leaves the old file or the new one).
+/// crash right after the build leaves the old file or the new one). A split's
+/// shared half linked to the cached segment (synced when it was stored) is
+/// renamed into place and its folder synced the same way.
 #[test]
 fn outputs_are_synced_before_and_after_their_rename() {
     if Command::new("strace").arg("-V").output().is_err() {
@@ -426,66 +445,82 @@ fn outputs_are_synced_before_and_after_their_rename() {
         return;
     }
     let ws = Workspace::new(V);
-    let mut build = ws.cmd();
-    build.args(["controller", "--node", "1"]);
-    let log = ws.path("strace.log");
-    let log_arg = log.display().to_string();
-    let traced = wrapped(
-        &[
-            "strace",
-            "-f",
-            "-y",
-            "-e",
-            "trace=fsync,fdatasync,rename,renameat,renameat2",
-            "-o",
-            &log_arg,
-        ],
-        &build,
-    )
-    .output()
-    .unwrap();
-    assert!(traced.status.success(), "{}", text(&traced));
-    let lines: Vec<String> = fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
+    let traced = |args: &[&str], log: &str| -> Vec<String> {
+        let mut build = ws.cmd();
+        build.args(args);
+        let log = ws.path(log);
+        let log_arg = log.display().to_string();
+        let run = wrapped(
+            &[
+                "strace",
+                "-f",
+                "-y",
+                "-e",
+                "trace=fsync,fdatasync,rename,renameat,renameat2",
+                "-o",
+                &log_arg,
+            ],
+            &build,
+        )
+        .output()
+        .unwrap();
+        assert!(run.status.success(), "{}", text(&run));
+        fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    // Where `name` (in `out`) was renamed into place, after its folder was synced.
+    let placed = |lines: &[String], out: &str, name: &str| -> usize {
+        let temp = format!("{out}/.{name}.");
+        let renamed = lines
+            .iter()
+            .position(|l| {
+                l.contains("rename")
+                    && l.contains(&temp)
+                    && l.trim_end().ends_with(&format!("/{name}\") = 0"))
+            })
+            .unwrap_or_else(|| panic!("{name}: no rename in:\n{}", lines.join("\n")));
+        let dir_synced = lines
+            .iter()
+            .skip(renamed)
+            .any(|l| l.contains("fsync(") && l.contains(&format!("<{out}>)")));
+        assert!(
+            dir_synced,
+            "{name}: the folder is not synced after the rename"
+        );
+        renamed
+    };
+    let lines = traced(&["controller", "--node", "1"], "strace.log");
     let out = ws.path("out").canonicalize().unwrap().display().to_string();
     for name in [
         "controller-1.tar.gz",
         "controller-1.manifest.json",
         "SHA256SUMS",
     ] {
-        let at = |pred: &dyn Fn(&str) -> bool, what: &str| {
-            lines
-                .iter()
-                .position(|l| pred(l))
-                .unwrap_or_else(|| panic!("{name}: no {what} in:\n{}", lines.join("\n")))
-        };
         let temp = format!("{out}/.{name}.");
-        let synced = at(
-            &|l| l.contains("fsync(") && l.contains(&temp),
-            "fsync of the temp file",
-        );
-        let renamed = at(
-            &|l| {
-                l.contains("rename")
-                    && l.contains(&temp)
-                    && l.trim_end().ends_with(&format!("out/{name}\") = 0"))
-            },
-            "rename",
-        );
-        let dir_synced = lines
+        let synced = lines
             .iter()
-            .skip(renamed)
-            .position(|l| l.contains("fsync(") && l.contains(&format!("<{out}>)")))
-            .map(|i| i + renamed);
-        assert!(synced < renamed, "{name}: renamed before it was synced");
+            .position(|l| l.contains("fsync(") && l.contains(&temp))
+            .unwrap_or_else(|| panic!("{name}: no fsync of the temp file"));
         assert!(
-            dir_synced.is_some(),
-            "{name}: the folder is not synced after the rename"
+            synced < placed(&lines, &out, name),
+            "{name}: renamed before it was synced"
         );
     }
+    let lines = traced(
+        &["controller", "--node", "1", "--split", "--out", "split"],
+        "split.log",
+    );
+    let out = ws
+        .path("split")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string();
+    placed(&lines, &out, &format!("controller-shared-{V}-amd64.tar.gz"));
+    placed(&lines, &out, "controller-1-node.tar.gz");
 }
 
 // ---------------------------------------------------------------- SIGINT

@@ -300,6 +300,90 @@ fn a_segment_changed_in_place_is_rebuilt() {
     assert!(stderr.contains("1 derived segment(s)"), "{stderr}");
 }
 
+/// `--split` on the cache's filesystem: the shared half is the cached
+/// segment itself (a hard link, mode 0644), placed again in an empty folder
+/// without being written. On another filesystem, or from a segment another
+/// user owns, it is a copy. Each time `sha256sum -c` holds.
+#[test]
+fn split_shared_half_is_the_segment_linked_where_it_can_be() {
+    let ws = Workspace::builder("v1.36.0").binaries(1 << 20).build();
+    let split = |out: &str| {
+        let stderr = ws.ok_stderr(&["controller", "--node", "1", "--split", "--out", out]);
+        let dir = if Path::new(out).is_absolute() {
+            PathBuf::from(out)
+        } else {
+            ws.path(out)
+        };
+        sh(Command::new("sha256sum")
+            .arg("-c")
+            .arg("SHA256SUMS")
+            .current_dir(&dir));
+        (dir.join("controller-shared-v1.36.0-amd64.tar.gz"), stderr)
+    };
+    let (a, cold) = split("a");
+    assert!(cold.contains("compressing the binaries"), "{cold}");
+    let seg = fs::read_dir(ws.path("cache/segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_none())
+        .unwrap();
+    let id = |p: &Path| {
+        let m = fs::metadata(p).unwrap();
+        (m.dev(), m.ino(), m.nlink())
+    };
+    assert_eq!(id(&a), id(&seg), "the shared half is the segment");
+    assert_eq!(id(&a).2, 2);
+    assert_eq!(mode_of(&a), 0o644);
+
+    // Into an empty folder again, and into another: linked, nothing compressed.
+    fs::remove_dir_all(ws.path("a")).unwrap();
+    let (a, warm) = split("a");
+    assert!(!warm.contains("compressing the binaries"), "{warm}");
+    let (b, _) = split("b");
+    assert_eq!(id(&a), id(&seg));
+    assert_eq!(id(&b), id(&seg));
+    assert_eq!(id(&seg).2, 3);
+    let bytes = fs::read(&seg).unwrap();
+
+    // Another filesystem (tmpfs): a copy, made while the segment is made
+    // on a cold build, copied from the cache on a warm one.
+    let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs) for another filesystem");
+    assert_ne!(fs::metadata(shm.path()).unwrap().dev(), id(&seg).0);
+    for (out, cold) in [("cold", true), ("warm", false)] {
+        if cold {
+            fs::remove_dir_all(ws.path("cache/segments")).unwrap();
+        }
+        let dir = shm.path().join(out);
+        let (c, stderr) = split(dir.to_str().unwrap());
+        assert_eq!(
+            stderr.contains("compressing the binaries"),
+            cold,
+            "{stderr}"
+        );
+        assert_eq!(id(&c).2, 1, "{out}: a copy");
+        assert!(fs::read(&c).unwrap() == bytes, "{out}");
+        assert_eq!(mode_of(&c), 0o644);
+    }
+
+    // A segment another user owns is copied, not linked: that user could
+    // change the output through it.
+    if is_root() {
+        let seg = fs::read_dir(ws.path("cache/segments"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_none())
+            .unwrap();
+        std::os::unix::fs::chown(&seg, Some(65534), None).unwrap();
+        let (d, _) = split("d");
+        assert_ne!(id(&d).1, id(&seg).1);
+        assert!(fs::read(&d).unwrap() == bytes);
+    }
+}
+
+fn is_root() -> bool {
+    fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
 fn mode_of(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::output::format::Compression;
 use crate::output::frames::{self, Encoder, OWN_PIECE};
 use crate::output::manifest::OutputFile;
-use crate::output::segment::{self, ARCHIVING, COMPRESSING, Cached};
+use crate::output::segment::{self, ARCHIVING, COMPRESSING, Cached, Starts};
 use crate::plan::{Content, Entry, EntryKind, Plan};
 use crate::progress::Progress;
 use crate::store::cache::Cache;
@@ -305,11 +305,12 @@ pub fn shared_segment(
     compression: Compression,
     cache: &Cache,
     threads: usize,
+    starts: &Starts,
     progress: &dyn Progress,
 ) -> Result<Cached> {
     let key = segment::key("cpio", compression, "", &shared_key(plan, compression));
     if compression == Compression::None {
-        return segment::cached(cache, key, Some(ARCHIVING), progress, |tmp| {
+        return segment::cached(cache, key, Some(ARCHIVING), starts, progress, |tmp| {
             write_part_to(
                 plan,
                 Part::Shared,
@@ -319,9 +320,9 @@ pub fn shared_segment(
         });
     }
     // The entries' segment says so itself if it must be compressed.
-    segment::cached(cache, key, None, progress, |mut tmp| {
-        let entries = entries_segment(plan, compression, cache, threads, progress)?;
-        let hasher = segment::copy_into(&entries, tmp.as_file_mut())?;
+    segment::cached(cache, key, None, starts, progress, |mut tmp| {
+        let entries = entries_segment(plan, compression, cache, threads, starts, progress)?;
+        let hasher = segment::copy_into(&entries, &mut tmp)?;
         let mut w = HashingWriter::resume(io::BufWriter::new(tmp), hasher);
         segment::append(
             &mut w,
@@ -341,6 +342,7 @@ fn entries_segment(
     compression: Compression,
     cache: &Cache,
     threads: usize,
+    starts: &Starts,
     progress: &dyn Progress,
 ) -> Result<Cached> {
     let key = segment::key(
@@ -349,7 +351,7 @@ fn entries_segment(
         "-entries",
         &shared_key(plan, compression),
     );
-    segment::cached(cache, key, Some(COMPRESSING), progress, |tmp| {
+    segment::cached(cache, key, Some(COMPRESSING), starts, progress, |tmp| {
         let mut w = segment::segment_writer(tmp);
         write_entries(
             plan,
@@ -371,12 +373,13 @@ pub fn write_whole(
     compression: Compression,
     cache: &Cache,
     threads: usize,
+    starts: &Starts,
     dest: &Path,
     progress: &dyn Progress,
 ) -> Result<OutputFile> {
-    let seg = entries_segment(plan, compression, cache, threads, progress)?;
+    let seg = entries_segment(plan, compression, cache, threads, starts, progress)?;
     let next_ino = Part::Shared.first_ino() + select(plan, Part::Shared).len() as u32;
-    segment::whole_archive(&seg, dest, part_mode(plan, Part::Whole), |out| {
+    segment::whole_archive(&seg, starts, dest, part_mode(plan, Part::Whole), |out| {
         write_rest(plan, next_ino, compression, out)
     })
 }

@@ -22,7 +22,7 @@ use crate::store::cache::Cache;
 use cpio::Part;
 use format::{Archive, Compression, Format};
 use manifest::OutputFile;
-use segment::SharedHalf;
+use segment::Shared;
 
 /// Where and how `controller` writes, validated before anything is loaded.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ pub struct Written {
 pub fn write_node(
     plan: &Plan,
     target: &Target,
-    shared: &SharedHalf,
+    shared: &Shared,
     cache: &Cache,
     progress: &dyn Progress,
 ) -> Result<Written> {
@@ -74,13 +74,21 @@ pub fn write_node(
         }
         (Archive::Tar, false) => {
             let dest = dir.join(format.whole(node));
-            let seg = tar::segment(plan, compression, cache, threads, progress)?;
-            let o = tar::write_whole(plan, compression, &seg, &dest)?;
+            let seg = tar::segment(plan, compression, cache, threads, &shared.starts, progress)?;
+            let o = tar::write_whole(plan, compression, &seg, &shared.starts, &dest)?;
             (dest, vec![o])
         }
         (Archive::Cpio, false) if compression != Compression::None => {
             let dest = dir.join(format.whole(node));
-            let o = cpio::write_whole(plan, compression, cache, threads, &dest, progress)?;
+            let o = cpio::write_whole(
+                plan,
+                compression,
+                cache,
+                threads,
+                &shared.starts,
+                &dest,
+                progress,
+            )?;
             (dest, vec![o])
         }
         (Archive::Cpio, false) => {
@@ -93,7 +101,7 @@ pub fn write_node(
             // It is placed before the node's half too: it is the large one (a
             // full disk fails there, with nothing written), and one left by a
             // failure of the node's half is whole and reused.
-            let seg = tar::segment(plan, compression, cache, threads, progress)?;
+            let seg = tar::segment(plan, compression, cache, threads, &shared.starts, progress)?;
             let dest = dir.join(format.shared_half(
                 &plan.meta.made_from.kubernetes_version,
                 &plan.meta.made_from.arch,
@@ -105,7 +113,8 @@ pub fn write_node(
         }
         (Archive::Cpio, true) => {
             // The shared part first, as above.
-            let seg = cpio::shared_segment(plan, compression, cache, threads, progress)?;
+            let seg =
+                cpio::shared_segment(plan, compression, cache, threads, &shared.starts, progress)?;
             let dest = dir.join(format.shared_half(
                 &plan.meta.made_from.kubernetes_version,
                 &plan.meta.made_from.arch,

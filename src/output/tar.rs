@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::output::format::Compression;
 use crate::output::frames::{self, Encoder, OWN_PIECE};
 use crate::output::manifest::OutputFile;
-use crate::output::segment::{self, ARCHIVING, COMPRESSING, Cached, MAX_THREADS};
+use crate::output::segment::{self, ARCHIVING, COMPRESSING, Cached, MAX_THREADS, Starts};
 use crate::plan::{Entry, EntryKind, Plan};
 use crate::progress::Progress;
 use crate::store::cache::Cache;
@@ -50,6 +50,7 @@ pub fn segment(
     compression: Compression,
     cache: &Cache,
     threads: usize,
+    starts: &Starts,
     progress: &dyn Progress,
 ) -> Result<Cached> {
     let shared: Vec<&Entry> = plan.shared().collect();
@@ -64,7 +65,7 @@ pub fn segment(
         "",
         &shared_key(&shared, mtime, compression)?,
     );
-    segment::cached(cache, key, Some(step), progress, |tmp| {
+    segment::cached(cache, key, Some(step), starts, progress, |tmp| {
         let mut w = segment::segment_writer(tmp);
         if compression == Compression::Gzip {
             write_shared(shared, mtime, &mut w, threads)?;
@@ -93,9 +94,10 @@ pub fn write_whole(
     plan: &Plan,
     compression: Compression,
     seg: &Cached,
+    starts: &Starts,
     dest: &Path,
 ) -> Result<OutputFile> {
-    segment::whole_archive(seg, dest, 0o600, |out| {
+    segment::whole_archive(seg, starts, dest, 0o600, |out| {
         write_per_node(plan.per_node(), plan.meta.made_from.mtime, compression, out)
     })
 }

@@ -259,7 +259,10 @@ fn binaries(
                 kind: EntryKind::File {
                     size: blob.size,
                     sha256: blob.sha256.clone(),
-                    content: Content::Blob(cache.blob_path(&blob.sha256)),
+                    content: match cache.verified_blob(&blob.sha256) {
+                        Some(stamp) => Content::Verified(cache.blob_path(&blob.sha256), stamp),
+                        None => Content::Blob(cache.blob_path(&blob.sha256)),
+                    },
                 },
                 origin: Origin::Artifact {
                     artifact: a.file_for(arch),

@@ -23,6 +23,7 @@ use crate::error::{Error, IoContext, Result};
 pub use crate::input::network::Network;
 pub use crate::input::recipe::Trust;
 use crate::util::digest::{HashingReader, Sha256Hex};
+use crate::util::stamp::Stamp;
 
 /// Where an entry's bytes came from, recorded in the build manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -53,6 +54,10 @@ pub enum Content {
     Inline(Arc<[u8]>),
     /// Large files stay in the cache and stream from there, verified as they are read.
     Blob(PathBuf),
+    /// The same, for a blob whose bytes this user verified when it had this
+    /// stamp (see `Cache::verified_blob`): read without hashing if, once
+    /// open, it still has it and nobody else may write it; else as a `Blob`.
+    Verified(PathBuf, Stamp),
 }
 
 #[derive(Debug, Clone)]
@@ -125,13 +130,22 @@ impl Entry {
                 ..
             } => Ok(Box::new(io::Cursor::new(bytes.clone()))),
             EntryKind::File {
-                content: Content::Blob(path),
+                content: content @ (Content::Blob(path) | Content::Verified(path, _)),
                 size,
                 sha256,
             } => {
                 let file = File::open(path).with_path("cannot open cached blob", path)?;
+                // Checked on the open file: what the path names may change.
+                let trusted = match content {
+                    Content::Verified(_, then) => Stamp::of_file(&file)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|now| now.only_mine() && now.still(then)),
+                    _ => false,
+                };
                 Ok(Box::new(VerifyingReader {
                     inner: HashingReader::new(file),
+                    hash: !trusted,
                     size: *size,
                     sha256: sha256.clone(),
                     path: path.clone(),
@@ -166,9 +180,11 @@ impl Entry {
     }
 }
 
-/// Hashes what passes through and fails at EOF if the bytes are not the pinned ones.
+/// Hashes what passes through and fails at EOF if the bytes are not the
+/// pinned ones (without `hash`, only if their size is not the pinned one).
 struct VerifyingReader {
     inner: HashingReader<File>,
+    hash: bool,
     size: u64,
     sha256: Sha256Hex,
     path: PathBuf,
@@ -176,7 +192,10 @@ struct VerifyingReader {
 
 impl Read for VerifyingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match self.hash {
+            true => self.inner.read(buf)?,
+            false => self.inner.read_unhashed(buf)?,
+        };
         if self.inner.len() > self.size {
             return Err(corrupt(&self.path, "it is larger than recorded"));
         }
@@ -184,7 +203,10 @@ impl Read for VerifyingReader {
             if self.inner.len() != self.size {
                 return Err(corrupt(&self.path, "it is smaller than recorded"));
             }
-            let actual = self.inner.sha256();
+            let actual = match self.hash {
+                true => self.inner.sha256(),
+                false => return Ok(0),
+            };
             if actual != self.sha256 {
                 return Err(corrupt(
                     &self.path,
@@ -414,6 +436,52 @@ pub fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A blob this user verified (its stamp recorded) is read without
+    /// hashing while, once open, it is unchanged and only this user may
+    /// write it; otherwise it is hashed, and wrong bytes fail the read.
+    #[test]
+    fn verified_blobs_are_hashed_unless_unchanged_and_only_mine() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, b"pinned bytes").unwrap();
+        let pinned = crate::util::digest::sha256_hex(b"pinned bytes");
+        // The same size, other bytes: only hashing can tell.
+        std::fs::write(&path, b"other  bytes").unwrap();
+        let read = |content: Content| {
+            let e = super::fixture::file("usr/local/bin/x", 0o755, b"", true);
+            let e = Entry {
+                kind: EntryKind::File {
+                    size: 12,
+                    sha256: pinned.clone(),
+                    content,
+                },
+                ..e
+            };
+            e.read_bytes()
+        };
+        let now = || Stamp::of(&path).unwrap().unwrap();
+        assert_eq!(
+            read(Content::Blob(path.clone())).unwrap_err().kind,
+            crate::Kind::Integrity
+        );
+        // Trusted: recorded as it is now, and only mine (0644).
+        assert!(read(Content::Verified(path.clone(), now())).is_ok());
+        // Writable by others: hashed, whatever the record says.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = read(Content::Verified(path.clone(), now())).unwrap_err();
+        assert!(err.to_string().contains("sha256 is"), "{err}");
+        // Changed since it was recorded (here its mode): hashed.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let then = now();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        assert!(read(Content::Verified(path.clone(), then)).is_err());
+        // A size other than the pinned one fails even when trusted.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&path, b"longer than pinned").unwrap();
+        assert!(read(Content::Verified(path.clone(), now())).is_err());
+    }
 
     fn dir(path: &str) -> Entry {
         Entry::folder(path, 0o755, "folder", false)

@@ -40,6 +40,7 @@ use crate::input::recipe::Trust;
 use crate::input::recipe::{Algorithm, Artifact, ArtifactKind, Recipe};
 use crate::progress::{Event, Progress};
 use crate::util::digest::sha256_hex;
+use crate::util::stamp::Stamp;
 
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -292,15 +293,38 @@ impl Cache {
             return Ok(()); // same name, same bytes
         }
         match fs::hard_link(src, &dest) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
             Err(_) => {
                 let file = File::open(src).with_path("cannot read", src)?;
                 let (tmp, _, _) = write_hashed(self.temp_file()?, file)
                     .with_path("cannot copy into the cache from", src)?;
-                self.persist(tmp, &dest)
+                self.persist(tmp, &dest)?;
             }
         }
+        self.record_blob(sha256, None);
+        Ok(())
+    }
+
+    /// Record, in this user's ledger, the stamp of blob `sha256`, whose bytes
+    /// this user just verified (`before`: its stamp before they were read, to
+    /// be sure they are still those). Builds then read it without hashing it
+    /// again while it stays as it was (`verified_blob`). Only for a file
+    /// nobody else may write: any other is hashed as it is read, every time.
+    pub(super) fn record_blob(&self, sha256: &str, before: Option<&Stamp>) {
+        let path = self.blob_path(sha256);
+        let Ok(Some(stamp)) = Stamp::of(&path) else {
+            return;
+        };
+        if stamp.only_mine() && before.is_none_or(|b| stamp.still(b)) {
+            let json = serde_json::to_string(&stamp).expect("serializes");
+            self.ledger.put(&blob_key(sha256), &json);
+        }
+    }
+
+    /// The stamp blob `sha256` had when this user last verified its bytes.
+    pub fn verified_blob(&self, sha256: &str) -> Option<Stamp> {
+        serde_json::from_str(&self.ledger.get(&blob_key(sha256))?).ok()
     }
 
     /// Folder of recipe locks, searched as a recipe folder.
@@ -431,6 +455,11 @@ pub fn is_hex(s: &str, len: usize) -> bool {
 }
 
 /// The ledger's name for the index of `algorithm:hex`.
+/// The ledger's name for the stamp of blob `sha256`.
+fn blob_key(sha256: &str) -> String {
+    format!("blob-{sha256}")
+}
+
 pub(super) fn index_key(algorithm: Algorithm, hex: &str) -> String {
     format!("index-{}-{hex}", algorithm.name())
 }

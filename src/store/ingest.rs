@@ -291,6 +291,7 @@ impl Cache {
                 let mut members = BTreeMap::new();
                 for (path, (tmp, sha256, size)) in taken {
                     self.persist(tmp, &self.blob_path(&sha256))?;
+                    self.record_blob(&sha256, None);
                     members.insert(path, BlobRef { sha256, size });
                 }
                 self.persist(received.file, &dest)?;

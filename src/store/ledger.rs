@@ -10,7 +10,8 @@
 //! which a writer of the cache cannot change: an index whose bytes are the ones
 //! this user verified is trusted without the pass; any other index (changed,
 //! or never verified here) is verified again first. Derived segments are
-//! recorded the same way. Without a state folder nothing is recorded, and
+//! recorded the same way, and so are the stamps of the blobs this user
+//! verified (a build reads such a blob without hashing it while it stays so). Without a state folder nothing is recorded, and
 //! everything is verified every time.
 
 use std::fs;

@@ -15,6 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::input::recipe::Algorithm;
 use crate::progress::{Event, Progress};
 use crate::util::digest::sha256_hex;
+use crate::util::stamp::Stamp;
 
 /// What `cache verify` found.
 #[derive(Debug, Default)]
@@ -94,10 +95,16 @@ impl Cache {
                     report.dropped.push(format!("{rel}: not a regular file"));
                     continue;
                 }
+                let before = Stamp::of(&path).ok().flatten();
                 match hash_file(&path, alg) {
                     Ok((hex, size)) if hex == name => {
                         report.checked += 1;
                         report.bytes += size;
+                        if sub.starts_with("blobs/")
+                            && let Some(before) = &before
+                        {
+                            self.record_blob(&name, Some(before));
+                        }
                     }
                     Ok((hex, _)) => {
                         self.remove(&path)?;

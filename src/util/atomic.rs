@@ -19,6 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 use tempfile::{NamedTempFile, TempDir};
 
 use crate::error::{Error, IoContext, Result};
+use crate::util::writeback::Writeback;
 
 // ---------------------------------------------------------------------------
 // The registry of live temp paths.
@@ -137,7 +138,7 @@ pub fn remove_live() -> Vec<PathBuf> {
 /// (buffered bytes are written first), and `file_mut` gives the file itself
 /// to code that needs one (a disk image, an in-kernel copy).
 pub struct AtomicFile {
-    tmp: io::BufWriter<NamedTempFile>,
+    tmp: io::BufWriter<Writeback<NamedTempFile>>,
     dest: PathBuf,
     mode: u32,
     live: LiveGuard,
@@ -171,12 +172,43 @@ fn temp_prefix(dest: &Path) -> String {
     )
 }
 
+/// The write buffer of an output file.
+const BUFFER: usize = 1 << 20;
+
 impl AtomicFile {
     pub fn create(dest: &Path, mode: u32) -> Result<AtomicFile> {
+        Self::with_buffer(dest, mode, BUFFER)
+    }
+
+    /// A file without a write buffer (its writer passes large writes
+    /// through), until [`AtomicFile::buffered`]: many can be open at once.
+    pub fn unbuffered(dest: &Path, mode: u32) -> Result<AtomicFile> {
+        Self::with_buffer(dest, mode, 0)
+    }
+
+    fn with_buffer(dest: &Path, mode: u32, capacity: usize) -> Result<AtomicFile> {
         let (tmp, live) = temp_beside(dest)?;
         Ok(AtomicFile {
-            tmp: io::BufWriter::with_capacity(1 << 20, tmp),
+            tmp: io::BufWriter::with_capacity(capacity, Writeback::new(tmp)),
             dest: dest.to_path_buf(),
+            mode,
+            live,
+        })
+    }
+
+    /// The same file, with a write buffer from now on.
+    pub fn buffered(self) -> io::Result<AtomicFile> {
+        let AtomicFile {
+            mut tmp,
+            dest,
+            mode,
+            live,
+        } = self;
+        tmp.flush()?;
+        let (inner, _) = tmp.into_parts();
+        Ok(AtomicFile {
+            tmp: io::BufWriter::with_capacity(BUFFER, inner),
+            dest,
             mode,
             live,
         })
@@ -186,10 +218,23 @@ impl AtomicFile {
         &self.dest
     }
 
-    /// The temp file itself (buffer flushed), e.g. for an in-kernel copy into it.
+    /// The mode the file gets when committed.
+    pub fn set_mode(&mut self, mode: u32) {
+        self.mode = mode;
+    }
+
+    /// The temp file itself (buffer flushed), for code that seeks in it (a
+    /// disk image).
     pub fn file_mut(&mut self) -> io::Result<&mut fs::File> {
         self.tmp.flush()?;
-        Ok(self.tmp.get_mut().as_file_mut())
+        Ok(self.tmp.get_mut().get_mut().as_file_mut())
+    }
+
+    /// The temp file as written so far (buffer flushed), to append a file
+    /// to it in the kernel ([`Writeback::append_file`]).
+    pub fn writer_mut(&mut self) -> io::Result<&mut Writeback<NamedTempFile>> {
+        self.tmp.flush()?;
+        Ok(self.tmp.get_mut())
     }
 
     /// Give the file its mode, sync it, rename it into place and sync the
@@ -199,7 +244,8 @@ impl AtomicFile {
         let tmp = self
             .tmp
             .into_inner()
-            .map_err(|e| Error::io("cannot write", &dest, e.into_error()))?;
+            .map_err(|e| Error::io("cannot write", &dest, e.into_error()))?
+            .into_inner();
         // Mode set explicitly: the umask must not decide who may read private keys.
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(self.mode))
             .with_path("cannot set permissions on", tmp.path())?;
@@ -209,6 +255,27 @@ impl AtomicFile {
         sync_dir(&parent(&dest))?;
         Ok(dest)
     }
+}
+
+/// Make `dest` a hard link to `src` (a file already on disk), replacing what
+/// is there in one rename, then sync the folder. `false` where no link can
+/// be made (another filesystem, links not allowed here): the caller copies.
+pub fn link(src: &Path, dest: &Path) -> Result<bool> {
+    let dir = parent(dest);
+    let prefix = temp_prefix(dest);
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    let made = tracked(
+        || builder.make_in(&dir, |p| fs::hard_link(src, p)),
+        |t| t.path(),
+    );
+    let Ok((tmp, live)) = made else {
+        return Ok(false);
+    };
+    settle(live.path(), || tmp.persist(dest))
+        .map_err(|e| Error::io("cannot rename into place", dest, e.error))?;
+    sync_dir(&dir)?;
+    Ok(true)
 }
 
 /// Sync a folder, so the names renamed into it are on disk.

@@ -51,6 +51,13 @@ impl<R: Read> HashingReader<R> {
         self.len
     }
 
+    /// Read without hashing (the bytes are counted).
+    pub fn read_unhashed(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

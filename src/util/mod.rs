@@ -4,3 +4,4 @@ pub mod atomic;
 pub mod digest;
 pub mod parallel;
 pub mod stamp;
+pub mod writeback;

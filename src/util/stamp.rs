@@ -5,6 +5,12 @@
 //! Any write changes mtime and ctime, a file put in its place has another
 //! inode, and ctime cannot be set back without changing the clock. A file
 //! whose stamp differs is not trusted: it is hashed again, or rewritten.
+//!
+//! ctime also moves when a hard link to the file is made or removed, which
+//! imgbuild does to a segment placed as a split's shared half. So ctime
+//! counts only for a file someone else could have changed: a file this user
+//! owns that nobody else may write changes mtime with every write, and only
+//! its owner (or root) can set mtime back.
 
 use std::fs;
 use std::io;
@@ -19,6 +25,8 @@ pub struct Stamp {
     pub ino: u64,
     pub size: u64,
     pub mode: u32,
+    #[serde(default)]
+    pub uid: u32,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
 }
@@ -32,17 +40,45 @@ impl Stamp {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
+        Ok(Self::of_meta(&m))
+    }
+
+    /// The stamp of an open file (race-free: whatever its path names now).
+    pub fn of_file(file: &fs::File) -> io::Result<Option<Stamp>> {
+        Ok(Self::of_meta(&file.metadata()?))
+    }
+
+    fn of_meta(m: &fs::Metadata) -> Option<Stamp> {
         if !m.file_type().is_file() {
-            return Ok(None);
+            return None;
         }
-        Ok(Some(Stamp {
+        Some(Stamp {
             dev: m.dev(),
             ino: m.ino(),
             size: m.size(),
             mode: m.mode(),
+            uid: m.uid(),
             mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
             ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-        }))
+        })
+    }
+
+    /// Whether only this user (and root) may change the file: it is this
+    /// user's, and neither its group nor others may write it.
+    pub fn only_mine(&self) -> bool {
+        self.uid == rustix::process::geteuid().as_raw() && self.mode & 0o022 == 0
+    }
+
+    /// Whether the file is still the one `recorded` describes (see the
+    /// module's comment for when ctime counts).
+    pub fn still(&self, recorded: &Stamp) -> bool {
+        let only_mine = self.uid == rustix::process::geteuid().as_raw() && self.mode & 0o022 == 0;
+        let ctime = only_mine || self.ctime_ns == recorded.ctime_ns;
+        ctime
+            && Stamp {
+                ctime_ns: recorded.ctime_ns,
+                ..self.clone()
+            } == *recorded
     }
 }
 
@@ -80,6 +116,28 @@ mod tests {
         fs::write(&q, b"jello").unwrap();
         fs::rename(&q, &p).unwrap();
         assert_ne!(Stamp::of(&p).unwrap().unwrap().ino, after.ino);
+
+        // A file others may write: ctime counts; a file only its owner may
+        // write: a link made or removed (ctime) is no change, a write is.
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
+        let shared = Stamp::of(&p).unwrap().unwrap();
+        let link = dir.path().join("link");
+        fs::hard_link(&p, &link).unwrap();
+        assert!(!Stamp::of(&p).unwrap().unwrap().still(&shared));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let mine = Stamp::of(&p).unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::remove_file(&link).unwrap();
+        let unlinked = Stamp::of(&p).unwrap().unwrap();
+        assert_ne!(unlinked.ctime_ns, mine.ctime_ns);
+        assert!(unlinked.still(&mine));
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"!")
+            .unwrap();
+        assert!(!Stamp::of(&p).unwrap().unwrap().still(&mine));
 
         // A mode change is a change.
         let before = Stamp::of(&p).unwrap().unwrap();
