@@ -18,7 +18,7 @@ use crate::store::cache::Cache;
 use crate::store::segments::{self, Segment};
 use crate::util::atomic::AtomicFile;
 use crate::util::digest::{HashingWriter, ResumableSha256};
-use crate::util::writeback::{AppendFile, TempWriter, Writeback};
+use crate::util::writeback::{AppendFile, TempWriter, Writeback, copies_share_extents};
 
 /// A cached segment: its key, file and record.
 pub struct Cached {
@@ -96,8 +96,20 @@ impl Starts {
         }
     }
 
-    fn open(&self) -> Result<Vec<(PathBuf, AtomicFile)>> {
+    fn open(&self, cache: &Cache) -> Result<Vec<(PathBuf, AtomicFile)>> {
         let wanted = std::mem::take(&mut *self.wanted.lock().expect("starts"));
+        // Where a copy afterwards shares the extents (XFS, btrfs), it costs
+        // nothing, and begun archives would each take their own space.
+        let folder = wanted.first().and_then(|d| d.parent()).map(|f| {
+            if f.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                f
+            }
+        });
+        if folder.is_none_or(|f| copies_share_extents(&cache.tmp_dir(), f)) {
+            return Ok(Vec::new());
+        }
         wanted
             .into_iter()
             .take(BEGUN)
@@ -163,7 +175,7 @@ pub fn cached(
     }
     let sink = Sink {
         cache: Writeback::new(cache.temp_file()?),
-        starts: starts.open()?,
+        starts: starts.open(cache)?,
     };
     let w = make(sink)?;
     let state = w.hasher.save();

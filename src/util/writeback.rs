@@ -151,9 +151,45 @@ pub fn copy(src: &File, out: &mut File, offset: u64) -> io::Result<u64> {
     }
 }
 
+/// Whether a copy from a file in `src_dir` to one in `dest_dir` shares the
+/// extents instead of writing the bytes (reflink: XFS, btrfs; not ext4):
+/// both on one filesystem, where cloning a one-byte scratch file works.
+pub fn copies_share_extents(src_dir: &std::path::Path, dest_dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let same = match (std::fs::metadata(src_dir), std::fs::metadata(dest_dir)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    };
+    let probe = || -> io::Result<()> {
+        let mut a = tempfile::tempfile_in(dest_dir)?;
+        a.write_all(b"x")?;
+        let b = tempfile::tempfile_in(dest_dir)?;
+        rustix::fs::ioctl_ficlone(&b, &a)?;
+        Ok(())
+    };
+    same && probe().is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The probe agrees with GNU cp's reflink here, and across filesystems
+    /// (tmpfs, where /dev/shm is one) there is no sharing.
+    #[test]
+    fn sharing_extents_is_what_cp_reflink_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"x").unwrap();
+        let cp = std::process::Command::new("cp")
+            .arg("--reflink=always")
+            .arg(dir.path().join("a"))
+            .arg(dir.path().join("b"))
+            .status()
+            .unwrap();
+        assert_eq!(copies_share_extents(dir.path(), dir.path()), cp.success());
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        assert!(!copies_share_extents(dir.path(), shm.path()));
+    }
 
     #[test]
     fn bytes_pass_through_unchanged_and_copies_are_whole() {
