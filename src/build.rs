@@ -11,7 +11,7 @@ use crate::output::{self, Target, Written, cloud_init, format, ignition, sums};
 use crate::plan::assemble::Planner;
 use crate::progress::{Event, Progress};
 use crate::store::cache::Cache;
-use crate::util::{atomic, parallel};
+use crate::util::{atomic, parallel, writeback};
 use std::sync::Mutex;
 
 /// `imgbuild controller`.
@@ -84,7 +84,7 @@ pub fn controller(
             .iter()
             .map(|i| target.out_dir.join(target.format.whole(*i)))
             .collect(),
-        (true, true) if same_filesystem(&target.out_dir, cache.root()) => Vec::new(),
+        (true, true) if writeback::same_filesystem(&target.out_dir, cache.root()) => Vec::new(),
         (true, true) => vec![target.out_dir.join(target.format.shared_half(
             &planner.inputs.recipe.kubernetes_version,
             &planner.inputs.inventory.cluster.arch,
@@ -145,14 +145,6 @@ pub fn controller(
                 Err(sums) => Err(crate::Error::new(e.kind, format!("{e}; and {sums}"))),
             }
         }
-    }
-}
-
-fn same_filesystem(a: &std::path::Path, b: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev(),
-        _ => false,
     }
 }
 

@@ -454,12 +454,12 @@ pub fn is_hex(s: &str, len: usize) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// The ledger's name for the index of `algorithm:hex`.
 /// The ledger's name for the stamp of blob `sha256`.
 fn blob_key(sha256: &str) -> String {
     format!("blob-{sha256}")
 }
 
+/// The ledger's name for the index of `algorithm:hex`.
 pub(super) fn index_key(algorithm: Algorithm, hex: &str) -> String {
     format!("index-{}-{hex}", algorithm.name())
 }

@@ -72,8 +72,7 @@ impl Stamp {
     /// Whether the file is still the one `recorded` describes (see the
     /// module's comment for when ctime counts).
     pub fn still(&self, recorded: &Stamp) -> bool {
-        let only_mine = self.uid == rustix::process::geteuid().as_raw() && self.mode & 0o022 == 0;
-        let ctime = only_mine || self.ctime_ns == recorded.ctime_ns;
+        let ctime = self.only_mine() || self.ctime_ns == recorded.ctime_ns;
         ctime
             && Stamp {
                 ctime_ns: recorded.ctime_ns,

@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
 
 use tempfile::NamedTempFile;
 
@@ -71,10 +72,6 @@ impl<F: FileLike> Writeback<F> {
 
     pub fn get_mut(&mut self) -> &mut F {
         &mut self.inner
-    }
-
-    pub fn get_ref(&self) -> &F {
-        &self.inner
     }
 
     pub fn into_inner(self) -> F {
@@ -139,7 +136,7 @@ pub type TempWriter = Writeback<NamedTempFile>;
 /// pieces, each sent to disk as soon as it is copied. The copy is made in the
 /// kernel where it can be (copy_file_range; std falls back to read/write).
 /// Returns the bytes copied.
-pub fn copy(src: &File, out: &mut File, offset: u64) -> io::Result<u64> {
+fn copy(src: &File, out: &mut File, offset: u64) -> io::Result<u64> {
     let mut total = 0;
     loop {
         let n = io::copy(&mut Read::take(src, STEP), out)?;
@@ -154,12 +151,7 @@ pub fn copy(src: &File, out: &mut File, offset: u64) -> io::Result<u64> {
 /// Whether a copy from a file in `src_dir` to one in `dest_dir` shares the
 /// extents instead of writing the bytes (reflink: XFS, btrfs; not ext4):
 /// both on one filesystem, where cloning a one-byte scratch file works.
-pub fn copies_share_extents(src_dir: &std::path::Path, dest_dir: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let same = match (std::fs::metadata(src_dir), std::fs::metadata(dest_dir)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev(),
-        _ => false,
-    };
+pub fn copies_share_extents(src_dir: &Path, dest_dir: &Path) -> bool {
     let probe = || -> io::Result<()> {
         let mut a = tempfile::tempfile_in(dest_dir)?;
         a.write_all(b"x")?;
@@ -167,7 +159,16 @@ pub fn copies_share_extents(src_dir: &std::path::Path, dest_dir: &std::path::Pat
         rustix::fs::ioctl_ficlone(&b, &a)?;
         Ok(())
     };
-    same && probe().is_ok()
+    same_filesystem(src_dir, dest_dir) && probe().is_ok()
+}
+
+/// Whether `a` and `b` (existing paths) are on one filesystem.
+pub fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
